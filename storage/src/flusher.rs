@@ -1,0 +1,146 @@
+//! Group commit: one thread calls sled's blocking `flush()`, and every writer
+//! that asked for durability before that flush started is woken by it.
+//!
+//! Why a thread: `flush()` blocks on fsync (milliseconds), which must not
+//! stall an async runtime's worker, and sled 0.34.7's `flush_async` deadlocks
+//! when awaited concurrently. With one flusher, N sessions that finish their
+//! writes while an fsync is running share the next one, so intake scales
+//! with concurrency instead of being capped at one message per fsync.
+//!
+//! Correctness: a waiter registers *after* its write returned, and the
+//! flusher takes the waiter list *before* it calls `flush()`, so every write
+//! of every waiter it wakes is covered by that flush.
+
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use tokio::sync::oneshot;
+
+use crate::{Result, StorageError};
+
+type Waiter = oneshot::Sender<Result<(), String>>;
+
+#[derive(Default)]
+struct State {
+    waiters: Vec<Waiter>,
+    shutdown: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    wake: Condvar,
+    /// Held by the flusher around each `flush()`; a test can hold it to make
+    /// waiters pile up deterministically (see `Store::hold_flushes`).
+    gate: Mutex<()>,
+    /// Number of flushes done, for metrics and the group-commit test.
+    flushes: std::sync::atomic::AtomicU64,
+}
+
+/// Handle to the flusher thread; dropping it stops the thread after a last
+/// flush of whatever is pending.
+pub(crate) struct Flusher {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Flusher {
+    pub(crate) fn start(db: sled::Db) -> Self {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            wake: Condvar::new(),
+            gate: Mutex::new(()),
+            flushes: std::sync::atomic::AtomicU64::new(0),
+        });
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("dust-flusher".into())
+            .spawn(move || run(&s, &db))
+            .ok();
+        Self { shared, thread }
+    }
+
+    /// Resolve once a flush that started after this call has finished.
+    pub(crate) async fn sync(&self) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut st = self
+                .shared
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if st.shutdown || self.thread.is_none() {
+                return Err(StorageError::Closed);
+            }
+            st.waiters.push(tx);
+        }
+        self.shared.wake.notify_one();
+        match rx.await {
+            Ok(r) => r.map_err(StorageError::Flush),
+            Err(_) => Err(StorageError::Closed),
+        }
+    }
+}
+
+impl Flusher {
+    pub(crate) fn flushes(&self) -> u64 {
+        self.shared
+            .flushes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn pending(&self) -> usize {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .waiters
+            .len()
+    }
+
+    pub(crate) fn hold(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.shared
+            .gate
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+fn run(shared: &Shared, db: &sled::Db) {
+    loop {
+        let batch = {
+            let mut st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+            while st.waiters.is_empty() && !st.shutdown {
+                st = shared.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
+            }
+            if st.waiters.is_empty() {
+                return; // shutdown and nothing pending
+            }
+            std::mem::take(&mut st.waiters)
+        };
+        let result = {
+            let _gate = shared.gate.lock().unwrap_or_else(PoisonError::into_inner);
+            db.flush().map(|_| ()).map_err(|e| e.to_string())
+        };
+        shared
+            .flushes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for w in batch {
+            // A waiter that went away (its session was dropped) is fine.
+            let _ = w.send(result.clone());
+        }
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .shutdown = true;
+        self.shared.wake.notify_all();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

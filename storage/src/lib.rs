@@ -1,0 +1,345 @@
+#![doc = include_str!("../README.md")]
+
+pub mod flusher;
+mod record;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use sled::transaction::{ConflictableTransactionError, TransactionError};
+use sled::Transactional;
+
+pub use record::{Item, ItemId, ItemState};
+
+use flusher::Flusher;
+
+/// On-disk format version, kept in the `meta` tree under [`FORMAT_KEY`].
+/// Bump it whenever the record or key layout changes; `open` refuses a
+/// database written in another format instead of misreading it.
+pub const FORMAT_VERSION: u8 = 1;
+const FORMAT_KEY: &[u8] = b"format";
+
+/// sled's page cache. sled's default is 1 GiB, far more than a mote needs:
+/// items are deleted soon after delivery, so the working set is the queue.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Errors of the storage layer. Every variant is a *temporary* failure from
+/// the point of view of a client: the write was not acknowledged, so the
+/// client may retry (SMTP 451, HTTP 503).
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// sled reported an I/O or corruption error.
+    #[error("database error while {doing}: {source}")]
+    Db {
+        /// What we were doing.
+        doing: &'static str,
+        /// sled's error.
+        #[source]
+        source: sled::Error,
+    },
+    /// The fsync that should make a write durable failed (disk full, I/O error).
+    #[error("flush failed while making a write durable: {0}")]
+    Flush(String),
+    /// A stored record could not be decoded.
+    #[error("corrupt record while {doing}: {what}")]
+    Corrupt {
+        /// What we were doing.
+        doing: &'static str,
+        /// What was wrong.
+        what: String,
+    },
+    /// The database was written in a format this build does not understand.
+    #[error("database format {found} is not supported (this build reads format {FORMAT_VERSION})")]
+    Format {
+        /// The version found on disk.
+        found: u8,
+    },
+    /// The store is shutting down.
+    #[error("storage is closed")]
+    Closed,
+}
+
+fn db_err(doing: &'static str) -> impl FnOnce(sled::Error) -> StorageError {
+    move |source| StorageError::Db { doing, source }
+}
+
+fn tx_err(doing: &'static str) -> impl FnOnce(TransactionError<StorageError>) -> StorageError {
+    move |e| match e {
+        TransactionError::Abort(e) => e,
+        TransactionError::Storage(source) => StorageError::Db { doing, source },
+    }
+}
+
+/// Result alias of this crate.
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// Counts and times of what is queued, for `dustmote queue` and `/status`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Items waiting for their release time.
+    pub queued: u64,
+    /// Items handed to a deliverer and not yet completed.
+    pub in_flight: u64,
+    /// The earliest release times (ms since the epoch), at most the number asked for.
+    pub next_releases: Vec<u64>,
+}
+
+/// The durable queue. Share it with `Arc<Store>`.
+pub struct Store {
+    db: sled::Db,
+    items: sled::Tree,
+    schedule: sled::Tree,
+    flusher: Flusher,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+fn schedule_key(release_ms: u64, id: &ItemId) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..8].copy_from_slice(&release_ms.to_be_bytes());
+    k[8..].copy_from_slice(&id.0);
+    k
+}
+
+impl Store {
+    /// Open (or create) the database in `dir`.
+    ///
+    /// Crash behaviour: items that were in flight when the process died are
+    /// put back on the schedule at their old release time, which is in the
+    /// past, so they are due at once (at-least-once delivery).
+    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Arc<Self>> {
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(cache_bytes)
+            // We flush explicitly (group commit); sled's timer flush would only
+            // add fsyncs that nobody waits for.
+            .flush_every_ms(None)
+            .open()
+            .map_err(db_err("opening the database"))?;
+        Self::from_db(db)
+    }
+
+    /// A throw-away store in a temporary directory, for tests.
+    pub fn temporary() -> Result<Arc<Self>> {
+        let db = sled::Config::new()
+            .temporary(true)
+            .flush_every_ms(None)
+            .open()
+            .map_err(db_err("opening a temporary database"))?;
+        Self::from_db(db)
+    }
+
+    fn from_db(db: sled::Db) -> Result<Arc<Self>> {
+        let meta = db.open_tree("meta").map_err(db_err("opening tree meta"))?;
+        match meta.get(FORMAT_KEY).map_err(db_err("reading the format"))? {
+            Some(v) if v.as_ref() == [FORMAT_VERSION] => {}
+            Some(v) => {
+                return Err(StorageError::Format {
+                    found: v.first().copied().unwrap_or(0),
+                })
+            }
+            None => {
+                meta.insert(FORMAT_KEY, &[FORMAT_VERSION])
+                    .map_err(db_err("writing the format"))?;
+            }
+        }
+        let items = db.open_tree("items").map_err(db_err("opening tree items"))?;
+        let schedule = db
+            .open_tree("schedule")
+            .map_err(db_err("opening tree schedule"))?;
+        let flusher = Flusher::start(db.clone());
+        let store = Self {
+            db,
+            items,
+            schedule,
+            flusher,
+        };
+        store.recover()?;
+        Ok(Arc::new(store))
+    }
+
+    /// Put in-flight items back on the schedule, and repair any queued item
+    /// whose schedule entry is missing. Runs once at open.
+    fn recover(&self) -> Result<()> {
+        for kv in self.items.iter() {
+            let (k, v) = kv.map_err(db_err("scanning items at recovery"))?;
+            let item = Item::decode(&k, &v)?;
+            let key = schedule_key(item.release_ms, &item.id);
+            if item.state == ItemState::InFlight {
+                let mut queued = item.clone();
+                queued.state = ItemState::Queued;
+                self.put(&queued)?;
+            } else if !self
+                .schedule
+                .contains_key(key)
+                .map_err(db_err("checking the schedule at recovery"))?
+            {
+                self.schedule
+                    .insert(key, &[])
+                    .map_err(db_err("repairing the schedule"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Write `item` and its schedule entry in one transaction (not yet durable).
+    fn put(&self, item: &Item) -> Result<()> {
+        let value = item.encode();
+        let key = schedule_key(item.release_ms, &item.id);
+        (&self.items, &self.schedule)
+            .transaction(|(items, schedule)| {
+                items.insert(&item.id.0, value.as_slice())?;
+                schedule.insert(&key, &[])?;
+                Ok::<_, ConflictableTransactionError<StorageError>>(())
+            })
+            .map_err(tx_err("writing an item"))
+    }
+
+    /// Store a new item and return once it is on disk (fsynced).
+    ///
+    /// Crash behaviour: if this returns `Ok`, the item survives any crash. If
+    /// it returns `Err` or the process dies before it returns, the item may or
+    /// may not be stored; the caller has not acknowledged it, so a stored copy
+    /// is delivered once (a duplicate the client may resend), never lost.
+    pub async fn admit(&self, item: &Item) -> Result<()> {
+        self.put(item)?;
+        self.sync().await
+    }
+
+    /// Wait until everything written before this call is on disk. Concurrent
+    /// callers share one fsync.
+    pub async fn sync(&self) -> Result<()> {
+        self.flusher.sync().await
+    }
+
+    /// How many fsyncs the group-commit flusher has done (a metric: compare
+    /// with the number of admissions to see how much batching happens).
+    pub fn flush_count(&self) -> u64 {
+        self.flusher.flushes()
+    }
+
+    /// Writers currently waiting for a flush.
+    #[doc(hidden)]
+    pub fn pending_syncs(&self) -> usize {
+        self.flusher.pending()
+    }
+
+    /// Block the flusher while the guard lives (tests of group commit).
+    #[doc(hidden)]
+    pub fn hold_flushes(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.flusher.hold()
+    }
+
+    /// Blocking flush, for shutdown paths outside an async context.
+    pub fn flush_blocking(&self) -> Result<()> {
+        self.db
+            .flush()
+            .map(|_| ())
+            .map_err(db_err("flushing at shutdown"))
+    }
+
+    /// The earliest scheduled release time, if any item is queued.
+    pub fn next_release(&self) -> Result<Option<u64>> {
+        let first = self
+            .schedule
+            .first()
+            .map_err(db_err("reading the schedule"))?;
+        Ok(first.map(|(k, _)| release_of(&k)))
+    }
+
+    /// Take up to `limit` items whose release time is `<= now_ms`, in release
+    /// order, and mark them in flight.
+    ///
+    /// Crash behaviour: the in-flight mark is not flushed here; if the process
+    /// dies before the next flush, the item is simply due again at restart.
+    pub fn take_due(&self, now_ms: u64, limit: usize) -> Result<Vec<Item>> {
+        let end = schedule_key(now_ms, &ItemId([0xff; 16]));
+        let mut out = Vec::new();
+        for kv in self.schedule.range(..=end.as_slice()).take(limit) {
+            let (k, _) = kv.map_err(db_err("scanning due items"))?;
+            let mut id = [0u8; 16];
+            id.copy_from_slice(&k[8..24]);
+            let id = ItemId(id);
+            let taken = (&self.items, &self.schedule)
+                .transaction(|(items, schedule)| {
+                    schedule.remove(k.as_ref())?;
+                    let Some(v) = items.get(id.0)? else {
+                        return Ok(None);
+                    };
+                    let mut item = Item::decode(&id.0, &v)
+                        .map_err(ConflictableTransactionError::Abort)?;
+                    item.state = ItemState::InFlight;
+                    items.insert(&id.0, item.encode())?;
+                    Ok(Some(item))
+                })
+                .map_err(tx_err("taking a due item"))?;
+            out.extend(taken);
+        }
+        Ok(out)
+    }
+
+    /// Remove an item after it left the mote (delivered, or dropped after a
+    /// permanent failure).
+    ///
+    /// Crash behaviour: not flushed by itself; a crash before the next flush
+    /// delivers the item again (at-least-once).
+    pub fn complete(&self, id: &ItemId) -> Result<()> {
+        self.items
+            .remove(id.0)
+            .map_err(db_err("removing a delivered item"))?;
+        Ok(())
+    }
+
+    /// Put an in-flight item back on the schedule at `release_ms`, with its
+    /// attempt counter set to `attempts` (after a temporary failure, or at
+    /// shutdown).
+    pub fn reschedule(&self, id: &ItemId, release_ms: u64, attempts: u32) -> Result<()> {
+        let Some(mut item) = self.get(id)? else {
+            return Ok(());
+        };
+        item.release_ms = release_ms;
+        item.attempts = attempts;
+        item.state = ItemState::Queued;
+        self.put(&item)
+    }
+
+    /// One item by id.
+    pub fn get(&self, id: &ItemId) -> Result<Option<Item>> {
+        let v = self.items.get(id.0).map_err(db_err("reading an item"))?;
+        v.map(|v| Item::decode(&id.0, &v)).transpose()
+    }
+
+    /// Every stored item, in id order (for operator inspection).
+    pub fn items(&self) -> impl Iterator<Item = Result<Item>> + '_ {
+        self.items.iter().map(|kv| {
+            let (k, v) = kv.map_err(db_err("scanning items"))?;
+            Item::decode(&k, &v)
+        })
+    }
+
+    /// Counts and the `next` earliest release times.
+    pub fn stats(&self, next: usize) -> Result<QueueStats> {
+        let queued = self.schedule.len() as u64;
+        let total = self.items.len() as u64;
+        let mut next_releases = Vec::new();
+        for kv in self.schedule.iter().take(next) {
+            let (k, _) = kv.map_err(db_err("scanning the schedule"))?;
+            next_releases.push(release_of(&k));
+        }
+        Ok(QueueStats {
+            queued,
+            in_flight: total.saturating_sub(queued),
+            next_releases,
+        })
+    }
+}
+
+fn release_of(key: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&key[..8]);
+    u64::from_be_bytes(b)
+}

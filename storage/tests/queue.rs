@@ -1,0 +1,168 @@
+//! Storage behaviour: durability across reopen, schedule order, in-flight
+//! recovery, group commit, and a model test of random operation sequences.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use dust_storage::{Item, ItemId, ItemState, Store, DEFAULT_CACHE_BYTES};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn item(n: u8, release_ms: u64) -> Item {
+    Item {
+        id: ItemId([n; 16]),
+        kind: 1,
+        state: ItemState::Queued,
+        attempts: 0,
+        release_ms,
+        payload: vec![n; 100 + n as usize],
+    }
+}
+
+#[tokio::test]
+async fn admitted_items_survive_reopen_and_inflight_is_due_again() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        store.admit(&item(1, 5_000)).await.unwrap();
+        store.admit(&item(2, 1_000)).await.unwrap();
+        store.admit(&item(3, 9_000)).await.unwrap();
+        // Item 2 is due at t=2000 and goes in flight; the "process" then dies.
+        let due = store.take_due(2_000, 10).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].id, ItemId([2; 16]));
+        assert_eq!(due[0].state, ItemState::InFlight);
+        assert_eq!(store.next_release().unwrap(), Some(5_000));
+        store.sync().await.unwrap();
+    }
+    let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+    // In-flight item 2 is back on the schedule at its (past) release time.
+    assert_eq!(store.next_release().unwrap(), Some(1_000));
+    let stats = store.stats(5).unwrap();
+    assert_eq!(stats.queued, 3);
+    assert_eq!(stats.in_flight, 0);
+    assert_eq!(stats.next_releases, vec![1_000, 5_000, 9_000]);
+    let due = store.take_due(10_000, 10).unwrap();
+    let ids: Vec<u8> = due.iter().map(|i| i.id.0[0]).collect();
+    assert_eq!(ids, vec![2, 1, 3], "released in schedule order");
+    assert_eq!(due[1].payload, item(1, 0).payload);
+}
+
+#[tokio::test]
+async fn take_due_respects_time_and_limit_and_reschedule_moves_items() {
+    let store = Store::temporary().unwrap();
+    for n in 0..10u8 {
+        store.admit(&item(n, 100 * n as u64)).await.unwrap();
+    }
+    assert!(store.take_due(0, 10).unwrap().len() == 1); // only item 0 at t=0
+    let due = store.take_due(450, 2).unwrap();
+    assert_eq!(due.len(), 2, "limit bounds the batch");
+    assert_eq!(store.stats(0).unwrap().in_flight, 3);
+    store.reschedule(&due[0].id, 10_000, 1).unwrap();
+    store.complete(&due[1].id).unwrap();
+    let s = store.stats(0).unwrap();
+    assert_eq!((s.queued, s.in_flight), (8, 1));
+    let again = store.get(&due[0].id).unwrap().unwrap();
+    assert_eq!((again.release_ms, again.attempts), (10_000, 1));
+    assert!(store.get(&due[1].id).unwrap().is_none());
+}
+
+/// Many writers waiting while one fsync runs share the next fsync.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_admissions_share_one_flush() {
+    let store = Store::temporary().unwrap();
+    let before = store.flush_count();
+    let gate = store.hold_flushes();
+    let mut tasks = Vec::new();
+    for n in 0..50u8 {
+        let s = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move { s.admit(&item(n, 1)).await }));
+    }
+    // Wait (bounded) until the flusher holds one batch and the rest are queued.
+    for _ in 0..1000 {
+        if store.pending_syncs() >= 49 {
+            break;
+        }
+        tokio::task::yield_now().await;
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert!(store.pending_syncs() >= 49, "writers did not pile up");
+    drop(gate);
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let flushes = store.flush_count() - before;
+    assert!(flushes <= 2, "50 admissions took {flushes} flushes");
+    assert_eq!(store.stats(0).unwrap().queued, 50);
+}
+
+/// Random operations against an in-memory model: the store must agree with
+/// the model after every step and after a reopen (which requeues in-flight).
+#[tokio::test]
+async fn model_test_random_operations() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = StdRng::seed_from_u64(0x5eed);
+    // model: id -> (release_ms, in_flight)
+    let mut model: BTreeMap<u8, (u64, bool)> = BTreeMap::new();
+    let mut store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+    let mut now = 0u64;
+    for step in 0..600 {
+        match rng.random_range(0..6) {
+            0 | 1 => {
+                let n: u8 = rng.random_range(0..64);
+                if let std::collections::btree_map::Entry::Vacant(e) = model.entry(n) {
+                    let r = now + rng.random_range(0..1000);
+                    store.admit(&item(n, r)).await.unwrap();
+                    e.insert((r, false));
+                }
+            }
+            2 => {
+                now += rng.random_range(0..300);
+                let limit = rng.random_range(1..5);
+                let got = store.take_due(now, limit).unwrap();
+                let mut want: Vec<(u64, u8)> = model
+                    .iter()
+                    .filter(|(_, (r, f))| !f && *r <= now)
+                    .map(|(n, (r, _))| (*r, *n))
+                    .collect();
+                want.sort();
+                want.truncate(limit);
+                let got_ids: Vec<u8> = got.iter().map(|i| i.id.0[0]).collect();
+                let want_ids: Vec<u8> = want.iter().map(|(_, n)| *n).collect();
+                assert_eq!(got_ids, want_ids, "step {step}");
+                for n in want_ids {
+                    model.get_mut(&n).unwrap().1 = true;
+                }
+            }
+            3 => {
+                if let Some((&n, _)) = model.iter().find(|(_, (_, f))| *f) {
+                    store.complete(&ItemId([n; 16])).unwrap();
+                    model.remove(&n);
+                }
+            }
+            4 => {
+                if let Some((&n, _)) = model.iter().find(|(_, (_, f))| *f) {
+                    let r = now + 500;
+                    store.reschedule(&ItemId([n; 16]), r, 1).unwrap();
+                    model.insert(n, (r, false));
+                }
+            }
+            _ => {
+                store.sync().await.unwrap();
+                drop(store);
+                store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+                for v in model.values_mut() {
+                    v.1 = false;
+                }
+            }
+        }
+        let s = store.stats(usize::MAX).unwrap();
+        let in_flight = model.values().filter(|v| v.1).count() as u64;
+        assert_eq!(s.in_flight, in_flight, "step {step}");
+        assert_eq!(s.queued, model.len() as u64 - in_flight, "step {step}");
+        let mut want: Vec<u64> = model.values().filter(|v| !v.1).map(|v| v.0).collect();
+        want.sort();
+        assert_eq!(s.next_releases, want, "step {step}");
+    }
+}
