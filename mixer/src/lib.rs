@@ -1,1 +1,68 @@
-//! x
+#![doc = include_str!("../README.md")]
+
+pub mod delay;
+mod scheduler;
+
+pub use delay::{DelayError, DelaySpec};
+pub use dust_storage::{Item, ItemId, Store};
+pub use scheduler::{Metrics, Mixer, MixerConfig, RetryPolicy};
+
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+/// What kind of thing an item is; stored as the item's kind byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ItemKind {
+    /// An e-mail message (payload: see `dust_proxies::mail::StoredMail`).
+    Mail = 1,
+}
+
+/// Why a delivery attempt failed, which decides what happens next.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DeliveryError {
+    /// Try again later (connection failed, 4xx, Tor not ready, ...).
+    #[error("temporary delivery failure: {0}")]
+    Temporary(String),
+    /// The next hop refused for good (5xx): drop and count, never bounce.
+    #[error("permanent delivery failure: {0}")]
+    Permanent(String),
+}
+
+/// Sends one item onward. Implemented in `dust-proxies`; the mixer calls it
+/// for each due item, with at most `MixerConfig::max_in_flight` calls at once.
+pub trait Deliver: Send + Sync + 'static {
+    /// Deliver `item`. Must not log addresses or content at info or above.
+    fn deliver(&self, item: &Item) -> impl Future<Output = Result<(), DeliveryError>> + Send;
+}
+
+/// Errors of admission.
+#[derive(Debug, thiserror::Error)]
+pub enum MixerError {
+    /// Storage failed; nothing was acknowledged (SMTP 451).
+    #[error(transparent)]
+    Storage(#[from] dust_storage::StorageError),
+    /// The mixer is shutting down and accepts nothing new (SMTP 421).
+    #[error("the mixer is shutting down")]
+    ShuttingDown,
+}
+
+/// Milliseconds since the Unix epoch (0 for times before it).
+pub fn wall_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis().min(u64::MAX as u128) as u64)
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch, rounded up, so that a release time
+/// computed as `now + delay` is never earlier than `now + delay`.
+pub fn wall_ms_ceil(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos().div_ceil(1_000_000).min(u64::MAX as u128) as u64)
+        .unwrap_or(0)
+}
+
+/// The inverse of [`wall_ms`].
+pub fn from_wall_ms(ms: u64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+}

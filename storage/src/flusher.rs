@@ -61,6 +61,21 @@ impl Flusher {
 
     /// Resolve once a flush that started after this call has finished.
     pub(crate) async fn sync(&self) -> Result<()> {
+        match self.register()?.await {
+            Ok(r) => r.map_err(StorageError::Flush),
+            Err(_) => Err(StorageError::Closed),
+        }
+    }
+
+    /// Like [`sync`](Self::sync), blocking the calling thread.
+    pub(crate) fn sync_blocking(&self) -> Result<()> {
+        match self.register()?.blocking_recv() {
+            Ok(r) => r.map_err(StorageError::Flush),
+            Err(_) => Err(StorageError::Closed),
+        }
+    }
+
+    fn register(&self) -> Result<oneshot::Receiver<Result<(), String>>> {
         let (tx, rx) = oneshot::channel();
         {
             let mut st = self
@@ -74,10 +89,7 @@ impl Flusher {
             st.waiters.push(tx);
         }
         self.shared.wake.notify_one();
-        match rx.await {
-            Ok(r) => r.map_err(StorageError::Flush),
-            Err(_) => Err(StorageError::Closed),
-        }
+        Ok(rx)
     }
 }
 

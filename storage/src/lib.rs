@@ -147,7 +147,9 @@ impl Store {
                     .map_err(db_err("writing the format"))?;
             }
         }
-        let items = db.open_tree("items").map_err(db_err("opening tree items"))?;
+        let items = db
+            .open_tree("items")
+            .map_err(db_err("opening tree items"))?;
         let schedule = db
             .open_tree("schedule")
             .map_err(db_err("opening tree schedule"))?;
@@ -210,6 +212,13 @@ impl Store {
         self.sync().await
     }
 
+    /// [`admit`](Self::admit) for a blocking thread (the mixer runs it via
+    /// its runtime's `spawn_blocking`, so simulated-time tests see the wait).
+    pub fn admit_blocking(&self, item: &Item) -> Result<()> {
+        self.put(item)?;
+        self.flusher.sync_blocking()
+    }
+
     /// Wait until everything written before this call is on disk. Concurrent
     /// callers share one fsync.
     pub async fn sync(&self) -> Result<()> {
@@ -270,8 +279,8 @@ impl Store {
                     let Some(v) = items.get(id.0)? else {
                         return Ok(None);
                     };
-                    let mut item = Item::decode(&id.0, &v)
-                        .map_err(ConflictableTransactionError::Abort)?;
+                    let mut item =
+                        Item::decode(&id.0, &v).map_err(ConflictableTransactionError::Abort)?;
                     item.state = ItemState::InFlight;
                     items.insert(&id.0, item.encode())?;
                     Ok(Some(item))

@@ -1,0 +1,394 @@
+//! The schedule loop: one task owns "what is due next"; deliveries run as
+//! separate tasks, at most `max_in_flight` at once.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use dust_storage::{Item, ItemId, ItemState, Store};
+use futures::future::select;
+use futures::task::{Spawn, SpawnExt};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use tokio::sync::Notify;
+use tor_rtcompat::{Blocking, SleepProvider, SleepProviderExt};
+
+use crate::{from_wall_ms, wall_ms, wall_ms_ceil, DelaySpec, Deliver, DeliveryError, MixerError};
+
+/// Items taken from the schedule per scan. Bounds the work done between two
+/// checks for shutdown; overdue items beyond it are taken on the next scan.
+const RELEASE_BATCH: usize = 64;
+
+/// After a storage error in the loop, wait this long before trying again
+/// (a full disk does not heal in microseconds; nothing is lost meanwhile).
+const STORAGE_RETRY: Duration = Duration::from_secs(1);
+
+/// Randomised exponential backoff for temporary failures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    /// Backoff after the first failure (before the ±50 % jitter).
+    pub base: Duration,
+    /// Upper bound of the backoff (before jitter).
+    pub max: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            base: Duration::from_secs(30),
+            max: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Backoff before attempt `attempts + 1`, given `attempts` failures so far
+    /// (≥ 1): `min(max, base·2^(attempts−1))` times a uniform factor in
+    /// [0.5, 1.5), so that retries of items that failed together spread out.
+    pub fn backoff<G: Rng + ?Sized>(&self, attempts: u32, rng: &mut G) -> Duration {
+        let exp = attempts.saturating_sub(1).min(30);
+        let raw = self.base.saturating_mul(1u32 << exp).min(self.max);
+        raw.mul_f64(rng.random_range(0.5..1.5))
+    }
+}
+
+/// Mixer settings (from `[mixer]` in the config).
+#[derive(Debug, Clone)]
+pub struct MixerConfig {
+    /// Delay distribution for new items.
+    pub delay: DelaySpec,
+    /// Retry policy for temporary failures.
+    pub retry: RetryPolicy,
+    /// Deliveries running at once. Each holds an outbound connection; more
+    /// would not speed up a Tor-bound mote and would make a burst of releases
+    /// visible as a burst of circuits.
+    pub max_in_flight: usize,
+}
+
+impl Default for MixerConfig {
+    fn default() -> Self {
+        Self {
+            delay: DelaySpec::Exponential {
+                mean: Duration::from_secs(30 * 60),
+                min: Some(Duration::from_secs(60)),
+                max: Some(Duration::from_secs(6 * 3600)),
+            },
+            retry: RetryPolicy::default(),
+            max_in_flight: 16,
+        }
+    }
+}
+
+/// Counters since start (exported in `/metrics` and `dustmote queue`).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Metrics {
+    /// Items durably admitted.
+    pub admitted: u64,
+    /// Items delivered.
+    pub delivered: u64,
+    /// Items dropped after a permanent failure (not bounced).
+    pub dropped_permanent: u64,
+    /// Temporary failures (each one rescheduled).
+    pub retries: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    admitted: AtomicU64,
+    delivered: AtomicU64,
+    dropped_permanent: AtomicU64,
+    retries: AtomicU64,
+}
+
+struct Inner<R, D> {
+    rt: R,
+    store: Arc<Store>,
+    deliver: Arc<D>,
+    cfg: MixerConfig,
+    rng: Mutex<StdRng>,
+    /// Something changed: an item was admitted or a delivery finished.
+    wake: Notify,
+    /// A delivery finished (for shutdown).
+    idle: Notify,
+    in_flight: AtomicUsize,
+    stopping: AtomicBool,
+    counters: Counters,
+}
+
+/// The mixer. Cheap to clone; all clones share one schedule loop.
+pub struct Mixer<R, D> {
+    inner: Arc<Inner<R, D>>,
+}
+
+impl<R, D> Clone for Mixer<R, D> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<R, D> Mixer<R, D>
+where
+    R: SleepProvider + Spawn + Blocking,
+    D: Deliver,
+{
+    /// Start the schedule loop on `rt`, with randomness from the OS CSPRNG.
+    pub fn start(
+        rt: R,
+        store: Arc<Store>,
+        deliver: Arc<D>,
+        cfg: MixerConfig,
+    ) -> Result<Self, MixerError> {
+        Self::start_with_rng(rt, store, deliver, cfg, StdRng::from_os_rng())
+    }
+
+    /// Start with a given RNG (tests use a fixed seed).
+    pub fn start_with_rng(
+        rt: R,
+        store: Arc<Store>,
+        deliver: Arc<D>,
+        cfg: MixerConfig,
+        rng: StdRng,
+    ) -> Result<Self, MixerError> {
+        let inner = Arc::new(Inner {
+            rt,
+            store,
+            deliver,
+            cfg,
+            rng: Mutex::new(rng),
+            wake: Notify::new(),
+            idle: Notify::new(),
+            in_flight: AtomicUsize::new(0),
+            stopping: AtomicBool::new(false),
+            counters: Counters::default(),
+        });
+        let task = Arc::clone(&inner);
+        inner
+            .rt
+            .spawn(async move { task.run().await })
+            .map_err(|_| MixerError::ShuttingDown)?;
+        Ok(Self { inner })
+    }
+
+    /// Durably admit an item: draw its release time, store it (fsynced), and
+    /// wake the scheduler. Returns the id and the release time.
+    ///
+    /// Only when this returns `Ok` may the caller acknowledge (SMTP 250).
+    pub async fn admit(
+        &self,
+        kind: crate::ItemKind,
+        payload: Vec<u8>,
+    ) -> Result<(ItemId, SystemTime), MixerError> {
+        let inner = &self.inner;
+        if inner.stopping.load(Ordering::SeqCst) {
+            return Err(MixerError::ShuttingDown);
+        }
+        let now = inner.rt.wallclock();
+        let (id, delay) = {
+            let mut rng = inner.rng.lock().unwrap_or_else(PoisonError::into_inner);
+            (ItemId(rng.random()), inner.cfg.delay.sample(&mut *rng))
+        };
+        let release_ms = wall_ms_ceil(now + delay);
+        let item = Item {
+            id,
+            kind: kind as u8,
+            state: ItemState::Queued,
+            attempts: 0,
+            release_ms,
+            payload,
+        };
+        // The fsync wait runs on a blocking thread of the runtime: it shares
+        // the flusher's group commit with every other admission in progress.
+        let store = Arc::clone(&inner.store);
+        inner
+            .rt
+            .spawn_blocking(move || store.admit_blocking(&item))
+            .await?;
+        inner.counters.admitted.fetch_add(1, Ordering::Relaxed);
+        inner.wake.notify_one();
+        Ok((id, from_wall_ms(release_ms)))
+    }
+
+    /// Counters since start.
+    pub fn metrics(&self) -> Metrics {
+        let c = &self.inner.counters;
+        Metrics {
+            admitted: c.admitted.load(Ordering::Relaxed),
+            delivered: c.delivered.load(Ordering::Relaxed),
+            dropped_permanent: c.dropped_permanent.load(Ordering::Relaxed),
+            retries: c.retries.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Deliveries running now.
+    pub fn in_flight(&self) -> usize {
+        self.inner.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// The store behind this mixer.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.inner.store
+    }
+
+    /// Stop: accept nothing new, release nothing new, wait up to `grace` for
+    /// running deliveries, then flush. Deliveries still running after `grace`
+    /// stay marked in flight on disk and are due again at the next start.
+    /// Returns the number of deliveries that were still running.
+    pub async fn shutdown(&self, grace: Duration) -> usize {
+        let inner = &self.inner;
+        inner.stopping.store(true, Ordering::SeqCst);
+        inner.wake.notify_one();
+        let deadline = inner.rt.now() + grace;
+        loop {
+            let idle = inner.idle.notified();
+            futures::pin_mut!(idle);
+            idle.as_mut().enable();
+            if inner.in_flight.load(Ordering::SeqCst) == 0 {
+                break;
+            }
+            let left = deadline.saturating_duration_since(inner.rt.now());
+            if left.is_zero() {
+                break;
+            }
+            let sleep = inner.rt.sleep(left);
+            futures::pin_mut!(sleep);
+            select(idle, sleep).await;
+        }
+        let left = inner.in_flight.load(Ordering::SeqCst);
+        if let Err(e) = inner.store.sync().await {
+            tracing::error!(error = %e, "final flush failed; in-flight items will be retried at next start");
+        }
+        left
+    }
+}
+
+impl<R, D> Inner<R, D>
+where
+    R: SleepProvider + Spawn + Blocking,
+    D: Deliver,
+{
+    /// The schedule loop. Cancel-safety: it only awaits `Notify::notified`
+    /// and sleeps; storage calls are synchronous, so it never stops between
+    /// taking an item and spawning its delivery.
+    async fn run(self: Arc<Self>) {
+        loop {
+            let woken = self.wake.notified();
+            futures::pin_mut!(woken);
+            woken.as_mut().enable();
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            let wait = match self.release_due() {
+                Ok(Some(next)) => Some(next),
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::warn!(error = %e, "storage error in the schedule loop; retrying");
+                    Some(self.rt.wallclock() + STORAGE_RETRY)
+                }
+            };
+            match wait {
+                Some(when) => {
+                    let sleep = self.rt.sleep_until_wallclock(when);
+                    futures::pin_mut!(sleep);
+                    select(woken, sleep).await;
+                }
+                None => woken.await,
+            }
+        }
+    }
+
+    /// Spawn deliveries for everything due (as far as `max_in_flight`
+    /// allows). Returns when to look again: the next release time, `None` if
+    /// nothing is queued or every delivery slot is busy (a finishing delivery
+    /// wakes the loop).
+    fn release_due(self: &Arc<Self>) -> Result<Option<SystemTime>, dust_storage::StorageError> {
+        loop {
+            let free = self
+                .cfg
+                .max_in_flight
+                .saturating_sub(self.in_flight.load(Ordering::SeqCst));
+            if free == 0 {
+                return Ok(None);
+            }
+            let now_ms = wall_ms(self.rt.wallclock());
+            let mut due = self.store.take_due(now_ms, free.min(RELEASE_BATCH))?;
+            if due.is_empty() {
+                return Ok(self.store.next_release()?.map(from_wall_ms));
+            }
+            // Overdue items (after a restart or a stall) leave in random
+            // order, not in arrival order.
+            due.shuffle(&mut *self.rng.lock().unwrap_or_else(PoisonError::into_inner));
+            for item in due {
+                self.in_flight.fetch_add(1, Ordering::SeqCst);
+                let me = Arc::clone(self);
+                let id = item.id;
+                let attempts = item.attempts;
+                if self
+                    .rt
+                    .spawn(async move { me.deliver_one(item).await })
+                    .is_err()
+                {
+                    // The executor is shutting down: leave the item for the next start.
+                    self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                    self.store.reschedule(&id, now_ms, attempts)?;
+                    return Ok(None);
+                }
+            }
+            if self.stopping.load(Ordering::SeqCst) {
+                return Ok(None);
+            }
+        }
+    }
+
+    async fn deliver_one(self: Arc<Self>, item: Item) {
+        let result = self.deliver.deliver(&item).await;
+        if let Err(e) = self.finish(&item, result) {
+            // The item stays in flight on disk and is retried at the next start.
+            tracing::error!(error = %e, "storage error after a delivery attempt");
+        }
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.wake.notify_one();
+        self.idle.notify_waiters();
+    }
+
+    fn finish(
+        &self,
+        item: &Item,
+        result: Result<(), DeliveryError>,
+    ) -> Result<(), dust_storage::StorageError> {
+        match result {
+            Ok(()) => {
+                self.store.complete(&item.id)?;
+                self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("item delivered");
+            }
+            Err(DeliveryError::Permanent(reason)) => {
+                self.store.complete(&item.id)?;
+                self.counters
+                    .dropped_permanent
+                    .fetch_add(1, Ordering::Relaxed);
+                // The reason is the next hop's reply text, which may quote an
+                // address: keep it at debug.
+                tracing::warn!(
+                    "item dropped after a permanent delivery failure (no bounce is sent)"
+                );
+                tracing::debug!(%reason, "permanent failure reason");
+            }
+            Err(DeliveryError::Temporary(reason)) => {
+                let attempts = item.attempts.saturating_add(1);
+                let backoff = {
+                    let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+                    self.cfg.retry.backoff(attempts, &mut *rng)
+                };
+                let at = wall_ms_ceil(self.rt.wallclock() + backoff);
+                self.store.reschedule(&item.id, at, attempts)?;
+                self.counters.retries.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(attempts, "temporary delivery failure; rescheduled");
+                tracing::debug!(%reason, "temporary failure reason");
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,354 @@
+//! The mixer in simulated time (tor_rtmock::MockRuntime): delay distribution,
+//! retries with backoff, permanent failures, and restart with overdue and
+//! in-flight items. Every duration asserted here is exact simulated time.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use dust_mixer::{
+    DelaySpec, Deliver, DeliveryError, Item, ItemId, ItemKind, Mixer, MixerConfig, RetryPolicy,
+    Store,
+};
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use tor_rtcompat::{SleepProvider, ToplevelBlockOn};
+use tor_rtmock::task::SchedulingPolicy;
+use tor_rtmock::MockRuntime;
+
+/// How the test deliverer answers.
+#[derive(Clone, Copy)]
+enum Answer {
+    Ok,
+    /// Fail temporarily this many times, then succeed.
+    FailTimes(u32),
+    Permanent,
+    /// Never finish (simulates a process that dies mid-delivery).
+    Hang,
+}
+
+struct Recorder {
+    rt: MockRuntime,
+    answer: Answer,
+    /// Every attempt: item id and simulated wall-clock time.
+    attempts: Mutex<Vec<(ItemId, SystemTime)>>,
+}
+
+impl Recorder {
+    fn new(rt: &MockRuntime, answer: Answer) -> Arc<Self> {
+        Arc::new(Self {
+            rt: rt.clone(),
+            answer,
+            attempts: Mutex::new(Vec::new()),
+        })
+    }
+    fn attempts(&self) -> Vec<(ItemId, SystemTime)> {
+        self.attempts.lock().unwrap().clone()
+    }
+}
+
+impl Deliver for Recorder {
+    async fn deliver(&self, item: &Item) -> Result<(), DeliveryError> {
+        let n = {
+            let mut a = self.attempts.lock().unwrap();
+            a.push((item.id, self.rt.wallclock()));
+            a.iter().filter(|(id, _)| *id == item.id).count() as u32
+        };
+        match self.answer {
+            Answer::Ok => Ok(()),
+            Answer::FailTimes(k) if n <= k => Err(DeliveryError::Temporary("421 try later".into())),
+            Answer::FailTimes(_) => Ok(()),
+            Answer::Permanent => Err(DeliveryError::Permanent("550 no such user".into())),
+            Answer::Hang => futures::future::pending().await,
+        }
+    }
+}
+
+/// A whole-second start time, so that millisecond release times are exact.
+const START_SECS: u64 = 1_800_000_000;
+
+/// Run `test` once per scheduling policy (as `test_with_various` does), on a
+/// runtime whose wall clock starts at [`START_SECS`].
+fn each_runtime<F, Fut>(mut test: F)
+where
+    F: FnMut(MockRuntime) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    for policy in [SchedulingPolicy::Stack, SchedulingPolicy::Queue] {
+        let rt = MockRuntime::builder()
+            .scheduling(policy)
+            .starting_wallclock(SystemTime::UNIX_EPOCH + Duration::from_secs(START_SECS))
+            .build();
+        rt.block_on(test(rt.clone()));
+    }
+}
+
+fn cfg(delay: DelaySpec) -> MixerConfig {
+    MixerConfig {
+        delay,
+        retry: RetryPolicy {
+            base: Duration::from_secs(30),
+            max: Duration::from_secs(600),
+        },
+        max_in_flight: 16,
+    }
+}
+
+fn exp(mean_ms: u64, min_ms: u64, max_ms: u64) -> DelaySpec {
+    DelaySpec::Exponential {
+        mean: Duration::from_millis(mean_ms),
+        min: Some(Duration::from_millis(min_ms)),
+        max: Some(Duration::from_millis(max_ms)),
+    }
+}
+
+/// CDF of an exponential(mean) clamped to [min, max], in seconds.
+fn clamped_exp_cdf(x: f64, mean: f64, min: f64, max: f64) -> f64 {
+    if x < min {
+        0.0
+    } else if x >= max {
+        1.0
+    } else {
+        1.0 - (-x / mean).exp()
+    }
+}
+
+/// The left limit F(x-) of [`clamped_exp_cdf`]: the clamps put atoms at `min`
+/// and `max`, so the CDF jumps there.
+fn clamped_exp_cdf_left(x: f64, mean: f64, min: f64, max: f64) -> f64 {
+    if x <= min {
+        0.0
+    } else if x > max {
+        1.0
+    } else {
+        1.0 - (-x / mean).exp()
+    }
+}
+
+/// Kolmogorov–Smirnov distance between the sample's empirical CDF and a CDF
+/// that may have atoms: at each distinct sample value x the ECDF just below x
+/// is compared with F(x-) and the ECDF at x with F(x).
+fn ks_distance(sample: &mut [f64], cdf: impl Fn(f64) -> f64, cdf_left: impl Fn(f64) -> f64) -> f64 {
+    sample.sort_by(f64::total_cmp);
+    let n = sample.len() as f64;
+    let mut d: f64 = 0.0;
+    let mut i = 0;
+    while i < sample.len() {
+        let x = sample[i];
+        let mut j = i;
+        while j < sample.len() && sample[j] == x {
+            j += 1;
+        }
+        d = d
+            .max((cdf_left(x) - i as f64 / n).abs())
+            .max((cdf(x) - j as f64 / n).abs());
+        i = j;
+    }
+    d
+}
+
+#[test]
+fn delays_follow_the_configured_exponential() {
+    each_runtime(|rt| async move {
+        const N: usize = 2000;
+        let store = Store::temporary().unwrap();
+        let rec = Recorder::new(&rt, Answer::Ok);
+        let mixer = Mixer::start_with_rng(
+            rt.clone(),
+            store,
+            rec.clone(),
+            cfg(exp(2000, 100, 10_000)),
+            StdRng::seed_from_u64(7),
+        )
+        .unwrap();
+        let t0 = rt.wallclock();
+        let mut release = HashMap::new();
+        for _ in 0..N {
+            let (id, at) = mixer.admit(ItemKind::Mail, b"x".to_vec()).await.unwrap();
+            release.insert(id, at);
+        }
+        rt.advance_until_stalled().await;
+        let attempts = rec.attempts();
+        assert_eq!(attempts.len(), N, "every item delivered exactly once");
+        let mut delays = Vec::new();
+        for (id, at) in &attempts {
+            // Released exactly at its scheduled time (simulated, ms precision).
+            assert_eq!(*at, release[id]);
+            let d = at.duration_since(t0).unwrap().as_secs_f64();
+            assert!((0.1..=10.0).contains(&d), "delay {d} outside the clamps");
+            delays.push(d);
+        }
+        // Critical KS value for n = 2000 at alpha = 0.001 is 1.95/sqrt(n) = 0.0436.
+        let crit = 1.95 / (N as f64).sqrt();
+        let d = ks_distance(
+            &mut delays,
+            |x| clamped_exp_cdf(x, 2.0, 0.1, 10.0),
+            |x| clamped_exp_cdf_left(x, 2.0, 0.1, 10.0),
+        );
+        assert!(
+            d < crit,
+            "KS distance {d} >= {crit}: not the configured distribution"
+        );
+        // Power check: the same sample must be rejected against a 25 % larger mean.
+        let wrong = ks_distance(
+            &mut delays,
+            |x| clamped_exp_cdf(x, 2.5, 0.1, 10.0),
+            |x| clamped_exp_cdf_left(x, 2.5, 0.1, 10.0),
+        );
+        assert!(
+            wrong > crit,
+            "KS cannot tell mean 2 s from 2.5 s (d = {wrong})"
+        );
+        let mean = delays.iter().sum::<f64>() / N as f64;
+        // Clamped mean: 2 s * (1 - e^-5) + 0.1 s-ish correction; well within 10 %.
+        assert!((mean - 2.0).abs() < 0.2, "mean delay {mean}");
+        assert_eq!(mixer.metrics().delivered, N as u64);
+        assert_eq!(mixer.store().stats(0).unwrap().queued, 0);
+    });
+}
+
+#[test]
+fn temporary_failures_are_retried_with_randomised_exponential_backoff() {
+    each_runtime(|rt| async move {
+        let store = Store::temporary().unwrap();
+        let rec = Recorder::new(&rt, Answer::FailTimes(4));
+        let config = cfg(DelaySpec::Constant {
+            value: Duration::from_secs(5),
+        });
+        let mixer = Mixer::start_with_rng(
+            rt.clone(),
+            store,
+            rec.clone(),
+            config,
+            StdRng::seed_from_u64(1),
+        )
+        .unwrap();
+        let t0 = rt.wallclock();
+        mixer.admit(ItemKind::Mail, b"m".to_vec()).await.unwrap();
+        rt.advance_until_stalled().await;
+        let times: Vec<SystemTime> = rec.attempts().iter().map(|a| a.1).collect();
+        assert_eq!(times.len(), 5, "4 failures then a success");
+        assert_eq!(times[0].duration_since(t0).unwrap(), Duration::from_secs(5));
+        // Gap k (k = 1..4) is 30 s * 2^(k-1), capped at 600 s, times [0.5, 1.5).
+        let mut gaps = Vec::new();
+        for k in 1..5u32 {
+            let gap = times[k as usize]
+                .duration_since(times[k as usize - 1])
+                .unwrap();
+            let raw = Duration::from_secs(30 * (1 << (k - 1))).min(Duration::from_secs(600));
+            assert!(
+                gap >= raw.mul_f64(0.5) && gap < raw.mul_f64(1.5) + Duration::from_millis(1),
+                "gap {k} = {gap:?}, raw {raw:?}"
+            );
+            gaps.push(gap);
+        }
+        // Jitter: the gaps are not the bare doubling sequence.
+        assert!(gaps
+            .iter()
+            .zip([30u64, 60, 120, 240])
+            .any(|(g, s)| *g != Duration::from_secs(s)));
+        let m = mixer.metrics();
+        assert_eq!((m.retries, m.delivered, m.dropped_permanent), (4, 1, 0));
+        assert_eq!(mixer.store().stats(0).unwrap(), Default::default());
+    });
+}
+
+#[test]
+fn permanent_failures_are_dropped_and_counted_not_retried() {
+    each_runtime(|rt| async move {
+        let store = Store::temporary().unwrap();
+        let rec = Recorder::new(&rt, Answer::Permanent);
+        let config = cfg(DelaySpec::Constant {
+            value: Duration::from_secs(1),
+        });
+        let mixer = Mixer::start(rt.clone(), store, rec.clone(), config).unwrap();
+        for _ in 0..3 {
+            mixer.admit(ItemKind::Mail, b"m".to_vec()).await.unwrap();
+        }
+        rt.advance_until_stalled().await;
+        rt.advance_by(Duration::from_secs(24 * 3600)).await;
+        assert_eq!(rec.attempts().len(), 3, "one attempt each, no retry");
+        let m = mixer.metrics();
+        assert_eq!((m.dropped_permanent, m.delivered, m.retries), (3, 0, 0));
+        let s = mixer.store().stats(0).unwrap();
+        assert_eq!((s.queued, s.in_flight), (0, 0));
+    });
+}
+
+/// A mote that was down for an hour: everything overdue (queued or in flight
+/// when it died) leaves promptly after the restart, nothing is dropped.
+#[test]
+fn restart_releases_overdue_and_in_flight_items_promptly() {
+    let dir = tempfile::tempdir().unwrap();
+    let start = SystemTime::UNIX_EPOCH + Duration::from_secs(START_SECS);
+    let config = cfg(exp(60_000, 1_000, 600_000));
+    let crashed = tempfile::tempdir().unwrap();
+    let admitted: Vec<ItemId> = {
+        let rt = MockRuntime::builder().starting_wallclock(start).build();
+        let store = Store::open(dir.path(), 1 << 24).unwrap();
+        let on_disk = store.clone();
+        let rec = Recorder::new(&rt, Answer::Hang);
+        let (rt1, cfg1) = (rt.clone(), config.clone());
+        let ids = rt.block_on(async move {
+            let mixer = Mixer::start(rt1.clone(), store, rec.clone(), cfg1).unwrap();
+            let mut ids = Vec::new();
+            for _ in 0..40 {
+                ids.push(mixer.admit(ItemKind::Mail, vec![1; 10]).await.unwrap().0);
+            }
+            // Some items go in flight (and hang); then the mote "dies".
+            rt1.advance_by(Duration::from_secs(60)).await;
+            let in_flight = rec.attempts().len();
+            assert!(in_flight > 0 && in_flight < 40, "{in_flight} in flight");
+            assert_eq!(mixer.in_flight(), in_flight);
+            ids
+        });
+        // "kill -9": take the files as they are on disk after the last flush
+        // (the in-flight marks included) and never touch this store again.
+        on_disk.flush_blocking().unwrap();
+        copy_dir(dir.path(), crashed.path());
+        ids
+    };
+    let later = start + Duration::from_secs(3600);
+    let rt = MockRuntime::builder().starting_wallclock(later).build();
+    let store = Store::open(crashed.path(), 1 << 24).unwrap();
+    assert_eq!(
+        store.stats(0).unwrap().queued,
+        40,
+        "all 40 back on the schedule"
+    );
+    let rec = Recorder::new(&rt, Answer::Ok);
+    let rt2 = rt.clone();
+    rt.block_on(async move {
+        let mixer = Mixer::start(rt2.clone(), store, rec.clone(), config).unwrap();
+        rt2.progress_until_stalled().await;
+        let attempts = rec.attempts();
+        assert_eq!(
+            attempts.len(),
+            40,
+            "every overdue item released without time passing"
+        );
+        assert!(attempts.iter().all(|(_, at)| *at == later));
+        let mut got: Vec<ItemId> = attempts.iter().map(|a| a.0).collect();
+        got.sort();
+        let mut want = admitted.clone();
+        want.sort();
+        assert_eq!(got, want);
+        // Random order, not admission order.
+        assert_ne!(attempts.iter().map(|a| a.0).collect::<Vec<_>>(), admitted);
+        assert_eq!(mixer.metrics().delivered, 40);
+    });
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dest = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dest);
+        } else {
+            std::fs::copy(e.path(), dest).unwrap();
+        }
+    }
+}
