@@ -4,7 +4,7 @@ pub mod delay;
 mod scheduler;
 
 pub use delay::{DelayError, DelaySpec};
-pub use dust_storage::{Item, ItemId, Store};
+pub use dust_storage::{Item, ItemId, StorageError, Store};
 pub use scheduler::{Metrics, Mixer, MixerConfig, RetryPolicy};
 
 use std::future::Future;

@@ -1,1 +1,7 @@
-//! x
+#![doc = include_str!("../README.md")]
+
+pub mod auth;
+pub mod delivery;
+pub mod mail;
+pub mod smtp;
+pub mod tor;

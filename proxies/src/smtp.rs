@@ -1,0 +1,739 @@
+//! The ESMTP submission server (ingress).
+//!
+//! One task per connection. Replies are buffered and flushed only when the
+//! client has nothing more in flight (the input buffer is empty), which is
+//! what makes PIPELINING cheap. A message is answered `250` only after the
+//! [`Admission`] returned, i.e. after it was fsynced.
+
+use std::future::Future;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use dust_mixer::{Deliver, ItemKind, Mixer, MixerError, StorageError};
+use futures::task::Spawn;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tor_rtcompat::{Blocking, SleepProvider};
+
+use crate::auth::Users;
+use crate::mail::{sanitize, SanitizeOptions, StoredMail};
+
+/// Settings of the SMTP endpoint (`[smtp]`).
+#[derive(Debug, Clone)]
+pub struct SmtpConfig {
+    /// Name in the greeting and EHLO reply. Neutral by default.
+    pub hostname: String,
+    /// Largest accepted message (after dot-unstuffing), in bytes (552).
+    pub max_message_bytes: usize,
+    /// Recipients per message (452 beyond).
+    pub max_recipients: usize,
+    /// Longest command or text line, CRLF included (500 beyond).
+    pub max_line_bytes: usize,
+    /// Idle time allowed while waiting for a command (421 after).
+    pub command_timeout: Duration,
+    /// Idle time allowed between two reads inside DATA (421 after).
+    pub data_timeout: Duration,
+    /// Sessions served at once; more are told 421 and closed.
+    pub max_connections: usize,
+    /// Refuse MAIL (530) until the client authenticated.
+    pub require_auth: bool,
+    /// Who may authenticate.
+    pub users: Users,
+    /// Header sanitizing options.
+    pub sanitize: SanitizeOptions,
+}
+
+impl Default for SmtpConfig {
+    fn default() -> Self {
+        Self {
+            hostname: "dustmote.invalid".into(),
+            max_message_bytes: 10 * 1024 * 1024,
+            max_recipients: 100,
+            max_line_bytes: 1000,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(180),
+            max_connections: 64,
+            require_auth: true,
+            users: Users::default(),
+            sanitize: SanitizeOptions::default(),
+        }
+    }
+}
+
+/// Why a message could not be admitted.
+#[derive(Debug, thiserror::Error)]
+pub enum AdmitError {
+    /// Storage failed; the client should try again later (451).
+    #[error("temporary storage failure")]
+    Temporary,
+    /// The mote is stopping (421).
+    #[error("shutting down")]
+    ShuttingDown,
+}
+
+/// Durable admission of an encoded [`StoredMail`]. Must return only after
+/// the payload is on stable storage.
+pub trait Admission: Send + Sync + 'static {
+    /// Store `payload`.
+    fn admit(&self, payload: Vec<u8>) -> impl Future<Output = Result<(), AdmitError>> + Send;
+}
+
+impl<R, D> Admission for Mixer<R, D>
+where
+    R: SleepProvider + Spawn + Blocking + Send + Sync + 'static,
+    R::ThreadHandle<Result<(), StorageError>>: Send,
+    D: Deliver,
+{
+    async fn admit(&self, payload: Vec<u8>) -> Result<(), AdmitError> {
+        match Mixer::admit(self, ItemKind::Mail, payload).await {
+            Ok(_) => Ok(()),
+            Err(MixerError::ShuttingDown) => Err(AdmitError::ShuttingDown),
+            Err(e) => {
+                tracing::error!(error = %e, "admission failed; client told 451");
+                Err(AdmitError::Temporary)
+            }
+        }
+    }
+}
+
+/// The server: accepts connections until `shutdown` turns true.
+pub struct Server<A> {
+    cfg: Arc<SmtpConfig>,
+    admission: Arc<A>,
+    slots: Arc<Semaphore>,
+}
+
+impl<A: Admission> Server<A> {
+    /// A server admitting through `admission`.
+    pub fn new(cfg: SmtpConfig, admission: Arc<A>) -> Self {
+        let slots = Arc::new(Semaphore::new(cfg.max_connections));
+        Self {
+            cfg: Arc::new(cfg),
+            admission,
+            slots,
+        }
+    }
+
+    /// Accept connections until `shutdown` becomes true, then wait up to
+    /// `grace` for open sessions (which are told 421 at their next command).
+    pub async fn serve(
+        &self,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+        grace: Duration,
+    ) {
+        loop {
+            let conn = tokio::select! {
+                c = listener.accept() => c,
+                _ = shutdown.wait_for(|s| *s) => break,
+            };
+            let (sock, _peer) = match conn {
+                Ok(c) => c,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let _ = sock.set_nodelay(true);
+            let (rd, wr) = sock.into_split();
+            match Arc::clone(&self.slots).try_acquire_owned() {
+                Ok(permit) => {
+                    let cfg = Arc::clone(&self.cfg);
+                    let admission = Arc::clone(&self.admission);
+                    let shutdown = shutdown.clone();
+                    tokio::spawn(async move {
+                        let mut s = Session::new(&cfg, &*admission, rd, wr, shutdown);
+                        if let Err(e) = s.run().await {
+                            tracing::debug!(error = %e, "session ended with an I/O error");
+                        }
+                        drop(permit);
+                    });
+                }
+                Err(_) => {
+                    let host = self.cfg.hostname.clone();
+                    tokio::spawn(async move {
+                        let mut wr = wr;
+                        let msg =
+                            format!("421 4.3.2 {host} Too many connections, try again later\r\n");
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(5),
+                            wr.write_all(msg.as_bytes()),
+                        )
+                        .await;
+                        drop(rd);
+                    });
+                }
+            }
+        }
+        let all = self.cfg.max_connections as u32;
+        let _ = tokio::time::timeout(grace, self.slots.acquire_many(all)).await;
+    }
+}
+
+/// Result of reading one line.
+enum Line {
+    /// A complete line, terminator included (in the buffer).
+    Ok,
+    /// Longer than the limit; consumed up to its end and discarded.
+    TooLong,
+    /// The peer closed the connection.
+    Eof,
+}
+
+/// Read one line (up to and including LF) of at most `limit` bytes.
+async fn read_line<R: AsyncRead + Unpin>(
+    rd: &mut BufReader<R>,
+    out: &mut Vec<u8>,
+    limit: usize,
+) -> std::io::Result<Line> {
+    out.clear();
+    let mut too_long = false;
+    loop {
+        let buf = rd.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(Line::Eof);
+        }
+        let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (buf.len(), false),
+        };
+        if !too_long && out.len() + take <= limit {
+            out.extend_from_slice(&buf[..take]);
+        } else {
+            too_long = true;
+            out.clear();
+        }
+        rd.consume(take);
+        if done {
+            return Ok(if too_long { Line::TooLong } else { Line::Ok });
+        }
+    }
+}
+
+enum Flow {
+    Continue,
+    Close,
+}
+
+struct Session<'a, A, R, W> {
+    cfg: &'a SmtpConfig,
+    admission: &'a A,
+    rd: BufReader<R>,
+    wr: BufWriter<W>,
+    shutdown: watch::Receiver<bool>,
+    greeted: bool,
+    user: Option<String>,
+    from: Option<String>,
+    rcpts: Vec<String>,
+    auth_failures: u32,
+    errors: u32,
+    line: Vec<u8>,
+}
+
+/// Close the session after this many failed AUTH attempts.
+const MAX_AUTH_FAILURES: u32 = 3;
+/// Close the session after this many rejected commands.
+const MAX_ERRORS: u32 = 20;
+
+impl<'a, A, R, W> Session<'a, A, R, W>
+where
+    A: Admission,
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    fn new(
+        cfg: &'a SmtpConfig,
+        admission: &'a A,
+        rd: R,
+        wr: W,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            cfg,
+            admission,
+            rd: BufReader::with_capacity(16 * 1024, rd),
+            wr: BufWriter::with_capacity(8 * 1024, wr),
+            shutdown,
+            greeted: false,
+            user: None,
+            from: None,
+            rcpts: Vec::new(),
+            auth_failures: 0,
+            errors: 0,
+            line: Vec::with_capacity(1024),
+        }
+    }
+
+    async fn reply(&mut self, text: &str) -> std::io::Result<()> {
+        self.wr.write_all(text.as_bytes()).await?;
+        self.wr.write_all(b"\r\n").await
+    }
+
+    /// Flush replies unless the client already sent more (pipelining).
+    async fn flush_if_idle(&mut self) -> std::io::Result<()> {
+        if self.rd.buffer().is_empty() {
+            self.wr.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn close_with(&mut self, text: &str) -> std::io::Result<()> {
+        self.reply(text).await?;
+        self.wr.flush().await?;
+        let _ = self.wr.shutdown().await;
+        Ok(())
+    }
+
+    async fn run(&mut self) -> std::io::Result<()> {
+        let greeting = format!("220 {} ESMTP", self.cfg.hostname);
+        self.reply(&greeting).await?;
+        loop {
+            self.flush_if_idle().await?;
+            let limit = self.cfg.max_line_bytes;
+            let timeout = self.cfg.command_timeout;
+            let read = {
+                let Self {
+                    rd, line, shutdown, ..
+                } = self;
+                tokio::select! {
+                    r = tokio::time::timeout(timeout, read_line(rd, line, limit)) => Some(r),
+                    _ = shutdown.wait_for(|s| *s) => None,
+                }
+            };
+            let line = match read {
+                None => {
+                    let msg = format!("421 4.3.2 {} Service shutting down", self.cfg.hostname);
+                    return self.close_with(&msg).await;
+                }
+                Some(Err(_)) => {
+                    let msg = format!(
+                        "421 4.4.2 {} Timeout, closing connection",
+                        self.cfg.hostname
+                    );
+                    return self.close_with(&msg).await;
+                }
+                Some(Ok(r)) => r?,
+            };
+            let flow = match line {
+                Line::Eof => return Ok(()),
+                Line::TooLong => self.error("500 5.5.2 Line too long").await?,
+                Line::Ok => {
+                    let text = trim_eol(&self.line);
+                    match std::str::from_utf8(text) {
+                        Ok(t) => {
+                            let t = t.to_string();
+                            self.command(&t).await?
+                        }
+                        Err(_) => self.error("500 5.5.2 Command is not valid UTF-8").await?,
+                    }
+                }
+            };
+            if let Flow::Close = flow {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reply with an error; close after too many.
+    async fn error(&mut self, text: &str) -> std::io::Result<Flow> {
+        self.errors += 1;
+        if self.errors >= MAX_ERRORS {
+            let msg = format!(
+                "421 4.7.0 {} Too many errors, closing connection",
+                self.cfg.hostname
+            );
+            self.close_with(&msg).await?;
+            return Ok(Flow::Close);
+        }
+        self.reply(text).await?;
+        Ok(Flow::Continue)
+    }
+
+    fn reset(&mut self) {
+        self.from = None;
+        self.rcpts.clear();
+    }
+
+    async fn command(&mut self, line: &str) -> std::io::Result<Flow> {
+        let (verb, arg) = match line.find(' ') {
+            Some(i) => (&line[..i], line[i + 1..].trim()),
+            None => (line, ""),
+        };
+        match verb.to_ascii_uppercase().as_str() {
+            "EHLO" | "HELO" if arg.is_empty() => {
+                self.error("501 5.5.4 Syntax: EHLO hostname").await
+            }
+            "EHLO" => {
+                self.reset();
+                self.greeted = true;
+                let mut r = format!(
+                    "250-{}\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-8BITMIME\r\n",
+                    self.cfg.hostname, self.cfg.max_message_bytes
+                );
+                if !self.cfg.users.is_empty() && self.user.is_none() {
+                    r.push_str("250-AUTH PLAIN LOGIN\r\n");
+                }
+                r.push_str("250 ENHANCEDSTATUSCODES");
+                self.reply(&r).await?;
+                Ok(Flow::Continue)
+            }
+            "HELO" => {
+                self.reset();
+                self.greeted = true;
+                let r = format!("250 {}", self.cfg.hostname);
+                self.reply(&r).await?;
+                Ok(Flow::Continue)
+            }
+            "MAIL" => self.mail(arg).await,
+            "RCPT" => self.rcpt(arg).await,
+            "DATA" if !arg.is_empty() => self.error("501 5.5.4 Syntax: DATA").await,
+            "DATA" => self.data().await,
+            "RSET" => {
+                self.reset();
+                self.reply("250 2.0.0 Ok").await?;
+                Ok(Flow::Continue)
+            }
+            "NOOP" => {
+                self.reply("250 2.0.0 Ok").await?;
+                Ok(Flow::Continue)
+            }
+            "QUIT" => {
+                self.close_with("221 2.0.0 Bye").await?;
+                Ok(Flow::Close)
+            }
+            "AUTH" => self.auth(arg).await,
+            "VRFY" => {
+                self.reply("252 2.5.2 Cannot VRFY user").await?;
+                Ok(Flow::Continue)
+            }
+            "HELP" => {
+                self.reply("214 2.0.0 See RFC 5321").await?;
+                Ok(Flow::Continue)
+            }
+            _ => self.error("500 5.5.2 Command not recognized").await,
+        }
+    }
+
+    async fn mail(&mut self, arg: &str) -> std::io::Result<Flow> {
+        if !self.greeted {
+            return self.error("503 5.5.1 Send EHLO or HELO first").await;
+        }
+        if self.cfg.require_auth && self.user.is_none() {
+            return self.error("530 5.7.0 Authentication required").await;
+        }
+        if self.from.is_some() {
+            return self.error("503 5.5.1 Nested MAIL command").await;
+        }
+        let Some((addr, params)) = path_arg(arg, "FROM:") else {
+            return self.error("501 5.5.4 Syntax: MAIL FROM:<address>").await;
+        };
+        for p in params.split_ascii_whitespace() {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            match k.to_ascii_uppercase().as_str() {
+                "SIZE" => match v.parse::<u64>() {
+                    Ok(n) if n > self.cfg.max_message_bytes as u64 => {
+                        return self
+                            .error("552 5.3.4 Message size exceeds fixed maximum message size")
+                            .await;
+                    }
+                    Ok(_) => {}
+                    Err(_) => return self.error("501 5.5.4 Bad SIZE parameter").await,
+                },
+                "BODY" if v.eq_ignore_ascii_case("8BITMIME") || v.eq_ignore_ascii_case("7BIT") => {}
+                _ => return self.error("555 5.5.4 Unsupported MAIL parameter").await,
+            }
+        }
+        if !addr.is_empty() && lettre::Address::from_str(addr).is_err() {
+            return self.error("501 5.1.7 Bad sender address syntax").await;
+        }
+        self.from = Some(addr.to_string());
+        self.reply("250 2.1.0 Ok").await?;
+        Ok(Flow::Continue)
+    }
+
+    async fn rcpt(&mut self, arg: &str) -> std::io::Result<Flow> {
+        if self.from.is_none() {
+            return self.error("503 5.5.1 Need MAIL before RCPT").await;
+        }
+        let Some((addr, params)) = path_arg(arg, "TO:") else {
+            return self.error("501 5.5.4 Syntax: RCPT TO:<address>").await;
+        };
+        if !params.trim().is_empty() {
+            return self.error("555 5.5.4 Unsupported RCPT parameter").await;
+        }
+        if addr.is_empty() || lettre::Address::from_str(addr).is_err() {
+            return self.error("501 5.1.3 Bad recipient address syntax").await;
+        }
+        if self.rcpts.len() >= self.cfg.max_recipients {
+            self.reply("452 4.5.3 Too many recipients").await?;
+            return Ok(Flow::Continue);
+        }
+        self.rcpts.push(addr.to_string());
+        self.reply("250 2.1.5 Ok").await?;
+        Ok(Flow::Continue)
+    }
+
+    async fn data(&mut self) -> std::io::Result<Flow> {
+        if self.from.is_none() {
+            return self.error("503 5.5.1 Need MAIL command").await;
+        }
+        if self.rcpts.is_empty() {
+            return self.error("554 5.5.1 No valid recipients").await;
+        }
+        self.reply("354 End data with <CR><LF>.<CR><LF>").await?;
+        self.wr.flush().await?;
+        let max = self.cfg.max_message_bytes;
+        let mut msg = Vec::with_capacity(max.min(64 * 1024));
+        let (mut oversize, mut too_long) = (false, false);
+        // Only CRLF "." CRLF ends DATA: the line before the dot must have
+        // ended in CRLF too (the 354 reply counts as such a boundary).
+        let mut after_crlf = true;
+        loop {
+            let read = tokio::time::timeout(
+                self.cfg.data_timeout,
+                read_line(&mut self.rd, &mut self.line, self.cfg.max_line_bytes),
+            )
+            .await;
+            let line = match read {
+                Err(_) => {
+                    let m = format!(
+                        "421 4.4.2 {} Timeout during DATA, closing connection",
+                        self.cfg.hostname
+                    );
+                    self.close_with(&m).await?;
+                    return Ok(Flow::Close);
+                }
+                Ok(r) => r?,
+            };
+            match line {
+                Line::Eof => return Ok(Flow::Close),
+                Line::TooLong => {
+                    too_long = true;
+                    after_crlf = true;
+                    continue;
+                }
+                Line::Ok => {}
+            }
+            let l = &self.line;
+            let crlf = l.ends_with(b"\r\n");
+            if after_crlf && l.as_slice() == b".\r\n" {
+                break;
+            }
+            after_crlf = crlf;
+            let content = trim_eol(l);
+            let content = content.strip_prefix(b".").unwrap_or(content);
+            if msg.len() + content.len() + 2 > max {
+                oversize = true;
+            }
+            if !oversize && !too_long {
+                msg.extend_from_slice(content);
+                msg.extend_from_slice(b"\r\n");
+            }
+        }
+        let (from, rcpts) = (
+            self.from.take().unwrap_or_default(),
+            std::mem::take(&mut self.rcpts),
+        );
+        if oversize {
+            self.reply("552 5.3.4 Message size exceeds fixed maximum message size")
+                .await?;
+            return Ok(Flow::Continue);
+        }
+        if too_long {
+            self.reply("500 5.5.2 Message line too long").await?;
+            return Ok(Flow::Continue);
+        }
+        let sanitized = {
+            let mut rng = rand::rng();
+            sanitize(&msg, self.cfg.sanitize, &mut rng)
+        };
+        let message = match sanitized {
+            Ok(m) => m,
+            Err(_) => {
+                self.reply("550 5.6.0 Message has no parseable header")
+                    .await?;
+                return Ok(Flow::Continue);
+            }
+        };
+        let payload = StoredMail {
+            from,
+            rcpts,
+            message,
+        }
+        .encode();
+        match self.admission.admit(payload).await {
+            Ok(()) => {
+                self.reply("250 2.0.0 Ok: queued").await?;
+                Ok(Flow::Continue)
+            }
+            Err(AdmitError::Temporary) => {
+                self.reply("451 4.3.0 Temporary storage failure, try again later")
+                    .await?;
+                Ok(Flow::Continue)
+            }
+            Err(AdmitError::ShuttingDown) => {
+                let m = format!(
+                    "421 4.3.2 {} Service shutting down, message not accepted",
+                    self.cfg.hostname
+                );
+                self.close_with(&m).await?;
+                Ok(Flow::Close)
+            }
+        }
+    }
+
+    /// Read one AUTH continuation line; `None` if cancelled or broken.
+    async fn auth_line(&mut self, prompt: &str) -> std::io::Result<Result<Vec<u8>, &'static str>> {
+        self.reply(prompt).await?;
+        self.wr.flush().await?;
+        let read = tokio::time::timeout(
+            self.cfg.command_timeout,
+            read_line(&mut self.rd, &mut self.line, self.cfg.max_line_bytes),
+        )
+        .await;
+        match read {
+            Err(_) | Ok(Ok(Line::Eof)) => Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(Line::TooLong)) => Ok(Err("500 5.5.2 Line too long")),
+            Ok(Ok(Line::Ok)) => {
+                let t = trim_eol(&self.line);
+                if t == b"*" {
+                    return Ok(Err("501 5.0.0 Authentication cancelled"));
+                }
+                Ok(B64.decode(t).map_err(|_| "501 5.5.2 Invalid base64 data"))
+            }
+        }
+    }
+
+    async fn auth(&mut self, arg: &str) -> std::io::Result<Flow> {
+        if self.cfg.users.is_empty() {
+            return self.error("503 5.5.1 AUTH not available").await;
+        }
+        if self.user.is_some() {
+            return self.error("503 5.5.1 Already authenticated").await;
+        }
+        if self.from.is_some() {
+            return self
+                .error("503 5.5.1 AUTH not allowed during a mail transaction")
+                .await;
+        }
+        let (mech, initial) = match arg.split_once(' ') {
+            Some((m, i)) => (m, Some(i.trim())),
+            None => (arg, None),
+        };
+        let decode = |s: &str| {
+            if s == "=" {
+                Ok(Vec::new())
+            } else {
+                B64.decode(s).map_err(|_| "501 5.5.2 Invalid base64 data")
+            }
+        };
+        let creds = match mech.to_ascii_uppercase().as_str() {
+            "PLAIN" => {
+                let data = match initial {
+                    Some(i) => decode(i),
+                    None => match self.auth_line("334 ").await? {
+                        Ok(d) => Ok(d),
+                        Err(e) => Err(e),
+                    },
+                };
+                data.and_then(|d| {
+                    let mut parts = d.split(|&b| b == 0);
+                    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+                        (Some(authz), Some(user), Some(pass), None)
+                            if authz.is_empty() || authz == user =>
+                        {
+                            Ok((user.to_vec(), pass.to_vec()))
+                        }
+                        _ => Err("501 5.5.2 Malformed PLAIN response"),
+                    }
+                })
+            }
+            "LOGIN" => {
+                let user = match initial {
+                    Some(i) => decode(i),
+                    None => self.auth_line("334 VXNlcm5hbWU6").await?,
+                };
+                match user {
+                    Ok(u) => self.auth_line("334 UGFzc3dvcmQ6").await?.map(|p| (u, p)),
+                    Err(e) => Err(e),
+                }
+            }
+            _ => Err("504 5.5.4 Unrecognized authentication mechanism"),
+        };
+        let (user, pass) = match creds {
+            Ok(c) => c,
+            Err(e) => return self.error(e).await,
+        };
+        let Ok(user) = String::from_utf8(user) else {
+            return self.auth_failed().await;
+        };
+        let users = self.cfg.users.clone();
+        let name = user.clone();
+        let ok = tokio::task::spawn_blocking(move || users.verify(&name, &pass))
+            .await
+            .unwrap_or(false);
+        if ok {
+            self.user = Some(user);
+            self.reply("235 2.7.0 Authentication successful").await?;
+            Ok(Flow::Continue)
+        } else {
+            self.auth_failed().await
+        }
+    }
+
+    async fn auth_failed(&mut self) -> std::io::Result<Flow> {
+        self.auth_failures += 1;
+        if self.auth_failures >= MAX_AUTH_FAILURES {
+            let m = format!(
+                "421 4.7.0 {} Too many failed authentications",
+                self.cfg.hostname
+            );
+            self.close_with(&m).await?;
+            return Ok(Flow::Close);
+        }
+        self.reply("535 5.7.8 Authentication credentials invalid")
+            .await?;
+        Ok(Flow::Continue)
+    }
+}
+
+fn trim_eol(l: &[u8]) -> &[u8] {
+    let l = l.strip_suffix(b"\n").unwrap_or(l);
+    l.strip_suffix(b"\r").unwrap_or(l)
+}
+
+/// Parse `FROM:<addr> params` / `TO:<addr> params` (keyword case-insensitive,
+/// optional space after the colon). Returns the address without brackets.
+fn path_arg<'l>(arg: &'l str, keyword: &str) -> Option<(&'l str, &'l str)> {
+    if arg.len() < keyword.len() || !arg[..keyword.len()].eq_ignore_ascii_case(keyword) {
+        return None;
+    }
+    let rest = arg[keyword.len()..].trim_start();
+    let rest = rest.strip_prefix('<')?;
+    let end = rest.find('>')?;
+    Some((&rest[..end], &rest[end + 1..]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_parsed() {
+        assert_eq!(
+            path_arg("FROM:<a@b> SIZE=10", "FROM:"),
+            Some(("a@b", " SIZE=10"))
+        );
+        assert_eq!(path_arg("from: <>", "FROM:"), Some(("", "")));
+        assert_eq!(path_arg("TO:a@b", "TO:"), None);
+        assert_eq!(path_arg("FROM<a@b>", "FROM:"), None);
+        assert_eq!(path_arg("F", "FROM:"), None);
+    }
+}

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the real peers the test suite runs against (Debian packages and one
+# Python package). Idempotent; needs root or passwordless sudo.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+need=()
+command -v swaks >/dev/null || need+=(swaks)
+command -v smtp-sink >/dev/null || [ -x /usr/sbin/smtp-sink ] || need+=(postfix)
+command -v tor >/dev/null || need+=(tor)
+command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
+command -v curl >/dev/null || need+=(curl)
+if [ "${#need[@]}" -gt 0 ]; then
+    # Postfix asks which mail setup to use; we only need its binaries.
+    echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
+fi
+# Debian starts the daemons it installs; the tests start their own on free
+# ports and want none of the system ones holding port 25 or 80.
+for svc in postfix nginx tor; do
+    $SUDO systemctl stop "$svc" >/dev/null 2>&1 || $SUDO service "$svc" stop >/dev/null 2>&1 || true
+done
+
+python3 -c "import aiosmtpd" 2>/dev/null || python3 -m pip install -q "aiosmtpd==1.4.6"
