@@ -1,1 +1,202 @@
-fn main() {}
+//! `dustmote`: the mote's command-line entry point.
+
+mod config;
+mod control;
+mod rt;
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use dust_mixer::{Deliver, DeliveryError, Item, Mixer};
+use dust_proxies::delivery::MailDelivery;
+use dust_proxies::smtp::Server;
+use dust_proxies::tor::{Connector, Direct, Unavailable};
+use dust_storage::Store;
+
+use crate::config::{Checked, TorMode};
+use crate::rt::TokioRt;
+
+#[derive(Parser)]
+#[command(name = "dustmote", version, about = "A short-lived mix node: stores, delays and forwards mail into Tor")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the mote until SIGINT or SIGTERM.
+    Serve {
+        /// Configuration file; without it the embedded defaults are used.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+    /// Read a password from stdin and print its argon2 hash for [[smtp.users]].
+    Passwd,
+    /// Show queue counts and the next release times.
+    Queue {
+        /// Configuration file (for the data directory).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Also list each item's envelope addresses.
+        #[arg(long)]
+        show_addresses: bool,
+    },
+    /// Configuration commands.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Check a configuration file; errors name the file, key and reason.
+    Check {
+        /// The file to check.
+        file: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve { config } => serve(config),
+        Command::Passwd => passwd(),
+        Command::Queue { config, show_addresses } => control::queue(config.as_deref(), show_addresses),
+        Command::Config {
+            command: ConfigCommand::Check { file },
+        } => config::load(Some(&file)).map_err(|e| e.to_string()).map(|c| {
+            for w in &c.warnings {
+                eprintln!("warning: {w}");
+            }
+            eprintln!("{}: ok", file.display());
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dustmote: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn passwd() -> Result<(), String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| format!("reading the password from stdin: {e}"))?;
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        return Err("empty password (give it on stdin, e.g. `echo secret | dustmote passwd`)".into());
+    }
+    let hash = dust_proxies::auth::hash_password(password.as_bytes()).map_err(|e| e.to_string())?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{hash}").map_err(|e| e.to_string())
+}
+
+/// What the mixer hands due items to.
+enum Egress {
+    Mail(MailDelivery),
+    /// No delivery configured: keep everything queued.
+    Hold,
+}
+
+impl Deliver for Egress {
+    async fn deliver(&self, item: &Item) -> Result<(), DeliveryError> {
+        match self {
+            Egress::Mail(m) => m.deliver(item).await,
+            Egress::Hold => Err(DeliveryError::Temporary("no [delivery.mail] configured".into())),
+        }
+    }
+}
+
+fn serve(config: Option<PathBuf>) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let checked = config::load(config.as_deref()).map_err(|e| e.to_string())?;
+    for w in &checked.warnings {
+        tracing::warn!("{w}");
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    runtime.block_on(run(checked))
+}
+
+async fn run(checked: Checked) -> Result<(), String> {
+    let Checked {
+        config,
+        smtp,
+        mixer: mixer_cfg,
+        relay,
+        ..
+    } = checked;
+    let dir = config.storage.dir.clone();
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let store = Store::open(&dir.join("queue"), config.storage.cache_bytes)
+        .map_err(|e| format!("opening the queue in {}: {e} (is another dustmote running on it?)", dir.display()))?;
+    let stats = store.stats(0).map_err(|e| e.to_string())?;
+    tracing::info!(queued = stats.queued, in_flight = stats.in_flight, "queue opened");
+    let connector: Arc<dyn Connector> = match config.tor.mode {
+        TorMode::Direct => Arc::new(Direct {
+            connect_timeout: std::time::Duration::from_secs(30),
+        }),
+        mode => Arc::new(Unavailable {
+            mode: mode.as_str(),
+            reason: format!("tor mode \"{}\" is not available in this build yet", mode.as_str()),
+        }),
+    };
+    let egress = match relay {
+        Some(r) => Egress::Mail(MailDelivery::new(connector, r)),
+        None => Egress::Hold,
+    };
+    let mixer = Mixer::start(TokioRt::current(), Arc::clone(&store), Arc::new(egress), mixer_cfg)
+        .map_err(|e| e.to_string())?;
+    let listener = tokio::net::TcpListener::bind(config.smtp.listen)
+        .await
+        .map_err(|e| format!("listening on {}: {e}", config.smtp.listen))?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let control = control::serve(&dir, Arc::clone(&store), stop_rx.clone())?;
+    tracing::info!(smtp = %config.smtp.listen, "dustmote is running");
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("stopping: no new connections; open sessions and deliveries get a grace period");
+        let _ = stop_tx.send(true);
+    });
+    let server = Server::new(smtp, Arc::new(mixer.clone()));
+    server.serve(listener, stop_rx, config.shutdown.session_grace).await;
+    let left = mixer.shutdown(config.shutdown.delivery_grace).await;
+    control.abort();
+    control::remove_socket(&dir);
+    let stats = store.stats(0).map_err(|e| e.to_string())?;
+    tracing::info!(
+        queued = stats.queued,
+        in_flight_returned = left,
+        "stopped; everything not delivered stays queued for the next start"
+    );
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -1,0 +1,531 @@
+//! The configuration file (TOML). Every key is documented in the README;
+//! unknown keys are errors, so a typo never silently falls back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dust_mixer::delay::humantime_serde_compat as hts;
+use dust_mixer::{DelaySpec, MixerConfig, RetryPolicy};
+use dust_proxies::auth::Users;
+use dust_proxies::delivery::{RelayConfig, TlsMode};
+use dust_proxies::mail::SanitizeOptions;
+use dust_proxies::smtp::SmtpConfig;
+use serde::Deserialize;
+
+/// A configuration error, naming the file, the key and the reason.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {reason}")]
+pub struct ConfigError {
+    /// The file (or "embedded defaults").
+    pub file: String,
+    /// The offending key, as `section.key`.
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// `[storage]`
+    pub storage: Storage,
+    /// `[smtp]`
+    pub smtp: Smtp,
+    /// `[mixer]`
+    pub mixer: Mixer,
+    /// `[delivery]`
+    pub delivery: Delivery,
+    /// `[tor]`
+    pub tor: Tor,
+    /// `[shutdown]`
+    pub shutdown: Shutdown,
+}
+
+/// `[storage]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Storage {
+    /// Data directory (the sled database and the control socket).
+    pub dir: PathBuf,
+    /// sled page cache size in bytes.
+    pub cache_bytes: u64,
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Self {
+            dir: PathBuf::from("./dustmote-data"),
+            cache_bytes: dust_storage::DEFAULT_CACHE_BYTES,
+        }
+    }
+}
+
+/// One `[[smtp.users]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    /// Login name.
+    pub name: String,
+    /// argon2 PHC string from `dustmote passwd`.
+    pub password_hash: String,
+}
+
+/// `[smtp]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Smtp {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Name in the greeting and EHLO reply.
+    pub hostname: String,
+    /// Largest message in bytes (552 beyond).
+    pub max_message_bytes: usize,
+    /// Recipients per message (452 beyond).
+    pub max_recipients: usize,
+    /// Longest line, CRLF included (500 beyond).
+    pub max_line_bytes: usize,
+    /// Idle limit while waiting for a command.
+    #[serde(with = "hts")]
+    pub command_timeout: Duration,
+    /// Idle limit inside DATA.
+    #[serde(with = "hts")]
+    pub data_timeout: Duration,
+    /// Sessions at once.
+    pub max_connections: usize,
+    /// Refuse mail from unauthenticated sessions (530).
+    pub require_auth: bool,
+    /// Keep In-Reply-To and References.
+    pub keep_threading_headers: bool,
+    /// Users allowed to submit.
+    pub users: Vec<User>,
+}
+
+impl Default for Smtp {
+    fn default() -> Self {
+        let d = SmtpConfig::default();
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 2525)),
+            hostname: d.hostname,
+            max_message_bytes: d.max_message_bytes,
+            max_recipients: d.max_recipients,
+            max_line_bytes: d.max_line_bytes,
+            command_timeout: d.command_timeout,
+            data_timeout: d.data_timeout,
+            max_connections: d.max_connections,
+            require_auth: d.require_auth,
+            keep_threading_headers: false,
+            users: Vec::new(),
+        }
+    }
+}
+
+/// `[mixer] strategy`
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Strategy {
+    /// Each message gets an independent random delay (a Poisson mix when
+    /// delays are exponential).
+    #[default]
+    Poisson,
+}
+
+/// `[mixer]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mixer {
+    /// Mixing strategy.
+    pub strategy: Strategy,
+    /// Delay distribution.
+    pub delay: DelaySpec,
+    /// Deliveries at once.
+    pub max_in_flight: usize,
+    /// First retry backoff (before jitter).
+    #[serde(with = "hts")]
+    pub retry_base: Duration,
+    /// Largest retry backoff (before jitter).
+    #[serde(with = "hts")]
+    pub retry_max: Duration,
+}
+
+impl Default for Mixer {
+    fn default() -> Self {
+        let d = MixerConfig::default();
+        Self {
+            strategy: Strategy::Poisson,
+            delay: d.delay,
+            max_in_flight: d.max_in_flight,
+            retry_base: d.retry.base,
+            retry_max: d.retry.max,
+        }
+    }
+}
+
+/// `[delivery]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Delivery {
+    /// `[delivery.mail]`; without it mail is queued but not delivered.
+    pub mail: Option<MailDelivery>,
+}
+
+/// `[delivery.mail] mode`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MailMode {
+    /// Everything to one smarthost.
+    Relay,
+}
+
+/// `[delivery.mail] tls`
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tls {
+    /// Plain text.
+    None,
+    /// STARTTLS (port 587).
+    #[default]
+    Starttls,
+    /// Implicit TLS (port 465).
+    Implicit,
+}
+
+/// `[delivery.mail]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MailDelivery {
+    /// Egress mode.
+    pub mode: MailMode,
+    /// `host:port` of the smarthost.
+    pub relay: String,
+    /// TLS to the smarthost.
+    #[serde(default)]
+    pub tls: Tls,
+    /// AUTH user at the smarthost.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// AUTH password at the smarthost.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Bound on one delivery attempt.
+    #[serde(default = "default_delivery_timeout", with = "hts")]
+    pub timeout: Duration,
+}
+
+fn default_delivery_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+
+/// `[tor] mode`
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TorMode {
+    /// Embedded Arti (the default).
+    #[default]
+    Arti,
+    /// A tor daemon's SocksPort.
+    Socks5,
+    /// Clearnet; needs `allow_clearnet = true`.
+    Direct,
+}
+
+impl TorMode {
+    /// The name used in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TorMode::Arti => "arti",
+            TorMode::Socks5 => "socks5",
+            TorMode::Direct => "direct",
+        }
+    }
+}
+
+/// `[tor]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tor {
+    /// How traffic leaves the mote.
+    pub mode: TorMode,
+    /// Must be true for `mode = "direct"`.
+    pub allow_clearnet: bool,
+    /// SocksPort for `mode = "socks5"`.
+    pub socks: Option<String>,
+    /// Arti configuration file for `mode = "arti"`.
+    pub arti_config: Option<PathBuf>,
+}
+
+/// `[shutdown]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Shutdown {
+    /// How long open SMTP sessions may take to finish after SIGTERM.
+    #[serde(with = "hts")]
+    pub session_grace: Duration,
+    /// How long running deliveries may take to finish; the rest go back to
+    /// the queue and are retried at the next start.
+    #[serde(with = "hts")]
+    pub delivery_grace: Duration,
+}
+
+impl Default for Shutdown {
+    fn default() -> Self {
+        Self {
+            session_grace: Duration::from_secs(10),
+            delivery_grace: Duration::from_secs(20),
+        }
+    }
+}
+
+/// A checked configuration, ready to run.
+#[derive(Debug)]
+pub struct Checked {
+    /// The parsed file.
+    pub config: Config,
+    /// SMTP settings with parsed users.
+    pub smtp: SmtpConfig,
+    /// Mixer settings.
+    pub mixer: MixerConfig,
+    /// Relay, if mail delivery is configured.
+    pub relay: Option<RelayConfig>,
+    /// Things the operator should know (printed as warnings at startup).
+    pub warnings: Vec<String>,
+}
+
+/// Parse `text` (from `file`) and check it.
+pub fn parse(text: &str, file: &str) -> Result<Checked, ConfigError> {
+    let err = |key: &str, reason: String| ConfigError {
+        file: file.to_string(),
+        key: key.to_string(),
+        reason,
+    };
+    let config: Config = toml::from_str(text).map_err(|e| {
+        let key = e.span().map(|s| locate(text, s.start)).unwrap_or_else(|| "(file)".into());
+        err(&key, e.message().to_string())
+    })?;
+    check(config, file)
+}
+
+/// Load and check a file; `None` means the embedded defaults.
+pub fn load(path: Option<&Path>) -> Result<Checked, ConfigError> {
+    match path {
+        None => check(Config::default(), "embedded defaults"),
+        Some(p) => {
+            let name = p.display().to_string();
+            let text = std::fs::read_to_string(p).map_err(|e| ConfigError {
+                file: name.clone(),
+                key: "(file)".into(),
+                reason: e.to_string(),
+            })?;
+            parse(&text, &name)
+        }
+    }
+}
+
+/// "line N" plus the nearest `[section]` above a byte offset, for parse errors.
+fn locate(text: &str, offset: usize) -> String {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let section = before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .unwrap_or("(top level)");
+    format!("{section} line {line}")
+}
+
+fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
+    let err = |key: &str, reason: &str| ConfigError {
+        file: file.to_string(),
+        key: key.to_string(),
+        reason: reason.to_string(),
+    };
+    let mut warnings = Vec::new();
+    let s = &config.smtp;
+    for (key, v) in [
+        ("smtp.max_message_bytes", s.max_message_bytes),
+        ("smtp.max_recipients", s.max_recipients),
+        ("smtp.max_connections", s.max_connections),
+        ("mixer.max_in_flight", config.mixer.max_in_flight),
+    ] {
+        if v == 0 {
+            return Err(err(key, "must be at least 1"));
+        }
+    }
+    if s.max_line_bytes < 512 {
+        return Err(err("smtp.max_line_bytes", "must be at least 512 (RFC 5321 command line length)"));
+    }
+    if s.command_timeout.is_zero() || s.data_timeout.is_zero() {
+        return Err(err("smtp.command_timeout", "timeouts must be positive"));
+    }
+    let users = Users::new(s.users.iter().map(|u| (u.name.clone(), u.password_hash.clone())))
+        .map_err(|e| err("smtp.users.password_hash", &e.to_string()))?;
+    if s.require_auth && users.is_empty() {
+        warnings.push(
+            "no [[smtp.users]] configured: every submission is refused (530); add a user with `dustmote passwd`"
+                .into(),
+        );
+    }
+    if !s.require_auth {
+        warnings.push(
+            "[smtp] require_auth = false: anyone who can reach the SMTP port can send mail through this mote; \
+             use this only on loopback for tests and benchmarks"
+                .into(),
+        );
+    }
+    let m = &config.mixer;
+    m.delay
+        .validate()
+        .map_err(|e| err(&format!("mixer.delay.{}", e.key), &e.reason))?;
+    if m.retry_base.is_zero() || m.retry_max < m.retry_base {
+        return Err(err("mixer.retry_max", "retry_base must be positive and retry_max >= retry_base"));
+    }
+    let t = &config.tor;
+    match t.mode {
+        TorMode::Direct if !t.allow_clearnet => {
+            return Err(err(
+                "tor.mode",
+                "\"direct\" sends mail in the clear, outside Tor; the mote refuses to start unless \
+                 [tor] allow_clearnet = true says this is intended",
+            ));
+        }
+        TorMode::Direct => warnings.push("[tor] mode = \"direct\": deliveries leave in the clear, not through Tor".into()),
+        TorMode::Arti | TorMode::Socks5 => warnings.push(format!(
+            "[tor] mode = \"{}\" is not available in this build yet: mail is accepted and kept queued, \
+             and nothing is sent until a Tor transport is available",
+            t.mode.as_str()
+        )),
+    }
+    let relay = match &config.delivery.mail {
+        None => {
+            warnings.push("no [delivery.mail]: mail is accepted and kept queued but not delivered".into());
+            None
+        }
+        Some(d) => {
+            // The only mode so far; `mx` and onion MX come with the Tor egress.
+            let MailMode::Relay = d.mode;
+            let (host, port) = split_host_port(&d.relay)
+                .ok_or_else(|| err("delivery.mail.relay", "expected host:port, e.g. \"smtp.example.org:587\""))?;
+            let auth = match (&d.user, &d.password) {
+                (Some(u), Some(p)) => Some((u.clone(), p.clone())),
+                (None, None) => None,
+                _ => return Err(err("delivery.mail.user", "user and password go together")),
+            };
+            if d.timeout.is_zero() {
+                return Err(err("delivery.mail.timeout", "must be positive"));
+            }
+            Some(RelayConfig {
+                host,
+                port,
+                tls: match d.tls {
+                    Tls::None => TlsMode::None,
+                    Tls::Starttls => TlsMode::Starttls,
+                    Tls::Implicit => TlsMode::Implicit,
+                },
+                auth,
+                timeout: d.timeout,
+            })
+        }
+    };
+    let smtp = SmtpConfig {
+        hostname: s.hostname.clone(),
+        max_message_bytes: s.max_message_bytes,
+        max_recipients: s.max_recipients,
+        max_line_bytes: s.max_line_bytes,
+        command_timeout: s.command_timeout,
+        data_timeout: s.data_timeout,
+        max_connections: s.max_connections,
+        require_auth: s.require_auth,
+        users,
+        sanitize: SanitizeOptions {
+            keep_threading: s.keep_threading_headers,
+        },
+    };
+    let mixer = MixerConfig {
+        delay: m.delay.clone(),
+        retry: RetryPolicy {
+            base: m.retry_base,
+            max: m.retry_max,
+        },
+        max_in_flight: m.max_in_flight,
+    };
+    Ok(Checked {
+        config,
+        smtp,
+        mixer,
+        relay,
+        warnings,
+    })
+}
+
+/// `host:port` or `[v6]:port`.
+fn split_host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if host.is_empty() || host.contains(':') && !s.starts_with('[') {
+        return None;
+    }
+    Some((host.to_string(), port.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_safe() {
+        let c = load(None).expect("defaults");
+        assert_eq!(c.config.smtp.listen.to_string(), "127.0.0.1:2525");
+        assert_eq!(c.config.storage.dir, PathBuf::from("./dustmote-data"));
+        assert!(c.smtp.require_auth);
+        assert_eq!(c.config.tor.mode, TorMode::Arti);
+        assert!(c.relay.is_none());
+    }
+
+    #[test]
+    fn direct_needs_allow_clearnet() {
+        let e = parse("[tor]\nmode = \"direct\"\n", "x.toml").expect_err("refused");
+        assert_eq!(e.key, "tor.mode");
+        assert!(e.to_string().starts_with("x.toml: tor.mode: "));
+        assert!(parse("[tor]\nmode = \"direct\"\nallow_clearnet = true\n", "x.toml").is_ok());
+    }
+
+    #[test]
+    fn errors_name_file_key_and_reason() {
+        let e = parse("[smtp]\nlisten = \"127.0.0.1:1\"\nmax_mesage_bytes = 3\n", "f.toml").expect_err("typo");
+        assert_eq!(e.file, "f.toml");
+        assert!(e.key.contains("[smtp] line 3"), "{e}");
+        assert!(e.reason.contains("unknown field `max_mesage_bytes`"), "{e}");
+        let e = parse(
+            "[mixer]\ndelay = { distribution = \"exponential\", mean = \"2s\", min = \"5s\", max = \"1s\" }\n",
+            "f.toml",
+        )
+        .expect_err("min > max");
+        assert!(e.key.starts_with("mixer.delay."), "{e}");
+        let e = parse("[delivery.mail]\nmode = \"relay\"\nrelay = \"nohost\"\n", "f.toml").expect_err("no port");
+        assert_eq!(e.key, "delivery.mail.relay");
+        let e = parse("[[smtp.users]]\nname = \"a\"\npassword_hash = \"nope\"\n", "f.toml").expect_err("hash");
+        assert_eq!(e.key, "smtp.users.password_hash");
+    }
+
+    #[test]
+    fn host_port_forms() {
+        assert_eq!(split_host_port("127.0.0.1:2526"), Some(("127.0.0.1".into(), 2526)));
+        assert_eq!(split_host_port("[::1]:25"), Some(("::1".into(), 25)));
+        assert_eq!(split_host_port("smtp.example.org:587"), Some(("smtp.example.org".into(), 587)));
+        assert_eq!(split_host_port("::1:25"), None);
+        assert_eq!(split_host_port("host:x"), None);
+    }
+
+    #[test]
+    fn the_loopback_example_parses_unchanged() {
+        let text = include_str!("../deploy/examples/loopback.toml");
+        let c = parse(text, "loopback.toml").expect("example config");
+        let relay = c.relay.expect("relay");
+        assert_eq!((relay.host.as_str(), relay.port, relay.tls), ("127.0.0.1", 2526, TlsMode::None));
+        assert_eq!(c.smtp.max_message_bytes, 10_485_760);
+        assert!(c.smtp.users.verify("alice", b"alice-example-password"));
+        assert_eq!(c.config.tor.mode, TorMode::Direct);
+    }
+}

@@ -1,0 +1,175 @@
+//! `dustmote queue`, and the control socket that answers it while the mote
+//! runs (sled holds an exclusive lock on the database, so a second process
+//! cannot open it then).
+//!
+//! The socket is `control.sock` in the data directory, mode 0600. A client
+//! writes one line, `queue` or `queue addresses`, and reads one JSON object.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use dust_proxies::mail::StoredMail;
+use dust_storage::{ItemState, Store};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+/// Release times listed by `dustmote queue`.
+const NEXT_RELEASES: usize = 10;
+
+fn socket_path(dir: &Path) -> PathBuf {
+    dir.join("control.sock")
+}
+
+/// Remove the socket file (at shutdown).
+pub fn remove_socket(dir: &Path) {
+    let _ = std::fs::remove_file(socket_path(dir));
+}
+
+/// The queue report; addresses only when asked.
+fn report(store: &Store, addresses: bool) -> Result<Value, String> {
+    let stats = store.stats(NEXT_RELEASES).map_err(|e| e.to_string())?;
+    let mut v = json!({
+        "queued": stats.queued,
+        "in_flight": stats.in_flight,
+        "next_releases_ms": stats.next_releases,
+    });
+    if addresses {
+        let mut items = Vec::new();
+        for item in store.items() {
+            let item = item.map_err(|e| e.to_string())?;
+            let (from, rcpts) = match StoredMail::decode(&item.payload) {
+                Ok(m) => (m.from, m.rcpts),
+                Err(_) => ("(undecodable)".to_string(), Vec::new()),
+            };
+            items.push(json!({
+                "id": item.id.to_string(),
+                "state": if item.state == ItemState::InFlight { "in-flight" } else { "queued" },
+                "attempts": item.attempts,
+                "release_ms": item.release_ms,
+                "from": from,
+                "rcpts": rcpts,
+            }));
+        }
+        v["items"] = Value::Array(items);
+    }
+    Ok(v)
+}
+
+/// Serve the control socket until `stop`.
+pub fn serve(
+    dir: &Path,
+    store: Arc<Store>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = socket_path(dir);
+    // A socket left by a killed mote; we hold the database lock, so no live
+    // mote owns it.
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path).map_err(|e| format!("binding {}: {e}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            let conn = tokio::select! {
+                c = listener.accept() => c,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            let Ok((sock, _)) = conn else { continue };
+            let store = Arc::clone(&store);
+            tokio::spawn(async move {
+                let (rd, mut wr) = sock.into_split();
+                let mut line = String::new();
+                let mut rd = BufReader::new(rd.take(256));
+                if rd.read_line(&mut line).await.is_err() {
+                    return;
+                }
+                let answer = match line.trim() {
+                    "queue" => report(&store, false),
+                    "queue addresses" => report(&store, true),
+                    _ => Err("unknown request".to_string()),
+                };
+                let v = answer.unwrap_or_else(|e| json!({ "error": e }));
+                let _ = wr.write_all(v.to_string().as_bytes()).await;
+                let _ = wr.shutdown().await;
+            });
+        }
+    }))
+}
+
+fn ask_running(dir: &Path, addresses: bool) -> Option<Result<Value, String>> {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket_path(dir)).ok()?;
+    let req = if addresses { "queue addresses\n" } else { "queue\n" };
+    let mut out = String::new();
+    let r = s
+        .write_all(req.as_bytes())
+        .and_then(|_| s.read_to_string(&mut out))
+        .map_err(|e| format!("control socket: {e}"))
+        .and_then(|_| serde_json::from_str::<Value>(&out).map_err(|e| format!("control socket: {e}")));
+    Some(r)
+}
+
+fn when(ms: u64, now: SystemTime) -> String {
+    let t = dust_mixer::from_wall_ms(ms);
+    let rel = match t.duration_since(now) {
+        Ok(d) => format!("in {}", humantime::format_duration(std::time::Duration::from_secs(d.as_secs()))),
+        Err(_) => "overdue".to_string(),
+    };
+    format!("{}  ({rel})", humantime::format_rfc3339_seconds(t))
+}
+
+/// `dustmote queue`.
+pub fn queue(config: Option<&Path>, addresses: bool) -> Result<(), String> {
+    let checked = crate::config::load(config).map_err(|e| e.to_string())?;
+    let dir = checked.config.storage.dir;
+    let v = match ask_running(&dir, addresses) {
+        Some(r) => r?,
+        None => {
+            if !dir.join("queue").exists() {
+                return Err(format!("no queue in {} (has the mote run there?)", dir.display()));
+            }
+            let store = Store::open(&dir.join("queue"), checked.config.storage.cache_bytes)
+                .map_err(|e| format!("opening the queue in {}: {e}", dir.display()))?;
+            report(&store, addresses)?
+        }
+    };
+    if let Some(e) = v.get("error") {
+        return Err(format!("the running mote answered: {e}"));
+    }
+    let now = SystemTime::now();
+    let mut out = String::new();
+    out.push_str(&format!("queued:    {}\n", v["queued"]));
+    out.push_str(&format!("in flight: {}\n", v["in_flight"]));
+    let next: Vec<u64> = v["next_releases_ms"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_u64).collect())
+        .unwrap_or_default();
+    if !next.is_empty() {
+        out.push_str("next releases (UTC):\n");
+        for ms in next {
+            out.push_str(&format!("  {}\n", when(ms, now)));
+        }
+    }
+    if let Some(items) = v.get("items").and_then(Value::as_array) {
+        out.push_str("items:\n");
+        for i in items {
+            let rcpts: Vec<&str> = i["rcpts"]
+                .as_array()
+                .map(|a| a.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            out.push_str(&format!(
+                "  {} {} attempts={} release={} from=<{}> to={}\n",
+                i["id"].as_str().unwrap_or("?"),
+                i["state"].as_str().unwrap_or("?"),
+                i["attempts"],
+                when(i["release_ms"].as_u64().unwrap_or(0), now),
+                i["from"].as_str().unwrap_or(""),
+                rcpts.join(",")
+            ));
+        }
+    }
+    use std::io::Write;
+    std::io::stdout().lock().write_all(out.as_bytes()).map_err(|e| e.to_string())
+}
