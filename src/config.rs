@@ -300,7 +300,10 @@ pub fn parse(text: &str, file: &str) -> Result<Checked, ConfigError> {
         reason,
     };
     let config: Config = toml::from_str(text).map_err(|e| {
-        let key = e.span().map(|s| locate(text, s.start)).unwrap_or_else(|| "(file)".into());
+        let key = e
+            .span()
+            .map(|s| locate(text, s.start))
+            .unwrap_or_else(|| "(file)".into());
         err(&key, e.message().to_string())
     })?;
     check(config, file)
@@ -354,13 +357,20 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
         }
     }
     if s.max_line_bytes < 512 {
-        return Err(err("smtp.max_line_bytes", "must be at least 512 (RFC 5321 command line length)"));
+        return Err(err(
+            "smtp.max_line_bytes",
+            "must be at least 512 (RFC 5321 command line length)",
+        ));
     }
     if s.command_timeout.is_zero() || s.data_timeout.is_zero() {
         return Err(err("smtp.command_timeout", "timeouts must be positive"));
     }
-    let users = Users::new(s.users.iter().map(|u| (u.name.clone(), u.password_hash.clone())))
-        .map_err(|e| err("smtp.users.password_hash", &e.to_string()))?;
+    let users = Users::new(
+        s.users
+            .iter()
+            .map(|u| (u.name.clone(), u.password_hash.clone())),
+    )
+    .map_err(|e| err("smtp.users.password_hash", &e.to_string()))?;
     if s.require_auth && users.is_empty() {
         warnings.push(
             "no [[smtp.users]] configured: every submission is refused (530); add a user with `dustmote passwd`"
@@ -379,7 +389,10 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
         .validate()
         .map_err(|e| err(&format!("mixer.delay.{}", e.key), &e.reason))?;
     if m.retry_base.is_zero() || m.retry_max < m.retry_base {
-        return Err(err("mixer.retry_max", "retry_base must be positive and retry_max >= retry_base"));
+        return Err(err(
+            "mixer.retry_max",
+            "retry_base must be positive and retry_max >= retry_base",
+        ));
     }
     let t = &config.tor;
     match t.mode {
@@ -399,14 +412,20 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
     }
     let relay = match &config.delivery.mail {
         None => {
-            warnings.push("no [delivery.mail]: mail is accepted and kept queued but not delivered".into());
+            warnings.push(
+                "no [delivery.mail]: mail is accepted and kept queued but not delivered".into(),
+            );
             None
         }
         Some(d) => {
             // The only mode so far; `mx` and onion MX come with the Tor egress.
             let MailMode::Relay = d.mode;
-            let (host, port) = split_host_port(&d.relay)
-                .ok_or_else(|| err("delivery.mail.relay", "expected host:port, e.g. \"smtp.example.org:587\""))?;
+            let (host, port) = split_host_port(&d.relay).ok_or_else(|| {
+                err(
+                    "delivery.mail.relay",
+                    "expected host:port, e.g. \"smtp.example.org:587\"",
+                )
+            })?;
             let auth = match (&d.user, &d.password) {
                 (Some(u), Some(p)) => Some((u.clone(), p.clone())),
                 (None, None) => None,
@@ -462,7 +481,10 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
 /// `host:port` or `[v6]:port`.
 fn split_host_port(s: &str) -> Option<(String, u16)> {
     let (host, port) = s.rsplit_once(':')?;
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
     if host.is_empty() || host.contains(':') && !s.starts_with('[') {
         return None;
     }
@@ -488,12 +510,20 @@ mod tests {
         let e = parse("[tor]\nmode = \"direct\"\n", "x.toml").expect_err("refused");
         assert_eq!(e.key, "tor.mode");
         assert!(e.to_string().starts_with("x.toml: tor.mode: "));
-        assert!(parse("[tor]\nmode = \"direct\"\nallow_clearnet = true\n", "x.toml").is_ok());
+        assert!(parse(
+            "[tor]\nmode = \"direct\"\nallow_clearnet = true\n",
+            "x.toml"
+        )
+        .is_ok());
     }
 
     #[test]
     fn errors_name_file_key_and_reason() {
-        let e = parse("[smtp]\nlisten = \"127.0.0.1:1\"\nmax_mesage_bytes = 3\n", "f.toml").expect_err("typo");
+        let e = parse(
+            "[smtp]\nlisten = \"127.0.0.1:1\"\nmax_mesage_bytes = 3\n",
+            "f.toml",
+        )
+        .expect_err("typo");
         assert_eq!(e.file, "f.toml");
         assert!(e.key.contains("[smtp] line 3"), "{e}");
         assert!(e.reason.contains("unknown field `max_mesage_bytes`"), "{e}");
@@ -503,17 +533,31 @@ mod tests {
         )
         .expect_err("min > max");
         assert!(e.key.starts_with("mixer.delay."), "{e}");
-        let e = parse("[delivery.mail]\nmode = \"relay\"\nrelay = \"nohost\"\n", "f.toml").expect_err("no port");
+        let e = parse(
+            "[delivery.mail]\nmode = \"relay\"\nrelay = \"nohost\"\n",
+            "f.toml",
+        )
+        .expect_err("no port");
         assert_eq!(e.key, "delivery.mail.relay");
-        let e = parse("[[smtp.users]]\nname = \"a\"\npassword_hash = \"nope\"\n", "f.toml").expect_err("hash");
+        let e = parse(
+            "[[smtp.users]]\nname = \"a\"\npassword_hash = \"nope\"\n",
+            "f.toml",
+        )
+        .expect_err("hash");
         assert_eq!(e.key, "smtp.users.password_hash");
     }
 
     #[test]
     fn host_port_forms() {
-        assert_eq!(split_host_port("127.0.0.1:2526"), Some(("127.0.0.1".into(), 2526)));
+        assert_eq!(
+            split_host_port("127.0.0.1:2526"),
+            Some(("127.0.0.1".into(), 2526))
+        );
         assert_eq!(split_host_port("[::1]:25"), Some(("::1".into(), 25)));
-        assert_eq!(split_host_port("smtp.example.org:587"), Some(("smtp.example.org".into(), 587)));
+        assert_eq!(
+            split_host_port("smtp.example.org:587"),
+            Some(("smtp.example.org".into(), 587))
+        );
         assert_eq!(split_host_port("::1:25"), None);
         assert_eq!(split_host_port("host:x"), None);
     }
@@ -523,7 +567,10 @@ mod tests {
         let text = include_str!("../deploy/examples/loopback.toml");
         let c = parse(text, "loopback.toml").expect("example config");
         let relay = c.relay.expect("relay");
-        assert_eq!((relay.host.as_str(), relay.port, relay.tls), ("127.0.0.1", 2526, TlsMode::None));
+        assert_eq!(
+            (relay.host.as_str(), relay.port, relay.tls),
+            ("127.0.0.1", 2526, TlsMode::None)
+        );
         assert_eq!(c.smtp.max_message_bytes, 10_485_760);
         assert!(c.smtp.users.verify("alice", b"alice-example-password"));
         assert_eq!(c.config.tor.mode, TorMode::Direct);

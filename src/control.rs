@@ -67,7 +67,8 @@ pub fn serve(
     // A socket left by a killed mote; we hold the database lock, so no live
     // mote owns it.
     let _ = std::fs::remove_file(&path);
-    let listener = tokio::net::UnixListener::bind(&path).map_err(|e| format!("binding {}: {e}", path.display()))?;
+    let listener = tokio::net::UnixListener::bind(&path)
+        .map_err(|e| format!("binding {}: {e}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("chmod {}: {e}", path.display()))?;
     Ok(tokio::spawn(async move {
@@ -101,20 +102,29 @@ pub fn serve(
 fn ask_running(dir: &Path, addresses: bool) -> Option<Result<Value, String>> {
     use std::io::{Read, Write};
     let mut s = std::os::unix::net::UnixStream::connect(socket_path(dir)).ok()?;
-    let req = if addresses { "queue addresses\n" } else { "queue\n" };
+    let req = if addresses {
+        "queue addresses\n"
+    } else {
+        "queue\n"
+    };
     let mut out = String::new();
     let r = s
         .write_all(req.as_bytes())
         .and_then(|_| s.read_to_string(&mut out))
         .map_err(|e| format!("control socket: {e}"))
-        .and_then(|_| serde_json::from_str::<Value>(&out).map_err(|e| format!("control socket: {e}")));
+        .and_then(|_| {
+            serde_json::from_str::<Value>(&out).map_err(|e| format!("control socket: {e}"))
+        });
     Some(r)
 }
 
 fn when(ms: u64, now: SystemTime) -> String {
     let t = dust_mixer::from_wall_ms(ms);
     let rel = match t.duration_since(now) {
-        Ok(d) => format!("in {}", humantime::format_duration(std::time::Duration::from_secs(d.as_secs()))),
+        Ok(d) => format!(
+            "in {}",
+            humantime::format_duration(std::time::Duration::from_secs(d.as_secs()))
+        ),
         Err(_) => "overdue".to_string(),
     };
     format!("{}  ({rel})", humantime::format_rfc3339_seconds(t))
@@ -128,7 +138,10 @@ pub fn queue(config: Option<&Path>, addresses: bool) -> Result<(), String> {
         Some(r) => r?,
         None => {
             if !dir.join("queue").exists() {
-                return Err(format!("no queue in {} (has the mote run there?)", dir.display()));
+                return Err(format!(
+                    "no queue in {} (has the mote run there?)",
+                    dir.display()
+                ));
             }
             let store = Store::open(&dir.join("queue"), checked.config.storage.cache_bytes)
                 .map_err(|e| format!("opening the queue in {}: {e}", dir.display()))?;
@@ -171,5 +184,8 @@ pub fn queue(config: Option<&Path>, addresses: bool) -> Result<(), String> {
         }
     }
     use std::io::Write;
-    std::io::stdout().lock().write_all(out.as_bytes()).map_err(|e| e.to_string())
+    std::io::stdout()
+        .lock()
+        .write_all(out.as_bytes())
+        .map_err(|e| e.to_string())
 }

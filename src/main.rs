@@ -20,7 +20,11 @@ use crate::config::{Checked, TorMode};
 use crate::rt::TokioRt;
 
 #[derive(Parser)]
-#[command(name = "dustmote", version, about = "A short-lived mix node: stores, delays and forwards mail into Tor")]
+#[command(
+    name = "dustmote",
+    version,
+    about = "A short-lived mix node: stores, delays and forwards mail into Tor"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -66,15 +70,20 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve(config),
         Command::Passwd => passwd(),
-        Command::Queue { config, show_addresses } => control::queue(config.as_deref(), show_addresses),
+        Command::Queue {
+            config,
+            show_addresses,
+        } => control::queue(config.as_deref(), show_addresses),
         Command::Config {
             command: ConfigCommand::Check { file },
-        } => config::load(Some(&file)).map_err(|e| e.to_string()).map(|c| {
-            for w in &c.warnings {
-                eprintln!("warning: {w}");
-            }
-            eprintln!("{}: ok", file.display());
-        }),
+        } => config::load(Some(&file))
+            .map_err(|e| e.to_string())
+            .map(|c| {
+                for w in &c.warnings {
+                    eprintln!("warning: {w}");
+                }
+                eprintln!("{}: ok", file.display());
+            }),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -94,7 +103,9 @@ fn passwd() -> Result<(), String> {
     let password = line.strip_suffix('\n').unwrap_or(&line);
     let password = password.strip_suffix('\r').unwrap_or(password);
     if password.is_empty() {
-        return Err("empty password (give it on stdin, e.g. `echo secret | dustmote passwd`)".into());
+        return Err(
+            "empty password (give it on stdin, e.g. `echo secret | dustmote passwd`)".into(),
+        );
     }
     let hash = dust_proxies::auth::hash_password(password.as_bytes()).map_err(|e| e.to_string())?;
     let mut out = std::io::stdout().lock();
@@ -112,7 +123,9 @@ impl Deliver for Egress {
     async fn deliver(&self, item: &Item) -> Result<(), DeliveryError> {
         match self {
             Egress::Mail(m) => m.deliver(item).await,
-            Egress::Hold => Err(DeliveryError::Temporary("no [delivery.mail] configured".into())),
+            Egress::Hold => Err(DeliveryError::Temporary(
+                "no [delivery.mail] configured".into(),
+            )),
         }
     }
 }
@@ -120,7 +133,10 @@ impl Deliver for Egress {
 fn serve(config: Option<PathBuf>) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     let checked = config::load(config.as_deref()).map_err(|e| e.to_string())?;
     for w in &checked.warnings {
         tracing::warn!("{w}");
@@ -142,25 +158,41 @@ async fn run(checked: Checked) -> Result<(), String> {
     } = checked;
     let dir = config.storage.dir.clone();
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    let store = Store::open(&dir.join("queue"), config.storage.cache_bytes)
-        .map_err(|e| format!("opening the queue in {}: {e} (is another dustmote running on it?)", dir.display()))?;
+    let store = Store::open(&dir.join("queue"), config.storage.cache_bytes).map_err(|e| {
+        format!(
+            "opening the queue in {}: {e} (is another dustmote running on it?)",
+            dir.display()
+        )
+    })?;
     let stats = store.stats(0).map_err(|e| e.to_string())?;
-    tracing::info!(queued = stats.queued, in_flight = stats.in_flight, "queue opened");
+    tracing::info!(
+        queued = stats.queued,
+        in_flight = stats.in_flight,
+        "queue opened"
+    );
     let connector: Arc<dyn Connector> = match config.tor.mode {
         TorMode::Direct => Arc::new(Direct {
             connect_timeout: std::time::Duration::from_secs(30),
         }),
         mode => Arc::new(Unavailable {
             mode: mode.as_str(),
-            reason: format!("tor mode \"{}\" is not available in this build yet", mode.as_str()),
+            reason: format!(
+                "tor mode \"{}\" is not available in this build yet",
+                mode.as_str()
+            ),
         }),
     };
     let egress = match relay {
         Some(r) => Egress::Mail(MailDelivery::new(connector, r)),
         None => Egress::Hold,
     };
-    let mixer = Mixer::start(TokioRt::current(), Arc::clone(&store), Arc::new(egress), mixer_cfg)
-        .map_err(|e| e.to_string())?;
+    let mixer = Mixer::start(
+        TokioRt::current(),
+        Arc::clone(&store),
+        Arc::new(egress),
+        mixer_cfg,
+    )
+    .map_err(|e| e.to_string())?;
     let listener = tokio::net::TcpListener::bind(config.smtp.listen)
         .await
         .map_err(|e| format!("listening on {}: {e}", config.smtp.listen))?;
@@ -169,11 +201,15 @@ async fn run(checked: Checked) -> Result<(), String> {
     tracing::info!(smtp = %config.smtp.listen, "dustmote is running");
     tokio::spawn(async move {
         wait_for_signal().await;
-        tracing::info!("stopping: no new connections; open sessions and deliveries get a grace period");
+        tracing::info!(
+            "stopping: no new connections; open sessions and deliveries get a grace period"
+        );
         let _ = stop_tx.send(true);
     });
     let server = Server::new(smtp, Arc::new(mixer.clone()));
-    server.serve(listener, stop_rx, config.shutdown.session_grace).await;
+    server
+        .serve(listener, stop_rx, config.shutdown.session_grace)
+        .await;
     let left = mixer.shutdown(config.shutdown.delivery_grace).await;
     control.abort();
     control::remove_socket(&dir);

@@ -129,7 +129,11 @@ impl MailDelivery {
                 .map_err(smtp_error)?;
         }
         let message = with_date(&mail.message, SystemTime::now());
-        conn.send(&envelope, &message).await.map_err(smtp_error)?;
+        // lettre always ends DATA with CRLF "." CRLF; the stored message
+        // already ends with the CRLF of its last line, so leave that out or
+        // the recipient gets an extra empty line.
+        let message = message.strip_suffix(b"\r\n").unwrap_or(&message);
+        conn.send(&envelope, message).await.map_err(smtp_error)?;
         // The message is accepted; a failing QUIT does not change that.
         let _ = conn.quit().await;
         Ok(())

@@ -1,0 +1,417 @@
+//! Test harness: the real `dustmote` binary, a real receiving MTA (aiosmtpd)
+//! and real submission clients (swaks, Python smtplib), all on 127.0.0.1 with
+//! free ports. Every process is stopped by PID when its handle is dropped.
+//! Waiting is always "poll a condition until a deadline", never a bare sleep.
+
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub const USER: &str = "alice";
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_dustmote")
+}
+
+pub fn peer(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/peers")
+        .join(name)
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the tests bind it again
+/// right away).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Poll `f` every 20 ms until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let end = Instant::now() + timeout;
+    loop {
+        if let Some(t) = f() {
+            return Some(t);
+        }
+        if Instant::now() >= end {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn port_open(port: u16) -> bool {
+    TcpStream::connect(("127.0.0.1", port)).is_ok()
+}
+
+/// A child process killed (SIGKILL) and reaped on drop.
+pub struct Proc(pub Child);
+
+impl Proc {
+    pub fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+    /// Send a signal by name (`TERM`, `INT`, ...) with kill(1).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .unwrap();
+        assert!(ok.success(), "kill -{sig} {}", self.pid());
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The password hash for [`PASSWORD`], made once by `dustmote passwd`.
+pub fn password_hash() -> &'static str {
+    static HASH: OnceLock<String> = OnceLock::new();
+    HASH.get_or_init(|| {
+        let mut child = Command::new(bin())
+            .arg("passwd")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(format!("{PASSWORD}\n").as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    })
+}
+
+/// One message as the sink received it.
+#[derive(Debug, Clone)]
+pub struct Delivered {
+    pub raw: Vec<u8>,
+    pub mail_from: String,
+    pub rcpt_tos: Vec<String>,
+    /// Arrival, seconds since the Unix epoch.
+    pub time: f64,
+}
+
+impl Delivered {
+    /// (header, body) split at the first empty line.
+    pub fn split(&self) -> (String, &[u8]) {
+        let i = self
+            .raw
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("header/body separator");
+        (
+            String::from_utf8_lossy(&self.raw[..i + 2]).into_owned(),
+            &self.raw[i + 4..],
+        )
+    }
+}
+
+/// aiosmtpd as the next hop.
+pub struct Sink {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    proc: Option<Proc>,
+}
+
+impl Sink {
+    pub fn start() -> Self {
+        Self::start_with(0, free_port())
+    }
+
+    /// A sink that answers 451 to the first `reject_first` messages.
+    pub fn start_with(reject_first: u32, port: u16) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Self {
+            port,
+            dir,
+            proc: None,
+        };
+        s.spawn(reject_first);
+        s
+    }
+
+    fn spawn(&mut self, reject_first: u32) {
+        let mut child = Command::new("python3")
+            .arg(peer("sink.py"))
+            .args(["--port", &self.port.to_string(), "--dir"])
+            .arg(self.dir.path())
+            .args(["--reject-first", &reject_first.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 with aiosmtpd (run tests/install-deps.sh)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "sink did not start");
+        self.proc = Some(Proc(child));
+    }
+
+    pub fn stop(&mut self) {
+        self.proc = None;
+    }
+
+    pub fn messages(&self) -> Vec<Delivered> {
+        let mut out = Vec::new();
+        let mut names: Vec<_> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        names.sort();
+        for j in names {
+            let meta: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&j).unwrap()).unwrap();
+            let raw = std::fs::read(j.with_extension("eml")).unwrap();
+            out.push(Delivered {
+                raw,
+                mail_from: meta["mail_from"].as_str().unwrap().to_string(),
+                rcpt_tos: meta["rcpt_tos"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap().to_string())
+                    .collect(),
+                time: meta["time"].as_f64().unwrap(),
+            });
+        }
+        out
+    }
+
+    /// Wait until at least `n` messages arrived.
+    pub fn wait_messages(&self, n: usize, timeout: Duration) -> Vec<Delivered> {
+        wait_for(timeout, || {
+            let m = self.messages();
+            (m.len() >= n).then_some(m)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "expected {n} messages at the sink, got {}",
+                self.messages().len()
+            )
+        })
+    }
+}
+
+/// Settings for a test mote.
+#[derive(Clone)]
+pub struct MoteConfig {
+    pub relay_port: u16,
+    pub delay: String,
+    pub require_auth: bool,
+    pub with_user: bool,
+    pub max_message_bytes: usize,
+    pub max_recipients: usize,
+    pub retry_base: String,
+    pub extra: String,
+}
+
+impl MoteConfig {
+    pub fn new(relay_port: u16) -> Self {
+        Self {
+            relay_port,
+            delay: r#"{ distribution = "exponential", mean = "300ms", min = "100ms", max = "1s" }"#
+                .into(),
+            require_auth: true,
+            with_user: true,
+            max_message_bytes: 1024 * 1024,
+            max_recipients: 10,
+            retry_base: "200ms".into(),
+            extra: String::new(),
+        }
+    }
+}
+
+/// A `dustmote serve` process with its own data directory and port.
+pub struct Mote {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    proc: Option<Proc>,
+    starts: u32,
+}
+
+impl Mote {
+    pub fn start(c: &MoteConfig) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let users = if c.with_user {
+            format!(
+                "[[smtp.users]]\nname = \"{USER}\"\npassword_hash = \"{}\"\n",
+                password_hash()
+            )
+        } else {
+            String::new()
+        };
+        let text = format!(
+            r#"[storage]
+dir = "{data}"
+[smtp]
+listen = "127.0.0.1:{port}"
+max_message_bytes = {max}
+max_recipients = {rcpts}
+require_auth = {auth}
+{users}
+[mixer]
+strategy = "poisson"
+delay = {delay}
+retry_base = "{retry}"
+retry_max = "1s"
+[delivery.mail]
+mode = "relay"
+relay = "127.0.0.1:{relay}"
+tls = "none"
+timeout = "10s"
+[tor]
+mode = "direct"
+allow_clearnet = true
+[shutdown]
+session_grace = "2s"
+delivery_grace = "2s"
+{extra}
+"#,
+            data = dir.path().join("data").display(),
+            max = c.max_message_bytes,
+            rcpts = c.max_recipients,
+            auth = c.require_auth,
+            delay = c.delay,
+            retry = c.retry_base,
+            relay = c.relay_port,
+            extra = c.extra,
+        );
+        let config = dir.path().join("mote.toml");
+        std::fs::write(&config, text).unwrap();
+        let mut m = Self {
+            port,
+            dir,
+            config,
+            proc: None,
+            starts: 0,
+        };
+        m.spawn();
+        m
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join(format!("mote-{}.log", self.starts))
+    }
+
+    /// Start (again) on the same data directory and port.
+    pub fn spawn(&mut self) {
+        assert!(self.proc.is_none());
+        self.starts += 1;
+        let log = std::fs::File::create(self.log_path()).unwrap();
+        let child = Command::new(bin())
+            .args(["serve", "--config"])
+            .arg(&self.config)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.proc = Some(Proc(child));
+        let port = self.port;
+        let up = wait_for(Duration::from_secs(20), || port_open(port).then_some(()));
+        assert!(up.is_some(), "mote did not listen; log:\n{}", self.log());
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        self.proc = None;
+    }
+
+    /// SIGTERM and wait (bounded) for a clean exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut p = self.proc.take().expect("running");
+        p.signal("TERM");
+        let status = wait_for(Duration::from_secs(30), || p.0.try_wait().unwrap());
+        status.unwrap_or_else(|| panic!("mote did not stop on SIGTERM; log:\n{}", self.log()))
+    }
+
+    pub fn queue(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .args(["queue", "--config"])
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+}
+
+/// Run Python smtplib (`tests/peers/submit.py send`) and return its JSON
+/// verdict.
+pub fn smtplib_send(
+    port: u16,
+    auth: Option<&str>,
+    password: &str,
+    from: &str,
+    to: &[&str],
+    msg: &Path,
+) -> serde_json::Value {
+    let mut c = Command::new("python3");
+    c.arg(peer("submit.py"))
+        .args([
+            "send",
+            "--port",
+            &port.to_string(),
+            "--from",
+            from,
+            "--file",
+        ])
+        .arg(msg);
+    for t in to {
+        c.args(["--to", t]);
+    }
+    if let Some(mech) = auth {
+        c.args(["--user", USER, "--password", password, "--auth", mech]);
+    }
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "submit.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Run swaks with `args` against `port`; returns (success, transcript).
+pub fn swaks(port: u16, args: &[&str]) -> (bool, String) {
+    let out = Command::new("swaks")
+        .args(["--server", &format!("127.0.0.1:{port}"), "--timeout", "30"])
+        .args(args)
+        .output()
+        .expect("swaks (run tests/install-deps.sh)");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}

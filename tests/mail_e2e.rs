@@ -1,0 +1,584 @@
+//! Mail through the mote, end to end, with real peers: swaks and Python
+//! smtplib submit, aiosmtpd receives. The mote is the real binary with a
+//! loopback config (`[tor] mode = "direct"`, relay to the sink).
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+}
+
+/// A body meant to break naive handling: dot-stuffing cases, 8-bit text,
+/// an mbox "From " line, trailing blanks, a line of 998 octets, empty lines.
+fn tricky_body() -> Vec<u8> {
+    let mut b = Vec::new();
+    b.extend_from_slice(b"Hello Bob,\r\n");
+    b.extend_from_slice(b".a line with a leading dot\r\n");
+    b.extend_from_slice(b"..two dots\r\n");
+    b.extend_from_slice(b".\tdot tab\r\n");
+    b.extend_from_slice("caf\u{e9} \u{2014} na\u{ef}ve \u{1F600}\r\n".as_bytes());
+    b.extend_from_slice(b"From the desk of Alice\r\n");
+    b.extend_from_slice(b"trailing blanks   \r\n");
+    b.extend_from_slice(&[b'y'; 998]);
+    b.extend_from_slice(b"\r\n\r\n\r\nend\r\n");
+    b
+}
+
+const DIRTY_HEADER: &str = "Received: from laptop.home (laptop.home [192.0.2.7])\r\n\
+\tby mail.example.org; Mon, 2 Nov 2026 10:00:00 +0100\r\n\
+From: Alice <alice@example.org>\r\n\
+To: Bob <bob@example.net>\r\n\
+Bcc: carol@example.com\r\n\
+Subject: =?utf-8?q?Caf=C3=A9?= plans\r\n\
+Date: Mon, 2 Nov 2026 10:00:00 +0100\r\n\
+Message-ID: <1234.laptop@laptop.home>\r\n\
+X-Mailer: Thunderbird 128.3\r\n\
+User-Agent: Mozilla/5.0 (X11; Linux x86_64)\r\n\
+X-Originating-IP: [192.0.2.7]\r\n\
+DKIM-Signature: v=1; a=rsa-sha256; d=example.org; s=k; b=AAAA\r\n\
+MIME-Version: 1.0\r\n\
+Content-Type: text/plain; charset=utf-8\r\n\
+Content-Transfer-Encoding: 8bit\r\n\
+\r\n";
+
+fn write_message(
+    dir: &std::path::Path,
+    name: &str,
+    header: &str,
+    body: &[u8],
+) -> std::path::PathBuf {
+    let p = dir.join(name);
+    let mut m = header.as_bytes().to_vec();
+    m.extend_from_slice(body);
+    std::fs::write(&p, m).unwrap();
+    p
+}
+
+/// Byte equality with a readable report (position of the first difference).
+fn assert_same_bytes(got: &[u8], want: &[u8], what: &str) {
+    if got != want {
+        let at = got
+            .iter()
+            .zip(want)
+            .position(|(a, b)| a != b)
+            .unwrap_or(got.len().min(want.len()));
+        let show = |b: &[u8]| {
+            String::from_utf8_lossy(&b[at.saturating_sub(20)..(at + 20).min(b.len())]).into_owned()
+        };
+        panic!(
+            "{what}: {} bytes delivered, {} expected; first difference at byte {at}: got {:?}, want {:?}",
+            got.len(),
+            want.len(),
+            show(got),
+            show(want)
+        );
+    }
+}
+
+fn assert_sanitized(header: &str) {
+    let lower = header.to_ascii_lowercase();
+    for gone in [
+        "received:",
+        "bcc:",
+        "carol",
+        "x-mailer",
+        "user-agent",
+        "x-originating-ip",
+        "dkim-signature",
+        "laptop",
+        "192.0.2.7",
+        "+0100",
+    ] {
+        assert!(
+            !lower.contains(gone),
+            "{gone:?} leaked into the delivered header:\n{header}"
+        );
+    }
+    for kept in [
+        "From: Alice <alice@example.org>\r\n",
+        "To: Bob <bob@example.net>\r\n",
+        "Subject: =?utf-8?q?Caf=C3=A9?= plans\r\n",
+        "MIME-Version: 1.0\r\n",
+        "Content-Type: text/plain; charset=utf-8\r\n",
+        "Content-Transfer-Encoding: 8bit\r\n",
+    ] {
+        assert!(
+            header.contains(kept),
+            "{kept:?} missing from the delivered header:\n{header}"
+        );
+    }
+    let ids: Vec<&str> = header
+        .split("\r\n")
+        .filter(|l| l.to_ascii_lowercase().starts_with("message-id:"))
+        .collect();
+    assert_eq!(ids.len(), 1, "exactly one Message-ID:\n{header}");
+    assert!(ids[0].ends_with("@dustmote.invalid>"), "{}", ids[0]);
+    let dates: Vec<&str> = header
+        .split("\r\n")
+        .filter(|l| l.starts_with("Date: "))
+        .collect();
+    assert_eq!(dates.len(), 1, "exactly one Date:\n{header}");
+    assert!(
+        dates[0].ends_with(" +0000"),
+        "Date is set at send time in UTC: {}",
+        dates[0]
+    );
+}
+
+fn assert_private_log(log: &str) {
+    for secret in [
+        "alice@",
+        "bob@",
+        "carol@",
+        "example.org",
+        "example.net",
+        "Caf",
+        "Hello Bob",
+    ] {
+        assert!(
+            !log.contains(secret),
+            "{secret:?} appears in the mote's log:\n{log}"
+        );
+    }
+}
+
+#[test]
+fn swaks_submission_is_delayed_sanitized_and_delivered_byte_for_byte() {
+    let sink = Sink::start();
+    let mut cfg = MoteConfig::new(sink.port);
+    cfg.delay =
+        r#"{ distribution = "exponential", mean = "500ms", min = "400ms", max = "2s" }"#.into();
+    let mote = Mote::start(&cfg);
+    let body = tricky_body();
+    // swaks sends CRLF "." CRLF after the file's content, so the file leaves
+    // out the final CRLF that the message as received then ends with.
+    let file = write_message(
+        mote.dir.path(),
+        "m.eml",
+        DIRTY_HEADER,
+        &body[..body.len() - 2],
+    );
+    let t0 = now();
+    let (ok, transcript) = swaks(
+        mote.port,
+        &[
+            "--auth",
+            "PLAIN",
+            "--auth-user",
+            USER,
+            "--auth-password",
+            PASSWORD,
+            "--from",
+            "alice@example.org",
+            "--to",
+            "bob@example.net,carol@example.com",
+            "--data",
+            file.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        ok && transcript.contains("250 2.0.0 Ok: queued"),
+        "{transcript}"
+    );
+    let m = sink.wait_messages(1, Duration::from_secs(30)).remove(0);
+    // Admission happened after t0, and nothing is released before `min`.
+    assert!(
+        m.time - t0 >= 0.4,
+        "delivered {:.3} s after submission, min is 0.4 s",
+        m.time - t0
+    );
+    let (header, got_body) = m.split();
+    assert_same_bytes(got_body, &body, "body must be copied byte for byte");
+    assert_sanitized(&header);
+    assert_eq!(m.mail_from, "alice@example.org");
+    assert_eq!(
+        m.rcpt_tos,
+        ["bob@example.net", "carol@example.com"],
+        "Bcc stays in the envelope"
+    );
+    assert_eq!(sink.messages().len(), 1);
+    assert_private_log(&mote.log());
+}
+
+#[test]
+fn smtplib_with_auth_plain_and_login_is_delivered() {
+    let sink = Sink::start();
+    let mote = Mote::start(&MoteConfig::new(sink.port));
+    let body = tricky_body();
+    let file = write_message(mote.dir.path(), "m.eml", DIRTY_HEADER, &body);
+    for mech in ["plain", "login"] {
+        let r = smtplib_send(
+            mote.port,
+            Some(mech),
+            PASSWORD,
+            "alice@example.org",
+            &["bob@example.net"],
+            &file,
+        );
+        assert_eq!(r["ok"], true, "AUTH {mech}: {r}");
+    }
+    let msgs = sink.wait_messages(2, Duration::from_secs(30));
+    assert_eq!(msgs.len(), 2);
+    let mut ids = Vec::new();
+    for m in &msgs {
+        let (header, got_body) = m.split();
+        assert_same_bytes(got_body, &body, "smtplib body");
+        assert_sanitized(&header);
+        assert_eq!(m.rcpt_tos, ["bob@example.net"]);
+        ids.push(
+            header
+                .split("\r\n")
+                .find(|l| l.starts_with("Message-ID"))
+                .unwrap()
+                .to_string(),
+        );
+    }
+    assert_ne!(ids[0], ids[1], "every message gets its own Message-ID");
+    assert_private_log(&mote.log());
+}
+
+#[test]
+fn refusals_use_the_right_codes_and_store_nothing() {
+    let sink = Sink::start();
+    let mote = Mote::start(&MoteConfig::new(sink.port)); // 1 MiB, 10 recipients
+    let dir = mote.dir.path();
+    let small = write_message(
+        dir,
+        "small.eml",
+        "From: a@example.org\r\nSubject: s\r\n\r\n",
+        b"hi\r\n",
+    );
+
+    // No AUTH: 530, from swaks and from smtplib.
+    let (ok, t) = swaks(
+        mote.port,
+        &[
+            "--from",
+            "a@example.org",
+            "--to",
+            "b@example.net",
+            "--data",
+            small.to_str().unwrap(),
+        ],
+    );
+    assert!(!ok && t.contains("530 5.7.0"), "{t}");
+    let r = smtplib_send(
+        mote.port,
+        None,
+        "",
+        "a@example.org",
+        &["b@example.net"],
+        &small,
+    );
+    assert_eq!(
+        (r["stage"].as_str(), r["code"].as_i64()),
+        (Some("mail"), Some(530)),
+        "{r}"
+    );
+
+    // Wrong password: 535.
+    let r = smtplib_send(
+        mote.port,
+        Some("plain"),
+        "wrong",
+        "a@example.org",
+        &["b@example.net"],
+        &small,
+    );
+    assert_eq!(
+        (r["stage"].as_str(), r["code"].as_i64()),
+        (Some("auth"), Some(535)),
+        "{r}"
+    );
+    let (ok, t) = swaks(
+        mote.port,
+        &[
+            "--auth",
+            "LOGIN",
+            "--auth-user",
+            USER,
+            "--auth-password",
+            "nope",
+            "--to",
+            "b@example.net",
+        ],
+    );
+    assert!(!ok && t.contains("535 5.7.8"), "{t}");
+
+    // Oversize: smtplib declares SIZE= and is refused at MAIL; swaks does
+    // not declare it and is refused after DATA. Both 552.
+    let big_body = vec![b'z'; 76]
+        .into_iter()
+        .chain(*b"\r\n")
+        .cycle()
+        .take(2 * 1024 * 1024)
+        .collect::<Vec<u8>>();
+    let big = write_message(
+        dir,
+        "big.eml",
+        "From: a@example.org\r\nSubject: big\r\n\r\n",
+        &big_body,
+    );
+    let r = smtplib_send(
+        mote.port,
+        Some("plain"),
+        PASSWORD,
+        "a@example.org",
+        &["b@example.net"],
+        &big,
+    );
+    assert_eq!(
+        (r["stage"].as_str(), r["code"].as_i64()),
+        (Some("mail"), Some(552)),
+        "{r}"
+    );
+    let (ok, t) = swaks(
+        mote.port,
+        &[
+            "--auth",
+            "PLAIN",
+            "--auth-user",
+            USER,
+            "--auth-password",
+            PASSWORD,
+            "--to",
+            "b@example.net",
+            "--data",
+            big.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        !ok && t.contains("552 5.3.4"),
+        "{}",
+        &t[t.len().saturating_sub(2000)..]
+    );
+
+    // A text line over 1000 octets: 500 after DATA.
+    let mut long = b"x".repeat(1500);
+    long.extend_from_slice(b"\r\n");
+    let long = write_message(dir, "long.eml", "Subject: l\r\n\r\n", &long);
+    let (ok, t) = swaks(
+        mote.port,
+        &[
+            "--auth",
+            "PLAIN",
+            "--auth-user",
+            USER,
+            "--auth-password",
+            PASSWORD,
+            "--to",
+            "b@example.net",
+            "--data",
+            long.to_str().unwrap(),
+        ],
+    );
+    assert!(!ok && t.contains("500 5.5.2"), "{t}");
+
+    // Nothing refused was stored.
+    let q = mote.queue(&[]);
+    let text = String::from_utf8_lossy(&q.stdout);
+    assert!(
+        q.status.success() && text.contains("queued:    0") && text.contains("in flight: 0"),
+        "{text}"
+    );
+    assert!(sink.messages().is_empty());
+    // Too many recipients: the 11th RCPT gets 452.
+    let rcpts: Vec<String> = (0..11).map(|i| format!("r{i}@example.net")).collect();
+    let (_, t) = swaks(
+        mote.port,
+        &[
+            "--auth",
+            "PLAIN",
+            "--auth-user",
+            USER,
+            "--auth-password",
+            PASSWORD,
+            "--to",
+            &rcpts.join(","),
+            "--data",
+            small.to_str().unwrap(),
+        ],
+    );
+    assert!(t.contains("452 4.5.3"), "{t}");
+    // The session goes on with the ten accepted recipients.
+    let m = sink.wait_messages(1, Duration::from_secs(30));
+    assert_eq!(m.len(), 1);
+    assert_eq!(m[0].rcpt_tos, rcpts[..10]);
+}
+
+#[test]
+fn a_pipelined_swaks_session_works() {
+    let sink = Sink::start();
+    let mote = Mote::start(&MoteConfig::new(sink.port));
+    let (ok, t) = swaks(
+        mote.port,
+        &[
+            "--pipeline",
+            "--auth",
+            "PLAIN",
+            "--auth-user",
+            USER,
+            "--auth-password",
+            PASSWORD,
+            "--from",
+            "alice@example.org",
+            "--to",
+            "bob@example.net,dave@example.net",
+            "--body",
+            "pipelined body",
+        ],
+    );
+    assert!(ok, "{t}");
+    assert!(t.contains("250-PIPELINING"), "{t}");
+    // swaks sends MAIL, both RCPTs and DATA in one batch and then reads the
+    // four replies.
+    assert!(
+        t.contains("250 2.1.0 Ok") && t.matches("250 2.1.5 Ok").count() == 2 && t.contains("354 "),
+        "{t}"
+    );
+    let m = sink.wait_messages(1, Duration::from_secs(30)).remove(0);
+    assert_eq!(m.rcpt_tos, ["bob@example.net", "dave@example.net"]);
+    assert!(m.split().1.starts_with(b"pipelined body\r\n"));
+}
+
+#[test]
+fn an_unreachable_next_hop_means_retries_not_loss() {
+    let relay_port = free_port();
+    let mut cfg = MoteConfig::new(relay_port);
+    cfg.delay = r#"{ distribution = "constant", value = "100ms" }"#.into();
+    let mote = Mote::start(&cfg);
+    let (ok, t) = swaks(
+        mote.port,
+        &[
+            "--auth",
+            "PLAIN",
+            "--auth-user",
+            USER,
+            "--auth-password",
+            PASSWORD,
+            "--from",
+            "alice@example.org",
+            "--to",
+            "bob@example.net",
+            "--body",
+            "kept safe",
+        ],
+    );
+    assert!(ok, "{t}");
+    // Nothing listens on the relay port: the item stays queued, retried.
+    let q = wait_for(Duration::from_secs(10), || {
+        let out = mote.queue(&[]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.contains("queued:    1").then_some(text)
+    })
+    .expect("the message stays queued while the relay is down");
+    assert!(
+        !q.contains("example"),
+        "no addresses without --show-addresses: {q}"
+    );
+    let shown = String::from_utf8_lossy(&mote.queue(&["--show-addresses"]).stdout).into_owned();
+    assert!(
+        shown.contains("from=<alice@example.org> to=bob@example.net"),
+        "{shown}"
+    );
+    // The relay comes up but answers 451 once (a temporary refusal), then accepts.
+    let sink = Sink::start_with(1, relay_port);
+    let m = sink.wait_messages(1, Duration::from_secs(30));
+    assert!(m[0].split().1.starts_with(b"kept safe"));
+    let q = wait_for(Duration::from_secs(10), || {
+        let text = String::from_utf8_lossy(&mote.queue(&[]).stdout).into_owned();
+        text.contains("queued:    0").then_some(())
+    });
+    assert!(q.is_some(), "queue drained after delivery");
+    assert_eq!(sink.messages().len(), 1);
+}
+
+#[test]
+fn sigterm_keeps_the_queue_and_a_restart_delivers_it() {
+    let sink = Sink::start();
+    let mut cfg = MoteConfig::new(sink.port);
+    cfg.delay = r#"{ distribution = "constant", value = "3s" }"#.into();
+    let mut mote = Mote::start(&cfg);
+    for i in 0..3 {
+        let (ok, t) = swaks(
+            mote.port,
+            &[
+                "--auth",
+                "PLAIN",
+                "--auth-user",
+                USER,
+                "--auth-password",
+                PASSWORD,
+                "--to",
+                "bob@example.net",
+                "--body",
+                &format!("message {i}"),
+            ],
+        );
+        assert!(ok, "{t}");
+    }
+    let status = mote.terminate();
+    assert!(
+        status.success(),
+        "clean exit on SIGTERM: {status:?}\n{}",
+        mote.log()
+    );
+    assert!(sink.messages().is_empty(), "nothing was due yet");
+    let q = String::from_utf8_lossy(&mote.queue(&[]).stdout).into_owned();
+    assert!(q.contains("queued:    3"), "{q}");
+    mote.spawn();
+    let msgs = sink.wait_messages(3, Duration::from_secs(30));
+    let mut bodies: Vec<String> = msgs
+        .iter()
+        .map(|m| String::from_utf8_lossy(m.split().1).trim().to_string())
+        .collect();
+    bodies.sort();
+    assert_eq!(bodies, ["message 0", "message 1", "message 2"]);
+}
+
+#[test]
+fn config_check_names_file_key_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[tor]\nmode = \"direct\"\n").unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("{}: tor.mode: ", bad.display())) && err.contains("allow_clearnet"),
+        "{err}"
+    );
+    // The same refusal from `serve`: the mote does not start.
+    let out = std::process::Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("allow_clearnet"));
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/examples/loopback.toml");
+    let out = std::process::Command::new(bin())
+        .args(["config", "check"])
+        .arg(&example)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
