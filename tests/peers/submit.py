@@ -74,7 +74,7 @@ def track(a):
                     login(s, a)
                     while tok is not None and time.monotonic() < deadline:
                         msg = (f"From: w{w}@example.org\r\nTo: sink@example.net\r\n"
-                               f"Subject: {tok}\r\n\r\n{tok}\r\n" + "x" * 1500 + "\r\n").encode()
+                               f"Subject: {tok}\r\n\r\n{tok}\r\n" + ("x" * 76 + "\r\n") * 20).encode()
                         s.sendmail(f"w{w}@example.org", ["sink@example.net"], msg)
                         with lock:
                             out.write(tok + "\n")
