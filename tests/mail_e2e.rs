@@ -168,15 +168,10 @@ fn swaks_submission_is_delayed_sanitized_and_delivered_byte_for_byte() {
         &body[..body.len() - 2],
     );
     let t0 = now();
-    let (ok, transcript) = swaks(
+    let (ok, transcript) = swaks_auth(
         mote.port,
+        PASSWORD,
         &[
-            "--auth",
-            "PLAIN",
-            "--auth-user",
-            USER,
-            "--auth-password",
-            PASSWORD,
             "--from",
             "alice@example.org",
             "--to",
@@ -279,11 +274,7 @@ fn refusals_use_the_right_codes_and_store_nothing() {
         &["b@example.net"],
         &small,
     );
-    assert_eq!(
-        (r["stage"].as_str(), r["code"].as_i64()),
-        (Some("mail"), Some(530)),
-        "{r}"
-    );
+    assert_refused(&r, "mail", 530);
 
     // Wrong password: 535.
     let r = smtplib_send(
@@ -294,11 +285,7 @@ fn refusals_use_the_right_codes_and_store_nothing() {
         &["b@example.net"],
         &small,
     );
-    assert_eq!(
-        (r["stage"].as_str(), r["code"].as_i64()),
-        (Some("auth"), Some(535)),
-        "{r}"
-    );
+    assert_refused(&r, "auth", 535);
     let (ok, t) = swaks(
         mote.port,
         &[
@@ -336,25 +323,11 @@ fn refusals_use_the_right_codes_and_store_nothing() {
         &["b@example.net"],
         &big,
     );
-    assert_eq!(
-        (r["stage"].as_str(), r["code"].as_i64()),
-        (Some("mail"), Some(552)),
-        "{r}"
-    );
-    let (ok, t) = swaks(
+    assert_refused(&r, "mail", 552);
+    let (ok, t) = swaks_auth(
         mote.port,
-        &[
-            "--auth",
-            "PLAIN",
-            "--auth-user",
-            USER,
-            "--auth-password",
-            PASSWORD,
-            "--to",
-            "b@example.net",
-            "--data",
-            big.to_str().unwrap(),
-        ],
+        PASSWORD,
+        &["--to", "b@example.net", "--data", big.to_str().unwrap()],
     );
     assert!(
         !ok && t.contains("552 5.3.4"),
@@ -366,20 +339,10 @@ fn refusals_use_the_right_codes_and_store_nothing() {
     let mut long = b"x".repeat(1500);
     long.extend_from_slice(b"\r\n");
     let long = write_message(dir, "long.eml", "Subject: l\r\n\r\n", &long);
-    let (ok, t) = swaks(
+    let (ok, t) = swaks_auth(
         mote.port,
-        &[
-            "--auth",
-            "PLAIN",
-            "--auth-user",
-            USER,
-            "--auth-password",
-            PASSWORD,
-            "--to",
-            "b@example.net",
-            "--data",
-            long.to_str().unwrap(),
-        ],
+        PASSWORD,
+        &["--to", "b@example.net", "--data", long.to_str().unwrap()],
     );
     assert!(!ok && t.contains("500 5.5.2"), "{t}");
 
@@ -393,20 +356,10 @@ fn refusals_use_the_right_codes_and_store_nothing() {
     assert!(sink.messages().is_empty());
     // Too many recipients: the 11th RCPT gets 452.
     let rcpts: Vec<String> = (0..11).map(|i| format!("r{i}@example.net")).collect();
-    let (_, t) = swaks(
+    let (_, t) = swaks_auth(
         mote.port,
-        &[
-            "--auth",
-            "PLAIN",
-            "--auth-user",
-            USER,
-            "--auth-password",
-            PASSWORD,
-            "--to",
-            &rcpts.join(","),
-            "--data",
-            small.to_str().unwrap(),
-        ],
+        PASSWORD,
+        &["--to", &rcpts.join(","), "--data", small.to_str().unwrap()],
     );
     assert!(t.contains("452 4.5.3"), "{t}");
     // The session goes on with the ten accepted recipients.
@@ -456,15 +409,10 @@ fn an_unreachable_next_hop_means_retries_not_loss() {
     let mut cfg = MoteConfig::new(relay_port);
     cfg.delay = r#"{ distribution = "constant", value = "100ms" }"#.into();
     let mote = Mote::start(&cfg);
-    let (ok, t) = swaks(
+    let (ok, t) = swaks_auth(
         mote.port,
+        PASSWORD,
         &[
-            "--auth",
-            "PLAIN",
-            "--auth-user",
-            USER,
-            "--auth-password",
-            PASSWORD,
             "--from",
             "alice@example.org",
             "--to",
@@ -509,20 +457,10 @@ fn sigterm_keeps_the_queue_and_a_restart_delivers_it() {
     cfg.delay = r#"{ distribution = "constant", value = "3s" }"#.into();
     let mut mote = Mote::start(&cfg);
     for i in 0..3 {
-        let (ok, t) = swaks(
+        let (ok, t) = swaks_auth(
             mote.port,
-            &[
-                "--auth",
-                "PLAIN",
-                "--auth-user",
-                USER,
-                "--auth-password",
-                PASSWORD,
-                "--to",
-                "bob@example.net",
-                "--body",
-                &format!("message {i}"),
-            ],
+            PASSWORD,
+            &["--to", "bob@example.net", "--body", &format!("message {i}")],
         );
         assert!(ok, "{t}");
     }

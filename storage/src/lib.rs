@@ -120,7 +120,7 @@ impl Store {
             .flush_every_ms(None)
             .open()
             .map_err(db_err("opening the database"))?;
-        Self::from_db(db)
+        Self::from_db(db, Some(dir.to_path_buf()))
     }
 
     /// A throw-away store in a temporary directory, for tests.
@@ -130,10 +130,10 @@ impl Store {
             .flush_every_ms(None)
             .open()
             .map_err(db_err("opening a temporary database"))?;
-        Self::from_db(db)
+        Self::from_db(db, None)
     }
 
-    fn from_db(db: sled::Db) -> Result<Arc<Self>> {
+    fn from_db(db: sled::Db, dir: Option<std::path::PathBuf>) -> Result<Arc<Self>> {
         let meta = db.open_tree("meta").map_err(db_err("opening tree meta"))?;
         match meta.get(FORMAT_KEY).map_err(db_err("reading the format"))? {
             Some(v) if v.as_ref() == [FORMAT_VERSION] => {}
@@ -153,7 +153,8 @@ impl Store {
         let schedule = db
             .open_tree("schedule")
             .map_err(db_err("opening tree schedule"))?;
-        let flusher = Flusher::start(db.clone());
+        let flusher = Flusher::start(db.clone(), dir)
+            .map_err(|e| StorageError::Flush(format!("starting the flusher: {e}")))?;
         let store = Self {
             db,
             items,

@@ -415,3 +415,26 @@ pub fn swaks(port: u16, args: &[&str]) -> (bool, String) {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     (out.status.success(), text)
 }
+
+/// swaks with AUTH PLAIN as [`USER`] with `password`, then `args`.
+pub fn swaks_auth(port: u16, password: &str, args: &[&str]) -> (bool, String) {
+    let mut all = vec![
+        "--auth",
+        "PLAIN",
+        "--auth-user",
+        USER,
+        "--auth-password",
+        password,
+    ];
+    all.extend_from_slice(args);
+    swaks(port, &all)
+}
+
+/// Assert that a [`smtplib_send`] verdict is a refusal at `stage` with `code`.
+pub fn assert_refused(verdict: &serde_json::Value, stage: &str, code: i64) {
+    assert_eq!(
+        (verdict["stage"].as_str(), verdict["code"].as_i64()),
+        (Some(stage), Some(code)),
+        "{verdict}"
+    );
+}
