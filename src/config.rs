@@ -211,6 +211,9 @@ pub struct MailDelivery {
     /// Bound on one delivery attempt.
     #[serde(default = "default_delivery_timeout", with = "hts")]
     pub timeout: Duration,
+    /// PEM file of an extra CA to trust for the relay's certificate.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_delivery_timeout() -> Duration {
@@ -434,6 +437,21 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
             if d.timeout.is_zero() {
                 return Err(err("delivery.mail.timeout", "must be positive"));
             }
+            let extra_ca_pem = match &d.ca_file {
+                None => None,
+                Some(p) => {
+                    let pem = std::fs::read(p).map_err(|e| {
+                        err("delivery.mail.ca_file", &format!("{}: {e}", p.display()))
+                    })?;
+                    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                        return Err(err(
+                            "delivery.mail.ca_file",
+                            &format!("{}: no PEM certificate in it", p.display()),
+                        ));
+                    }
+                    Some(pem)
+                }
+            };
             Some(RelayConfig {
                 host,
                 port,
@@ -444,6 +462,7 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
                 },
                 auth,
                 timeout: d.timeout,
+                extra_ca_pem,
             })
         }
     };

@@ -196,6 +196,10 @@ fn swaks_submission_is_delayed_sanitized_and_delivered_byte_for_byte() {
     assert_sanitized(&header);
     assert_eq!(m.mail_from, "alice@example.org");
     assert_eq!(
+        m.helo, "[127.0.0.1]",
+        "a neutral EHLO name, the same on every mote"
+    );
+    assert_eq!(
         m.rcpt_tos,
         ["bob@example.net", "carol@example.com"],
         "Bcc stays in the envelope"
@@ -519,4 +523,201 @@ fn config_check_names_file_key_and_reason() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A private CA and a server certificate for 127.0.0.1, made with openssl(1).
+fn make_certs(dir: &std::path::Path) -> (String, String, String) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=dustmote test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    run(&ca);
+    let mut csr = vec!["req"];
+    csr.extend(ec);
+    csr.extend([
+        "-keyout",
+        "srv.key",
+        "-out",
+        "srv.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    run(&csr);
+    std::fs::write(
+        dir.join("ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "srv.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "srv.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ]);
+    let p = |f: &str| dir.join(f).display().to_string();
+    (p("ca.pem"), p("srv.pem"), p("srv.key"))
+}
+
+#[test]
+fn relay_delivery_over_starttls_and_implicit_tls_with_auth() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certs(certs.path());
+    for (mode, flag) in [("starttls", "--starttls"), ("implicit", "--implicit-tls")] {
+        let port = free_port();
+        let args: Vec<String> = [flag, &cert, &key, "--auth", "relayuser:relay pw"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let sink = Sink::start_args(port, &args);
+        let mut cfg = MoteConfig::new(port);
+        cfg.tls = mode.into();
+        cfg.delivery_extra =
+            format!("user = \"relayuser\"\npassword = \"relay pw\"\nca_file = \"{ca}\"\n");
+        let mote = Mote::start(&cfg);
+        let (ok, t) = swaks_auth(
+            mote.port,
+            PASSWORD,
+            &["--to", "bob@example.net", "--body", &format!("over {mode}")],
+        );
+        assert!(ok, "{t}");
+        let got = wait_for(Duration::from_secs(30), || sink.messages().pop());
+        let m =
+            got.unwrap_or_else(|| panic!("{mode}: nothing delivered; mote log:\n{}", mote.log()));
+        assert!(
+            m.split().1.starts_with(format!("over {mode}").as_bytes()),
+            "{mode}"
+        );
+        assert_eq!(m.rcpt_tos, ["bob@example.net"]);
+    }
+}
+
+#[test]
+fn a_relay_with_an_untrusted_certificate_gets_nothing() {
+    let certs = tempfile::tempdir().unwrap();
+    let (_ca, cert, key) = make_certs(certs.path());
+    let port = free_port();
+    let args: Vec<String> = ["--implicit-tls", &cert, &key]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let sink = Sink::start_args(port, &args);
+    let mut cfg = MoteConfig::new(port);
+    cfg.tls = "implicit".into(); // no ca_file: the private CA is not trusted
+    let mote = Mote::start(&cfg);
+    let (ok, t) = swaks_auth(
+        mote.port,
+        PASSWORD,
+        &["--to", "bob@example.net", "--body", "secret"],
+    );
+    assert!(ok, "{t}");
+    // The message stays queued and is retried; it never reaches the sink.
+    let retried = wait_for(Duration::from_secs(15), || {
+        let out = String::from_utf8_lossy(&mote.queue(&["--show-addresses"]).stdout).into_owned();
+        out.lines()
+            .any(|l| l.contains("attempts=") && !l.contains("attempts=0"))
+            .then_some(out)
+    })
+    .expect("delivery attempts are made and fail");
+    assert!(retried.contains("queued:    1"), "{retried}");
+    assert!(sink.messages().is_empty());
+}
+
+#[test]
+fn a_permanent_refusal_drops_the_message_and_sends_no_bounce() {
+    let port = free_port();
+    let args: Vec<String> = [
+        "--reject-first",
+        "1",
+        "--reject-reply",
+        "550 5.1.1 no such user",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let sink = Sink::start_args(port, &args);
+    let mote = Mote::start(&MoteConfig::new(port));
+    let (ok, t) = swaks_auth(
+        mote.port,
+        PASSWORD,
+        &[
+            "--from",
+            "alice@example.org",
+            "--to",
+            "gone@example.net",
+            "--body",
+            "first",
+        ],
+    );
+    assert!(ok, "{t}");
+    // Dropped: the queue empties although nothing was accepted downstream.
+    let q = wait_for(Duration::from_secs(15), || {
+        let text = String::from_utf8_lossy(&mote.queue(&[]).stdout).into_owned();
+        text.contains("queued:    0").then_some(())
+    });
+    assert!(q.is_some(), "the refused message leaves the queue");
+    // A second message goes through: the only message the sink ever sees.
+    let (ok, t) = swaks_auth(
+        mote.port,
+        PASSWORD,
+        &[
+            "--from",
+            "alice@example.org",
+            "--to",
+            "bob@example.net",
+            "--body",
+            "second",
+        ],
+    );
+    assert!(ok, "{t}");
+    let msgs = sink.wait_messages(1, Duration::from_secs(30));
+    assert_eq!(
+        msgs.len(),
+        1,
+        "no bounce or anything else reached the relay"
+    );
+    assert_eq!(msgs[0].rcpt_tos, ["bob@example.net"]);
+    assert!(msgs[0].split().1.starts_with(b"second"));
+    assert_private_log(&mote.log());
 }

@@ -11,7 +11,9 @@ use std::time::{Duration, SystemTime};
 use dust_mixer::{Deliver, DeliveryError, Item};
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
+use lettre::transport::smtp::client::{
+    AsyncSmtpConnection, AsyncTokioStream, Certificate, TlsParameters,
+};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::Address;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -49,6 +51,9 @@ pub struct RelayConfig {
     pub auth: Option<(String, String)>,
     /// Bound on one whole delivery attempt (connect to QUIT).
     pub timeout: Duration,
+    /// An extra CA certificate (PEM) to trust besides the Web PKI roots
+    /// (a private relay; tests).
+    pub extra_ca_pem: Option<Vec<u8>>,
 }
 
 impl fmt::Debug for RelayConfig {
@@ -59,6 +64,7 @@ impl fmt::Debug for RelayConfig {
             .field("tls", &self.tls)
             .field("auth", &self.auth.as_ref().map(|(u, _)| (u, "<redacted>")))
             .field("timeout", &self.timeout)
+            .field("extra_ca", &self.extra_ca_pem.is_some())
             .finish()
     }
 }
@@ -109,7 +115,9 @@ impl MailDelivery {
             .map_err(|e| DeliveryError::Temporary(e.to_string()))?;
         let hello = hello_name();
         let stream: BoxStream = match self.relay.tls {
-            TlsMode::Implicit => Box::new(implicit_tls(stream, &self.relay.host).await?),
+            TlsMode::Implicit => Box::new(
+                implicit_tls(stream, &self.relay.host, self.relay.extra_ca_pem.as_deref()).await?,
+            ),
             _ => stream,
         };
         let mut conn =
@@ -117,7 +125,13 @@ impl MailDelivery {
                 .await
                 .map_err(smtp_error)?;
         if self.relay.tls == TlsMode::Starttls {
-            let params = TlsParameters::builder(self.relay.host.clone())
+            let mut builder = TlsParameters::builder(self.relay.host.clone());
+            if let Some(pem) = &self.relay.extra_ca_pem {
+                let cert = Certificate::from_pem(pem)
+                    .map_err(|e| DeliveryError::Temporary(format!("extra CA certificate: {e}")))?;
+                builder = builder.add_root_certificate(cert);
+            }
+            let params = builder
                 .build_rustls()
                 .map_err(|e| DeliveryError::Temporary(format!("TLS setup: {e}")))?;
             conn.starttls(params, &hello).await.map_err(smtp_error)?;
@@ -167,10 +181,22 @@ fn smtp_error(e: lettre::transport::smtp::Error) -> DeliveryError {
 async fn implicit_tls(
     stream: BoxStream,
     host: &str,
+    extra_ca_pem: Option<&[u8]>,
 ) -> Result<tokio_rustls::client::TlsStream<BoxStream>, DeliveryError> {
-    use tokio_rustls::rustls::{self, pki_types::ServerName};
+    use tokio_rustls::rustls::pki_types::pem::PemObject;
+    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+    use tokio_rustls::rustls::{self};
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(pem) = extra_ca_pem {
+        for cert in CertificateDer::pem_slice_iter(pem) {
+            let cert =
+                cert.map_err(|e| DeliveryError::Temporary(format!("extra CA certificate: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| DeliveryError::Temporary(format!("extra CA certificate: {e}")))?;
+        }
+    }
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))

@@ -109,6 +109,8 @@ pub struct Delivered {
     pub rcpt_tos: Vec<String>,
     /// Arrival, seconds since the Unix epoch.
     pub time: f64,
+    /// The client's EHLO/HELO name.
+    pub helo: String,
 }
 
 impl Delivered {
@@ -140,22 +142,30 @@ impl Sink {
 
     /// A sink that answers 451 to the first `reject_first` messages.
     pub fn start_with(reject_first: u32, port: u16) -> Self {
+        Self::start_args(
+            port,
+            &["--reject-first".to_string(), reject_first.to_string()],
+        )
+    }
+
+    /// A sink with extra `sink.py` arguments (TLS, AUTH).
+    pub fn start_args(port: u16, args: &[String]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let mut s = Self {
             port,
             dir,
             proc: None,
         };
-        s.spawn(reject_first);
+        s.spawn(args);
         s
     }
 
-    fn spawn(&mut self, reject_first: u32) {
+    fn spawn(&mut self, args: &[String]) {
         let mut child = Command::new("python3")
             .arg(peer("sink.py"))
             .args(["--port", &self.port.to_string(), "--dir"])
             .arg(self.dir.path())
-            .args(["--reject-first", &reject_first.to_string()])
+            .args(args)
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3 with aiosmtpd (run tests/install-deps.sh)");
@@ -194,6 +204,7 @@ impl Sink {
                     .map(|v| v.as_str().unwrap().to_string())
                     .collect(),
                 time: meta["time"].as_f64().unwrap(),
+                helo: meta["helo"].as_str().unwrap_or_default().to_string(),
             });
         }
         out
@@ -224,6 +235,10 @@ pub struct MoteConfig {
     pub max_message_bytes: usize,
     pub max_recipients: usize,
     pub retry_base: String,
+    /// `[delivery.mail] tls`
+    pub tls: String,
+    /// More lines for `[delivery.mail]` (user, password, ca_file).
+    pub delivery_extra: String,
     pub extra: String,
 }
 
@@ -238,6 +253,8 @@ impl MoteConfig {
             max_message_bytes: 1024 * 1024,
             max_recipients: 10,
             retry_base: "200ms".into(),
+            tls: "none".into(),
+            delivery_extra: String::new(),
             extra: String::new(),
         }
     }
@@ -281,8 +298,9 @@ retry_max = "1s"
 [delivery.mail]
 mode = "relay"
 relay = "127.0.0.1:{relay}"
-tls = "none"
+tls = "{tls}"
 timeout = "10s"
+{delivery_extra}
 [tor]
 mode = "direct"
 allow_clearnet = true
@@ -298,6 +316,8 @@ delivery_grace = "2s"
             delay = c.delay,
             retry = c.retry_base,
             relay = c.relay_port,
+            tls = c.tls,
+            delivery_extra = c.delivery_extra,
             extra = c.extra,
         );
         let config = dir.path().join("mote.toml");
@@ -329,7 +349,10 @@ delivery_grace = "2s"
         let child = Command::new(bin())
             .args(["serve", "--config"])
             .arg(&self.config)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("DUSTMOTE_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
