@@ -233,14 +233,13 @@ pub enum TorMode {
     Direct,
 }
 
-impl TorMode {
-    /// The name used in the config.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TorMode::Arti => "arti",
-            TorMode::Socks5 => "socks5",
-            TorMode::Direct => "direct",
-        }
+impl Tor {
+    /// The SocksPort address (checked by `check`).
+    pub fn socks_addr(&self) -> SocketAddr {
+        self.socks
+            .as_deref()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9050)))
     }
 }
 
@@ -252,7 +251,7 @@ pub struct Tor {
     pub mode: TorMode,
     /// Must be true for `mode = "direct"`.
     pub allow_clearnet: bool,
-    /// SocksPort for `mode = "socks5"`.
+    /// SocksPort for `mode = "socks5"` (default 127.0.0.1:9050).
     pub socks: Option<String>,
     /// Arti configuration file for `mode = "arti"`.
     pub arti_config: Option<PathBuf>,
@@ -407,11 +406,20 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
             ));
         }
         TorMode::Direct => warnings.push("[tor] mode = \"direct\": deliveries leave in the clear, not through Tor".into()),
-        TorMode::Arti | TorMode::Socks5 => warnings.push(format!(
-            "[tor] mode = \"{}\" is not available in this build yet: mail is accepted and kept queued, \
-             and nothing is sent until a Tor transport is available",
-            t.mode.as_str()
-        )),
+        TorMode::Arti => warnings.push(
+            "[tor] mode = \"arti\" is not available in this build yet: mail is accepted and kept queued, \
+             and nothing is sent until a Tor transport is available (mode = \"socks5\" works with a tor daemon)"
+                .into(),
+        ),
+        TorMode::Socks5 => {}
+    }
+    if let Some(s) = &t.socks {
+        if s.parse::<SocketAddr>().is_err() {
+            return Err(err(
+                "tor.socks",
+                "expected an address and port such as \"127.0.0.1:9050\" (a name would need a DNS lookup outside Tor)",
+            ));
+        }
     }
     let relay = match &config.delivery.mail {
         None => {

@@ -3,13 +3,15 @@
 //! cannot open it then).
 //!
 //! The socket is `control.sock` in the data directory, mode 0600. A client
-//! writes one line, `queue` or `queue addresses`, and reads one JSON object.
+//! writes one line, `queue`, `queue addresses` or `status`, and reads one
+//! JSON object.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use dust_proxies::mail::StoredMail;
+use dust_proxies::tor::Connector;
 use dust_storage::{ItemState, Store};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -60,6 +62,7 @@ fn report(store: &Store, addresses: bool) -> Result<Value, String> {
 pub fn serve(
     dir: &Path,
     store: Arc<Store>,
+    connector: Arc<dyn Connector>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
     use std::os::unix::fs::PermissionsExt;
@@ -79,6 +82,7 @@ pub fn serve(
             };
             let Ok((sock, _)) = conn else { continue };
             let store = Arc::clone(&store);
+            let connector = Arc::clone(&connector);
             tokio::spawn(async move {
                 let (rd, mut wr) = sock.into_split();
                 let mut line = String::new();
@@ -89,6 +93,10 @@ pub fn serve(
                 let answer = match line.trim() {
                     "queue" => report(&store, false),
                     "queue addresses" => report(&store, true),
+                    "status" => report(&store, false).map(|mut v| {
+                        v["transport"] = transport_json(&*connector);
+                        v
+                    }),
                     _ => Err("unknown request".to_string()),
                 };
                 let v = answer.unwrap_or_else(|e| json!({ "error": e }));
@@ -99,14 +107,20 @@ pub fn serve(
     }))
 }
 
-fn ask_running(dir: &Path, addresses: bool) -> Option<Result<Value, String>> {
+fn transport_json(c: &dyn Connector) -> Value {
+    let st = c.status();
+    json!({
+        "mode": st.mode,
+        "ready": st.ready,
+        "bootstrap_percent": st.bootstrap_percent,
+        "last_error": st.last_error,
+        "last_success_ms": st.last_success.map(dust_mixer::wall_ms),
+    })
+}
+
+fn ask_running(dir: &Path, req: &str) -> Option<Result<Value, String>> {
     use std::io::{Read, Write};
     let mut s = std::os::unix::net::UnixStream::connect(socket_path(dir)).ok()?;
-    let req = if addresses {
-        "queue addresses\n"
-    } else {
-        "queue\n"
-    };
     let mut out = String::new();
     let r = s
         .write_all(req.as_bytes())
@@ -134,7 +148,14 @@ fn when(ms: u64, now: SystemTime) -> String {
 pub fn queue(config: Option<&Path>, addresses: bool) -> Result<(), String> {
     let checked = crate::config::load(config).map_err(|e| e.to_string())?;
     let dir = checked.config.storage.dir;
-    let v = match ask_running(&dir, addresses) {
+    let v = match ask_running(
+        &dir,
+        if addresses {
+            "queue addresses\n"
+        } else {
+            "queue\n"
+        },
+    ) {
         Some(r) => r?,
         None => {
             if !dir.join("queue").exists() {
@@ -183,6 +204,46 @@ pub fn queue(config: Option<&Path>, addresses: bool) -> Result<(), String> {
             ));
         }
     }
+    use std::io::Write;
+    std::io::stdout()
+        .lock()
+        .write_all(out.as_bytes())
+        .map_err(|e| e.to_string())
+}
+
+/// `dustmote status`: the running mote's transport state and queue counts.
+pub fn status(config: Option<&Path>) -> Result<(), String> {
+    let checked = crate::config::load(config).map_err(|e| e.to_string())?;
+    let dir = checked.config.storage.dir;
+    let v = ask_running(&dir, "status\n")
+        .ok_or_else(|| format!("no running mote answers on {}", socket_path(&dir).display()))??;
+    let t = &v["transport"];
+    let mut out = String::new();
+    let state = match t["ready"].as_bool() {
+        Some(true) => "ready",
+        Some(false) => "not ready",
+        None => "no connection attempted yet",
+    };
+    out.push_str(&format!(
+        "transport: {} ({state})\n",
+        t["mode"].as_str().unwrap_or("?")
+    ));
+    if let Some(p) = t["bootstrap_percent"].as_u64() {
+        out.push_str(&format!("bootstrap: {p}%\n"));
+    }
+    if let Some(e) = t["last_error"].as_str() {
+        out.push_str(&format!("last error: {e}\n"));
+    }
+    if let Some(ms) = t["last_success_ms"].as_u64() {
+        out.push_str(&format!(
+            "last stream opened: {}\n",
+            humantime::format_rfc3339_seconds(dust_mixer::from_wall_ms(ms))
+        ));
+    }
+    out.push_str(&format!(
+        "queued:    {}\nin flight: {}\n",
+        v["queued"], v["in_flight"]
+    ));
     use std::io::Write;
     std::io::stdout()
         .lock()

@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use dust_mixer::{Deliver, DeliveryError, Item, Mixer};
 use dust_proxies::delivery::MailDelivery;
 use dust_proxies::smtp::Server;
-use dust_proxies::tor::{Connector, Direct, Unavailable};
+use dust_proxies::tor::{Connector, Direct, Socks5, Unavailable};
 use dust_storage::Store;
 
 use crate::config::{Checked, TorMode};
@@ -29,6 +29,9 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
 }
+
+/// Bound on opening one outbound stream (a Tor circuit can take a while).
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Subcommand)]
 enum Command {
@@ -48,6 +51,12 @@ enum Command {
         /// Also list each item's envelope addresses.
         #[arg(long)]
         show_addresses: bool,
+    },
+    /// Show the transport (Tor) state and the queue of the running mote.
+    Status {
+        /// Configuration file (for the data directory).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
     /// Configuration commands.
     Config {
@@ -74,6 +83,7 @@ fn main() -> ExitCode {
             config,
             show_addresses,
         } => control::queue(config.as_deref(), show_addresses),
+        Command::Status { config } => control::status(config.as_deref()),
         Command::Config {
             command: ConfigCommand::Check { file },
         } => config::load(Some(&file))
@@ -171,19 +181,15 @@ async fn run(checked: Checked) -> Result<(), String> {
         "queue opened"
     );
     let connector: Arc<dyn Connector> = match config.tor.mode {
-        TorMode::Direct => Arc::new(Direct {
-            connect_timeout: std::time::Duration::from_secs(30),
-        }),
-        mode => Arc::new(Unavailable {
-            mode: mode.as_str(),
-            reason: format!(
-                "tor mode \"{}\" is not available in this build yet",
-                mode.as_str()
-            ),
+        TorMode::Direct => Arc::new(Direct::new(CONNECT_TIMEOUT)),
+        TorMode::Socks5 => Arc::new(Socks5::new(config.tor.socks_addr(), CONNECT_TIMEOUT)),
+        TorMode::Arti => Arc::new(Unavailable {
+            mode: "arti",
+            reason: "tor mode \"arti\" is not available in this build yet; use mode = \"socks5\" with a tor daemon".into(),
         }),
     };
     let egress = match relay {
-        Some(r) => Egress::Mail(MailDelivery::new(connector, r)),
+        Some(r) => Egress::Mail(MailDelivery::new(Arc::clone(&connector), r)),
         None => Egress::Hold,
     };
     let mixer = Mixer::start(
@@ -197,7 +203,12 @@ async fn run(checked: Checked) -> Result<(), String> {
         .await
         .map_err(|e| format!("listening on {}: {e}", config.smtp.listen))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let control = control::serve(&dir, Arc::clone(&store), stop_rx.clone())?;
+    let control = control::serve(
+        &dir,
+        Arc::clone(&store),
+        Arc::clone(&connector),
+        stop_rx.clone(),
+    )?;
     tracing::info!(smtp = %config.smtp.listen, "dustmote is running");
     tokio::spawn(async move {
         wait_for_signal().await;

@@ -1,14 +1,17 @@
 //! Where outbound connections come from.
 //!
 //! Delivery code never opens a socket itself: it asks a [`Connector`] for a
-//! stream to a *hostname* and port. The Tor connectors (next issue) hand the
-//! hostname to Tor unresolved; [`Direct`] is the clearnet connector, which the
-//! binary only builds when the operator set `[tor] mode = "direct"` together
-//! with `allow_clearnet = true`.
+//! stream to a *hostname* and port. The Tor connectors hand the hostname to
+//! Tor unresolved ([`Socks5`] sends it as a SOCKS5 domain name; there is no
+//! DNS code on that path at all). [`Direct`] is the clearnet connector, which
+//! the binary only builds when the operator set `[tor] mode = "direct"`
+//! together with `allow_clearnet = true`.
 
 use std::fmt::Debug;
 use std::io;
-use std::time::Duration;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -46,20 +49,146 @@ pub enum ConnectError {
     Timeout(Duration),
 }
 
+/// What `dustmote status` shows about the transport.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TransportStatus {
+    /// `direct`, `socks5`, `arti`.
+    pub mode: String,
+    /// Whether the last connection attempt worked (`None`: none made yet).
+    pub ready: Option<bool>,
+    /// Bootstrap progress in percent, where the transport reports one.
+    pub bootstrap_percent: Option<u8>,
+    /// The last connection error, if the last attempt failed.
+    pub last_error: Option<String>,
+    /// When a stream was last opened successfully.
+    pub last_success: Option<SystemTime>,
+}
+
 /// Opens streams to the next hop.
 pub trait Connector: Send + Sync + 'static {
     /// A short name for logs and status (`direct`, `arti`, `socks5`).
     fn name(&self) -> &'static str;
     /// Open a stream to `target`.
     fn connect<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Result<BoxStream, ConnectError>>;
+    /// Current state, for `dustmote status`.
+    fn status(&self) -> TransportStatus;
+}
+
+/// Records the outcome of connection attempts for [`TransportStatus`].
+#[derive(Debug, Default)]
+struct Outcomes {
+    last: Mutex<(Option<bool>, Option<String>, Option<SystemTime>)>,
+}
+
+impl Outcomes {
+    fn record<T>(&self, r: &Result<T, ConnectError>) {
+        let mut l = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match r {
+            Ok(_) => *l = (Some(true), None, Some(SystemTime::now())),
+            Err(e) => {
+                l.0 = Some(false);
+                l.1 = Some(e.to_string());
+            }
+        }
+    }
+
+    fn status(&self, mode: &str) -> TransportStatus {
+        let l = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        TransportStatus {
+            mode: mode.to_string(),
+            ready: l.0,
+            bootstrap_percent: None,
+            last_error: l.1.clone(),
+            last_success: l.2,
+        }
+    }
+}
+
+/// Streams through an existing tor daemon's SocksPort. Every [`Target`]'s
+/// isolation token becomes a distinct SOCKS username, so with tor's default
+/// `IsolateSOCKSAuth` no two items share a circuit.
+#[derive(Debug)]
+pub struct Socks5 {
+    proxy: SocketAddr,
+    connect_timeout: Duration,
+    outcomes: Outcomes,
+}
+
+impl Socks5 {
+    /// Use the SocksPort at `proxy` (an address, never a name to resolve).
+    pub fn new(proxy: SocketAddr, connect_timeout: Duration) -> Self {
+        Self {
+            proxy,
+            connect_timeout,
+            outcomes: Outcomes::default(),
+        }
+    }
+}
+
+impl Connector for Socks5 {
+    fn name(&self) -> &'static str {
+        "socks5"
+    }
+
+    fn connect<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Result<BoxStream, ConnectError>> {
+        Box::pin(async move {
+            let user = format!("dustmote-{:016x}", target.isolation);
+            // (&str, u16) becomes a SOCKS5 domain name unless it is an IP
+            // literal: the name is resolved by the exit, never here.
+            let fut = tokio_socks::tcp::Socks5Stream::connect_with_password(
+                self.proxy,
+                (target.host.as_str(), target.port),
+                &user,
+                "dustmote",
+            );
+            let r = match tokio::time::timeout(self.connect_timeout, fut).await {
+                Err(_) => Err(ConnectError::Timeout(self.connect_timeout)),
+                Ok(Ok(s)) => {
+                    let _ = s.set_nodelay(true);
+                    Ok(Box::new(s.into_inner()) as BoxStream)
+                }
+                Ok(Err(
+                    e @ (tokio_socks::Error::Io(_) | tokio_socks::Error::ProxyServerUnreachable),
+                )) => Err(ConnectError::NotReady(format!(
+                    "tor SocksPort {} unreachable: {e}",
+                    self.proxy
+                ))),
+                Ok(Err(e)) => Err(ConnectError::Io(io::Error::other(format!(
+                    "through tor: {e}"
+                )))),
+            };
+            self.outcomes.record(&r);
+            r
+        })
+    }
+
+    fn status(&self) -> TransportStatus {
+        self.outcomes.status("socks5")
+    }
 }
 
 /// Plain TCP from this machine: no anonymity at all. Only for operators who
 /// explicitly allow clearnet, and for loopback tests.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Direct {
-    /// Give up connecting after this long.
-    pub connect_timeout: Duration,
+    connect_timeout: Duration,
+    outcomes: Outcomes,
+}
+
+impl Direct {
+    /// Give up connecting after `connect_timeout`.
+    pub fn new(connect_timeout: Duration) -> Self {
+        Self {
+            connect_timeout,
+            outcomes: Outcomes::default(),
+        }
+    }
 }
 
 impl Connector for Direct {
@@ -70,13 +199,26 @@ impl Connector for Direct {
     fn connect<'a>(&'a self, target: &'a Target) -> BoxFuture<'a, Result<BoxStream, ConnectError>> {
         Box::pin(async move {
             let addr = (target.host.as_str(), target.port);
-            let s =
-                tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(addr))
-                    .await
-                    .map_err(|_| ConnectError::Timeout(self.connect_timeout))??;
-            s.set_nodelay(true)?;
-            Ok(Box::new(s) as BoxStream)
+            let r = match tokio::time::timeout(
+                self.connect_timeout,
+                tokio::net::TcpStream::connect(addr),
+            )
+            .await
+            {
+                Err(_) => Err(ConnectError::Timeout(self.connect_timeout)),
+                Ok(Err(e)) => Err(ConnectError::Io(e)),
+                Ok(Ok(s)) => {
+                    let _ = s.set_nodelay(true);
+                    Ok(Box::new(s) as BoxStream)
+                }
+            };
+            self.outcomes.record(&r);
+            r
         })
+    }
+
+    fn status(&self) -> TransportStatus {
+        self.outcomes.status("direct")
     }
 }
 
@@ -98,5 +240,15 @@ impl Connector for Unavailable {
     fn connect<'a>(&'a self, _: &'a Target) -> BoxFuture<'a, Result<BoxStream, ConnectError>> {
         let reason = self.reason.clone();
         Box::pin(async move { Err(ConnectError::NotReady(reason)) })
+    }
+
+    fn status(&self) -> TransportStatus {
+        TransportStatus {
+            mode: self.mode.to_string(),
+            ready: Some(false),
+            bootstrap_percent: None,
+            last_error: Some(self.reason.clone()),
+            last_success: None,
+        }
     }
 }

@@ -5,6 +5,8 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod tornet;
+
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -239,6 +241,8 @@ pub struct MoteConfig {
     pub tls: String,
     /// More lines for `[delivery.mail]` (user, password, ca_file).
     pub delivery_extra: String,
+    /// The `[tor]` table's lines.
+    pub tor: String,
     pub extra: String,
 }
 
@@ -255,6 +259,7 @@ impl MoteConfig {
             retry_base: "200ms".into(),
             tls: "none".into(),
             delivery_extra: String::new(),
+            tor: "mode = \"direct\"\nallow_clearnet = true".into(),
             extra: String::new(),
         }
     }
@@ -302,8 +307,7 @@ tls = "{tls}"
 timeout = "10s"
 {delivery_extra}
 [tor]
-mode = "direct"
-allow_clearnet = true
+{tor}
 [shutdown]
 session_grace = "2s"
 delivery_grace = "2s"
@@ -318,6 +322,7 @@ delivery_grace = "2s"
             relay = c.relay_port,
             tls = c.tls,
             delivery_extra = c.delivery_extra,
+            tor = c.tor,
             extra = c.extra,
         );
         let config = dir.path().join("mote.toml");

@@ -1,0 +1,107 @@
+//! The private Tor network of `tests/tornet/tornet.sh`, for integration
+//! tests: started on free ports, stopped by PID on drop; every tor also exits
+//! by itself when the test process is gone.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+pub struct TorNet {
+    pub dir: tempfile::TempDir,
+    pub env: HashMap<String, String>,
+}
+
+fn script() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tornet/tornet.sh")
+}
+
+impl TorNet {
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("bash")
+            .arg(script())
+            .arg("start")
+            .arg(dir.path())
+            .env("TORNET_OWNER_PID", std::process::id().to_string())
+            .output()
+            .expect("bash tests/tornet/tornet.sh (needs tor; run tests/install-deps.sh)");
+        assert!(
+            out.status.success(),
+            "private Tor network did not come up:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let env = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self { dir, env }
+    }
+
+    pub fn port(&self, key: &str) -> u16 {
+        self.env[key].parse().unwrap()
+    }
+
+    pub fn socks(&self) -> String {
+        format!("127.0.0.1:{}", self.port("SOCKS_PORT"))
+    }
+
+    fn run(&self, cmd: &str) {
+        let out = Command::new("bash")
+            .arg(script())
+            .arg(cmd)
+            .arg(self.dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tornet.sh {cmd}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    pub fn stop_client(&self) {
+        self.run("stop-client");
+    }
+
+    pub fn start_client(&self) {
+        self.run("start-client");
+    }
+
+    /// Subscribe to the client's STREAM events; returns the collected
+    /// `650 STREAM ...` lines as they arrive.
+    pub fn stream_events(&self) -> Arc<Mutex<Vec<String>>> {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port("CONTROL_PORT"))).unwrap();
+        s.write_all(b"AUTHENTICATE\r\nSETEVENTS STREAM\r\n")
+            .unwrap();
+        let mut rd = BufReader::new(s.try_clone().unwrap());
+        for _ in 0..2 {
+            let mut l = String::new();
+            rd.read_line(&mut l).unwrap();
+            assert!(l.starts_with("250"), "control port: {l}");
+        }
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&events);
+        std::thread::spawn(move || {
+            let _keep = s;
+            for line in rd.lines() {
+                let Ok(line) = line else { return };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        events
+    }
+}
+
+impl Drop for TorNet {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(script())
+            .arg("stop")
+            .arg(self.dir.path())
+            .status();
+    }
+}

@@ -1,0 +1,128 @@
+//! Mail through a real (private) Tor network on 127.0.0.1: swaks → mote
+//! (`[tor] mode = "socks5"`) → client tor → 3-hop circuit → exit →
+//! aiosmtpd. One network is started for the whole file (≈ 15–20 s) and
+//! shared by the scenarios, which run in order inside one test so that the
+//! network is stopped (by PID) when they are done.
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use common::tornet::TorNet;
+use common::*;
+
+fn socks_mote(net: &TorNet, sink_port: u16) -> Mote {
+    let mut cfg = MoteConfig::new(sink_port);
+    cfg.delay = r#"{ distribution = "constant", value = "100ms" }"#.into();
+    cfg.tor = format!("mode = \"socks5\"\nsocks = \"{}\"", net.socks());
+    Mote::start(&cfg)
+}
+
+fn status(mote: &Mote) -> String {
+    let out = std::process::Command::new(bin())
+        .args(["status", "--config"])
+        .arg(&mote.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Two messages, delivered through Tor, each on its own circuit.
+fn socks5_delivery_on_isolated_circuits(net: &TorNet) {
+    let sink = Sink::start();
+    let mote = socks_mote(net, sink.port);
+    let events = net.stream_events();
+    for i in 0..2 {
+        let (ok, t) = swaks_auth(
+            mote.port,
+            PASSWORD,
+            &[
+                "--to",
+                "bob@example.net",
+                "--body",
+                &format!("through tor {i}"),
+            ],
+        );
+        assert!(ok, "{t}");
+    }
+    let msgs = sink.wait_messages(2, Duration::from_secs(90));
+    let mut bodies: Vec<String> = msgs
+        .iter()
+        .map(|m| String::from_utf8_lossy(m.split().1).trim().to_string())
+        .collect();
+    bodies.sort();
+    assert_eq!(bodies, ["through tor 0", "through tor 1"]);
+    // The sink saw the exit (127.0.0.1), never the mote's own connection:
+    // every stream to its port went through the client tor.
+    let target = format!("127.0.0.1:{}", sink.port);
+    let circuits: HashSet<String> = wait_for(Duration::from_secs(10), || {
+        let ev = events.lock().unwrap();
+        let c: HashSet<String> = ev
+            .iter()
+            .filter(|l| {
+                l.starts_with("650 STREAM ") && l.contains(" SUCCEEDED ") && l.contains(&target)
+            })
+            .map(|l| l.split_whitespace().nth(4).unwrap().to_string())
+            .collect();
+        (c.len() >= 2).then_some(c)
+    })
+    .unwrap_or_else(|| panic!("stream events: {:?}", events.lock().unwrap()));
+    println!("tor: 2 messages left on circuits {circuits:?}");
+    assert_eq!(circuits.len(), 2, "each message on its own circuit");
+    assert!(status(&mote).contains("transport: socks5 (ready)"));
+}
+
+/// With the client tor down, mail waits; status says why; nothing leaves
+/// outside Tor; once tor is back the mail goes out.
+fn tor_down_means_wait_not_clearnet(net: &TorNet) {
+    let sink = Sink::start();
+    let mote = socks_mote(net, sink.port);
+    net.stop_client();
+    let (ok, t) = swaks_auth(
+        mote.port,
+        PASSWORD,
+        &["--to", "bob@example.net", "--body", "waits for tor"],
+    );
+    assert!(ok, "{t}");
+    let st = wait_for(Duration::from_secs(20), || {
+        let s = status(&mote);
+        s.contains("not ready").then_some(s)
+    })
+    .expect("status reports the transport as not ready");
+    assert!(
+        st.contains("last error: transport not ready: tor SocksPort"),
+        "{st}"
+    );
+    assert!(st.contains("queued:    1"), "{st}");
+    assert!(
+        sink.messages().is_empty(),
+        "nothing may reach the sink while Tor is down"
+    );
+    let t0 = Instant::now();
+    net.start_client();
+    println!("tor: client back after {:?}", t0.elapsed());
+    let m = sink.wait_messages(1, Duration::from_secs(90));
+    assert!(m[0].split().1.starts_with(b"waits for tor"));
+}
+
+#[test]
+fn mail_through_a_private_tor_network() {
+    let t0 = Instant::now();
+    let net = TorNet::start();
+    println!(
+        "private Tor network ready in {:?} (consensus {} s, bootstrap {} s)",
+        t0.elapsed(),
+        net.env["SECONDS_TO_CONSENSUS"],
+        net.env["SECONDS_TO_BOOTSTRAP"]
+    );
+    socks5_delivery_on_isolated_circuits(&net);
+    tor_down_means_wait_not_clearnet(&net);
+}
