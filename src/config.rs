@@ -295,19 +295,44 @@ pub struct Checked {
 }
 
 /// Parse `text` (from `file`) and check it.
+#[cfg(test)]
 pub fn parse(text: &str, file: &str) -> Result<Checked, ConfigError> {
+    parse_at(text, file, None)
+}
+
+/// Like [`parse`]; relative paths in the file (`tor.arti_config`,
+/// `delivery.mail.ca_file`) are taken relative to `base`.
+fn parse_at(text: &str, file: &str, base: Option<&Path>) -> Result<Checked, ConfigError> {
     let err = |key: &str, reason: String| ConfigError {
         file: file.to_string(),
         key: key.to_string(),
         reason,
     };
-    let config: Config = toml::from_str(text).map_err(|e| {
+    let mut config: Config = toml::from_str(text).map_err(|e| {
         let key = e
             .span()
             .map(|s| locate(text, s.start))
             .unwrap_or_else(|| "(file)".into());
         err(&key, e.message().to_string())
     })?;
+    if let Some(base) = base {
+        let rebase = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        if let Some(p) = config.tor.arti_config.as_mut() {
+            rebase(p);
+        }
+        if let Some(p) = config
+            .delivery
+            .mail
+            .as_mut()
+            .and_then(|m| m.ca_file.as_mut())
+        {
+            rebase(p);
+        }
+    }
     check(config, file)
 }
 
@@ -322,7 +347,7 @@ pub fn load(path: Option<&Path>) -> Result<Checked, ConfigError> {
                 key: "(file)".into(),
                 reason: e.to_string(),
             })?;
-            parse(&text, &name)
+            parse_at(&text, &name, p.parent())
         }
     }
 }
@@ -405,12 +430,13 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
                  [tor] allow_clearnet = true says this is intended",
             ));
         }
-        TorMode::Direct => warnings.push("[tor] mode = \"direct\": deliveries leave in the clear, not through Tor".into()),
-        TorMode::Arti => warnings.push(
-            "[tor] mode = \"arti\" is not available in this build yet: mail is accepted and kept queued, \
-             and nothing is sent until a Tor transport is available (mode = \"socks5\" works with a tor daemon)"
-                .into(),
-        ),
+        TorMode::Direct => warnings
+            .push("[tor] mode = \"direct\": deliveries leave in the clear, not through Tor".into()),
+        TorMode::Arti => {
+            // Resolve and check the Arti file now, so errors name this file's key.
+            dust_proxies::tor::arti_config(&config.storage.dir, t.arti_config.as_deref())
+                .map_err(|e| err("tor.arti_config", &e.to_string()))?;
+        }
         TorMode::Socks5 => {}
     }
     if let Some(s) = &t.socks {

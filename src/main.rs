@@ -13,7 +13,7 @@ use clap::{Parser, Subcommand};
 use dust_mixer::{Deliver, DeliveryError, Item, Mixer};
 use dust_proxies::delivery::MailDelivery;
 use dust_proxies::smtp::Server;
-use dust_proxies::tor::{Connector, Direct, Socks5, Unavailable};
+use dust_proxies::tor::{arti_config, install_crypto_provider, Arti, Connector, Direct, Socks5};
 use dust_storage::Store;
 
 use crate::config::{Checked, TorMode};
@@ -151,6 +151,8 @@ fn serve(config: Option<PathBuf>) -> Result<(), String> {
     for w in &checked.warnings {
         tracing::warn!("{w}");
     }
+    // Arti's TLS (rustls) needs a process-wide crypto provider.
+    install_crypto_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -183,10 +185,11 @@ async fn run(checked: Checked) -> Result<(), String> {
     let connector: Arc<dyn Connector> = match config.tor.mode {
         TorMode::Direct => Arc::new(Direct::new(CONNECT_TIMEOUT)),
         TorMode::Socks5 => Arc::new(Socks5::new(config.tor.socks_addr(), CONNECT_TIMEOUT)),
-        TorMode::Arti => Arc::new(Unavailable {
-            mode: "arti",
-            reason: "tor mode \"arti\" is not available in this build yet; use mode = \"socks5\" with a tor daemon".into(),
-        }),
+        TorMode::Arti => {
+            let cfg =
+                arti_config(&dir, config.tor.arti_config.as_deref()).map_err(|e| e.to_string())?;
+            Arc::new(Arti::start(cfg).map_err(|e| e.to_string())?)
+        }
     };
     let egress = match relay {
         Some(r) => Egress::Mail(MailDelivery::new(Arc::clone(&connector), r)),

@@ -113,6 +113,62 @@ fn tor_down_means_wait_not_clearnet(net: &TorNet) {
     assert!(m[0].split().1.starts_with(b"waits for tor"));
 }
 
+/// Embedded Arti joins the same network and delivers; status shows its
+/// bootstrap.
+fn arti_delivery(net: &TorNet) {
+    let sink = Sink::start();
+    let work = tempfile::tempdir().unwrap();
+    let arti_toml = work.path().join("arti.toml");
+    net.write_arti_config(&arti_toml);
+    let mut cfg = MoteConfig::new(sink.port);
+    cfg.delay = r#"{ distribution = "constant", value = "100ms" }"#.into();
+    cfg.tor = format!("mode = \"arti\"\narti_config = \"{}\"", arti_toml.display());
+    let t0 = Instant::now();
+    let mote = Mote::start(&cfg);
+    let st = wait_for(Duration::from_secs(60), || {
+        let s = status(&mote);
+        s.contains("bootstrap: 100%").then_some(s)
+    })
+    .unwrap_or_else(|| panic!("Arti did not bootstrap: {}\n{}", status(&mote), mote.log()));
+    println!("arti: bootstrapped in {:?}", t0.elapsed());
+    assert!(st.contains("transport: arti"), "{st}");
+    for i in 0..2 {
+        let (ok, t) = swaks_auth(
+            mote.port,
+            PASSWORD,
+            &[
+                "--to",
+                "bob@example.net",
+                "--body",
+                &format!("through arti {i}"),
+            ],
+        );
+        assert!(ok, "{t}");
+    }
+    let msgs = wait_for(Duration::from_secs(90), || {
+        let m = sink.messages();
+        (m.len() >= 2).then_some(m)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "nothing through Arti; status:\n{}\nlog:\n{}",
+            status(&mote),
+            mote.log()
+        )
+    });
+    let mut bodies: Vec<String> = msgs
+        .iter()
+        .map(|m| String::from_utf8_lossy(m.split().1).trim().to_string())
+        .collect();
+    bodies.sort();
+    assert_eq!(bodies, ["through arti 0", "through arti 1"]);
+    assert!(status(&mote).contains("transport: arti (ready)"));
+    // Arti's state and cache live under the data directory.
+    assert!(
+        mote.data_dir().join("arti/state").is_dir() && mote.data_dir().join("arti/cache").is_dir()
+    );
+}
+
 #[test]
 fn mail_through_a_private_tor_network() {
     let t0 = Instant::now();
@@ -125,4 +181,5 @@ fn mail_through_a_private_tor_network() {
     );
     socks5_delivery_on_isolated_circuits(&net);
     tor_down_means_wait_not_clearnet(&net);
+    arti_delivery(&net);
 }

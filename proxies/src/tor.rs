@@ -252,3 +252,7 @@ impl Connector for Unavailable {
         }
     }
 }
+
+#[path = "tor_arti.rs"]
+mod arti;
+pub use arti::{arti_config, install_crypto_provider, Arti, ArtiSetupError};

@@ -63,6 +63,36 @@ impl TorNet {
         );
     }
 
+    /// An Arti configuration file (Arti's own format) that joins this
+    /// network: its authority, the authority as the one fallback directory
+    /// cache (the other relays are not caches), and local addresses allowed.
+    pub fn write_arti_config(&self, path: &std::path::Path) {
+        let e = &self.env;
+        let dir = format!("127.0.0.1:{}", e["AUTH_DIR_PORT"]);
+        let text = format!(
+            r#"[tor_network]
+fallback_caches = [
+  {{ rsa_identity = "{fp}", ed_identity = "{ed}", orports = ["127.0.0.1:{or}"] }},
+]
+[tor_network.authorities]
+v3idents = ["{v3}"]
+uploads = [["{dir}"]]
+downloads = [["{dir}"]]
+votes = [["{dir}"]]
+[address_filter]
+allow_local_addrs = true
+[path_rules]
+ipv4_subnet_family_prefix = 33
+ipv6_subnet_family_prefix = 129
+"#,
+            fp = e["AUTH1_FP"],
+            ed = e["AUTH1_ED"],
+            or = e["AUTH1_OR"],
+            v3 = e["AUTH_V3IDENT"],
+        );
+        std::fs::write(path, text).unwrap();
+    }
+
     pub fn stop_client(&self) {
         self.run("stop-client");
     }
