@@ -143,9 +143,11 @@ impl Deliver for Egress {
 fn serve(config: Option<PathBuf>) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let checked = config::load(config.as_deref()).map_err(|e| e.to_string())?;
     for w in &checked.warnings {

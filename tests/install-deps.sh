@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real peers the test suite runs against (Debian packages and one
-# Python package). Idempotent; needs root or passwordless sudo.
+# Python package) and the one C library the build links (SQLite, for Arti).
+# Idempotent; needs root or passwordless sudo.
 set -euo pipefail
 
 SUDO=""
@@ -12,6 +13,10 @@ command -v smtp-sink >/dev/null || [ -x /usr/sbin/smtp-sink ] || need+=(postfix)
 command -v tor >/dev/null || need+=(tor)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v curl >/dev/null || need+=(curl)
+command -v openssl >/dev/null || need+=(openssl)
+# Arti's directory cache links against the system SQLite.
+dpkg -s libsqlite3-dev >/dev/null 2>&1 || need+=(libsqlite3-dev)
+command -v pkg-config >/dev/null || need+=(pkg-config)
 if [ "${#need[@]}" -gt 0 ]; then
     # Postfix asks which mail setup to use; we only need its binaries.
     echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections

@@ -123,6 +123,7 @@ fn arti_delivery(net: &TorNet) {
     let mut cfg = MoteConfig::new(sink.port);
     cfg.delay = r#"{ distribution = "constant", value = "100ms" }"#.into();
     cfg.tor = format!("mode = \"arti\"\narti_config = \"{}\"", arti_toml.display());
+    cfg.rust_log = Some("info,dust_proxies=debug".into());
     let t0 = Instant::now();
     let mote = Mote::start(&cfg);
     let st = wait_for(Duration::from_secs(60), || {
@@ -163,6 +164,20 @@ fn arti_delivery(net: &TorNet) {
     bodies.sort();
     assert_eq!(bodies, ["through arti 0", "through arti 1"]);
     assert!(status(&mote).contains("transport: arti (ready)"));
+    // Each message left on a circuit of its own (Arti's circuit ids, logged
+    // at debug level by the connector).
+    let circuits: HashSet<String> = mote
+        .log()
+        .lines()
+        .filter(|l| l.contains("Arti stream opened"))
+        .filter_map(|l| {
+            l.split("circuit=")
+                .nth(1)
+                .map(|c| c.trim().to_string())
+        })
+        .collect();
+    println!("arti: 2 messages left on circuits {circuits:?}");
+    assert_eq!(circuits.len(), 2, "{circuits:?}");
     // Arti's state and cache live under the data directory.
     assert!(
         mote.data_dir().join("arti/state").is_dir() && mote.data_dir().join("arti/cache").is_dir()

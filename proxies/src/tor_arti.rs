@@ -9,6 +9,7 @@ use arti_client::config::{CfgPath, TorClientConfigBuilder};
 use arti_client::{BootstrapBehavior, DataStream, IsolationToken, StreamPrefs, TorClient};
 use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tor_proto::client::stream::ClientStreamCtrl;
 use tor_rtcompat::PreferredRuntime;
 
 use super::{BoxStream, ConnectError, Connector, Outcomes, Target, TransportStatus};
@@ -129,7 +130,17 @@ impl Connector for Arti {
                     .connect_with_prefs((target.host.as_str(), target.port), &prefs)
                     .await
                 {
-                    Ok(s) => Ok(Box::new(SyncStream(Mutex::new(s))) as BoxStream),
+                    Ok(s) => {
+                        // The circuit's id (not an address) shows that every
+                        // item gets a circuit of its own.
+                        let circuit = s
+                            .client_stream_ctrl()
+                            .and_then(|c| c.tunnel())
+                            .map(|t| t.unique_id().to_string())
+                            .unwrap_or_default();
+                        tracing::debug!(%circuit, "Arti stream opened");
+                        Ok(Box::new(SyncStream(Mutex::new(s))) as BoxStream)
+                    }
                     Err(e) => Err(ConnectError::Io(std::io::Error::other(format!(
                         "through Arti: {e}"
                     )))),

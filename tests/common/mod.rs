@@ -243,6 +243,8 @@ pub struct MoteConfig {
     pub delivery_extra: String,
     /// The `[tor]` table's lines.
     pub tor: String,
+    /// RUST_LOG for the mote (default: $DUSTMOTE_TEST_LOG or "info").
+    pub rust_log: Option<String>,
     pub extra: String,
 }
 
@@ -260,6 +262,7 @@ impl MoteConfig {
             tls: "none".into(),
             delivery_extra: String::new(),
             tor: "mode = \"direct\"\nallow_clearnet = true".into(),
+            rust_log: None,
             extra: String::new(),
         }
     }
@@ -268,6 +271,7 @@ impl MoteConfig {
 /// A `dustmote serve` process with its own data directory and port.
 pub struct Mote {
     pub port: u16,
+    rust_log: String,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
     proc: Option<Proc>,
@@ -329,6 +333,9 @@ delivery_grace = "2s"
         std::fs::write(&config, text).unwrap();
         let mut m = Self {
             port,
+            rust_log: c.rust_log.clone().unwrap_or_else(|| {
+                std::env::var("DUSTMOTE_TEST_LOG").unwrap_or_else(|_| "info".into())
+            }),
             dir,
             config,
             proc: None,
@@ -354,10 +361,7 @@ delivery_grace = "2s"
         let child = Command::new(bin())
             .args(["serve", "--config"])
             .arg(&self.config)
-            .env(
-                "RUST_LOG",
-                std::env::var("DUSTMOTE_TEST_LOG").unwrap_or_else(|_| "info".into()),
-            )
+            .env("RUST_LOG", &self.rust_log)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
