@@ -8,8 +8,9 @@ use std::time::Duration;
 use dust_mixer::delay::humantime_serde_compat as hts;
 use dust_mixer::{DelaySpec, MixerConfig, RetryPolicy};
 use dust_proxies::auth::Users;
-use dust_proxies::delivery::{RelayConfig, TlsMode};
+use dust_proxies::delivery::{MxRoute, RelayConfig, Route, TlsMode};
 use dust_proxies::mail::SanitizeOptions;
+use dust_proxies::mx::MxConfig;
 use dust_proxies::smtp::SmtpConfig;
 use serde::Deserialize;
 
@@ -176,6 +177,9 @@ pub struct Delivery {
 pub enum MailMode {
     /// Everything to one smarthost.
     Relay,
+    /// Each recipient domain to its MX (DNS over TCP through Tor), or to
+    /// its onion host from `onion_mx`.
+    Mx,
 }
 
 /// `[delivery.mail] tls`
@@ -197,8 +201,18 @@ pub enum Tls {
 pub struct MailDelivery {
     /// Egress mode.
     pub mode: MailMode,
-    /// `host:port` of the smarthost.
-    pub relay: String,
+    /// `host:port` of the smarthost (mode `relay`).
+    #[serde(default)]
+    pub relay: Option<String>,
+    /// `host:port` of the DNS resolver asked over TCP through Tor (mode `mx`).
+    #[serde(default)]
+    pub resolver: Option<String>,
+    /// SMTP port of mail exchangers (mode `mx`).
+    #[serde(default = "default_mx_port")]
+    pub mx_port: u16,
+    /// Recipient domain → onion host that takes its mail (mode `mx`).
+    #[serde(default)]
+    pub onion_mx: std::collections::HashMap<String, String>,
     /// TLS to the smarthost.
     #[serde(default)]
     pub tls: Tls,
@@ -214,6 +228,10 @@ pub struct MailDelivery {
     /// PEM file of an extra CA to trust for the relay's certificate.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+}
+
+fn default_mx_port() -> u16 {
+    25
 }
 
 fn default_delivery_timeout() -> Duration {
@@ -288,8 +306,8 @@ pub struct Checked {
     pub smtp: SmtpConfig,
     /// Mixer settings.
     pub mixer: MixerConfig,
-    /// Relay, if mail delivery is configured.
-    pub relay: Option<RelayConfig>,
+    /// Mail route and per-attempt timeout, if mail delivery is configured.
+    pub route: Option<(Route, Duration)>,
     /// Things the operator should know (printed as warnings at startup).
     pub warnings: Vec<String>,
 }
@@ -447,7 +465,7 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
             ));
         }
     }
-    let relay = match &config.delivery.mail {
+    let route = match &config.delivery.mail {
         None => {
             warnings.push(
                 "no [delivery.mail]: mail is accepted and kept queued but not delivered".into(),
@@ -455,14 +473,6 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
             None
         }
         Some(d) => {
-            // The only mode so far; `mx` and onion MX come with the Tor egress.
-            let MailMode::Relay = d.mode;
-            let (host, port) = split_host_port(&d.relay).ok_or_else(|| {
-                err(
-                    "delivery.mail.relay",
-                    "expected host:port, e.g. \"smtp.example.org:587\"",
-                )
-            })?;
             let auth = match (&d.user, &d.password) {
                 (Some(u), Some(p)) => Some((u.clone(), p.clone())),
                 (None, None) => None,
@@ -486,18 +496,81 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
                     Some(pem)
                 }
             };
-            Some(RelayConfig {
-                host,
-                port,
-                tls: match d.tls {
-                    Tls::None => TlsMode::None,
-                    Tls::Starttls => TlsMode::Starttls,
-                    Tls::Implicit => TlsMode::Implicit,
-                },
-                auth,
-                timeout: d.timeout,
-                extra_ca_pem,
-            })
+            let tls = match d.tls {
+                Tls::None => TlsMode::None,
+                Tls::Starttls => TlsMode::Starttls,
+                Tls::Implicit => TlsMode::Implicit,
+            };
+            let route = match d.mode {
+                MailMode::Relay => {
+                    let relay = d.relay.as_deref().ok_or_else(|| {
+                        err("delivery.mail.relay", "required with mode = \"relay\"")
+                    })?;
+                    let (host, port) = split_host_port(relay).ok_or_else(|| {
+                        err(
+                            "delivery.mail.relay",
+                            "expected host:port, e.g. \"smtp.example.org:587\"",
+                        )
+                    })?;
+                    Route::Relay(RelayConfig {
+                        host,
+                        port,
+                        tls,
+                        auth,
+                        timeout: d.timeout,
+                        extra_ca_pem,
+                    })
+                }
+                MailMode::Mx => {
+                    let resolver = d.resolver.as_deref().ok_or_else(|| {
+                        err(
+                            "delivery.mail.resolver",
+                            "required with mode = \"mx\" (e.g. \"9.9.9.9:53\")",
+                        )
+                    })?;
+                    let resolver = split_host_port(resolver).ok_or_else(|| {
+                        err(
+                            "delivery.mail.resolver",
+                            "expected host:port, e.g. \"9.9.9.9:53\"",
+                        )
+                    })?;
+                    if tls == TlsMode::Implicit {
+                        return Err(err(
+                            "delivery.mail.tls",
+                            "mode = \"mx\" takes \"none\" or \"starttls\"",
+                        ));
+                    }
+                    if auth.is_some() {
+                        return Err(err(
+                            "delivery.mail.user",
+                            "mail exchangers take no AUTH; user/password are for mode = \"relay\"",
+                        ));
+                    }
+                    let mut onion_map = std::collections::HashMap::new();
+                    for (domain, host) in &d.onion_mx {
+                        if !host.ends_with(".onion") {
+                            return Err(err(
+                                "delivery.mail.onion_mx",
+                                &format!(
+                                    "{domain:?} maps to {host:?}, which is not an .onion host"
+                                ),
+                            ));
+                        }
+                        onion_map.insert(domain.to_ascii_lowercase(), host.to_ascii_lowercase());
+                    }
+                    Route::Mx(MxRoute {
+                        mx: MxConfig {
+                            resolver,
+                            port: d.mx_port,
+                            onion_map,
+                            dns_timeout: Duration::from_secs(60),
+                        },
+                        tls,
+                        extra_ca_pem,
+                    })
+                }
+            };
+            Some((route, d.timeout))
         }
     };
     let smtp = SmtpConfig {
@@ -526,7 +599,7 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
         config,
         smtp,
         mixer,
-        relay,
+        route,
         warnings,
     })
 }
@@ -555,7 +628,7 @@ mod tests {
         assert_eq!(c.config.storage.dir, PathBuf::from("./dustmote-data"));
         assert!(c.smtp.require_auth);
         assert_eq!(c.config.tor.mode, TorMode::Arti);
-        assert!(c.relay.is_none());
+        assert!(c.route.is_none());
     }
 
     #[test]
@@ -619,7 +692,9 @@ mod tests {
     fn the_loopback_example_parses_unchanged() {
         let text = include_str!("../deploy/examples/loopback.toml");
         let c = parse(text, "loopback.toml").expect("example config");
-        let relay = c.relay.expect("relay");
+        let Some((Route::Relay(relay), _)) = c.route else {
+            panic!("relay route expected")
+        };
         assert_eq!(
             (relay.host.as_str(), relay.port, relay.tls),
             ("127.0.0.1", 2526, TlsMode::None)

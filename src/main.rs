@@ -167,7 +167,7 @@ async fn run(checked: Checked) -> Result<(), String> {
         config,
         smtp,
         mixer: mixer_cfg,
-        relay,
+        route,
         ..
     } = checked;
     let dir = config.storage.dir.clone();
@@ -193,8 +193,10 @@ async fn run(checked: Checked) -> Result<(), String> {
             Arc::new(Arti::start(cfg).map_err(|e| e.to_string())?)
         }
     };
-    let egress = match relay {
-        Some(r) => Egress::Mail(MailDelivery::new(Arc::clone(&connector), r)),
+    let egress = match route {
+        Some((r, timeout)) => {
+            Egress::Mail(MailDelivery::with_route(Arc::clone(&connector), r, timeout))
+        }
         None => Egress::Hold,
     };
     let mixer = Mixer::start(

@@ -170,11 +170,7 @@ fn arti_delivery(net: &TorNet) {
         .log()
         .lines()
         .filter(|l| l.contains("Arti stream opened"))
-        .filter_map(|l| {
-            l.split("circuit=")
-                .nth(1)
-                .map(|c| c.trim().to_string())
-        })
+        .filter_map(|l| l.split("circuit=").nth(1).map(|c| c.trim().to_string()))
         .collect();
     println!("arti: 2 messages left on circuits {circuits:?}");
     assert_eq!(circuits.len(), 2, "{circuits:?}");
@@ -182,6 +178,105 @@ fn arti_delivery(net: &TorNet) {
     assert!(
         mote.data_dir().join("arti/state").is_dir() && mote.data_dir().join("arti/cache").is_dir()
     );
+}
+
+/// dnsmasq on 127.0.0.1 serving the test zone `.test` (NXDOMAIN for
+/// unknown names): `example.test` has MX mx1 (preference 10, an address
+/// where nothing listens) and mx2 (preference 20, the sink's address).
+struct Dnsmasq {
+    port: u16,
+    _proc: Proc,
+}
+
+impl Dnsmasq {
+    fn start() -> Self {
+        let port = free_port();
+        let child = std::process::Command::new("dnsmasq")
+            .args([
+                "--keep-in-foreground",
+                "--conf-file=/dev/null",
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--listen-address=127.0.0.1",
+                "--local=/test/",
+                "--mx-host=example.test,mx1.example.test,10",
+                "--mx-host=example.test,mx2.example.test,20",
+                "--host-record=mx1.example.test,127.0.0.3",
+                "--host-record=mx2.example.test,127.0.0.1",
+                &format!("--port={port}"),
+            ])
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("dnsmasq (run tests/install-deps.sh)");
+        let p = Proc(child);
+        assert!(
+            wait_for(Duration::from_secs(10), || port_open(port).then_some(())).is_some(),
+            "dnsmasq did not start"
+        );
+        Self { port, _proc: p }
+    }
+}
+
+/// `mode = "mx"`: the MX lookup goes over TCP through Tor to dnsmasq, the
+/// best MX is unreachable, the next one gets the mail; a domain that does
+/// not exist is a permanent failure (dropped, no bounce).
+fn mx_delivery_with_dns_through_tor(net: &TorNet) {
+    let dns = Dnsmasq::start();
+    let sink = Sink::start();
+    let mut cfg = MoteConfig::new(sink.port);
+    cfg.delay = r#"{ distribution = "constant", value = "100ms" }"#.into();
+    cfg.tor = format!("mode = \"socks5\"\nsocks = \"{}\"", net.socks());
+    cfg.delivery_mode = format!(
+        "mode = \"mx\"\nresolver = \"127.0.0.1:{}\"\nmx_port = {}\ntls = \"none\"",
+        dns.port, sink.port
+    );
+    let mote = Mote::start(&cfg);
+    let events = net.stream_events();
+    let (ok, t) = swaks_auth(
+        mote.port,
+        PASSWORD,
+        &["--to", "carol@example.test", "--body", "via mx"],
+    );
+    assert!(ok, "{t}");
+    let m = sink.wait_messages(1, Duration::from_secs(90));
+    assert!(m[0].split().1.starts_with(b"via mx"));
+    assert_eq!(m[0].rcpt_tos, ["carol@example.test"]);
+    // The DNS query and both MX attempts were Tor streams.
+    let ev = events.lock().unwrap().clone();
+    let targets: Vec<String> = ev
+        .iter()
+        .filter(|l| l.starts_with("650 STREAM ") && l.contains(" NEW "))
+        .filter_map(|l| l.split_whitespace().nth(5).map(str::to_string))
+        .collect();
+    assert!(
+        targets.contains(&format!("127.0.0.1:{}", dns.port)),
+        "DNS through Tor: {targets:?}"
+    );
+    assert!(
+        targets.contains(&format!("127.0.0.3:{}", sink.port)),
+        "best MX tried first: {targets:?}"
+    );
+    assert!(
+        targets.contains(&format!("127.0.0.1:{}", sink.port)),
+        "then the next MX: {targets:?}"
+    );
+    // A domain that does not exist: dropped, nothing sent anywhere.
+    let (ok, t) = swaks_auth(
+        mote.port,
+        PASSWORD,
+        &["--to", "dave@nowhere.test", "--body", "lost"],
+    );
+    assert!(ok, "{t}");
+    let drained = wait_for(Duration::from_secs(60), || {
+        let q = String::from_utf8_lossy(&mote.queue(&[]).stdout).into_owned();
+        q.contains("queued:    0").then_some(())
+    });
+    assert!(
+        drained.is_some(),
+        "NXDOMAIN is permanent: the item is dropped"
+    );
+    assert_eq!(sink.messages().len(), 1);
 }
 
 #[test]
@@ -197,4 +292,5 @@ fn mail_through_a_private_tor_network() {
     socks5_delivery_on_isolated_circuits(&net);
     tor_down_means_wait_not_clearnet(&net);
     arti_delivery(&net);
+    mx_delivery_with_dns_through_tor(&net);
 }

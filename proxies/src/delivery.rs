@@ -19,6 +19,7 @@ use lettre::Address;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::mail::{with_date, StoredMail};
+use crate::mx::{addresses, mail_hosts, LookupError, MxConfig};
 use crate::tor::{BoxStream, Connector, Target};
 
 /// The EHLO name on egress: an address literal that is the same for every
@@ -72,18 +73,62 @@ impl fmt::Debug for RelayConfig {
 /// Delivers mail items to the configured relay.
 pub struct MailDelivery {
     connector: Arc<dyn Connector>,
-    relay: RelayConfig,
+    route: Route,
+    timeout: Duration,
     isolation: AtomicU64,
+}
+
+/// Where mail goes.
+#[derive(Debug, Clone)]
+pub enum Route {
+    /// Everything to one smarthost.
+    Relay(RelayConfig),
+    /// Each recipient domain to its mail exchangers (or onion MX).
+    Mx(MxRoute),
+}
+
+/// `[delivery.mail] mode = "mx"`.
+#[derive(Debug, Clone)]
+pub struct MxRoute {
+    /// DNS and onion map.
+    pub mx: MxConfig,
+    /// TLS towards the exchangers (`None` or `Starttls`; implicit TLS is
+    /// not a thing on port 25).
+    pub tls: TlsMode,
+    /// Extra CA to trust (tests).
+    pub extra_ca_pem: Option<Vec<u8>>,
+}
+
+/// One SMTP session's parameters.
+struct Hop<'a> {
+    target: Target,
+    /// The name the certificate must match.
+    tls_name: &'a str,
+    tls: TlsMode,
+    extra_ca_pem: Option<&'a [u8]>,
+    auth: Option<&'a (String, String)>,
 }
 
 impl MailDelivery {
     /// Deliver through `connector` to `relay`.
     pub fn new(connector: Arc<dyn Connector>, relay: RelayConfig) -> Self {
+        let timeout = relay.timeout;
+        Self::with_route(connector, Route::Relay(relay), timeout)
+    }
+
+    /// Deliver through `connector` along `route`; each attempt is bounded by
+    /// `timeout`.
+    pub fn with_route(connector: Arc<dyn Connector>, route: Route, timeout: Duration) -> Self {
         Self {
             connector,
-            relay,
+            route,
+            timeout,
             isolation: AtomicU64::new(rand::random()),
         }
+    }
+
+    fn next_isolation(&self) -> u64 {
+        self.isolation.fetch_add(1, Ordering::Relaxed)
     }
 
     async fn attempt(&self, mail: &StoredMail) -> Result<(), DeliveryError> {
@@ -101,32 +146,153 @@ impl MailDelivery {
             .map(|r| Address::from_str(r))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| DeliveryError::Permanent(format!("bad recipient: {e}")))?;
-        let envelope = Envelope::new(from, rcpts)
-            .map_err(|e| DeliveryError::Permanent(format!("bad envelope: {e}")))?;
-        let target = Target {
-            host: self.relay.host.clone(),
-            port: self.relay.port,
-            isolation: self.isolation.fetch_add(1, Ordering::Relaxed),
+        let message = with_date(&mail.message, SystemTime::now());
+        // lettre always ends DATA with CRLF "." CRLF; the stored message
+        // already ends with the CRLF of its last line, so leave that out or
+        // the recipient gets an extra empty line.
+        let message = message.strip_suffix(b"\r\n").unwrap_or(&message);
+        match &self.route {
+            Route::Relay(relay) => {
+                let envelope = Envelope::new(from, rcpts)
+                    .map_err(|e| DeliveryError::Permanent(format!("bad envelope: {e}")))?;
+                let hop = Hop {
+                    target: Target {
+                        host: relay.host.clone(),
+                        port: relay.port,
+                        isolation: self.next_isolation(),
+                    },
+                    tls_name: &relay.host,
+                    tls: relay.tls,
+                    extra_ca_pem: relay.extra_ca_pem.as_deref(),
+                    auth: relay.auth.as_ref(),
+                };
+                self.session(&hop, &envelope, message).await
+            }
+            Route::Mx(route) => self.deliver_mx(route, from, rcpts, message).await,
+        }
+    }
+
+    /// MX delivery: per recipient domain, try its mail hosts in order of
+    /// preference and each host's addresses, until one accepts. Any domain
+    /// that failed temporarily makes the whole item temporary (it is tried
+    /// again for all its domains: at-least-once).
+    async fn deliver_mx(
+        &self,
+        route: &MxRoute,
+        from: Option<Address>,
+        rcpts: Vec<Address>,
+        message: &[u8],
+    ) -> Result<(), DeliveryError> {
+        let mut by_domain: Vec<(String, Vec<Address>)> = Vec::new();
+        for r in rcpts {
+            let d = r.domain().to_ascii_lowercase();
+            match by_domain.iter_mut().find(|(k, _)| *k == d) {
+                Some((_, v)) => v.push(r),
+                None => by_domain.push((d, vec![r])),
+            }
+        }
+        let (mut temporary, mut permanent) = (Vec::new(), Vec::new());
+        for (domain, rcpts) in by_domain {
+            let envelope = Envelope::new(from.clone(), rcpts)
+                .map_err(|e| DeliveryError::Permanent(format!("bad envelope: {e}")))?;
+            match self
+                .deliver_domain(route, &domain, &envelope, message)
+                .await
+            {
+                Ok(()) => {}
+                Err(DeliveryError::Temporary(e)) => temporary.push(e),
+                Err(DeliveryError::Permanent(e)) => permanent.push(e),
+            }
+        }
+        if !temporary.is_empty() {
+            return Err(DeliveryError::Temporary(temporary.join("; ")));
+        }
+        if !permanent.is_empty() {
+            return Err(DeliveryError::Permanent(permanent.join("; ")));
+        }
+        Ok(())
+    }
+
+    async fn deliver_domain(
+        &self,
+        route: &MxRoute,
+        domain: &str,
+        envelope: &Envelope,
+        message: &[u8],
+    ) -> Result<(), DeliveryError> {
+        let lookup = |e: LookupError| match e {
+            LookupError::Permanent(e) => DeliveryError::Permanent(e),
+            LookupError::Temporary(e) => DeliveryError::Temporary(e),
         };
+        let hosts = mail_hosts(&*self.connector, &route.mx, self.next_isolation(), domain)
+            .await
+            .map_err(lookup)?;
+        let mut last = DeliveryError::Temporary(format!("no mail host for {domain}"));
+        for host in &hosts {
+            let addrs =
+                match addresses(&*self.connector, &route.mx, self.next_isolation(), host).await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        last = lookup(e);
+                        continue;
+                    }
+                };
+            for addr in addrs {
+                let hop = Hop {
+                    target: Target {
+                        host: addr,
+                        port: route.mx.port,
+                        isolation: self.next_isolation(),
+                    },
+                    tls_name: host,
+                    tls: route.tls,
+                    extra_ca_pem: route.extra_ca_pem.as_deref(),
+                    auth: None,
+                };
+                match self.session(&hop, envelope, message).await {
+                    Ok(()) => return Ok(()),
+                    // A 5xx is the domain's answer: do not ask the next MX.
+                    Err(e @ DeliveryError::Permanent(_)) => return Err(e),
+                    Err(e) => last = e,
+                }
+            }
+        }
+        // Only unreachable or temporarily failing hosts: try again later
+        // (when no exit allows port 25, this is where it ends up).
+        match last {
+            DeliveryError::Permanent(e) if hosts.len() == 1 => Err(DeliveryError::Permanent(e)),
+            DeliveryError::Permanent(e) | DeliveryError::Temporary(e) => {
+                Err(DeliveryError::Temporary(e))
+            }
+        }
+    }
+
+    /// One SMTP session: connect, TLS as configured, AUTH if configured, send.
+    async fn session(
+        &self,
+        hop: &Hop<'_>,
+        envelope: &Envelope,
+        message: &[u8],
+    ) -> Result<(), DeliveryError> {
         let stream = self
             .connector
-            .connect(&target)
+            .connect(&hop.target)
             .await
             .map_err(|e| DeliveryError::Temporary(e.to_string()))?;
         let hello = hello_name();
-        let stream: BoxStream = match self.relay.tls {
-            TlsMode::Implicit => Box::new(
-                implicit_tls(stream, &self.relay.host, self.relay.extra_ca_pem.as_deref()).await?,
-            ),
+        let stream: BoxStream = match hop.tls {
+            TlsMode::Implicit => {
+                Box::new(implicit_tls(stream, hop.tls_name, hop.extra_ca_pem).await?)
+            }
             _ => stream,
         };
         let mut conn =
             AsyncSmtpConnection::connect_with_transport(Box::new(Compat(stream)), &hello)
                 .await
                 .map_err(smtp_error)?;
-        if self.relay.tls == TlsMode::Starttls {
-            let mut builder = TlsParameters::builder(self.relay.host.clone());
-            if let Some(pem) = &self.relay.extra_ca_pem {
+        if hop.tls == TlsMode::Starttls {
+            let mut builder = TlsParameters::builder(hop.tls_name.to_string());
+            if let Some(pem) = hop.extra_ca_pem {
                 let cert = Certificate::from_pem(pem)
                     .map_err(|e| DeliveryError::Temporary(format!("extra CA certificate: {e}")))?;
                 builder = builder.add_root_certificate(cert);
@@ -136,18 +302,13 @@ impl MailDelivery {
                 .map_err(|e| DeliveryError::Temporary(format!("TLS setup: {e}")))?;
             conn.starttls(params, &hello).await.map_err(smtp_error)?;
         }
-        if let Some((user, pass)) = &self.relay.auth {
+        if let Some((user, pass)) = hop.auth {
             let creds = Credentials::new(user.clone(), pass.clone());
             conn.auth(&[Mechanism::Plain, Mechanism::Login], &creds)
                 .await
                 .map_err(smtp_error)?;
         }
-        let message = with_date(&mail.message, SystemTime::now());
-        // lettre always ends DATA with CRLF "." CRLF; the stored message
-        // already ends with the CRLF of its last line, so leave that out or
-        // the recipient gets an extra empty line.
-        let message = message.strip_suffix(b"\r\n").unwrap_or(&message);
-        conn.send(&envelope, message).await.map_err(smtp_error)?;
+        conn.send(envelope, message).await.map_err(smtp_error)?;
         // The message is accepted; a failing QUIT does not change that.
         let _ = conn.quit().await;
         Ok(())
@@ -158,11 +319,11 @@ impl Deliver for MailDelivery {
     async fn deliver(&self, item: &Item) -> Result<(), DeliveryError> {
         let mail = StoredMail::decode(&item.payload)
             .map_err(|e| DeliveryError::Permanent(e.to_string()))?;
-        match tokio::time::timeout(self.relay.timeout, self.attempt(&mail)).await {
+        match tokio::time::timeout(self.timeout, self.attempt(&mail)).await {
             Ok(r) => r,
             Err(_) => Err(DeliveryError::Temporary(format!(
                 "delivery timed out after {:?}",
-                self.relay.timeout
+                self.timeout
             ))),
         }
     }

@@ -3,5 +3,6 @@
 pub mod auth;
 pub mod delivery;
 pub mod mail;
+pub mod mx;
 pub mod smtp;
 pub mod tor;

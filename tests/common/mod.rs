@@ -239,6 +239,8 @@ pub struct MoteConfig {
     pub retry_base: String,
     /// `[delivery.mail] tls`
     pub tls: String,
+    /// The `[delivery.mail]` mode lines (default: relay to `relay_port`).
+    pub delivery_mode: String,
     /// More lines for `[delivery.mail]` (user, password, ca_file).
     pub delivery_extra: String,
     /// The `[tor]` table's lines.
@@ -260,6 +262,7 @@ impl MoteConfig {
             max_recipients: 10,
             retry_base: "200ms".into(),
             tls: "none".into(),
+            delivery_mode: String::new(),
             delivery_extra: String::new(),
             tor: "mode = \"direct\"\nallow_clearnet = true".into(),
             rust_log: None,
@@ -305,9 +308,7 @@ delay = {delay}
 retry_base = "{retry}"
 retry_max = "1s"
 [delivery.mail]
-mode = "relay"
-relay = "127.0.0.1:{relay}"
-tls = "{tls}"
+{delivery_mode}
 timeout = "10s"
 {delivery_extra}
 [tor]
@@ -323,8 +324,14 @@ delivery_grace = "2s"
             auth = c.require_auth,
             delay = c.delay,
             retry = c.retry_base,
-            relay = c.relay_port,
-            tls = c.tls,
+            delivery_mode = if c.delivery_mode.is_empty() {
+                format!(
+                    "mode = \"relay\"\nrelay = \"127.0.0.1:{}\"\ntls = \"{}\"",
+                    c.relay_port, c.tls
+                )
+            } else {
+                c.delivery_mode.clone()
+            },
             delivery_extra = c.delivery_extra,
             tor = c.tor,
             extra = c.extra,
