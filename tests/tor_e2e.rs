@@ -279,6 +279,91 @@ fn mx_delivery_with_dns_through_tor(net: &TorNet) {
     assert_eq!(sink.messages().len(), 1);
 }
 
+/// The user side: a real client (curl's SMTP) submits to the mote through
+/// the mote's onion address, published by the client tor; and a mote in
+/// `mx` mode delivers to an onion MX from its `onion_mx` map.
+fn onion_ingress_and_onion_mx(net: &TorNet) {
+    let sink = Sink::start();
+    let sink_onion = net.add_onion(25, sink.port);
+    let mut cfg = MoteConfig::new(sink.port);
+    cfg.delay = r#"{ distribution = "constant", value = "100ms" }"#.into();
+    cfg.tor = format!("mode = \"socks5\"\nsocks = \"{}\"", net.socks());
+    cfg.delivery_mode = format!(
+        "mode = \"mx\"\nresolver = \"127.0.0.1:9\"\ntls = \"none\"\nonion_mx = {{ \"hidden.test\" = \"{sink_onion}\" }}"
+    );
+    let mote = Mote::start(&cfg);
+    let mote_onion = net.add_onion(25, mote.port);
+    let work = tempfile::tempdir().unwrap();
+    let msg = work.path().join("m.eml");
+    std::fs::write(
+        &msg,
+        "From: a@example.org\r\nTo: eve@hidden.test\r\nSubject: onion\r\n\r\nonion to onion\r\n",
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    // The descriptor takes a few seconds to be published: retry, bounded.
+    let out = wait_for(Duration::from_secs(120), || {
+        let o = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "30", "--socks5-hostname", &net.socks()])
+            .arg(format!("smtp://{mote_onion}:25"))
+            .args([
+                "--mail-from",
+                "a@example.org",
+                "--mail-rcpt",
+                "eve@hidden.test",
+            ])
+            .args([
+                "--user",
+                &format!("{USER}:{PASSWORD}"),
+                "--login-options",
+                "AUTH=PLAIN",
+            ])
+            .arg("--upload-file")
+            .arg(&msg)
+            .output()
+            .unwrap();
+        o.status.success().then_some(o)
+    });
+    assert!(out.is_some(), "curl never got through to {mote_onion}");
+    println!(
+        "onion: submitted through {mote_onion} after {:?}",
+        t0.elapsed()
+    );
+    let m = sink.wait_messages(1, Duration::from_secs(120));
+    assert!(m[0].split().1.starts_with(b"onion to onion"));
+    assert_eq!(m[0].rcpt_tos, ["eve@hidden.test"]);
+    println!(
+        "onion: delivered to the onion MX {sink_onion} after {:?}",
+        t0.elapsed()
+    );
+}
+
+/// `deploy/torrc` is a valid tor configuration (paths moved to a temporary
+/// directory, since /var/lib/tor belongs to another user here).
+fn deploy_torrc_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/torrc"),
+    )
+    .unwrap();
+    let torrc = dir.path().join("torrc");
+    std::fs::write(
+        &torrc,
+        text.replace("/var/lib/tor", &dir.path().display().to_string()),
+    )
+    .unwrap();
+    let out = std::process::Command::new("tor")
+        .args(["--verify-config", "--defaults-torrc", "/dev/null", "-f"])
+        .arg(&torrc)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("Configuration was valid"),
+        "{text}"
+    );
+}
+
 #[test]
 fn mail_through_a_private_tor_network() {
     let t0 = Instant::now();
@@ -293,4 +378,6 @@ fn mail_through_a_private_tor_network() {
     tor_down_means_wait_not_clearnet(&net);
     arti_delivery(&net);
     mx_delivery_with_dns_through_tor(&net);
+    onion_ingress_and_onion_mx(&net);
+    deploy_torrc_is_valid();
 }

@@ -101,6 +101,26 @@ ipv6_subnet_family_prefix = 129
         self.run("start-client");
     }
 
+    /// Publish an onion service on the client tor (ADD_ONION, detached),
+    /// mapping `virt_port` to `127.0.0.1:target_port`; returns the
+    /// `<id>.onion` host.
+    pub fn add_onion(&self, virt_port: u16, target_port: u16) -> String {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port("CONTROL_PORT"))).unwrap();
+        let cmd = format!(
+            "AUTHENTICATE\r\nADD_ONION NEW:ED25519-V3 Flags=Detach,DiscardPK Port={virt_port},127.0.0.1:{target_port}\r\nQUIT\r\n"
+        );
+        s.write_all(cmd.as_bytes()).unwrap();
+        let rd = BufReader::new(s);
+        for line in rd.lines() {
+            let line = line.unwrap();
+            if let Some(id) = line.strip_prefix("250-ServiceID=") {
+                return format!("{id}.onion");
+            }
+            assert!(line.starts_with("250"), "ADD_ONION: {line}");
+        }
+        panic!("ADD_ONION returned no ServiceID");
+    }
+
     /// Subscribe to the client's STREAM events; returns the collected
     /// `650 STREAM ...` lines as they arrive.
     pub fn stream_events(&self) -> Arc<Mutex<Vec<String>>> {

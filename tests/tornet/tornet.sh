@@ -4,9 +4,15 @@
 #   relay1  relay
 #   relay2  exit relay (accepts everything but the private ranges other than
 #           127/8: tests must only ever target 127.0.0.1)
+#   relay3  relay (onion services need 4 relays: their intro and rendezvous
+#           circuits extend a 3-hop internal circuit by one more hop, and a
+#           path never uses a relay twice)
 #   client  a client tor with a SocksPort and a ControlPort
-# A circuit needs 3 distinct relays, so this is the smallest network that
-# carries real 3-hop circuits.
+# An exit circuit needs 3 distinct relays, an onion service circuit 4, so this
+# is the smallest network that carries both. Only auth1 is a directory cache, so only
+# auth1 gets the HSDir flag (onion service descriptors can only be stored on
+# caches; with the flag on the other relays, uploads to them fail and
+# clients that ask them find nothing).
 #
 #   tornet.sh start DIR   starts it in DIR (which must not exist or be empty),
 #                         waits until a real SOCKS5 round trip works (bounded by
@@ -27,7 +33,7 @@ set -euo pipefail
 cmd=${1:?usage: tornet.sh start|stop DIR}
 dir=${2:?usage: tornet.sh start|stop DIR}
 TIMEOUT=${TORNET_TIMEOUT:-120}
-NODES="client relay2 relay1 auth1"
+NODES="client relay3 relay2 relay1 auth1"
 
 stop_all() {
     local pids=() p
@@ -109,16 +115,16 @@ fi
 
 : > "$dir/empty-torrc"
 echo "nameserver 127.0.0.1" > "$dir/resolv.conf"
-read -r P_AUTH_OR P_AUTH_DIR P_R1_OR P_R2_OR P_SOCKS P_CTRL < <(python3 -c '
+read -r P_AUTH_OR P_AUTH_DIR P_R1_OR P_R2_OR P_R3_OR P_SOCKS P_CTRL < <(python3 -c '
 import socket
-socks = [socket.socket() for _ in range(6)]
+socks = [socket.socket() for _ in range(7)]
 for s in socks: s.bind(("127.0.0.1", 0))
 print(" ".join(str(s.getsockname()[1]) for s in socks))')
 
 TOR=(tor --defaults-torrc "$dir/empty-torrc" --hush)
 
 # Identity keys and fingerprints.
-for n in auth1 relay1 relay2; do
+for n in auth1 relay1 relay2 relay3; do
     mkdir -p "$dir/$n"
     chmod 700 "$dir/$n"
 done
@@ -126,9 +132,9 @@ mkdir -p "$dir/auth1/keys"
 (cd "$dir/auth1/keys" && echo "" | tor-gencert --create-identity-key --passphrase-fd 0 -m 12 \
     -a "127.0.0.1:$P_AUTH_DIR" >/dev/null 2>&1) || fail "tor-gencert failed"
 V3IDENT=$(awk '/^fingerprint / {print $2}' "$dir/auth1/keys/authority_certificate")
-declare -A ORPORT=([auth1]=$P_AUTH_OR [relay1]=$P_R1_OR [relay2]=$P_R2_OR)
+declare -A ORPORT=([auth1]=$P_AUTH_OR [relay1]=$P_R1_OR [relay2]=$P_R2_OR [relay3]=$P_R3_OR)
 declare -A FP ED
-for n in auth1 relay1 relay2; do
+for n in auth1 relay1 relay2 relay3; do
     "${TOR[@]}" -f "$dir/empty-torrc" --list-fingerprint --DataDirectory "$dir/$n" \
         --ORPort "${ORPORT[$n]}" --Nickname "$n" >/dev/null 2>&1 || fail "tor --list-fingerprint failed for $n"
     FP[$n]=$(awk '{print $2}' "$dir/$n/fingerprint")
@@ -176,12 +182,13 @@ TestingV3AuthInitialVotingInterval 10
 TestingV3AuthInitialVoteDelay 2
 TestingV3AuthInitialDistDelay 2
 TestingDirAuthVoteGuard 127.0.0.0/8
-TestingDirAuthVoteHSDir 127.0.0.0/8
+TestingDirAuthVoteHSDir ${FP[auth1]}
 TestingDirAuthVoteExit ${FP[relay2]}
 ExitRelay 0
 CONF
 } > "$dir/auth1/torrc"
 { relay relay1; printf 'DirCache 0\nExitRelay 0\n'; } > "$dir/relay1/torrc"
+{ relay relay3; printf 'DirCache 0\nExitRelay 0\n'; } > "$dir/relay3/torrc"
 {
     relay relay2
     cat <<CONF
@@ -194,15 +201,15 @@ ExitPolicy reject 0.0.0.0/8:*,reject 10.0.0.0/8:*,reject 169.254.0.0/16:*,reject
 CONF
 } > "$dir/relay2/torrc"
 
-for n in auth1 relay1 relay2; do
+for n in auth1 relay1 relay2 relay3; do
     "${TOR[@]}" -f "$dir/$n/torrc" >"$dir/$n/stdout" 2>&1 || fail "$n did not start: $(tail -n 5 "$dir/$n/stdout")"
 done
 
-# Start the client only once the consensus lists all three relays as Running
+# Start the client only once the consensus lists all four relays as Running
 # and one as Exit (a client that gets an incomplete first consensus keeps it
 # for a whole voting round).
 until [ -f "$dir/auth1/cached-microdesc-consensus" ] &&
-      [ "$(grep -c '^s .*Running' "$dir/auth1/cached-microdesc-consensus")" -ge 3 ] &&
+      [ "$(grep -c '^s .*Running' "$dir/auth1/cached-microdesc-consensus")" -ge 4 ] &&
       grep -q '^s .*Exit' "$dir/auth1/cached-microdesc-consensus"; do
     [ "$(date +%s)" -lt "$deadline" ] || fail "no complete consensus after ${TIMEOUT}s"
     sleep 0.5
