@@ -674,6 +674,42 @@ mod tests {
     }
 
     #[test]
+    fn the_tor_config_contract_parses_unchanged() {
+        // The [tor] table of the Tor issue, verbatim, with an Arti file next
+        // to the config (an empty one: Arti's defaults).
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("arti.toml"), "").expect("write");
+        let text = r#"
+[storage]
+dir = "/tmp/dustmote-contract-test"
+[tor]
+mode = "arti"                 # default; or "socks5", or "direct" (needs allow_clearnet = true)
+socks = "127.0.0.1:9050"      # used by mode = "socks5"
+arti_config = "arti.toml"     # optional: a file in Arti's own configuration format, merged over
+                              # dustmote's defaults (e.g. [tor_network] authorities and fallback_caches
+                              # of a private network); Arti's state and cache live under [storage] dir
+                              # unless that file sets them
+"#;
+        let c = parse_at(text, "contract.toml", Some(dir.path())).expect("contract");
+        assert_eq!(c.config.tor.mode, TorMode::Arti);
+        assert_eq!(c.config.tor.socks_addr().to_string(), "127.0.0.1:9050");
+        assert_eq!(
+            c.config.tor.arti_config.as_deref(),
+            Some(dir.path().join("arti.toml").as_path())
+        );
+        // A broken Arti file is reported under its key.
+        std::fs::write(dir.path().join("arti.toml"), "[tor_network\n").expect("write");
+        let e = parse_at(text, "contract.toml", Some(dir.path())).expect_err("bad arti file");
+        assert_eq!(e.key, "tor.arti_config");
+        let e = parse(
+            "[tor]\nmode = \"socks5\"\nsocks = \"localhost:9050\"\n",
+            "f.toml",
+        )
+        .expect_err("name");
+        assert_eq!(e.key, "tor.socks");
+    }
+
+    #[test]
     fn host_port_forms() {
         assert_eq!(
             split_host_port("127.0.0.1:2526"),
