@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+mod fetch;
 pub mod flusher;
 mod record;
 
@@ -79,6 +80,10 @@ pub struct Store {
     db: sled::Db,
     items: sled::Tree,
     schedule: sled::Tree,
+    /// Fetch jobs (see `fetch.rs`).
+    fetches: sled::Tree,
+    /// Fetched content (see `fetch.rs`).
+    chunks: sled::Tree,
     flusher: Flusher,
 }
 
@@ -143,12 +148,20 @@ impl Store {
         let schedule = db
             .open_tree("schedule")
             .map_err(db_err("opening tree schedule"))?;
+        let fetches = db
+            .open_tree("fetches")
+            .map_err(db_err("opening tree fetches"))?;
+        let chunks = db
+            .open_tree("chunks")
+            .map_err(db_err("opening tree chunks"))?;
         let flusher = Flusher::start(db.clone(), dir)
             .map_err(|e| StorageError::Flush(format!("starting the flusher: {e}")))?;
         let store = Self {
             db,
             items,
             schedule,
+            fetches,
+            chunks,
             flusher,
         };
         store.recover()?;

@@ -1,0 +1,130 @@
+//! Fetch jobs and their content: the `fetches` tree (job id → an opaque job
+//! record owned by the HTTP proxy) and the `chunks` tree (job id ‖
+//! big-endian offset → bytes). Writes here are not durable by themselves:
+//! callers that acknowledge something wait for [`Store::sync`] first.
+
+use crate::{db_err, ItemId, Result, StorageError, Store};
+
+fn chunk_key(id: &ItemId, offset: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(&id.0);
+    k[16..].copy_from_slice(&offset.to_be_bytes());
+    k
+}
+
+fn offset_of(key: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&key[16..24]);
+    u64::from_be_bytes(b)
+}
+
+impl Store {
+    /// Write (or replace) a job record.
+    pub fn put_job(&self, id: &ItemId, record: &[u8]) -> Result<()> {
+        self.fetches
+            .insert(id.0, record)
+            .map_err(db_err("writing a fetch job"))?;
+        Ok(())
+    }
+
+    /// A job record.
+    pub fn job(&self, id: &ItemId) -> Result<Option<Vec<u8>>> {
+        Ok(self
+            .fetches
+            .get(id.0)
+            .map_err(db_err("reading a fetch job"))?
+            .map(|v| v.to_vec()))
+    }
+
+    /// Every job (id, record).
+    pub fn jobs(&self) -> impl Iterator<Item = Result<(ItemId, Vec<u8>)>> + '_ {
+        self.fetches.iter().map(|kv| {
+            let (k, v) = kv.map_err(db_err("scanning fetch jobs"))?;
+            let id: [u8; 16] = k.as_ref().try_into().map_err(|_| StorageError::Corrupt {
+                doing: "scanning fetch jobs",
+                what: "job key is not 16 bytes".into(),
+            })?;
+            Ok((ItemId(id), v.to_vec()))
+        })
+    }
+
+    /// Remove a job and all its content.
+    pub fn delete_job(&self, id: &ItemId) -> Result<()> {
+        self.clear_chunks(id)?;
+        self.fetches
+            .remove(id.0)
+            .map_err(db_err("removing a fetch job"))?;
+        Ok(())
+    }
+
+    /// Store the bytes at `offset` of a job's content.
+    pub fn put_chunk(&self, id: &ItemId, offset: u64, bytes: &[u8]) -> Result<()> {
+        self.chunks
+            .insert(chunk_key(id, offset), bytes)
+            .map_err(db_err("writing a chunk"))?;
+        Ok(())
+    }
+
+    /// Remove a job's content (its object changed at the origin).
+    pub fn clear_chunks(&self, id: &ItemId) -> Result<()> {
+        let keys: Vec<_> = self
+            .chunks
+            .range(chunk_key(id, 0)..=chunk_key(id, u64::MAX))
+            .keys()
+            .collect::<std::result::Result<_, _>>()
+            .map_err(db_err("scanning chunks"))?;
+        for k in keys {
+            self.chunks.remove(k).map_err(db_err("removing a chunk"))?;
+        }
+        Ok(())
+    }
+
+    /// The stored pieces of a job's content as (offset, length), in order.
+    pub fn chunk_ranges(&self, id: &ItemId) -> Result<Vec<(u64, u64)>> {
+        self.chunks
+            .range(chunk_key(id, 0)..=chunk_key(id, u64::MAX))
+            .map(|kv| {
+                let (k, v) = kv.map_err(db_err("scanning chunks"))?;
+                Ok((offset_of(&k), v.len() as u64))
+            })
+            .collect()
+    }
+
+    /// Bytes `start..end` of a job's content, or `None` if some of them are
+    /// not stored.
+    pub fn read_content(&self, id: &ItemId, start: u64, end: u64) -> Result<Option<Vec<u8>>> {
+        let mut out = Vec::with_capacity(end.saturating_sub(start).min(64 << 20) as usize);
+        let mut pos = start;
+        // The chunk that holds `start` begins at or before it.
+        let first = self
+            .chunks
+            .range(chunk_key(id, 0)..=chunk_key(id, start))
+            .next_back()
+            .transpose()
+            .map_err(db_err("reading content"))?
+            .map(|(k, _)| offset_of(&k))
+            .unwrap_or(start);
+        for kv in self
+            .chunks
+            .range(chunk_key(id, first)..=chunk_key(id, u64::MAX))
+        {
+            if pos >= end {
+                break;
+            }
+            let (k, v) = kv.map_err(db_err("reading content"))?;
+            let off = offset_of(&k);
+            let chunk_end = off + v.len() as u64;
+            if off > pos {
+                return Ok(None); // a gap
+            }
+            if chunk_end <= pos {
+                continue;
+            }
+            let from = (pos - off) as usize;
+            let to = (end.min(chunk_end) - off) as usize;
+            out.extend_from_slice(&v[from..to]);
+            pos = off + to as u64;
+        }
+        Ok((pos >= end).then_some(out))
+    }
+}

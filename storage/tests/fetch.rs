@@ -1,0 +1,88 @@
+//! Fetch jobs and chunked content.
+
+#![allow(clippy::unwrap_used)]
+
+use dust_storage::{ItemId, Store, DEFAULT_CACHE_BYTES};
+use rand::{Rng, SeedableRng};
+
+fn id(n: u8) -> ItemId {
+    ItemId([n; 16])
+}
+
+#[test]
+fn content_reads_across_chunks_and_reports_gaps() {
+    let store = Store::temporary().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+    let data: Vec<u8> = (0..300_000).map(|_| rng.random()).collect();
+    // Random chunk sizes, stored out of order, like a fetcher would.
+    let mut cuts = vec![0usize];
+    while *cuts.last().unwrap() < data.len() {
+        let next = (cuts.last().unwrap() + rng.random_range(1..70_000)).min(data.len());
+        cuts.push(next);
+    }
+    let mut pieces: Vec<(usize, usize)> = cuts.windows(2).map(|w| (w[0], w[1])).collect();
+    let last = pieces.pop().unwrap();
+    pieces.reverse();
+    for (a, b) in &pieces {
+        store.put_chunk(&id(1), *a as u64, &data[*a..*b]).unwrap();
+    }
+    // The last piece is missing: anything touching it is not available.
+    let n = data.len() as u64;
+    assert_eq!(store.read_content(&id(1), last.0 as u64, n).unwrap(), None);
+    assert_eq!(store.read_content(&id(1), 0, n).unwrap(), None);
+    let (a, b) = (17u64, last.0 as u64);
+    assert_eq!(
+        store.read_content(&id(1), a, b).unwrap().unwrap(),
+        &data[a as usize..b as usize]
+    );
+    store
+        .put_chunk(&id(1), last.0 as u64, &data[last.0..last.1])
+        .unwrap();
+    assert_eq!(store.read_content(&id(1), 0, n).unwrap().unwrap(), data);
+    for _ in 0..200 {
+        let a = rng.random_range(0..n);
+        let b = rng.random_range(a..=n);
+        assert_eq!(
+            store.read_content(&id(1), a, b).unwrap().unwrap(),
+            &data[a as usize..b as usize]
+        );
+    }
+    let ranges = store.chunk_ranges(&id(1)).unwrap();
+    assert_eq!(ranges.first().unwrap().0, 0);
+    assert_eq!(ranges.iter().map(|r| r.1).sum::<u64>(), n);
+    // Another job's content is separate.
+    assert_eq!(store.read_content(&id(2), 0, 1).unwrap(), None);
+    assert_eq!(store.read_content(&id(2), 0, 0).unwrap(), Some(vec![]));
+}
+
+#[test]
+fn jobs_survive_reopen_and_delete_removes_content() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        store.put_job(&id(7), b"job seven").unwrap();
+        store.put_job(&id(8), b"job eight").unwrap();
+        store.put_chunk(&id(7), 0, &[1; 1000]).unwrap();
+        store.put_chunk(&id(7), 1000, &[2; 200_000]).unwrap(); // a sled blob
+        store.put_chunk(&id(8), 0, b"eight").unwrap();
+        store.flush_blocking().unwrap();
+    }
+    let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+    let jobs: Vec<_> = store.jobs().map(|j| j.unwrap()).collect();
+    assert_eq!(
+        jobs,
+        vec![
+            (id(7), b"job seven".to_vec()),
+            (id(8), b"job eight".to_vec())
+        ]
+    );
+    let c = store.read_content(&id(7), 990, 1010).unwrap().unwrap();
+    assert_eq!(c, [vec![1u8; 10], vec![2u8; 10]].concat());
+    store.delete_job(&id(7)).unwrap();
+    assert_eq!(store.job(&id(7)).unwrap(), None);
+    assert!(store.chunk_ranges(&id(7)).unwrap().is_empty());
+    assert_eq!(store.read_content(&id(8), 0, 5).unwrap().unwrap(), b"eight");
+    store.clear_chunks(&id(8)).unwrap();
+    assert!(store.chunk_ranges(&id(8)).unwrap().is_empty());
+    assert_eq!(store.job(&id(8)).unwrap().unwrap(), b"job eight");
+}
