@@ -59,6 +59,21 @@ impl Users {
         self.by_name.is_empty()
     }
 
+    /// The user whose secret (an HTTP bearer token) this is, trying every
+    /// user's hash. Blocking (argon2, once per user).
+    pub fn find(&self, secret: &[u8]) -> Option<String> {
+        let mut found = None;
+        for (name, hash) in &self.by_name {
+            let ok = PasswordHash::new(hash)
+                .map(|h| Argon2::default().verify_password(secret, &h).is_ok())
+                .unwrap_or(false);
+            if ok && found.is_none() {
+                found = Some(name.clone());
+            }
+        }
+        found
+    }
+
     /// Check a user name and password. Blocking (argon2).
     pub fn verify(&self, user: &str, password: &[u8]) -> bool {
         let (hash, exists) = match self.by_name.get(user) {

@@ -1,0 +1,354 @@
+//! The download API with real clients: curl for requests and resumed
+//! downloads, Python's `email` parser for `multipart/byteranges`. Content is
+//! written into the store directly here (the fetcher is not built yet).
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+use std::sync::Arc;
+
+use dust_mixer::{ItemId, Store};
+use dust_proxies::auth::{hash_password, Users};
+use dust_proxies::http::{Api, Job, JobState};
+use rand::{Rng, SeedableRng};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+const TOKEN: &str = "alice-token-0123456789";
+const OTHER: &str = "bob-token-9876543210";
+
+struct Server {
+    base: String,
+    store: Arc<Store>,
+    _stop: tokio::sync::watch::Sender<bool>,
+}
+
+async fn start() -> Server {
+    let store = Store::temporary().unwrap();
+    let users = Users::new([
+        (
+            "alice".to_string(),
+            hash_password(TOKEN.as_bytes()).unwrap(),
+        ),
+        ("bob".to_string(), hash_password(OTHER.as_bytes()).unwrap()),
+    ])
+    .unwrap();
+    let api = Api::new(
+        Arc::clone(&store),
+        users,
+        Arc::new(
+            || json!({ "queue": { "queued": 0, "in_flight": 0 }, "transport": { "ready": true } }),
+        ),
+    );
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(api.serve(listener, rx));
+    Server {
+        base,
+        store,
+        _stop: stop,
+    }
+}
+
+/// curl; returns (status, headers, body).
+async fn curl(args: Vec<String>) -> (u16, String, Vec<u8>) {
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("curl")
+            .args(["-sS", "-D", "/dev/stderr", "-w", "\n%{http_code}"])
+            .args(&args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let mut body = out.stdout;
+    let nl = body.iter().rposition(|&b| b == b'\n').unwrap();
+    let code: u16 = String::from_utf8_lossy(&body[nl + 1..])
+        .trim()
+        .parse()
+        .unwrap();
+    body.truncate(nl);
+    (
+        code,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        body,
+    )
+}
+
+fn auth(token: &str) -> Vec<String> {
+    vec!["-H".into(), format!("Authorization: Bearer {token}")]
+}
+
+fn args(a: &[&str]) -> Vec<String> {
+    a.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_are_created_durably_shown_only_to_their_owner_and_deleted() {
+    let s = start().await;
+    let url = format!("{}/v1/fetches", s.base);
+    // No token, a wrong token: 401 with a JSON error.
+    let (code, headers, body) = curl(args(&["-X", "POST", &url, "-d", "{}"])).await;
+    assert_eq!(code, 401);
+    assert!(headers
+        .to_ascii_lowercase()
+        .contains("www-authenticate: bearer"));
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["error"],
+        "unauthorized"
+    );
+    let (code, _, _) = curl([auth("nope"), args(&["-X", "POST", &url, "-d", "{}"])].concat()).await;
+    assert_eq!(code, 401);
+    // Malformed requests: 4xx with a stable code, never a crash.
+    for (data, want) in [
+        ("{", "bad_json"),
+        ("{\"url\": 5}", "bad_json"),
+        ("{\"url\": \"ftp://x/y\"}", "bad_url"),
+        ("{\"url\": \"/relative\"}", "bad_url"),
+        ("{\"url\": \"http://x/\", \"extra\": 1}", "bad_json"),
+        (
+            "{\"url\": \"http://x/\", \"deadline\": \"tomorrow\"}",
+            "bad_time",
+        ),
+    ] {
+        let (code, _, body) =
+            curl([auth(TOKEN), args(&["-X", "POST", &url, "-d", data])].concat()).await;
+        assert_eq!(code, 400, "{data}");
+        assert_eq!(
+            serde_json::from_slice::<Value>(&body).unwrap()["error"],
+            want,
+            "{data}"
+        );
+    }
+    let big = format!("{{\"url\": \"http://x/{}\"}}", "a".repeat(20_000));
+    let (code, _, _) = curl([auth(TOKEN), args(&["-X", "POST", &url, "-d", &big])].concat()).await;
+    assert_eq!(code, 413);
+    // A good request: 202 with a 128-bit id, and the job is on disk.
+    let flushes = s.store.flush_count();
+    let req = r#"{"url": "http://127.0.0.1:9/file.bin", "not_before": "2026-12-01T10:00:00Z"}"#;
+    let (code, _, body) =
+        curl([auth(TOKEN), args(&["-X", "POST", &url, "-d", req])].concat()).await;
+    assert_eq!(code, 202, "{}", String::from_utf8_lossy(&body));
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    let id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 32);
+    assert!(s.store.flush_count() > flushes, "202 only after a flush");
+    let (code, _, body) = curl([auth(TOKEN), args(&[&format!("{url}/{id}")])].concat()).await;
+    assert_eq!(code, 200);
+    let v: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (v["state"].as_str(), v["bytes_stored"].as_u64()),
+        (Some("queued"), Some(0))
+    );
+    assert_eq!(v["url"], "http://127.0.0.1:9/file.bin");
+    // Bob cannot see or delete Alice's job; unknown ids are 404 too.
+    for (tok, path) in [
+        (OTHER, format!("{url}/{id}")),
+        (TOKEN, format!("{url}/{}", "0".repeat(32))),
+        (TOKEN, format!("{url}/xyz")),
+    ] {
+        let (code, _, body) = curl([auth(tok), args(&[&path])].concat()).await;
+        assert_eq!(code, 404);
+        assert_eq!(
+            serde_json::from_slice::<Value>(&body).unwrap()["error"],
+            "no_such_fetch"
+        );
+    }
+    let (code, _, _) =
+        curl([auth(OTHER), args(&["-X", "DELETE", &format!("{url}/{id}")])].concat()).await;
+    assert_eq!(code, 404);
+    // Not ready: content is 409.
+    let (code, _, _) = curl([auth(TOKEN), args(&[&format!("{url}/{id}/content")])].concat()).await;
+    assert_eq!(code, 409);
+    let (code, _, _) =
+        curl([auth(TOKEN), args(&["-X", "DELETE", &format!("{url}/{id}")])].concat()).await;
+    assert_eq!(code, 204);
+    let (code, _, _) = curl([auth(TOKEN), args(&[&format!("{url}/{id}")])].concat()).await;
+    assert_eq!(code, 404);
+    // Operator endpoints.
+    let (code, _, body) = curl(args(&[&format!("{}/status", s.base)])).await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        serde_json::from_slice::<Value>(&body).unwrap()["fetches"]["queued"],
+        0
+    );
+    let (code, _, body) = curl(args(&[&format!("{}/metrics", s.base)])).await;
+    assert_eq!(code, 200);
+    assert!(String::from_utf8_lossy(&body).contains("dustmote_fetch_jobs{state=\"queued\"} 0"));
+    let (code, _, _) = curl(args(&[&format!("{}/nothing", s.base)])).await;
+    assert_eq!(code, 404);
+}
+
+/// A ready job with `data` as content, stored in random chunks.
+fn ready_job(store: &Store, data: &[u8], state: JobState) -> String {
+    let id = ItemId(rand::random());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(data.len() as u64);
+    let mut off = 0;
+    while off < data.len() {
+        let n = rng.random_range(1..=65_536).min(data.len() - off);
+        store
+            .put_chunk(&id, off as u64, &data[off..off + n])
+            .unwrap();
+        off += n;
+    }
+    let job = Job {
+        url: "http://origin.invalid/f".into(),
+        user: "alice".into(),
+        state,
+        reason: None,
+        created_ms: 0,
+        not_before_ms: None,
+        deadline_ms: None,
+        total: Some(data.len() as u64),
+        etag: None,
+        expected_ready_ms: None,
+    };
+    store.put_job(&id, &job.encode()).unwrap();
+    id.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_is_served_with_ranges_resumably() {
+    let s = start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    for size in [0usize, 1, 3 * 1024 * 1024 + 17] {
+        let data: Vec<u8> = (0..size).map(|_| rng.random()).collect();
+        let id = ready_job(&s.store, &data, JobState::Ready);
+        let url = format!("{}/v1/fetches/{id}/content", s.base);
+        let (code, headers, body) = curl([auth(TOKEN), args(&[&url])].concat()).await;
+        assert_eq!(code, 200);
+        assert_eq!(body, data, "full content, {size} bytes");
+        assert!(headers
+            .to_ascii_lowercase()
+            .contains("accept-ranges: bytes"));
+        if size < 2 {
+            continue;
+        }
+        // An interrupted download resumed with curl -C -.
+        let file = dir.path().join(format!("f{size}"));
+        std::fs::write(&file, &data[..size / 3]).unwrap();
+        let (code, _, _) = curl(
+            [
+                auth(TOKEN),
+                args(&["-C", "-", "-o", file.to_str().unwrap(), &url]),
+            ]
+            .concat(),
+        )
+        .await;
+        assert_eq!(code, 206);
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            data,
+            "resumed download is identical"
+        );
+        // A single range, a suffix range, an unsatisfiable one.
+        let (code, headers, body) =
+            curl([auth(TOKEN), args(&["-r", "100-199", &url])].concat()).await;
+        assert_eq!((code, body.as_slice()), (206, &data[100..200]));
+        assert!(
+            headers.contains(&format!("bytes 100-199/{size}")),
+            "{headers}"
+        );
+        let (code, _, body) =
+            curl([auth(TOKEN), args(&["-H", "Range: bytes=-10", &url])].concat()).await;
+        assert_eq!((code, body.as_slice()), (206, &data[size - 10..]));
+        let (code, headers, _) = curl(
+            [
+                auth(TOKEN),
+                args(&["-H", &format!("Range: bytes={size}-"), &url]),
+            ]
+            .concat(),
+        )
+        .await;
+        assert_eq!(code, 416);
+        assert!(headers.contains(&format!("bytes */{size}")), "{headers}");
+        // If-Range with a stale validator: the whole content.
+        let (code, _, body) = curl(
+            [
+                auth(TOKEN),
+                args(&["-r", "0-9", "-H", "If-Range: \"stale\"", &url]),
+            ]
+            .concat(),
+        )
+        .await;
+        assert_eq!((code, body.len()), (200, size));
+        // Multiple ranges: multipart/byteranges, parsed by Python's email parser.
+        let (code, headers, body) =
+            curl([auth(TOKEN), args(&["-r", "0-9,1000-1099,5000-", &url])].concat()).await;
+        assert_eq!(code, 206);
+        let ctype = headers
+            .lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("content-type:"))
+            .unwrap()
+            .split_once(':')
+            .unwrap()
+            .1
+            .trim()
+            .to_string();
+        let parsed = parse_multipart(&ctype, &body).await;
+        assert_eq!(parsed.len(), 3);
+        assert_eq!(
+            parsed[0],
+            (format!("bytes 0-9/{size}"), data[..10].to_vec())
+        );
+        assert_eq!(
+            parsed[1],
+            (format!("bytes 1000-1099/{size}"), data[1000..1100].to_vec())
+        );
+        assert_eq!(
+            parsed[2],
+            (
+                format!("bytes 5000-{}/{size}", size - 1),
+                data[5000..].to_vec()
+            )
+        );
+    }
+    // Not ready: 409 without a Range, 206 for a range that is complete.
+    let data: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
+    let id = ready_job(&s.store, &data, JobState::Fetching);
+    let url = format!("{}/v1/fetches/{id}/content", s.base);
+    let (code, _, _) = curl([auth(TOKEN), args(&[&url])].concat()).await;
+    assert_eq!(code, 409);
+    let (code, _, body) = curl([auth(TOKEN), args(&["-r", "10-19", &url])].concat()).await;
+    assert_eq!((code, body.as_slice()), (206, &data[10..20]));
+}
+
+/// (Content-Range, body) of each part, by Python's `email` package.
+async fn parse_multipart(ctype: &str, body: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let script = r#"
+import sys, json, email, email.policy
+ctype = sys.argv[1]
+raw = b"Content-Type: " + ctype.encode() + b"\r\n\r\n" + sys.stdin.buffer.read()
+msg = email.message_from_bytes(raw, policy=email.policy.HTTP)
+assert msg.is_multipart(), "not multipart"
+out = [[p["Content-Range"], p.get_payload(decode=True).hex()] for p in msg.iter_parts()]
+print(json.dumps(out))
+"#;
+    let (ctype, body) = (ctype.to_string(), body.to_vec());
+    let out = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut c = Command::new("python3")
+            .args(["-c", script, &ctype])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(&body).unwrap();
+        c.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success());
+    let v: Vec<(String, String)> = serde_json::from_slice(&out.stdout).unwrap();
+    v.into_iter()
+        .map(|(r, h)| {
+            let bytes = (0..h.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&h[i..i + 2], 16).unwrap())
+                .collect();
+            (r, bytes)
+        })
+        .collect()
+}
