@@ -48,6 +48,7 @@ BIN="$root/target/release/dustmote"
 
 # --- dustmote ---------------------------------------------------------------
 MOTE_PORT=$(free_port)
+MOTE_HTTP_PORT=$(free_port)
 cat > "$work/mote.toml" <<CONF
 [storage]
 dir = "$work/mote-data"
@@ -57,6 +58,8 @@ require_auth = false
 max_connections = 64
 [mixer]
 delay = { distribution = "constant", value = "6h" }
+[http]
+listen = "127.0.0.1:$MOTE_HTTP_PORT"
 CONF
 RUST_LOG=warn "$BIN" serve --config "$work/mote.toml" 2>"$work/mote.log" &
 pids+=($!)

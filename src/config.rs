@@ -40,6 +40,8 @@ pub struct Config {
     pub delivery: Delivery,
     /// `[tor]`
     pub tor: Tor,
+    /// `[http]`
+    pub http: Http,
     /// `[shutdown]`
     pub shutdown: Shutdown,
 }
@@ -117,6 +119,35 @@ impl Default for Smtp {
             max_connections: d.max_connections,
             require_auth: d.require_auth,
             keep_threading_headers: false,
+            users: Vec::new(),
+        }
+    }
+}
+
+/// One `[[http.users]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpUser {
+    /// Name (jobs belong to it).
+    pub name: String,
+    /// argon2 PHC string of the user's bearer token (`dustmote passwd`).
+    pub token_hash: String,
+}
+
+/// `[http]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// Listen address of the download API, `/status` and `/metrics`.
+    pub listen: SocketAddr,
+    /// Who may queue and retrieve downloads.
+    pub users: Vec<HttpUser>,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             users: Vec::new(),
         }
     }
@@ -308,6 +339,8 @@ pub struct Checked {
     pub mixer: MixerConfig,
     /// Mail route and per-attempt timeout, if mail delivery is configured.
     pub route: Option<(Route, Duration)>,
+    /// HTTP API users (token hashes).
+    pub http_users: Users,
     /// Things the operator should know (printed as warnings at startup).
     pub warnings: Vec<String>,
 }
@@ -429,6 +462,14 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
                 .into(),
         );
     }
+    let http_users = Users::new(
+        config
+            .http
+            .users
+            .iter()
+            .map(|u| (u.name.clone(), u.token_hash.clone())),
+    )
+    .map_err(|e| err("http.users.token_hash", &e.to_string()))?;
     let m = &config.mixer;
     m.delay
         .validate()
@@ -600,6 +641,7 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
         smtp,
         mixer,
         route,
+        http_users,
         warnings,
     })
 }

@@ -93,10 +93,7 @@ pub fn serve(
                 let answer = match line.trim() {
                     "queue" => report(&store, false),
                     "queue addresses" => report(&store, true),
-                    "status" => report(&store, false).map(|mut v| {
-                        v["transport"] = transport_json(&*connector);
-                        v
-                    }),
+                    "status" => Ok(status_json(&store, &*connector)),
                     _ => Err("unknown request".to_string()),
                 };
                 let v = answer.unwrap_or_else(|e| json!({ "error": e }));
@@ -105,6 +102,15 @@ pub fn serve(
             });
         }
     }))
+}
+
+/// What `/status` and the control socket's `status` report.
+pub fn status_json(store: &Store, connector: &dyn Connector) -> Value {
+    let mut v = report(store, false).unwrap_or_else(|e| json!({ "error": e }));
+    let queue = json!({ "queued": v["queued"], "in_flight": v["in_flight"], "next_releases_ms": v["next_releases_ms"] });
+    v["queue"] = queue;
+    v["transport"] = transport_json(connector);
+    v
 }
 
 fn transport_json(c: &dyn Connector) -> Value {

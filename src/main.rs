@@ -168,6 +168,7 @@ async fn run(checked: Checked) -> Result<(), String> {
         smtp,
         mixer: mixer_cfg,
         route,
+        http_users,
         ..
     } = checked;
     let dir = config.storage.dir.clone();
@@ -209,6 +210,9 @@ async fn run(checked: Checked) -> Result<(), String> {
     let listener = tokio::net::TcpListener::bind(config.smtp.listen)
         .await
         .map_err(|e| format!("listening on {}: {e}", config.smtp.listen))?;
+    let http_listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .map_err(|e| format!("listening on {}: {e}", config.http.listen))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let control = control::serve(
         &dir,
@@ -216,7 +220,13 @@ async fn run(checked: Checked) -> Result<(), String> {
         Arc::clone(&connector),
         stop_rx.clone(),
     )?;
-    tracing::info!(smtp = %config.smtp.listen, "dustmote is running");
+    let status: dust_proxies::http::StatusFn = {
+        let (store, connector) = (Arc::clone(&store), Arc::clone(&connector));
+        Arc::new(move || control::status_json(&store, &*connector))
+    };
+    let api = dust_proxies::http::Api::new(Arc::clone(&store), http_users, status);
+    let http_task = tokio::spawn(api.serve(http_listener, stop_rx.clone()));
+    tracing::info!(smtp = %config.smtp.listen, http = %config.http.listen, "dustmote is running");
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!(
@@ -229,6 +239,7 @@ async fn run(checked: Checked) -> Result<(), String> {
         .serve(listener, stop_rx, config.shutdown.session_grace)
         .await;
     let left = mixer.shutdown(config.shutdown.delivery_grace).await;
+    let _ = http_task.await;
     control.abort();
     control::remove_socket(&dir);
     let stats = store.stats(0).map_err(|e| e.to_string())?;

@@ -721,3 +721,63 @@ fn a_permanent_refusal_drops_the_message_and_sends_no_bounce() {
     assert!(msgs[0].split().1.starts_with(b"second"));
     assert_private_log(&mote.log());
 }
+
+#[test]
+fn the_http_api_runs_beside_smtp_with_status_and_durable_jobs() {
+    let sink = Sink::start();
+    let mut cfg = MoteConfig::new(sink.port);
+    cfg.delay = r#"{ distribution = "constant", value = "1h" }"#.into();
+    let mut mote = Mote::start(&cfg);
+    let base = format!("http://127.0.0.1:{}", mote.http_port);
+    let curl = |args: &[&str]| {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-w", "\n%{http_code}"])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.parse::<u16>().unwrap(), body.to_string())
+    };
+    let (ok, t) = swaks_auth(
+        mote.port,
+        PASSWORD,
+        &["--to", "bob@example.net", "--body", "queued"],
+    );
+    assert!(ok, "{t}");
+    let (code, body) = curl(&[&format!("{base}/status")]);
+    assert_eq!(code, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["queue"]["queued"], 1, "{v}");
+    assert_eq!(v["transport"]["mode"], "direct", "{v}");
+    assert!(!body.contains("bob@"), "no addresses in /status");
+    // The bearer token is checked against the hash from `dustmote passwd`.
+    let auth = format!("Authorization: Bearer {PASSWORD}");
+    let (code, body) = curl(&[
+        "-H",
+        &auth,
+        "-X",
+        "POST",
+        &format!("{base}/v1/fetches"),
+        "-d",
+        r#"{"url":"http://127.0.0.1:9/x"}"#,
+    ]);
+    assert_eq!(code, 202, "{body}");
+    let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // kill -9 right after the 202: the job is still there after a restart.
+    mote.kill9();
+    mote.spawn();
+    let base = format!("http://127.0.0.1:{}", mote.http_port);
+    let (code, body) = curl(&["-H", &auth, &format!("{base}/v1/fetches/{id}")]);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"state\":\"queued\""), "{body}");
+    let (code, body) = curl(&[&format!("{base}/metrics")]);
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("dustmote_queue_items{state=\"queued\"} 1"),
+        "{body}"
+    );
+}

@@ -274,6 +274,8 @@ impl MoteConfig {
 /// A `dustmote serve` process with its own data directory and port.
 pub struct Mote {
     pub port: u16,
+    /// The HTTP API's port.
+    pub http_port: u16,
     rust_log: String,
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
@@ -285,6 +287,7 @@ impl Mote {
     pub fn start(c: &MoteConfig) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
+        let http_port = free_port();
         let users = if c.with_user {
             format!(
                 "[[smtp.users]]\nname = \"{USER}\"\npassword_hash = \"{}\"\n",
@@ -313,6 +316,11 @@ timeout = "10s"
 {delivery_extra}
 [tor]
 {tor}
+[http]
+listen = "127.0.0.1:{http_port}"
+[[http.users]]
+name = "{USER}"
+token_hash = "{hash}"
 [shutdown]
 session_grace = "2s"
 delivery_grace = "2s"
@@ -334,12 +342,14 @@ delivery_grace = "2s"
             },
             delivery_extra = c.delivery_extra,
             tor = c.tor,
+            hash = password_hash(),
             extra = c.extra,
         );
         let config = dir.path().join("mote.toml");
         std::fs::write(&config, text).unwrap();
         let mut m = Self {
             port,
+            http_port,
             rust_log: c.rust_log.clone().unwrap_or_else(|| {
                 std::env::var("DUSTMOTE_TEST_LOG").unwrap_or_else(|_| "info".into())
             }),
