@@ -437,7 +437,7 @@ fn an_unreachable_next_hop_means_retries_not_loss() {
         !q.contains("example"),
         "no addresses without --show-addresses: {q}"
     );
-    let shown = String::from_utf8_lossy(&mote.queue(&["--show-addresses"]).stdout).into_owned();
+    let shown = mote.queue_text(&["--show-addresses"]);
     assert!(
         shown.contains("from=<alice@example.org> to=bob@example.net"),
         "{shown}"
@@ -447,7 +447,7 @@ fn an_unreachable_next_hop_means_retries_not_loss() {
     let m = sink.wait_messages(1, Duration::from_secs(30));
     assert!(m[0].split().1.starts_with(b"kept safe"));
     let q = wait_for(Duration::from_secs(10), || {
-        let text = String::from_utf8_lossy(&mote.queue(&[]).stdout).into_owned();
+        let text = mote.queue_text(&[]);
         text.contains("queued:    0").then_some(())
     });
     assert!(q.is_some(), "queue drained after delivery");
@@ -461,12 +461,7 @@ fn sigterm_keeps_the_queue_and_a_restart_delivers_it() {
     cfg.delay = r#"{ distribution = "constant", value = "3s" }"#.into();
     let mut mote = Mote::start(&cfg);
     for i in 0..3 {
-        let (ok, t) = swaks_auth(
-            mote.port,
-            PASSWORD,
-            &["--to", "bob@example.net", "--body", &format!("message {i}")],
-        );
-        assert!(ok, "{t}");
+        submit(mote.port, "bob@example.net", &format!("message {i}"));
     }
     let status = mote.terminate();
     assert!(
@@ -475,7 +470,7 @@ fn sigterm_keeps_the_queue_and_a_restart_delivers_it() {
         mote.log()
     );
     assert!(sink.messages().is_empty(), "nothing was due yet");
-    let q = String::from_utf8_lossy(&mote.queue(&[]).stdout).into_owned();
+    let q = mote.queue_text(&[]);
     assert!(q.contains("queued:    3"), "{q}");
     mote.spawn();
     let msgs = sink.wait_messages(3, Duration::from_secs(30));
@@ -616,12 +611,7 @@ fn relay_delivery_over_starttls_and_implicit_tls_with_auth() {
         cfg.delivery_extra =
             format!("user = \"relayuser\"\npassword = \"relay pw\"\nca_file = \"{ca}\"\n");
         let mote = Mote::start(&cfg);
-        let (ok, t) = swaks_auth(
-            mote.port,
-            PASSWORD,
-            &["--to", "bob@example.net", "--body", &format!("over {mode}")],
-        );
-        assert!(ok, "{t}");
+        submit(mote.port, "bob@example.net", &format!("over {mode}"));
         let got = wait_for(Duration::from_secs(30), || sink.messages().pop());
         let m =
             got.unwrap_or_else(|| panic!("{mode}: nothing delivered; mote log:\n{}", mote.log()));
@@ -646,15 +636,10 @@ fn a_relay_with_an_untrusted_certificate_gets_nothing() {
     let mut cfg = MoteConfig::new(port);
     cfg.tls = "implicit".into(); // no ca_file: the private CA is not trusted
     let mote = Mote::start(&cfg);
-    let (ok, t) = swaks_auth(
-        mote.port,
-        PASSWORD,
-        &["--to", "bob@example.net", "--body", "secret"],
-    );
-    assert!(ok, "{t}");
+    submit(mote.port, "bob@example.net", "secret");
     // The message stays queued and is retried; it never reaches the sink.
     let retried = wait_for(Duration::from_secs(15), || {
-        let out = String::from_utf8_lossy(&mote.queue(&["--show-addresses"]).stdout).into_owned();
+        let out = mote.queue_text(&["--show-addresses"]);
         out.lines()
             .any(|l| l.contains("attempts=") && !l.contains("attempts=0"))
             .then_some(out)
@@ -693,7 +678,7 @@ fn a_permanent_refusal_drops_the_message_and_sends_no_bounce() {
     assert!(ok, "{t}");
     // Dropped: the queue empties although nothing was accepted downstream.
     let q = wait_for(Duration::from_secs(15), || {
-        let text = String::from_utf8_lossy(&mote.queue(&[]).stdout).into_owned();
+        let text = mote.queue_text(&[]);
         text.contains("queued:    0").then_some(())
     });
     assert!(q.is_some(), "the refused message leaves the queue");
@@ -739,12 +724,7 @@ fn the_http_api_runs_beside_smtp_with_status_and_durable_jobs() {
         let (body, code) = text.rsplit_once('\n').unwrap();
         (code.parse::<u16>().unwrap(), body.to_string())
     };
-    let (ok, t) = swaks_auth(
-        mote.port,
-        PASSWORD,
-        &["--to", "bob@example.net", "--body", "queued"],
-    );
-    assert!(ok, "{t}");
+    submit(mote.port, "bob@example.net", "queued");
     let (code, body) = curl(&[&format!("{base}/status")]);
     assert_eq!(code, 200);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();

@@ -41,17 +41,7 @@ fn socks5_delivery_on_isolated_circuits(net: &TorNet) {
     let mote = socks_mote(net, sink.port);
     let events = net.stream_events();
     for i in 0..2 {
-        let (ok, t) = swaks_auth(
-            mote.port,
-            PASSWORD,
-            &[
-                "--to",
-                "bob@example.net",
-                "--body",
-                &format!("through tor {i}"),
-            ],
-        );
-        assert!(ok, "{t}");
+        submit(mote.port, "bob@example.net", &format!("through tor {i}"));
     }
     let msgs = sink.wait_messages(2, Duration::from_secs(90));
     let mut bodies: Vec<String> = msgs
@@ -86,12 +76,7 @@ fn tor_down_means_wait_not_clearnet(net: &TorNet) {
     let sink = Sink::start();
     let mote = socks_mote(net, sink.port);
     net.stop_client();
-    let (ok, t) = swaks_auth(
-        mote.port,
-        PASSWORD,
-        &["--to", "bob@example.net", "--body", "waits for tor"],
-    );
-    assert!(ok, "{t}");
+    submit(mote.port, "bob@example.net", "waits for tor");
     let st = wait_for(Duration::from_secs(20), || {
         let s = status(&mote);
         s.contains("not ready").then_some(s)
@@ -134,17 +119,7 @@ fn arti_delivery(net: &TorNet) {
     println!("arti: bootstrapped in {:?}", t0.elapsed());
     assert!(st.contains("transport: arti"), "{st}");
     for i in 0..2 {
-        let (ok, t) = swaks_auth(
-            mote.port,
-            PASSWORD,
-            &[
-                "--to",
-                "bob@example.net",
-                "--body",
-                &format!("through arti {i}"),
-            ],
-        );
-        assert!(ok, "{t}");
+        submit(mote.port, "bob@example.net", &format!("through arti {i}"));
     }
     let msgs = wait_for(Duration::from_secs(90), || {
         let m = sink.messages();
@@ -233,12 +208,7 @@ fn mx_delivery_with_dns_through_tor(net: &TorNet) {
     );
     let mote = Mote::start(&cfg);
     let events = net.stream_events();
-    let (ok, t) = swaks_auth(
-        mote.port,
-        PASSWORD,
-        &["--to", "carol@example.test", "--body", "via mx"],
-    );
-    assert!(ok, "{t}");
+    submit(mote.port, "carol@example.test", "via mx");
     let m = sink.wait_messages(1, Duration::from_secs(90));
     assert!(m[0].split().1.starts_with(b"via mx"));
     assert_eq!(m[0].rcpt_tos, ["carol@example.test"]);
@@ -262,14 +232,9 @@ fn mx_delivery_with_dns_through_tor(net: &TorNet) {
         "then the next MX: {targets:?}"
     );
     // A domain that does not exist: dropped, nothing sent anywhere.
-    let (ok, t) = swaks_auth(
-        mote.port,
-        PASSWORD,
-        &["--to", "dave@nowhere.test", "--body", "lost"],
-    );
-    assert!(ok, "{t}");
+    submit(mote.port, "dave@nowhere.test", "lost");
     let drained = wait_for(Duration::from_secs(60), || {
-        let q = String::from_utf8_lossy(&mote.queue(&[]).stdout).into_owned();
+        let q = mote.queue_text(&[]);
         q.contains("queued:    0").then_some(())
     });
     assert!(

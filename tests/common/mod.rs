@@ -487,3 +487,17 @@ pub fn assert_refused(verdict: &serde_json::Value, stage: &str, code: i64) {
         "{verdict}"
     );
 }
+
+/// Submit one message with swaks (AUTH PLAIN as [`USER`]) to `to` with
+/// `body`, and assert that the mote accepted it.
+pub fn submit(port: u16, to: &str, body: &str) {
+    let (ok, t) = swaks_auth(port, PASSWORD, &["--to", to, "--body", body]);
+    assert!(ok, "{t}");
+}
+
+impl Mote {
+    /// `dustmote queue` output (`args` such as `--show-addresses`).
+    pub fn queue_text(&self, args: &[&str]) -> String {
+        String::from_utf8_lossy(&self.queue(args).stdout).into_owned()
+    }
+}
