@@ -630,6 +630,9 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
     };
     let mixer = MixerConfig {
         delay: m.delay.clone(),
+        // `[fetch] delay` (the gaps between a download's chunks) comes with
+        // the fetcher.
+        kind_delays: Vec::new(),
         retry: RetryPolicy {
             base: m.retry_base,
             max: m.retry_max,

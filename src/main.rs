@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use dust_mixer::{Deliver, DeliveryError, Item, Mixer};
+use dust_mixer::{Deliver, DeliveryError, Item, Mixer, Outcome};
 use dust_proxies::delivery::MailDelivery;
 use dust_proxies::smtp::Server;
 use dust_proxies::tor::{arti_config, install_crypto_provider, Arti, Connector, Direct, Socks5};
@@ -130,7 +130,7 @@ enum Egress {
 }
 
 impl Deliver for Egress {
-    async fn deliver(&self, item: &Item) -> Result<(), DeliveryError> {
+    async fn deliver(&self, item: &Item) -> Result<Outcome, DeliveryError> {
         match self {
             Egress::Mail(m) => m.deliver(item).await,
             Egress::Hold => Err(DeliveryError::Temporary(

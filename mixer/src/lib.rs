@@ -16,6 +16,19 @@ use std::time::{Duration, SystemTime};
 pub enum ItemKind {
     /// An e-mail message (payload: see `dust_proxies::mail::StoredMail`).
     Mail = 1,
+    /// A download job; each delivery fetches one chunk (payload: the job id).
+    Fetch = 2,
+}
+
+/// What a successful delivery call did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The item has left the mote: remove it.
+    Done,
+    /// One step of a multi-step item is done (a download chunk): keep the
+    /// item and release it again after a fresh delay drawn from its kind's
+    /// distribution.
+    Again,
 }
 
 /// Why a delivery attempt failed, which decides what happens next.
@@ -33,7 +46,7 @@ pub enum DeliveryError {
 /// for each due item, with at most `MixerConfig::max_in_flight` calls at once.
 pub trait Deliver: Send + Sync + 'static {
     /// Deliver `item`. Must not log addresses or content at info or above.
-    fn deliver(&self, item: &Item) -> impl Future<Output = Result<(), DeliveryError>> + Send;
+    fn deliver(&self, item: &Item) -> impl Future<Output = Result<Outcome, DeliveryError>> + Send;
 }
 
 /// Errors of admission.

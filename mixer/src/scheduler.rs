@@ -14,7 +14,9 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::Notify;
 use tor_rtcompat::{Blocking, SleepProvider, SleepProviderExt};
 
-use crate::{from_wall_ms, wall_ms, wall_ms_ceil, DelaySpec, Deliver, DeliveryError, MixerError};
+use crate::{
+    from_wall_ms, wall_ms, wall_ms_ceil, DelaySpec, Deliver, DeliveryError, MixerError, Outcome,
+};
 
 /// Items taken from the schedule per scan. Bounds the work done between two
 /// checks for shutdown; overdue items beyond it are taken on the next scan.
@@ -58,12 +60,26 @@ impl RetryPolicy {
 pub struct MixerConfig {
     /// Delay distribution for new items.
     pub delay: DelaySpec,
+    /// Distributions for particular item kinds (by kind byte), e.g. the gaps
+    /// between a download's chunks; other kinds use `delay`.
+    pub kind_delays: Vec<(u8, DelaySpec)>,
     /// Retry policy for temporary failures.
     pub retry: RetryPolicy,
     /// Deliveries running at once. Each holds an outbound connection; more
     /// would not speed up a Tor-bound mote and would make a burst of releases
     /// visible as a burst of circuits.
     pub max_in_flight: usize,
+}
+
+impl MixerConfig {
+    /// The delay distribution of items of `kind`.
+    pub fn delay_for(&self, kind: u8) -> &DelaySpec {
+        self.kind_delays
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, d)| d)
+            .unwrap_or(&self.delay)
+    }
 }
 
 impl Default for MixerConfig {
@@ -74,6 +90,7 @@ impl Default for MixerConfig {
                 min: Some(Duration::from_secs(60)),
                 max: Some(Duration::from_secs(6 * 3600)),
             },
+            kind_delays: Vec::new(),
             retry: RetryPolicy::default(),
             max_in_flight: 16,
         }
@@ -91,6 +108,8 @@ pub struct Metrics {
     pub dropped_permanent: u64,
     /// Temporary failures (each one rescheduled).
     pub retries: u64,
+    /// Steps of multi-step items ([`Outcome::Again`]).
+    pub steps: u64,
 }
 
 #[derive(Default)]
@@ -99,6 +118,7 @@ struct Counters {
     delivered: AtomicU64,
     dropped_permanent: AtomicU64,
     retries: AtomicU64,
+    steps: AtomicU64,
 }
 
 struct Inner<R, D> {
@@ -188,7 +208,10 @@ where
         let now = inner.rt.wallclock();
         let (id, delay) = {
             let mut rng = inner.rng.lock().unwrap_or_else(PoisonError::into_inner);
-            (ItemId(rng.random()), inner.cfg.delay.sample(&mut *rng))
+            (
+                ItemId(rng.random()),
+                inner.cfg.delay_for(kind as u8).sample(&mut *rng),
+            )
         };
         let release_ms = wall_ms_ceil(now + delay);
         let item = Item {
@@ -219,6 +242,7 @@ where
             delivered: c.delivered.load(Ordering::Relaxed),
             dropped_permanent: c.dropped_permanent.load(Ordering::Relaxed),
             retries: c.retries.load(Ordering::Relaxed),
+            steps: c.steps.load(Ordering::Relaxed),
         }
     }
 
@@ -356,10 +380,20 @@ where
     fn finish(
         &self,
         item: &Item,
-        result: Result<(), DeliveryError>,
+        result: Result<Outcome, DeliveryError>,
     ) -> Result<(), dust_storage::StorageError> {
         match result {
-            Ok(()) => {
+            Ok(Outcome::Again) => {
+                let delay = {
+                    let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+                    self.cfg.delay_for(item.kind).sample(&mut *rng)
+                };
+                let at = wall_ms_ceil(self.rt.wallclock() + delay);
+                self.store.reschedule(&item.id, at, 0)?;
+                self.counters.steps.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("item step done; released again later");
+            }
+            Ok(Outcome::Done) => {
                 self.store.complete(&item.id)?;
                 self.counters.delivered.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!("item delivered");

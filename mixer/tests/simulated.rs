@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use dust_mixer::{
-    DelaySpec, Deliver, DeliveryError, Item, ItemId, ItemKind, Mixer, MixerConfig, RetryPolicy,
-    Store,
+    DelaySpec, Deliver, DeliveryError, Item, ItemId, ItemKind, Mixer, MixerConfig, Outcome,
+    RetryPolicy, Store,
 };
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -26,6 +26,8 @@ enum Answer {
     Permanent,
     /// Never finish (simulates a process that dies mid-delivery).
     Hang,
+    /// Ask to be released again this many times (download chunks), then done.
+    Steps(u32),
 }
 
 struct Recorder {
@@ -49,16 +51,18 @@ impl Recorder {
 }
 
 impl Deliver for Recorder {
-    async fn deliver(&self, item: &Item) -> Result<(), DeliveryError> {
+    async fn deliver(&self, item: &Item) -> Result<Outcome, DeliveryError> {
         let n = {
             let mut a = self.attempts.lock().unwrap();
             a.push((item.id, self.rt.wallclock()));
             a.iter().filter(|(id, _)| *id == item.id).count() as u32
         };
         match self.answer {
-            Answer::Ok => Ok(()),
+            Answer::Ok => Ok(Outcome::Done),
             Answer::FailTimes(k) if n <= k => Err(DeliveryError::Temporary("421 try later".into())),
-            Answer::FailTimes(_) => Ok(()),
+            Answer::FailTimes(_) => Ok(Outcome::Done),
+            Answer::Steps(k) if n <= k => Ok(Outcome::Again),
+            Answer::Steps(_) => Ok(Outcome::Done),
             Answer::Permanent => Err(DeliveryError::Permanent("550 no such user".into())),
             Answer::Hang => futures::future::pending().await,
         }
@@ -87,6 +91,7 @@ where
 fn cfg(delay: DelaySpec) -> MixerConfig {
     MixerConfig {
         delay,
+        kind_delays: Vec::new(),
         retry: RetryPolicy {
             base: Duration::from_secs(30),
             max: Duration::from_secs(600),
@@ -351,4 +356,49 @@ fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
             std::fs::copy(e.path(), dest).unwrap();
         }
     }
+}
+
+#[test]
+fn multi_step_items_are_released_again_with_their_kinds_delay() {
+    each_runtime(|rt| async move {
+        let store = Store::temporary().unwrap();
+        let rec = Recorder::new(&rt, Answer::Steps(3));
+        let mut config = cfg(DelaySpec::Constant {
+            value: Duration::from_secs(60),
+        });
+        // Fetch items use their own distribution (here: a constant 7 s).
+        config.kind_delays = vec![(
+            ItemKind::Fetch as u8,
+            DelaySpec::Constant {
+                value: Duration::from_secs(7),
+            },
+        )];
+        let mixer = Mixer::start_with_rng(
+            rt.clone(),
+            store,
+            rec.clone(),
+            config,
+            StdRng::seed_from_u64(5),
+        )
+        .unwrap();
+        let t0 = rt.wallclock();
+        let (fetch, _) = mixer.admit(ItemKind::Fetch, b"job".to_vec()).await.unwrap();
+        let (mail, _) = mixer.admit(ItemKind::Mail, b"mail".to_vec()).await.unwrap();
+        rt.advance_until_stalled().await;
+        let attempts = rec.attempts();
+        let secs = |id| -> Vec<u64> {
+            attempts
+                .iter()
+                .filter(|(i, _)| *i == id)
+                .map(|(_, at)| at.duration_since(t0).unwrap().as_secs())
+                .collect()
+        };
+        // Admitted, then 3 steps that ask to go again, then done: every
+        // release one delay of the item's kind after the previous one.
+        assert_eq!(secs(fetch), [7, 14, 21, 28]);
+        assert_eq!(secs(mail), [60, 120, 180, 240]);
+        let m = mixer.metrics();
+        assert_eq!((m.steps, m.delivered, m.retries), (6, 2, 0));
+        assert_eq!(mixer.store().stats(0).unwrap(), Default::default());
+    });
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use dust_mixer::{Deliver, DeliveryError, Item};
+use dust_mixer::{Deliver, DeliveryError, Item, Outcome};
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{
@@ -316,11 +316,11 @@ impl MailDelivery {
 }
 
 impl Deliver for MailDelivery {
-    async fn deliver(&self, item: &Item) -> Result<(), DeliveryError> {
+    async fn deliver(&self, item: &Item) -> Result<Outcome, DeliveryError> {
         let mail = StoredMail::decode(&item.payload)
             .map_err(|e| DeliveryError::Permanent(e.to_string()))?;
         match tokio::time::timeout(self.timeout, self.attempt(&mail)).await {
-            Ok(r) => r,
+            Ok(r) => r.map(|()| Outcome::Done),
             Err(_) => Err(DeliveryError::Temporary(format!(
                 "delivery timed out after {:?}",
                 self.timeout
