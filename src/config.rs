@@ -6,9 +6,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dust_mixer::delay::humantime_serde_compat as hts;
-use dust_mixer::{DelaySpec, MixerConfig, RetryPolicy};
+use dust_mixer::{DelaySpec, ItemKind, MixerConfig, RetryPolicy};
 use dust_proxies::auth::Users;
 use dust_proxies::delivery::{MxRoute, RelayConfig, Route, TlsMode};
+use dust_proxies::fetch::FetchConfig;
 use dust_proxies::mail::SanitizeOptions;
 use dust_proxies::mx::MxConfig;
 use dust_proxies::smtp::SmtpConfig;
@@ -42,6 +43,8 @@ pub struct Config {
     pub tor: Tor,
     /// `[http]`
     pub http: Http,
+    /// `[fetch]`
+    pub fetch: Fetch,
     /// `[shutdown]`
     pub shutdown: Shutdown,
 }
@@ -120,6 +123,101 @@ impl Default for Smtp {
             require_auth: d.require_auth,
             keep_threading_headers: false,
             users: Vec::new(),
+        }
+    }
+}
+
+/// A size in bytes: an integer, or a string like `"64KiB"`, `"1MiB"`,
+/// `"2GiB"`, `"500kB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u64),
+            S(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::N(n) => Ok(Size(n)),
+            Raw::S(s) => parse_size(&s).map(Size).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "invalid size {s:?} (e.g. \"64KiB\", \"1MiB\", 4096)"
+                ))
+            }),
+        }
+    }
+}
+
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "kB" | "KB" => 1000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
+/// `[fetch] chunk`
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkBounds {
+    /// Smallest chunk.
+    pub min: Size,
+    /// Largest chunk.
+    pub max: Size,
+}
+
+/// `[fetch]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Fetch {
+    /// Chunk size bounds (each chunk's size is uniform between them).
+    pub chunk: ChunkBounds,
+    /// Delay before each chunk (including the first).
+    pub delay: DelaySpec,
+    /// Let the fetcher reach private, loopback and link-local origins
+    /// (only with `[tor] mode = "direct"`; loopback tests).
+    pub allow_private_addresses: bool,
+    /// Largest download.
+    pub max_job_bytes: Size,
+    /// Redirects followed per job.
+    pub max_redirects: u32,
+    /// Bound on one chunk request.
+    #[serde(with = "hts")]
+    pub timeout: Duration,
+    /// PEM file of an extra CA for https origins.
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Default for Fetch {
+    fn default() -> Self {
+        Self {
+            chunk: ChunkBounds {
+                min: Size(256 << 10),
+                max: Size(4 << 20),
+            },
+            delay: DelaySpec::Exponential {
+                mean: Duration::from_secs(5 * 60),
+                min: Some(Duration::from_secs(10)),
+                max: Some(Duration::from_secs(3600)),
+            },
+            allow_private_addresses: false,
+            max_job_bytes: Size(4 << 30),
+            max_redirects: 5,
+            timeout: Duration::from_secs(300),
+            ca_file: None,
         }
     }
 }
@@ -341,6 +439,8 @@ pub struct Checked {
     pub route: Option<(Route, Duration)>,
     /// HTTP API users (token hashes).
     pub http_users: Users,
+    /// Fetcher settings.
+    pub fetch: FetchConfig,
     /// Things the operator should know (printed as warnings at startup).
     pub warnings: Vec<String>,
 }
@@ -470,6 +570,42 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
             .map(|u| (u.name.clone(), u.token_hash.clone())),
     )
     .map_err(|e| err("http.users.token_hash", &e.to_string()))?;
+    let f = &config.fetch;
+    f.delay
+        .validate()
+        .map_err(|e| err(&format!("fetch.delay.{}", e.key), &e.reason))?;
+    if f.chunk.min.0 == 0 || f.chunk.max.0 < f.chunk.min.0 {
+        return Err(err(
+            "fetch.chunk",
+            "min must be at least 1 byte and max >= min",
+        ));
+    }
+    if f.chunk.max.0 > 64 << 20 {
+        return Err(err(
+            "fetch.chunk",
+            "max is at most 64MiB (a chunk is held in memory)",
+        ));
+    }
+    if f.allow_private_addresses && config.tor.mode != TorMode::Direct {
+        warnings.push(
+            "[fetch] allow_private_addresses has no effect outside [tor] mode = \"direct\"".into(),
+        );
+    }
+    let fetch_ca = match &f.ca_file {
+        None => None,
+        Some(p) => Some(
+            std::fs::read(p).map_err(|e| err("fetch.ca_file", &format!("{}: {e}", p.display())))?,
+        ),
+    };
+    let fetch = FetchConfig {
+        chunk_min: f.chunk.min.0,
+        chunk_max: f.chunk.max.0,
+        max_job_bytes: f.max_job_bytes.0,
+        max_redirects: f.max_redirects,
+        allow_private_addresses: f.allow_private_addresses,
+        extra_ca_pem: fetch_ca,
+        timeout: f.timeout,
+    };
     let m = &config.mixer;
     m.delay
         .validate()
@@ -630,9 +766,7 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
     };
     let mixer = MixerConfig {
         delay: m.delay.clone(),
-        // `[fetch] delay` (the gaps between a download's chunks) comes with
-        // the fetcher.
-        kind_delays: Vec::new(),
+        kind_delays: vec![(ItemKind::Fetch as u8, config.fetch.delay.clone())],
         retry: RetryPolicy {
             base: m.retry_base,
             max: m.retry_max,
@@ -645,6 +779,7 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
         mixer,
         route,
         http_users,
+        fetch,
         warnings,
     })
 }

@@ -10,8 +10,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
-use dust_mixer::{Deliver, DeliveryError, Item, Mixer, Outcome};
+use dust_mixer::{Deliver, DeliveryError, Item, ItemKind, Mixer, Outcome};
 use dust_proxies::delivery::MailDelivery;
+use dust_proxies::fetch::Fetcher;
 use dust_proxies::smtp::Server;
 use dust_proxies::tor::{arti_config, install_crypto_provider, Arti, Connector, Direct, Socks5};
 use dust_storage::Store;
@@ -122,18 +123,21 @@ fn passwd() -> Result<(), String> {
     writeln!(out, "{hash}").map_err(|e| e.to_string())
 }
 
-/// What the mixer hands due items to.
-enum Egress {
-    Mail(MailDelivery),
-    /// No delivery configured: keep everything queued.
-    Hold,
+/// What the mixer hands due items to, by kind.
+struct Egress {
+    /// `None`: no `[delivery.mail]`, mail stays queued.
+    mail: Option<MailDelivery>,
+    fetch: Fetcher,
 }
 
 impl Deliver for Egress {
     async fn deliver(&self, item: &Item) -> Result<Outcome, DeliveryError> {
-        match self {
-            Egress::Mail(m) => m.deliver(item).await,
-            Egress::Hold => Err(DeliveryError::Temporary(
+        if item.kind == ItemKind::Fetch as u8 {
+            return self.fetch.step(item).await;
+        }
+        match &self.mail {
+            Some(m) => m.deliver(item).await,
+            None => Err(DeliveryError::Temporary(
                 "no [delivery.mail] configured".into(),
             )),
         }
@@ -169,6 +173,7 @@ async fn run(checked: Checked) -> Result<(), String> {
         mixer: mixer_cfg,
         route,
         http_users,
+        fetch,
         ..
     } = checked;
     let dir = config.storage.dir.clone();
@@ -194,11 +199,10 @@ async fn run(checked: Checked) -> Result<(), String> {
             Arc::new(Arti::start(cfg).map_err(|e| e.to_string())?)
         }
     };
-    let egress = match route {
-        Some((r, timeout)) => {
-            Egress::Mail(MailDelivery::with_route(Arc::clone(&connector), r, timeout))
-        }
-        None => Egress::Hold,
+    let egress = Egress {
+        mail: route
+            .map(|(r, timeout)| MailDelivery::with_route(Arc::clone(&connector), r, timeout)),
+        fetch: Fetcher::new(Arc::clone(&store), Arc::clone(&connector), fetch),
     };
     let mixer = Mixer::start(
         TokioRt::current(),
@@ -224,7 +228,20 @@ async fn run(checked: Checked) -> Result<(), String> {
         let (store, connector) = (Arc::clone(&store), Arc::clone(&connector));
         Arc::new(move || control::status_json(&store, &*connector))
     };
-    let api = dust_proxies::http::Api::new(Arc::clone(&store), http_users, status);
+    let schedule: dust_proxies::http::ScheduleFn = {
+        let mixer = mixer.clone();
+        Arc::new(move |id| {
+            let mixer = mixer.clone();
+            Box::pin(async move {
+                mixer
+                    .admit(ItemKind::Fetch, id.0.to_vec())
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            })
+        })
+    };
+    let api = dust_proxies::http::Api::new(Arc::clone(&store), http_users, status, schedule);
     let http_task = tokio::spawn(api.serve(http_listener, stop_rx.clone()));
     tracing::info!(smtp = %config.smtp.listen, http = %config.http.listen, "dustmote is running");
     tokio::spawn(async move {

@@ -339,7 +339,7 @@ fn smtp_error(e: lettre::transport::smtp::Error) -> DeliveryError {
     }
 }
 
-async fn implicit_tls(
+pub(crate) async fn implicit_tls(
     stream: BoxStream,
     host: &str,
     extra_ca_pem: Option<&[u8]>,

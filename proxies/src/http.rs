@@ -70,6 +70,9 @@ pub struct Job {
     pub etag: Option<String>,
     /// Expected ready time (ms since the epoch), once scheduled.
     pub expected_ready_ms: Option<u64>,
+    /// Redirects followed so far.
+    #[serde(default)]
+    pub redirects: u32,
 }
 
 impl Job {
@@ -87,6 +90,11 @@ impl Job {
 /// What `/status` reports besides fetch counts (queue, transport, expiry).
 pub type StatusFn = Arc<dyn Fn() -> Value + Send + Sync>;
 
+/// Puts a new job's fetch item into the mix; must return only once it is
+/// durably stored (the mixer's admission fsyncs).
+pub type ScheduleFn =
+    Arc<dyn Fn(ItemId) -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>;
+
 /// The API server.
 pub struct Api {
     store: Arc<Store>,
@@ -94,6 +102,7 @@ pub struct Api {
     /// Tokens already verified (argon2 is slow on purpose): token → user.
     verified: Mutex<HashMap<String, String>>,
     status: StatusFn,
+    schedule: ScheduleFn,
 }
 
 type Resp = Response<Full<Bytes>>;
@@ -197,12 +206,18 @@ fn parse_ranges(h: &str, len: u64) -> Option<Vec<ByteRange>> {
 
 impl Api {
     /// An API over `store` for `users` (name, token hash).
-    pub fn new(store: Arc<Store>, users: Users, status: StatusFn) -> Arc<Self> {
+    pub fn new(
+        store: Arc<Store>,
+        users: Users,
+        status: StatusFn,
+        schedule: ScheduleFn,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store,
             users,
             verified: Mutex::new(HashMap::new()),
             status,
+            schedule,
         })
     }
 
@@ -373,20 +388,25 @@ impl Api {
             total: None,
             etag: None,
             expected_ready_ms: None,
+            redirects: 0,
         };
-        let stored = self.store.put_job(&id, &job.encode());
-        // 202 only once the job is on disk.
-        let durable = match stored {
-            Ok(()) => self.store.sync().await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = durable {
-            tracing::error!(error = %e, "storing a fetch job failed");
-            return error(
+        let refused = || {
+            error(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "storage",
                 "could not store the job; try again later",
-            );
+            )
+        };
+        if let Err(e) = self.store.put_job(&id, &job.encode()) {
+            tracing::error!(error = %e, "storing a fetch job failed");
+            return refused();
+        }
+        // 202 only once the job and its fetch item are on disk (the
+        // admission's fsync covers the job record written before it).
+        if let Err(e) = (self.schedule)(id).await {
+            tracing::error!(error = %e, "scheduling a fetch job failed");
+            let _ = self.store.delete_job(&id);
+            return refused();
         }
         json_response(
             StatusCode::ACCEPTED,

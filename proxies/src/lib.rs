@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod delivery;
+pub mod fetch;
 pub mod http;
 pub mod mail;
 pub mod mx;

@@ -39,6 +39,14 @@ async fn start() -> Server {
         Arc::new(
             || json!({ "queue": { "queued": 0, "in_flight": 0 }, "transport": { "ready": true } }),
         ),
+        // Scheduling here only makes the job durable (no mixer in this test).
+        {
+            let store = Arc::clone(&store);
+            Arc::new(move |_id| {
+                let store = Arc::clone(&store);
+                Box::pin(async move { store.sync().await.map_err(|e| e.to_string()) })
+            })
+        },
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
@@ -203,6 +211,7 @@ fn ready_job(store: &Store, data: &[u8], state: JobState) -> String {
         total: Some(data.len() as u64),
         etag: None,
         expected_ready_ms: None,
+        redirects: 0,
     };
     store.put_job(&id, &job.encode()).unwrap();
     id.to_string()

@@ -5,6 +5,7 @@
 
 #![allow(dead_code, clippy::unwrap_used)]
 
+pub mod origins;
 pub mod tornet;
 
 use std::io::{BufRead, BufReader};

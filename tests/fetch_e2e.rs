@@ -1,0 +1,169 @@
+//! Delayed downloads end to end: the mote fetches from real origins (nginx
+//! with Range, Python's http.server without) in random chunks, and curl
+//! retrieves the result, resumably.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::origins::{Nginx, PyHttp};
+use common::*;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+
+fn curl(args: &[&str]) -> (u16, Vec<u8>) {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
+    let mut body = out.stdout;
+    let nl = body.iter().rposition(|&b| b == b'\n').unwrap();
+    let code = String::from_utf8_lossy(&body[nl + 1..])
+        .trim()
+        .parse()
+        .unwrap();
+    body.truncate(nl);
+    (code, body)
+}
+
+struct Client {
+    base: String,
+    auth: String,
+}
+
+impl Client {
+    fn new(mote: &Mote) -> Self {
+        Self {
+            base: format!("http://127.0.0.1:{}", mote.http_port),
+            auth: format!("Authorization: Bearer {PASSWORD}"),
+        }
+    }
+
+    fn add(&self, url: &str) -> String {
+        let (code, body) = curl(&[
+            "-H",
+            &self.auth,
+            "-X",
+            "POST",
+            &format!("{}/v1/fetches", self.base),
+            "-d",
+            &format!("{{\"url\":\"{url}\"}}"),
+        ]);
+        assert_eq!(code, 202, "{}", String::from_utf8_lossy(&body));
+        serde_json::from_slice::<Value>(&body).unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    fn state(&self, id: &str) -> Value {
+        let (code, body) = curl(&["-H", &self.auth, &format!("{}/v1/fetches/{id}", self.base)]);
+        assert_eq!(code, 200);
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    fn wait_ready(&self, id: &str) -> Value {
+        wait_for(Duration::from_secs(60), || {
+            let v = self.state(id);
+            assert_ne!(v["state"], "failed", "{v}");
+            (v["state"] == "ready").then_some(v)
+        })
+        .unwrap_or_else(|| panic!("not ready: {}", self.state(id)))
+    }
+
+    fn content(&self, id: &str) -> Vec<u8> {
+        let (code, body) = curl(&[
+            "-H",
+            &self.auth,
+            &format!("{}/v1/fetches/{id}/content", self.base),
+        ]);
+        assert_eq!(code, 200);
+        body
+    }
+}
+
+#[test]
+fn downloads_are_fetched_in_random_chunks_and_served_resumably() {
+    let nginx = Nginx::start();
+    let py = PyHttp::start();
+    let sink = Sink::start();
+    let mut cfg = MoteConfig::new(sink.port);
+    cfg.extra = "[fetch]\nchunk = { min = \"64KiB\", max = \"256KiB\" }\ndelay = { distribution = \"exponential\", mean = \"20ms\", min = \"1ms\", max = \"100ms\" }\nallow_private_addresses = true\n".into();
+    let mote = Mote::start(&cfg);
+    let client = Client::new(&mote);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+    let big: Vec<u8> = (0..3 * 1024 * 1024 + 12_345)
+        .map(|_| rng.random())
+        .collect();
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        ("empty", vec![]),
+        ("one", vec![42]),
+        ("big.bin", big.clone()),
+    ];
+    let mut jobs = Vec::new();
+    for (name, data) in &files {
+        jobs.push((client.add(&nginx.put(name, data)), data.clone(), *name));
+    }
+    let no_range: Vec<u8> = (0..300_000).map(|_| rng.random()).collect();
+    jobs.push((
+        client.add(&py.put("plain.bin", &no_range)),
+        no_range.clone(),
+        "plain.bin",
+    ));
+    for (id, data, name) in &jobs {
+        let v = client.wait_ready(id);
+        assert_eq!(v["total"].as_u64(), Some(data.len() as u64), "{name}: {v}");
+        assert_eq!(&client.content(id), data, "{name}: byte-identical");
+    }
+    // The big file came in several Range requests, each asked once, in
+    // random sizes within the bounds.
+    let reqs: Vec<(String, u16, String)> = nginx
+        .requests()
+        .into_iter()
+        .filter(|r| r.0 == "/big.bin")
+        .collect();
+    assert!(
+        reqs.len() >= 12,
+        "3 MiB in chunks of at most 256 KiB: {reqs:?}"
+    );
+    let ranges: Vec<&String> = reqs.iter().map(|r| &r.2).collect();
+    let mut distinct = ranges.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), ranges.len(), "no chunk fetched twice");
+    let sizes: Vec<u64> = reqs
+        .iter()
+        .filter(|r| r.1 == 206)
+        .filter_map(|r| {
+            let (a, b) = r.2.strip_prefix("bytes=")?.split_once('-')?;
+            Some(b.parse::<u64>().ok()? - a.parse::<u64>().ok()? + 1)
+        })
+        .collect();
+    assert!(
+        sizes.iter().all(|s| (65_536..=262_144).contains(s)),
+        "{sizes:?}"
+    );
+    assert!(
+        sizes.iter().any(|s| *s != sizes[0]),
+        "chunk sizes are random: {sizes:?}"
+    );
+    // Resumable retrieval with curl -C -.
+    let (id, _, _) = &jobs[2];
+    let dir = tempfile::tempdir().unwrap();
+    let part = dir.path().join("big.part");
+    std::fs::write(&part, &big[..1_000_000]).unwrap();
+    let (code, _) = curl(&[
+        "-H",
+        &client.auth,
+        "-C",
+        "-",
+        "-o",
+        part.to_str().unwrap(),
+        &format!("{}/v1/fetches/{id}/content", client.base),
+    ]);
+    assert_eq!(code, 206);
+    assert_eq!(std::fs::read(&part).unwrap(), big);
+}
