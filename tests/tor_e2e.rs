@@ -333,6 +333,62 @@ fn deploy_torrc_is_valid() {
     );
 }
 
+/// A download fetched through Tor (Arti) from nginx on 127.0.0.1.
+fn fetch_through_tor(net: &TorNet) {
+    let nginx = common::origins::Nginx::start();
+    let sink = Sink::start();
+    let work = tempfile::tempdir().unwrap();
+    let arti_toml = work.path().join("arti.toml");
+    net.write_arti_config(&arti_toml);
+    let mut cfg = MoteConfig::new(sink.port);
+    cfg.tor = format!("mode = \"arti\"\narti_config = \"{}\"", arti_toml.display());
+    cfg.extra = "[fetch]\nchunk = { min = \"64KiB\", max = \"200KiB\" }\ndelay = { distribution = \"constant\", value = \"10ms\" }\n".into();
+    let mote = Mote::start(&cfg);
+    let data: Vec<u8> = (0..700_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let url = nginx.put("t.bin", &data);
+    let base = format!("http://127.0.0.1:{}", mote.http_port);
+    let auth = format!("Authorization: Bearer {PASSWORD}");
+    let curl = |args: &[&str]| {
+        let o = std::process::Command::new("curl")
+            .arg("-sS")
+            .args(args)
+            .output()
+            .unwrap();
+        o.stdout
+    };
+    let body = curl(&[
+        "-H",
+        &auth,
+        "-X",
+        "POST",
+        &format!("{base}/v1/fetches"),
+        "-d",
+        &format!("{{\"url\":\"{url}\"}}"),
+    ]);
+    let id = serde_json::from_slice::<serde_json::Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ready = wait_for(Duration::from_secs(120), || {
+        let v: serde_json::Value =
+            serde_json::from_slice(&curl(&["-H", &auth, &format!("{base}/v1/fetches/{id}")]))
+                .unwrap();
+        (v["state"] == "ready").then_some(v)
+    });
+    assert!(
+        ready.is_some(),
+        "download through Tor did not finish; status:\n{}",
+        status(&mote)
+    );
+    assert_eq!(
+        curl(&["-H", &auth, &format!("{base}/v1/fetches/{id}/content")]),
+        data
+    );
+    let chunks = nginx.requests().len();
+    assert!(chunks >= 4, "fetched in chunks: {chunks}");
+    println!("fetch: 700 kB through Arti in {chunks} chunks");
+}
+
 #[test]
 fn mail_through_a_private_tor_network() {
     let t0 = Instant::now();
@@ -348,5 +404,6 @@ fn mail_through_a_private_tor_network() {
     arti_delivery(&net);
     mx_delivery_with_dns_through_tor(&net);
     onion_ingress_and_onion_mx(&net);
+    fetch_through_tor(&net);
     deploy_torrc_is_valid();
 }

@@ -108,14 +108,23 @@ impl Fetcher {
         }
     }
 
-    fn save(&self, id: &ItemId, job: &Job) -> Result<(), DeliveryError> {
-        self.store.put_job(id, &job.encode()).map_err(temp)
+    /// Write the job record and wait until it (and every chunk stored
+    /// before it) is on disk: a chunk once stored is never fetched again,
+    /// even after kill -9.
+    async fn save(&self, id: &ItemId, job: &Job) -> Result<(), DeliveryError> {
+        self.store.put_job(id, &job.encode()).map_err(temp)?;
+        self.store.sync().await.map_err(temp)
     }
 
-    fn fail(&self, id: &ItemId, job: &mut Job, reason: String) -> Result<Outcome, DeliveryError> {
+    async fn fail(
+        &self,
+        id: &ItemId,
+        job: &mut Job,
+        reason: String,
+    ) -> Result<Outcome, DeliveryError> {
         job.state = JobState::Failed;
         job.reason = Some(reason.clone());
-        self.save(id, job)?;
+        self.save(id, job).await?;
         Err(DeliveryError::Permanent(reason))
     }
 
@@ -138,7 +147,7 @@ impl Fetcher {
         }
         let now = wall_ms(SystemTime::now());
         if job.deadline_ms.is_some_and(|d| now > d) {
-            return self.fail(&id, &mut job, "deadline passed".into());
+            return self.fail(&id, &mut job, "deadline passed".into()).await;
         }
         if job.not_before_ms.is_some_and(|t| now < t) {
             return Ok(Outcome::Again);
@@ -153,7 +162,7 @@ impl Fetcher {
             .sum();
         if job.total.is_some_and(|t| have >= t) {
             job.state = JobState::Ready;
-            self.save(&id, &job)?;
+            self.save(&id, &job).await?;
             return Ok(Outcome::Done);
         }
         let size = rand::rng()
@@ -179,7 +188,9 @@ impl Fetcher {
                     return Err(temp("206 for a range we did not ask for"));
                 }
                 if total.is_some_and(|t| t > self.cfg.max_job_bytes) {
-                    return self.fail(&id, &mut job, "object larger than the per-job limit".into());
+                    return self
+                        .fail(&id, &mut job, "object larger than the per-job limit".into())
+                        .await;
                 }
                 if have == 0 {
                     job.etag = validator(&headers);
@@ -192,7 +203,7 @@ impl Fetcher {
                 } else {
                     JobState::Fetching
                 };
-                self.save(&id, &job)?;
+                self.save(&id, &job).await?;
                 Ok(if done { Outcome::Done } else { Outcome::Again })
             }
             StatusCode::OK => {
@@ -207,7 +218,7 @@ impl Fetcher {
                 job.total = Some(body.len() as u64);
                 job.etag = validator(&headers);
                 job.state = JobState::Ready;
-                self.save(&id, &job)?;
+                self.save(&id, &job).await?;
                 Ok(Outcome::Done)
             }
             StatusCode::RANGE_NOT_SATISFIABLE
@@ -222,7 +233,7 @@ impl Fetcher {
                 // is a multiple of our chunks): what we have is everything.
                 job.total = Some(have);
                 job.state = JobState::Ready;
-                self.save(&id, &job)?;
+                self.save(&id, &job).await?;
                 Ok(Outcome::Done)
             }
             s if s.is_redirection() => {
@@ -240,18 +251,23 @@ impl Fetcher {
                     .unwrap_or(0)
                     + 1;
                 if redirects > self.cfg.max_redirects || have > 0 {
-                    return self.fail(
-                        &id,
-                        &mut job,
-                        format!("too many redirects or a redirect mid-download ({s})"),
-                    );
+                    return self
+                        .fail(
+                            &id,
+                            &mut job,
+                            format!("too many redirects or a redirect mid-download ({s})"),
+                        )
+                        .await;
                 }
                 job.url = next;
                 job.redirects = redirects;
-                self.save(&id, &job)?;
+                self.save(&id, &job).await?;
                 Ok(Outcome::Again)
             }
-            s if s.is_client_error() => self.fail(&id, &mut job, format!("origin answered {s}")),
+            s if s.is_client_error() => {
+                self.fail(&id, &mut job, format!("origin answered {s}"))
+                    .await
+            }
             s => Err(temp(format!("origin answered {s}"))),
         }
     }
