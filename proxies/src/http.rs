@@ -105,10 +105,43 @@ pub struct Api {
     schedule: ScheduleFn,
 }
 
-type Resp = Response<Full<Bytes>>;
+/// Response bodies: small ones in memory, content streamed from the store.
+type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+type Resp = Response<Body>;
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync()
+}
+
+/// Bytes `start..end` of a job's content as a stream of pieces of at most
+/// [`STREAM_PIECE`] bytes, each read from the store when the client is
+/// ready for it (so memory stays flat for any size).
+fn stream_content(store: Arc<Store>, id: ItemId, start: u64, end: u64) -> Body {
+    let pieces = futures::stream::unfold(start, move |pos| {
+        let store = Arc::clone(&store);
+        async move {
+            if pos >= end {
+                return None;
+            }
+            let to = end.min(pos + STREAM_PIECE);
+            let piece = match store.read_content(&id, pos, to) {
+                Ok(Some(b)) => Ok(hyper::body::Frame::data(Bytes::from(b))),
+                Ok(None) => Err(std::io::Error::other("content missing")),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            Some((piece, to))
+        }
+    });
+    http_body_util::StreamBody::new(pieces).boxed_unsync()
+}
+
+/// Size of one piece of a streamed response.
+const STREAM_PIECE: u64 = 1 << 20;
 
 fn json_response(status: StatusCode, v: &Value) -> Resp {
-    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    let mut r = Response::new(full(v.to_string()));
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -446,7 +479,7 @@ impl Api {
             return error(StatusCode::SERVICE_UNAVAILABLE, "storage", &e.to_string());
         }
         let _ = self.store.sync().await;
-        let mut r = Response::new(Full::new(Bytes::new()));
+        let mut r = Response::new(full(Bytes::new()));
         *r.status_mut() = StatusCode::NO_CONTENT;
         r
     }
@@ -487,20 +520,38 @@ impl Api {
                 .read_content(&id, a, b)
                 .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, "storage", &e.to_string()))
         };
-        let base = |status: StatusCode, body: Vec<u8>| {
-            let mut r = Response::new(Full::new(if head {
-                Bytes::new()
-            } else {
-                Bytes::from(body.clone())
-            }));
+        let with_headers = |status: StatusCode, body: Body, len: u64| {
+            let mut r = Response::new(if head { full(Bytes::new()) } else { body });
             *r.status_mut() = status;
             let h = r.headers_mut();
             h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
             if let Ok(v) = HeaderValue::from_str(&etag) {
                 h.insert(header::ETAG, v);
             }
-            h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len() as u64));
+            h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
             r
+        };
+        let base = |status: StatusCode, body: Vec<u8>| {
+            let len = body.len() as u64;
+            with_headers(status, full(body), len)
+        };
+        // Whether bytes a..b are all stored (without reading them).
+        let covered = |a: u64, b: u64| -> Result<bool, Resp> {
+            let ranges = self
+                .store
+                .chunk_ranges(&id)
+                .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, "storage", &e.to_string()))?;
+            let mut pos = a;
+            for (off, len) in ranges {
+                if pos >= b {
+                    break;
+                }
+                if off > pos {
+                    return Ok(false);
+                }
+                pos = pos.max(off + len);
+            }
+            Ok(pos >= b)
         };
         match ranges {
             Some(r) if r.is_empty() => {
@@ -516,9 +567,9 @@ impl Api {
             }
             Some(r) if r.len() == 1 => {
                 let ByteRange { start, end } = r[0];
-                let body = match read(start, end) {
-                    Ok(Some(b)) => b,
-                    Ok(None) => {
+                match covered(start, end) {
+                    Ok(true) => {}
+                    Ok(false) => {
                         return error(
                             StatusCode::CONFLICT,
                             "not_ready",
@@ -526,8 +577,9 @@ impl Api {
                         )
                     }
                     Err(resp) => return resp,
-                };
-                let mut resp = base(StatusCode::PARTIAL_CONTENT, body);
+                }
+                let body = stream_content(Arc::clone(&self.store), id, start, end);
+                let mut resp = with_headers(StatusCode::PARTIAL_CONTENT, body, end - start);
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{total}", end - 1))
                 {
                     resp.headers_mut().insert(header::CONTENT_RANGE, v);
@@ -571,15 +623,8 @@ impl Api {
                 if !ready {
                     return error(StatusCode::CONFLICT, "not_ready", "the download is not complete yet; a Range that is already stored can be fetched");
                 }
-                match read(0, total) {
-                    Ok(Some(b)) => base(StatusCode::OK, b),
-                    Ok(None) => error(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "missing_content",
-                        "content missing",
-                    ),
-                    Err(resp) => resp,
-                }
+                let body = stream_content(Arc::clone(&self.store), id, 0, total);
+                with_headers(StatusCode::OK, body, total)
             }
         }
     }
@@ -622,7 +667,7 @@ impl Api {
         let ready = u8::from(v["transport"]["ready"].as_bool() == Some(true));
         out.push_str("# HELP dustmote_transport_ready Whether the last outbound connection worked.\n# TYPE dustmote_transport_ready gauge\n");
         out.push_str(&format!("dustmote_transport_ready {ready}\n"));
-        let mut r = Response::new(Full::new(Bytes::from(out)));
+        let mut r = Response::new(full(out));
         r.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4"),
