@@ -918,5 +918,38 @@ arti_config = "arti.toml"     # optional: a file in Arti's own configuration for
         assert_eq!(c.smtp.max_message_bytes, 10_485_760);
         assert!(c.smtp.users.verify("alice", b"alice-example-password"));
         assert_eq!(c.config.tor.mode, TorMode::Direct);
+        // The download issue's additions.
+        assert_eq!(c.config.http.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(
+            c.http_users.find(b"alice-example-token").as_deref(),
+            Some("alice")
+        );
+        assert_eq!((c.fetch.chunk_min, c.fetch.chunk_max), (64 << 10, 1 << 20));
+        assert!(c.fetch.allow_private_addresses);
+        assert_eq!(
+            c.mixer.delay_for(ItemKind::Fetch as u8),
+            &DelaySpec::Exponential {
+                mean: Duration::from_secs(1),
+                min: Some(Duration::from_millis(10)),
+                max: Some(Duration::from_secs(5)),
+            }
+        );
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("64KiB"), Some(65_536));
+        assert_eq!(parse_size("1MiB"), Some(1 << 20));
+        assert_eq!(parse_size("2GiB"), Some(2 << 30));
+        assert_eq!(parse_size("500kB"), Some(500_000));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("1.5MiB"), None);
+        assert_eq!(parse_size("MiB"), None);
+        let e = parse(
+            "[fetch]\nchunk = { min = \"1MiB\", max = \"64KiB\" }\n",
+            "f.toml",
+        )
+        .expect_err("min > max");
+        assert_eq!(e.key, "fetch.chunk");
     }
 }
