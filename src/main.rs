@@ -2,6 +2,7 @@
 
 mod config;
 mod control;
+mod fetch_cli;
 mod rt;
 
 use std::io::{BufRead, Write};
@@ -59,10 +60,46 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Queue downloads and retrieve them (a client of the HTTP API).
+    Fetch {
+        /// Configuration file (for `[http] listen`).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// API address, instead of the config's `[http] listen`.
+        #[arg(long)]
+        api: Option<std::net::SocketAddr>,
+        /// File with the bearer token (default: $DUSTMOTE_TOKEN).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        #[command(subcommand)]
+        command: FetchCommand,
+    },
     /// Configuration commands.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum FetchCommand {
+    /// Queue a download; prints its id.
+    Add {
+        /// http:// or https:// URL.
+        url: String,
+    },
+    /// Show a download's state.
+    Status {
+        /// The id from `fetch add`.
+        id: String,
+    },
+    /// Retrieve a finished download (resumes a partial FILE).
+    Get {
+        /// The id from `fetch add`.
+        id: String,
+        /// Where to write it.
+        #[arg(short, long)]
+        output: PathBuf,
     },
 }
 
@@ -85,6 +122,12 @@ fn main() -> ExitCode {
             show_addresses,
         } => control::queue(config.as_deref(), show_addresses),
         Command::Status { config } => control::status(config.as_deref()),
+        Command::Fetch {
+            config,
+            api,
+            token_file,
+            command,
+        } => fetch(config, api, token_file, command),
         Command::Config {
             command: ConfigCommand::Check { file },
         } => config::load(Some(&file))
@@ -103,6 +146,36 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn fetch(
+    config: Option<PathBuf>,
+    api: Option<std::net::SocketAddr>,
+    token_file: Option<PathBuf>,
+    command: FetchCommand,
+) -> Result<(), String> {
+    let addr = match api {
+        Some(a) => a,
+        None => {
+            config::load(config.as_deref())
+                .map_err(|e| e.to_string())?
+                .config
+                .http
+                .listen
+        }
+    };
+    let api = fetch_cli::Api::new(addr, token_file.as_deref())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        match command {
+            FetchCommand::Add { url } => fetch_cli::add(&api, &url).await,
+            FetchCommand::Status { id } => fetch_cli::status(&api, &id).await,
+            FetchCommand::Get { id, output } => fetch_cli::get(&api, &id, &output).await,
+        }
+    })
 }
 
 fn passwd() -> Result<(), String> {

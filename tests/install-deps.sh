@@ -13,6 +13,7 @@ command -v smtp-sink >/dev/null || [ -x /usr/sbin/smtp-sink ] || need+=(postfix)
 command -v tor >/dev/null || need+=(tor)
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx)
 command -v curl >/dev/null || need+=(curl)
+command -v aria2c >/dev/null || need+=(aria2)
 command -v dnsmasq >/dev/null || [ -x /usr/sbin/dnsmasq ] || need+=(dnsmasq-base)
 command -v openssl >/dev/null || need+=(openssl)
 # Arti's directory cache links against the system SQLite.

@@ -1,0 +1,211 @@
+//! `dustmote fetch add|status|get`: a client of the mote's download API.
+//! The token comes from `$DUSTMOTE_TOKEN` or `--token-file`.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use http::{header, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+
+/// Where the API is and how to authenticate.
+pub struct Api {
+    pub addr: SocketAddr,
+    pub token: String,
+}
+
+impl Api {
+    /// From `--api` (or the config's `[http] listen`) and the token.
+    pub fn new(addr: SocketAddr, token_file: Option<&Path>) -> Result<Self, String> {
+        let token = match token_file {
+            Some(p) => std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
+            None => std::env::var("DUSTMOTE_TOKEN")
+                .map_err(|_| "no token: set DUSTMOTE_TOKEN or give --token-file".to_string())?,
+        };
+        Ok(Self {
+            addr,
+            token: token.trim().to_string(),
+        })
+    }
+
+    async fn send(
+        &self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, String> {
+        let stream = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| format!("connecting to {}: {e}", self.addr))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        sender.send_request(req).await.map_err(|e| e.to_string())
+    }
+
+    fn request(&self, method: &str, path: &str) -> http::request::Builder {
+        Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, self.addr.to_string())
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+    }
+
+    async fn json(
+        &self,
+        method: &str,
+        path: &str,
+        body: String,
+    ) -> Result<serde_json::Value, String> {
+        let req = self
+            .request(method, path)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|e| e.to_string())?;
+        let resp = self.send(req).await?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        let v: serde_json::Value =
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+        if !status.is_success() {
+            return Err(format!(
+                "{status}: {}",
+                v["message"].as_str().unwrap_or("request failed")
+            ));
+        }
+        Ok(v)
+    }
+}
+
+/// `dustmote fetch add URL`: prints the job id.
+pub async fn add(api: &Api, url: &str) -> Result<(), String> {
+    let body = serde_json::json!({ "url": url }).to_string();
+    let v = api.json("POST", "/v1/fetches", body).await?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{}", v["id"].as_str().unwrap_or_default()).map_err(|e| e.to_string())
+}
+
+/// `dustmote fetch status ID`.
+pub async fn status(api: &Api, id: &str) -> Result<(), String> {
+    let v = api
+        .json("GET", &format!("/v1/fetches/{id}"), String::new())
+        .await?;
+    let mut out = std::io::stdout().lock();
+    let total = v["total"]
+        .as_u64()
+        .map(|t| t.to_string())
+        .unwrap_or_else(|| "?".into());
+    writeln!(
+        out,
+        "{}  {} of {} bytes stored{}",
+        v["state"].as_str().unwrap_or("?"),
+        v["bytes_stored"],
+        total,
+        v["reason"]
+            .as_str()
+            .map(|r| format!("  ({r})"))
+            .unwrap_or_default()
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// `dustmote fetch get ID -o FILE`: download the content; if FILE already
+/// holds a prefix of it, ask only for the rest (Range + If-Range), so an
+/// interrupted retrieval resumes.
+pub async fn get(api: &Api, id: &str, out: &PathBuf) -> Result<(), String> {
+    let path = format!("/v1/fetches/{id}/content");
+    // HEAD: length and validator of the current content.
+    let head = api
+        .request("HEAD", &path)
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| e.to_string())?;
+    let resp = api.send(head).await?;
+    if resp.status() != StatusCode::OK {
+        let status = resp.status();
+        return Err(format!(
+            "{status}: the download is not ready (see `dustmote fetch status {id}`)"
+        ));
+    }
+    let total: u64 = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .ok_or("no Content-Length")?;
+    let etag = resp.headers().get(header::ETAG).cloned();
+    let have = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+    if have == total {
+        eprintln!("{}: already complete ({total} bytes)", out.display());
+        return Ok(());
+    }
+    let mut req = api.request("GET", &path);
+    let resuming = have > 0 && have < total;
+    if resuming {
+        req = req.header(header::RANGE, format!("bytes={have}-"));
+        if let Some(e) = &etag {
+            req = req.header(header::IF_RANGE, e);
+        }
+    }
+    let resp = api
+        .send(
+            req.body(Full::new(Bytes::new()))
+                .map_err(|e| e.to_string())?,
+        )
+        .await?;
+    let (append, start) = match resp.status() {
+        StatusCode::PARTIAL_CONTENT if resuming => (true, have),
+        StatusCode::OK => (false, 0),
+        s => return Err(format!("{s}: unexpected answer")),
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .append(append)
+        .truncate(!append)
+        .open(out)
+        .map_err(|e| format!("{}: {e}", out.display()))?;
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bytes}/{total_bytes} {bar:40} {bytes_per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_position(start);
+    let mut body = resp.into_body();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            format!("download interrupted: {e} (run the same command again to resume)")
+        })?;
+        if let Some(data) = frame.data_ref() {
+            file.write_all(data)
+                .map_err(|e| format!("{}: {e}", out.display()))?;
+            bar.inc(data.len() as u64);
+        }
+    }
+    file.sync_all().map_err(|e| e.to_string())?;
+    bar.finish_and_clear();
+    let got = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
+    if got != total {
+        return Err(format!(
+            "got {got} of {total} bytes (run the same command again to resume)"
+        ));
+    }
+    eprintln!(
+        "{}: {total} bytes{}",
+        out.display(),
+        if append {
+            format!(" (resumed at {start})")
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}
