@@ -5,6 +5,9 @@
 
 use crate::{db_err, ItemId, Result, StorageError, Store};
 
+/// Largest value stored for content (see [`Store::put_chunk`]).
+pub const PIECE: usize = 64 * 1024;
+
 fn chunk_key(id: &ItemId, offset: u64) -> [u8; 24] {
     let mut k = [0u8; 24];
     k[..16].copy_from_slice(&id.0);
@@ -57,11 +60,16 @@ impl Store {
         Ok(())
     }
 
-    /// Store the bytes at `offset` of a job's content.
+    /// Store the bytes at `offset` of a job's content. Large chunks are
+    /// kept as pieces of [`PIECE`] bytes: below sled's blob threshold, so they
+    /// live in its log and page cache (bounded by `cache_bytes`) instead of
+    /// one file per value.
     pub fn put_chunk(&self, id: &ItemId, offset: u64, bytes: &[u8]) -> Result<()> {
-        self.chunks
-            .insert(chunk_key(id, offset), bytes)
-            .map_err(db_err("writing a chunk"))?;
+        for (i, piece) in bytes.chunks(PIECE).enumerate() {
+            self.chunks
+                .insert(chunk_key(id, offset + (i * PIECE) as u64), piece)
+                .map_err(db_err("writing a chunk"))?;
+        }
         Ok(())
     }
 
