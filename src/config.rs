@@ -192,6 +192,8 @@ pub struct Fetch {
     pub allow_private_addresses: bool,
     /// Largest download.
     pub max_job_bytes: Size,
+    /// Largest sum of one user's downloads.
+    pub max_user_bytes: Size,
     /// Redirects followed per job.
     pub max_redirects: u32,
     /// Bound on one chunk request.
@@ -215,6 +217,7 @@ impl Default for Fetch {
             },
             allow_private_addresses: false,
             max_job_bytes: Size(4 << 30),
+            max_user_bytes: Size(8 << 30),
             max_redirects: 5,
             timeout: Duration::from_secs(300),
             ca_file: None,
@@ -601,6 +604,7 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
         chunk_min: f.chunk.min.0,
         chunk_max: f.chunk.max.0,
         max_job_bytes: f.max_job_bytes.0,
+        max_user_bytes: f.max_user_bytes.0,
         max_redirects: f.max_redirects,
         allow_private_addresses: f.allow_private_addresses,
         extra_ca_pem: fetch_ca,

@@ -255,7 +255,8 @@ fn the_fetch_cli_and_aria2c_retrieve_and_resume() {
     cfg.extra = "[fetch]\nchunk = { min = \"256KiB\", max = \"1MiB\" }\ndelay = { distribution = \"constant\", value = \"5ms\" }\nallow_private_addresses = true\n".into();
     let mote = Mote::start(&cfg);
     let mut rng = rand::rngs::StdRng::seed_from_u64(13);
-    let data: Vec<u8> = (0..4 * 1024 * 1024 + 3).map(|_| rng.random()).collect();
+    // The large file of the suite (48 MiB).
+    let data: Vec<u8> = (0..48 * 1024 * 1024 + 3).map(|_| rng.random()).collect();
     let url = nginx.put("c.bin", &data);
     let api = format!("127.0.0.1:{}", mote.http_port);
     let cli = |args: &[&str]| {
@@ -333,4 +334,46 @@ fn the_fetch_cli_and_aria2c_retrieve_and_resume() {
         .unwrap();
     assert!(out.status.success());
     assert_eq!(std::fs::read(&fresh).unwrap(), data);
+}
+
+#[test]
+fn limits_private_addresses_and_origin_errors_fail_jobs_cleanly() {
+    let nginx = Nginx::start();
+    let sink = Sink::start();
+    let fast = "chunk = { min = \"64KiB\", max = \"64KiB\" }\ndelay = { distribution = \"constant\", value = \"5ms\" }\n";
+    // Private addresses are refused unless allowed.
+    let mut cfg = MoteConfig::new(sink.port);
+    cfg.extra = format!("[fetch]\n{fast}");
+    let mote = Mote::start(&cfg);
+    let client = Client::new(&mote);
+    let id = client.add(&nginx.put("p.bin", b"private"));
+    let v = wait_for(Duration::from_secs(30), || {
+        let v = client.state(&id);
+        (v["state"] == "failed").then_some(v)
+    })
+    .expect("a job to 127.0.0.1 fails without allow_private_addresses");
+    assert!(
+        v["reason"].as_str().unwrap().contains("private address"),
+        "{v}"
+    );
+    drop(mote);
+    // Per-user cap, and an origin 404.
+    let mut cfg = MoteConfig::new(sink.port);
+    cfg.extra =
+        format!("[fetch]\n{fast}allow_private_addresses = true\nmax_user_bytes = \"1MiB\"\n");
+    let mote = Mote::start(&cfg);
+    let client = Client::new(&mote);
+    let first = client.add(&nginx.put("a.bin", &vec![1u8; 600_000]));
+    client.wait_ready(&first);
+    let second = client.add(&nginx.put("b.bin", &vec![2u8; 600_000]));
+    let missing = client.add(&format!("http://127.0.0.1:{}/nope", nginx.port));
+    for (id, want) in [(second, "per-user limit"), (missing, "404")] {
+        let v = wait_for(Duration::from_secs(30), || {
+            let v = client.state(&id);
+            (v["state"] == "failed").then_some(v)
+        })
+        .unwrap_or_else(|| panic!("{}", client.state(&id)));
+        assert!(v["reason"].as_str().unwrap().contains(want), "{v}");
+    }
+    assert_eq!(client.content(&first), vec![1u8; 600_000]);
 }

@@ -34,6 +34,8 @@ pub struct FetchConfig {
     pub chunk_max: u64,
     /// Largest download (per job).
     pub max_job_bytes: u64,
+    /// Largest sum of all of one user's downloads.
+    pub max_user_bytes: u64,
     /// Redirects followed per job.
     pub max_redirects: u32,
     /// Allow origins on private, loopback, link-local and metadata
@@ -175,8 +177,14 @@ impl Fetcher {
                     "chunk request timed out after {:?}",
                     self.cfg.timeout
                 ))
-            })??;
-        let (status, headers, body) = resp;
+            })?;
+        let (status, headers, body) = match resp {
+            Ok(r) => r,
+            // A permanent problem (a refused address, a body over the
+            // limit, a bad URL) ends the job with its reason.
+            Err(DeliveryError::Permanent(reason)) => return self.fail(&id, &mut job, reason).await,
+            Err(e) => return Err(e),
+        };
         match status {
             StatusCode::PARTIAL_CONTENT => {
                 let (a, b, total) = headers
@@ -190,6 +198,19 @@ impl Fetcher {
                 if total.is_some_and(|t| t > self.cfg.max_job_bytes) {
                     return self
                         .fail(&id, &mut job, "object larger than the per-job limit".into())
+                        .await;
+                }
+                if have == 0
+                    && total.is_some_and(|t| {
+                        self.user_bytes(&job.user, &id) + t > self.cfg.max_user_bytes
+                    })
+                {
+                    return self
+                        .fail(
+                            &id,
+                            &mut job,
+                            "the user's downloads would exceed the per-user limit".into(),
+                        )
                         .await;
                 }
                 if have == 0 {
@@ -212,6 +233,15 @@ impl Fetcher {
                 // we have, as one piece.
                 if have > 0 {
                     tracing::info!("origin object changed or Range ignored; download restarted from the full response");
+                }
+                if self.user_bytes(&job.user, &id) + body.len() as u64 > self.cfg.max_user_bytes {
+                    return self
+                        .fail(
+                            &id,
+                            &mut job,
+                            "the user's downloads would exceed the per-user limit".into(),
+                        )
+                        .await;
                 }
                 self.store.clear_chunks(&id).map_err(temp)?;
                 self.store.put_chunk(&id, 0, &body).map_err(temp)?;
@@ -270,6 +300,18 @@ impl Fetcher {
             }
             s => Err(temp(format!("origin answered {s}"))),
         }
+    }
+
+    /// Bytes that `user`'s other jobs hold or will hold.
+    fn user_bytes(&self, user: &str, except: &ItemId) -> u64 {
+        self.store
+            .jobs()
+            .flatten()
+            .filter(|(id, _)| id != except)
+            .filter_map(|(_, rec)| Job::decode(&rec))
+            .filter(|j| j.user == user && j.state != JobState::Failed)
+            .map(|j| j.total.unwrap_or(0))
+            .sum()
     }
 
     /// GET `job.url` bytes `first..=last` (with If-Range once validated).
