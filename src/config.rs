@@ -45,6 +45,8 @@ pub struct Config {
     pub http: Http,
     /// `[fetch]`
     pub fetch: Fetch,
+    /// `[mote]`
+    pub mote: Mote,
     /// `[shutdown]`
     pub shutdown: Shutdown,
 }
@@ -123,6 +125,26 @@ impl Default for Smtp {
             require_auth: d.require_auth,
             keep_threading_headers: false,
             users: Vec::new(),
+        }
+    }
+}
+
+/// `[mote]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mote {
+    /// When the mote dies (RFC 3339); none: no end.
+    pub expires_at: Option<String>,
+    /// Everything must have left this long before `expires_at`.
+    #[serde(with = "hts")]
+    pub drain_margin: Duration,
+}
+
+impl Default for Mote {
+    fn default() -> Self {
+        Self {
+            expires_at: None,
+            drain_margin: Duration::from_secs(600),
         }
     }
 }
@@ -768,7 +790,20 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
             keep_threading: s.keep_threading_headers,
         },
     };
+    let lifetime = match &config.mote.expires_at {
+        None => None,
+        Some(t) => Some(dust_mixer::Lifetime {
+            expires_at: humantime::parse_rfc3339_weak(t).map_err(|e| {
+                err(
+                    "mote.expires_at",
+                    &format!("expected an RFC 3339 time: {e}"),
+                )
+            })?,
+            drain_margin: config.mote.drain_margin,
+        }),
+    };
     let mixer = MixerConfig {
+        lifetime,
         delay: m.delay.clone(),
         kind_delays: vec![(ItemKind::Fetch as u8, config.fetch.delay.clone())],
         retry: RetryPolicy {

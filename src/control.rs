@@ -63,6 +63,7 @@ pub fn serve(
     dir: &Path,
     store: Arc<Store>,
     connector: Arc<dyn Connector>,
+    expires_at: Option<String>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
     use std::os::unix::fs::PermissionsExt;
@@ -83,6 +84,7 @@ pub fn serve(
             let Ok((sock, _)) = conn else { continue };
             let store = Arc::clone(&store);
             let connector = Arc::clone(&connector);
+            let expires_at = expires_at.clone();
             tokio::spawn(async move {
                 let (rd, mut wr) = sock.into_split();
                 let mut line = String::new();
@@ -93,7 +95,7 @@ pub fn serve(
                 let answer = match line.trim() {
                     "queue" => report(&store, false),
                     "queue addresses" => report(&store, true),
-                    "status" => Ok(status_json(&store, &*connector)),
+                    "status" => Ok(status_json(&store, &*connector, expires_at.as_deref())),
                     _ => Err("unknown request".to_string()),
                 };
                 let v = answer.unwrap_or_else(|e| json!({ "error": e }));
@@ -105,11 +107,12 @@ pub fn serve(
 }
 
 /// What `/status` and the control socket's `status` report.
-pub fn status_json(store: &Store, connector: &dyn Connector) -> Value {
+pub fn status_json(store: &Store, connector: &dyn Connector, expires_at: Option<&str>) -> Value {
     let mut v = report(store, false).unwrap_or_else(|e| json!({ "error": e }));
     let queue = json!({ "queued": v["queued"], "in_flight": v["in_flight"], "next_releases_ms": v["next_releases_ms"] });
     v["queue"] = queue;
     v["transport"] = transport_json(connector);
+    v["expires_at"] = json!(expires_at);
     v
 }
 
@@ -230,6 +233,9 @@ pub fn status(config: Option<&Path>) -> Result<(), String> {
         Some(false) => "not ready",
         None => "no connection attempted yet",
     };
+    if let Some(e) = v["expires_at"].as_str() {
+        out.push_str(&format!("expires at: {e}\n"));
+    }
     out.push_str(&format!(
         "transport: {} ({state})\n",
         t["mode"].as_str().unwrap_or("?")

@@ -295,11 +295,13 @@ async fn run(checked: Checked) -> Result<(), String> {
         &dir,
         Arc::clone(&store),
         Arc::clone(&connector),
+        config.mote.expires_at.clone(),
         stop_rx.clone(),
     )?;
     let status: dust_proxies::http::StatusFn = {
         let (store, connector) = (Arc::clone(&store), Arc::clone(&connector));
-        Arc::new(move || control::status_json(&store, &*connector))
+        let expires_at = config.mote.expires_at.clone();
+        Arc::new(move || control::status_json(&store, &*connector, expires_at.as_deref()))
     };
     let schedule: dust_proxies::http::ScheduleFn = {
         let mixer = mixer.clone();

@@ -761,3 +761,28 @@ fn the_http_api_runs_beside_smtp_with_status_and_durable_jobs() {
         "{body}"
     );
 }
+
+#[test]
+fn an_expiring_mote_says_so_and_takes_no_new_mail() {
+    let sink = Sink::start();
+    let mut cfg = MoteConfig::new(sink.port);
+    // Expires in 30 s with a 10 min drain margin: already past the drain point.
+    let soon =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(30));
+    cfg.extra = format!("[mote]\nexpires_at = \"{soon}\"\n");
+    let mote = Mote::start(&cfg);
+    let (ok, t) = swaks_auth(
+        mote.port,
+        PASSWORD,
+        &["--to", "bob@example.net", "--body", "too late"],
+    );
+    assert!(!ok && t.contains("451 4.3.2"), "{t}");
+    let out = std::process::Command::new(bin())
+        .args(["status", "--config"])
+        .arg(&mote.config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(&format!("expires at: {soon}")), "{text}");
+    assert!(sink.messages().is_empty());
+}

@@ -5,7 +5,7 @@ mod scheduler;
 
 pub use delay::{DelayError, DelaySpec};
 pub use dust_storage::{Item, ItemId, StorageError, Store};
-pub use scheduler::{Metrics, Mixer, MixerConfig, RetryPolicy};
+pub use scheduler::{Lifetime, Metrics, Mixer, MixerConfig, RetryPolicy};
 
 use std::future::Future;
 use std::time::{Duration, SystemTime};
@@ -58,6 +58,10 @@ pub enum MixerError {
     /// The mixer is shutting down and accepts nothing new (SMTP 421).
     #[error("the mixer is shutting down")]
     ShuttingDown,
+    /// The mote expires too soon for a new item to leave in time
+    /// (SMTP 451, HTTP 503).
+    #[error("the mote expires too soon to accept new items")]
+    Expiring,
 }
 
 /// Milliseconds since the Unix epoch (0 for times before it).

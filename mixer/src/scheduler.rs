@@ -55,6 +55,25 @@ impl RetryPolicy {
     }
 }
 
+/// When the mote dies, and how long before that everything must have left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetime {
+    /// The mote's end.
+    pub expires_at: SystemTime,
+    /// No release time falls later than `expires_at - drain_margin`, and no
+    /// item is admitted once that point has passed.
+    pub drain_margin: Duration,
+}
+
+impl Lifetime {
+    /// The last release time allowed.
+    pub fn last_release(&self) -> SystemTime {
+        self.expires_at
+            .checked_sub(self.drain_margin)
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    }
+}
+
 /// Mixer settings (from `[mixer]` in the config).
 #[derive(Debug, Clone)]
 pub struct MixerConfig {
@@ -65,6 +84,9 @@ pub struct MixerConfig {
     pub kind_delays: Vec<(u8, DelaySpec)>,
     /// Retry policy for temporary failures.
     pub retry: RetryPolicy,
+    /// The mote's lifetime, if it has one: release times are clamped to
+    /// leave everything out before it ends.
+    pub lifetime: Option<Lifetime>,
     /// Deliveries running at once. Each holds an outbound connection; more
     /// would not speed up a Tor-bound mote and would make a burst of releases
     /// visible as a burst of circuits.
@@ -72,6 +94,14 @@ pub struct MixerConfig {
 }
 
 impl MixerConfig {
+    /// `t`, or the last release time the lifetime allows if that is earlier.
+    pub fn clamp(&self, t: SystemTime) -> SystemTime {
+        match &self.lifetime {
+            Some(l) => t.min(l.last_release()),
+            None => t,
+        }
+    }
+
     /// The delay distribution of items of `kind`.
     pub fn delay_for(&self, kind: u8) -> &DelaySpec {
         self.kind_delays
@@ -92,6 +122,7 @@ impl Default for MixerConfig {
             },
             kind_delays: Vec::new(),
             retry: RetryPolicy::default(),
+            lifetime: None,
             max_in_flight: 16,
         }
     }
@@ -206,6 +237,9 @@ where
             return Err(MixerError::ShuttingDown);
         }
         let now = inner.rt.wallclock();
+        if inner.cfg.lifetime.is_some_and(|l| now >= l.last_release()) {
+            return Err(MixerError::Expiring);
+        }
         let (id, delay) = {
             let mut rng = inner.rng.lock().unwrap_or_else(PoisonError::into_inner);
             (
@@ -213,7 +247,7 @@ where
                 inner.cfg.delay_for(kind as u8).sample(&mut *rng),
             )
         };
-        let release_ms = wall_ms_ceil(now + delay);
+        let release_ms = wall_ms_ceil(inner.cfg.clamp(now + delay));
         let item = Item {
             id,
             kind: kind as u8,
@@ -388,7 +422,7 @@ where
                     let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
                     self.cfg.delay_for(item.kind).sample(&mut *rng)
                 };
-                let at = wall_ms_ceil(self.rt.wallclock() + delay);
+                let at = wall_ms_ceil(self.cfg.clamp(self.rt.wallclock() + delay));
                 self.store.reschedule(&item.id, at, 0)?;
                 self.counters.steps.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!("item step done; released again later");
@@ -416,7 +450,7 @@ where
                     let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
                     self.cfg.retry.backoff(attempts, &mut *rng)
                 };
-                let at = wall_ms_ceil(self.rt.wallclock() + backoff);
+                let at = wall_ms_ceil(self.cfg.clamp(self.rt.wallclock() + backoff));
                 self.store.reschedule(&item.id, at, attempts)?;
                 self.counters.retries.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(attempts, "temporary delivery failure; rescheduled");

@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use dust_mixer::{
-    DelaySpec, Deliver, DeliveryError, Item, ItemId, ItemKind, Mixer, MixerConfig, Outcome,
-    RetryPolicy, Store,
+    DelaySpec, Deliver, DeliveryError, Item, ItemId, ItemKind, Lifetime, Mixer, MixerConfig,
+    MixerError, Outcome, RetryPolicy, Store,
 };
 use rand::rngs::StdRng;
 use rand::SeedableRng;
@@ -92,6 +92,7 @@ fn cfg(delay: DelaySpec) -> MixerConfig {
     MixerConfig {
         delay,
         kind_delays: Vec::new(),
+        lifetime: None,
         retry: RetryPolicy {
             base: Duration::from_secs(30),
             max: Duration::from_secs(600),
@@ -400,5 +401,43 @@ fn multi_step_items_are_released_again_with_their_kinds_delay() {
         let m = mixer.metrics();
         assert_eq!((m.steps, m.delivered, m.retries), (6, 2, 0));
         assert_eq!(mixer.store().stats(0).unwrap(), Default::default());
+    });
+}
+
+#[test]
+fn nothing_is_released_after_the_drain_point_and_late_admissions_are_refused() {
+    each_runtime(|rt| async move {
+        let store = Store::temporary().unwrap();
+        let rec = Recorder::new(&rt, Answer::Ok);
+        let t0 = rt.wallclock();
+        let mut config = cfg(DelaySpec::Constant {
+            value: Duration::from_secs(500),
+        });
+        config.lifetime = Some(Lifetime {
+            expires_at: t0 + Duration::from_secs(100),
+            drain_margin: Duration::from_secs(10),
+        });
+        let mixer = Mixer::start_with_rng(
+            rt.clone(),
+            store,
+            rec.clone(),
+            config,
+            StdRng::seed_from_u64(2),
+        )
+        .unwrap();
+        let (_, at) = mixer.admit(ItemKind::Mail, b"m".to_vec()).await.unwrap();
+        // A 500 s delay would outlive the mote: it leaves at the drain point.
+        assert_eq!(at.duration_since(t0).unwrap(), Duration::from_secs(90));
+        rt.advance_by(Duration::from_secs(95)).await;
+        assert_eq!(rec.attempts().len(), 1);
+        assert_eq!(
+            rec.attempts()[0].1.duration_since(t0).unwrap(),
+            Duration::from_secs(90)
+        );
+        // After the drain point nothing new is taken.
+        assert!(matches!(
+            mixer.admit(ItemKind::Mail, b"late".to_vec()).await,
+            Err(MixerError::Expiring)
+        ));
     });
 }

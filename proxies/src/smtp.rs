@@ -73,6 +73,9 @@ pub enum AdmitError {
     /// The mote is stopping (421).
     #[error("shutting down")]
     ShuttingDown,
+    /// The mote expires too soon for the message to leave in time (451).
+    #[error("expiring")]
+    Expiring,
 }
 
 /// Durable admission of an encoded [`StoredMail`]. Must return only after
@@ -92,6 +95,7 @@ where
         match Mixer::admit(self, ItemKind::Mail, payload).await {
             Ok(_) => Ok(()),
             Err(MixerError::ShuttingDown) => Err(AdmitError::ShuttingDown),
+            Err(MixerError::Expiring) => Err(AdmitError::Expiring),
             Err(e) => {
                 tracing::error!(error = %e, "admission failed; client told 451");
                 Err(AdmitError::Temporary)
@@ -570,6 +574,11 @@ where
         match self.admission.admit(payload).await {
             Ok(()) => {
                 self.reply("250 2.0.0 Ok: queued").await?;
+                Ok(Flow::Continue)
+            }
+            Err(AdmitError::Expiring) => {
+                self.reply("451 4.3.2 This mote expires soon and takes no new mail")
+                    .await?;
                 Ok(Flow::Continue)
             }
             Err(AdmitError::Temporary) => {
