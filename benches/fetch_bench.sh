@@ -71,6 +71,7 @@ HTTP_PORT=$(free_port)
 cat > "$work/mote.toml" <<CONF
 [storage]
 dir = "$work/mote-data"
+cache_bytes = ${CACHE_BYTES:-67108864}
 [smtp]
 listen = "127.0.0.1:$SMTP_PORT"
 [http]

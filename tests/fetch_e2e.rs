@@ -377,3 +377,22 @@ fn limits_private_addresses_and_origin_errors_fail_jobs_cleanly() {
     }
     assert_eq!(client.content(&first), vec![1u8; 600_000]);
 }
+
+#[test]
+fn https_origins_are_fetched_with_an_extra_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = make_certs(certs.path());
+    let nginx = Nginx::start_tls(Some((&cert, &key)));
+    let sink = Sink::start();
+    let mut cfg = MoteConfig::new(sink.port);
+    cfg.extra = format!(
+        "[fetch]\nchunk = {{ min = \"64KiB\", max = \"128KiB\" }}\ndelay = {{ distribution = \"constant\", value = \"5ms\" }}\nallow_private_addresses = true\nca_file = \"{ca}\"\n"
+    );
+    let mote = Mote::start(&cfg);
+    let client = Client::new(&mote);
+    let data: Vec<u8> = (0..500_000u32).map(|i| (i % 253) as u8).collect();
+    let id = client.add(&nginx.put_https("s.bin", &data));
+    client.wait_ready(&id);
+    assert_eq!(client.content(&id), data);
+    assert!(nginx.requests().len() >= 4, "in chunks over TLS");
+}

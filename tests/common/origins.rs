@@ -16,9 +16,21 @@ pub struct Nginx {
 
 impl Nginx {
     pub fn start() -> Self {
+        Self::start_tls(None)
+    }
+
+    /// With `Some((cert, key))` the server speaks TLS (https).
+    pub fn start_tls(tls: Option<(&str, &str)>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let d = dir.path().display();
+        let (ssl, certs) = match tls {
+            Some((cert, key)) => (
+                " ssl",
+                format!("ssl_certificate {cert};\n        ssl_certificate_key {key};"),
+            ),
+            None => ("", String::new()),
+        };
         std::fs::create_dir_all(dir.path().join("www")).unwrap();
         std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
         let conf = format!(
@@ -38,7 +50,8 @@ http {{
     uwsgi_temp_path {d}/tmp/uwsgi;
     scgi_temp_path {d}/tmp/scgi;
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port}{ssl};
+        {certs}
         root {d}/www;
     }}
 }}
@@ -73,6 +86,11 @@ http {{
     pub fn put(&self, name: &str, data: &[u8]) -> String {
         std::fs::write(self.dir.path().join("www").join(name), data).unwrap();
         format!("http://127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// Like [`Nginx::put`], with an https URL.
+    pub fn put_https(&self, name: &str, data: &[u8]) -> String {
+        self.put(name, data).replacen("http://", "https://", 1)
     }
 
     /// Access log lines: (uri, status, range header).
