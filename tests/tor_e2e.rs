@@ -389,6 +389,44 @@ fn fetch_through_tor(net: &TorNet) {
     println!("fetch: 700 kB through Arti in {chunks} chunks");
 }
 
+/// Tor's default exit policy rejects port 25, as does this network's exit:
+/// MX delivery to port 25 then waits with an error that says why.
+fn no_exit_for_port_25_is_a_clear_temporary_error(net: &TorNet) {
+    let dns = Dnsmasq::start();
+    let sink = Sink::start();
+    let work = tempfile::tempdir().unwrap();
+    let arti_toml = work.path().join("arti.toml");
+    net.write_arti_config(&arti_toml);
+    let mut cfg = MoteConfig::new(sink.port);
+    cfg.delay = r#"{ distribution = "constant", value = "100ms" }"#.into();
+    cfg.tor = format!("mode = \"arti\"\narti_config = \"{}\"", arti_toml.display());
+    cfg.delivery_mode = format!(
+        "mode = \"mx\"\nresolver = \"127.0.0.1:{}\"\ntls = \"none\"",
+        dns.port
+    );
+    let mote = Mote::start(&cfg);
+    submit(mote.port, "carol@example.test", "needs port 25");
+    let st = wait_for(Duration::from_secs(60), || {
+        let s = status(&mote);
+        (s.contains("last error") && s.contains("port 25")).then_some(s)
+    })
+    .unwrap_or_else(|| panic!("no clear error:\n{}", status(&mote)));
+    println!(
+        "port 25: {}",
+        st.lines()
+            .find(|l| l.starts_with("last error"))
+            .unwrap_or("")
+    );
+    assert!(st.contains("exit policy rejects port 25"), "{st}");
+    // Retried, never dropped: one item, queued or in flight.
+    let q = mote.queue_text(&[]);
+    assert!(
+        q.contains("queued:    1") || q.contains("in flight: 1"),
+        "{q}"
+    );
+    assert!(sink.messages().is_empty());
+}
+
 #[test]
 fn mail_through_a_private_tor_network() {
     let t0 = Instant::now();
@@ -405,5 +443,6 @@ fn mail_through_a_private_tor_network() {
     mx_delivery_with_dns_through_tor(&net);
     onion_ingress_and_onion_mx(&net);
     fetch_through_tor(&net);
+    no_exit_for_port_25_is_a_clear_temporary_error(&net);
     deploy_torrc_is_valid();
 }

@@ -160,7 +160,9 @@ impl Connector for Socks5 {
                     self.proxy
                 ))),
                 Ok(Err(e)) => Err(ConnectError::Io(io::Error::other(format!(
-                    "through tor: {e}"
+                    "through tor to port {}: {e}{}",
+                    target.port,
+                    arti::port_hint(target.port)
                 )))),
             };
             self.outcomes.record(&r);

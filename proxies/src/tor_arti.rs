@@ -142,7 +142,9 @@ impl Connector for Arti {
                         Ok(Box::new(SyncStream(Mutex::new(s))) as BoxStream)
                     }
                     Err(e) => Err(ConnectError::Io(std::io::Error::other(format!(
-                        "through Arti: {e}"
+                        "through Arti to port {}: {e}{}",
+                        target.port,
+                        port_hint(target.port)
                     )))),
                 }
             };
@@ -213,4 +215,13 @@ impl AsyncWrite for SyncStream {
 /// Arti. Installing twice is harmless.
 pub fn install_crypto_provider() {
     let _ = tokio_rustls::rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A hint for ports that Tor's default exit policy rejects.
+pub(crate) fn port_hint(port: u16) -> &'static str {
+    if port == 25 {
+        " (Tor's default exit policy rejects port 25: few exits, if any, carry SMTP to MX hosts; consider mode = \"relay\" on 465/587)"
+    } else {
+        ""
+    }
 }

@@ -197,7 +197,7 @@ ExitRelay 1
 IPv6Exit 0
 ExitPolicyRejectPrivate 0
 ExitPolicyRejectLocalInterfaces 0
-ExitPolicy reject 0.0.0.0/8:*,reject 10.0.0.0/8:*,reject 169.254.0.0/16:*,reject 172.16.0.0/12:*,reject 192.168.0.0/16:*,accept *:*
+ExitPolicy reject *:25,reject 0.0.0.0/8:*,reject 10.0.0.0/8:*,reject 169.254.0.0/16:*,reject 172.16.0.0/12:*,reject 192.168.0.0/16:*,accept *:*
 CONF
 } > "$dir/relay2/torrc"
 
