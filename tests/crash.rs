@@ -78,7 +78,7 @@ fn last_count(out: &std::path::Path) -> usize {
     let text = std::fs::read_to_string(out).unwrap_or_default();
     text.split(['\r', '\n'])
         .filter_map(|s| s.trim().parse().ok())
-        .last()
+        .next_back()
         .unwrap_or(0)
 }
 

@@ -2,7 +2,7 @@
 //! with Range, Python's http.server without) in random chunks, and curl
 //! retrieves the result, resumably.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 mod common;
 

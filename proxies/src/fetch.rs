@@ -436,6 +436,7 @@ fn resolve(base: &Uri, loc: &str) -> Option<String> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
