@@ -95,9 +95,13 @@ AUTH="Authorization: Bearer $TOKEN"
 peak_reset() { echo 5 > "/proc/$MOTE/clear_refs"; }
 peak_mib() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$MOTE/status"; }
 
-# 1. Fetch: curl directly vs the mote in chunks.
-t0=$(now); curl -s -o /dev/null "http://127.0.0.1:$NG_PORT/big.bin"; t1=$(now)
+# 1. Fetch: curl directly (to a file, then fsync: a download that is kept;
+#    and to /dev/null, the network-only ceiling) vs the mote in chunks.
+t0=$(now); curl -s -o "$work/curl.bin" "http://127.0.0.1:$NG_PORT/big.bin"; sync "$work/curl.bin"; t1=$(now)
 CURL_S=$(python3 -c "print($t1 - $t0)")
+rm -f "$work/curl.bin"
+t0=$(now); curl -s -o /dev/null "http://127.0.0.1:$NG_PORT/big.bin"; t1=$(now)
+CURL_NULL_S=$(python3 -c "print($t1 - $t0)")
 peak_reset
 t0=$(now)
 ID=$(curl -s -H "$AUTH" -X POST "http://127.0.0.1:$HTTP_PORT/v1/fetches" \
@@ -122,11 +126,13 @@ GOT=$(sha256sum "$work/from-mote" | cut -d' ' -f1)
 [ "$GOT" = "$SUM" ] || { echo "retrieved content differs from the origin's" >&2; exit 1; }
 rm -f "$work/from-nginx" "$work/from-mote"
 
-python3 - "$SIZE_MIB" "$CURL_S" "$FETCH_S" "$NGINX_S" "$MOTE_S" "$FETCH_RSS" "$GET_RSS" <<'PY'
+python3 - "$SIZE_MIB" "$CURL_S" "$FETCH_S" "$NGINX_S" "$MOTE_S" "$FETCH_RSS" "$GET_RSS" "$CURL_NULL_S" <<'PY'
 import sys
 mib, curl_s, fetch_s, nginx_s, mote_s = (float(x) for x in sys.argv[1:6])
 fetch_rss, get_rss = sys.argv[6:8]
+curl_null_s = float(sys.argv[8])
 print(f"size {mib:.0f} MiB, sha256 checked")
-print(f"fetch:     curl direct {mib/curl_s:8.1f} MiB/s   mote in chunks {mib/fetch_s:8.1f} MiB/s   ratio {curl_s/fetch_s:.2f} (goal >= 0.9)   mote peak RSS {fetch_rss} MiB")
+print(f"fetch:     curl -o file+sync {mib/curl_s:8.1f} MiB/s   mote in chunks {mib/fetch_s:8.1f} MiB/s   ratio {curl_s/fetch_s:.2f} (goal >= 0.9)   mote peak RSS {fetch_rss} MiB")
+print(f"           (curl to /dev/null {mib/curl_null_s:8.1f} MiB/s: ratio {curl_null_s/fetch_s:.2f})")
 print(f"retrieval: nginx       {mib/nginx_s:8.1f} MiB/s   mote cache     {mib/mote_s:8.1f} MiB/s   ratio {nginx_s/mote_s:.2f} (goal >= 0.8)   mote peak RSS {get_rss} MiB")
 PY
