@@ -102,12 +102,9 @@ fn tor_down_means_wait_not_clearnet(net: &TorNet) {
 /// bootstrap.
 fn arti_delivery(net: &TorNet) {
     let sink = Sink::start();
-    let work = tempfile::tempdir().unwrap();
-    let arti_toml = work.path().join("arti.toml");
-    net.write_arti_config(&arti_toml);
     let mut cfg = MoteConfig::new(sink.port);
     cfg.delay = r#"{ distribution = "constant", value = "100ms" }"#.into();
-    cfg.tor = format!("mode = \"arti\"\narti_config = \"{}\"", arti_toml.display());
+    cfg.tor = net.arti_tor_table();
     cfg.rust_log = Some("info,dust_proxies=debug".into());
     let t0 = Instant::now();
     let mote = Mote::start(&cfg);
@@ -337,11 +334,8 @@ fn deploy_torrc_is_valid() {
 fn fetch_through_tor(net: &TorNet) {
     let nginx = common::origins::Nginx::start();
     let sink = Sink::start();
-    let work = tempfile::tempdir().unwrap();
-    let arti_toml = work.path().join("arti.toml");
-    net.write_arti_config(&arti_toml);
     let mut cfg = MoteConfig::new(sink.port);
-    cfg.tor = format!("mode = \"arti\"\narti_config = \"{}\"", arti_toml.display());
+    cfg.tor = net.arti_tor_table();
     cfg.extra = "[fetch]\nchunk = { min = \"64KiB\", max = \"200KiB\" }\ndelay = { distribution = \"constant\", value = \"10ms\" }\n".into();
     let mote = Mote::start(&cfg);
     let data: Vec<u8> = (0..700_000u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -394,12 +388,9 @@ fn fetch_through_tor(net: &TorNet) {
 fn no_exit_for_port_25_is_a_clear_temporary_error(net: &TorNet) {
     let dns = Dnsmasq::start();
     let sink = Sink::start();
-    let work = tempfile::tempdir().unwrap();
-    let arti_toml = work.path().join("arti.toml");
-    net.write_arti_config(&arti_toml);
     let mut cfg = MoteConfig::new(sink.port);
     cfg.delay = r#"{ distribution = "constant", value = "100ms" }"#.into();
-    cfg.tor = format!("mode = \"arti\"\narti_config = \"{}\"", arti_toml.display());
+    cfg.tor = net.arti_tor_table();
     cfg.delivery_mode = format!(
         "mode = \"mx\"\nresolver = \"127.0.0.1:{}\"\ntls = \"none\"",
         dns.port

@@ -93,6 +93,16 @@ ipv6_subnet_family_prefix = 129
         std::fs::write(path, text).unwrap();
     }
 
+    /// `[tor]` table lines for a mote in Arti mode joining this network
+    /// (writes a fresh Arti file into the network's directory).
+    pub fn arti_tor_table(&self) -> String {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self.dir.path().join(format!("arti-{n}.toml"));
+        self.write_arti_config(&path);
+        format!("mode = \"arti\"\narti_config = \"{}\"", path.display())
+    }
+
     pub fn stop_client(&self) {
         self.run("stop-client");
     }
