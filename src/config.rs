@@ -631,6 +631,7 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
         allow_private_addresses: f.allow_private_addresses,
         extra_ca_pem: fetch_ca,
         timeout: f.timeout,
+        typical_delay: f.delay.typical(),
     };
     let m = &config.mixer;
     m.delay

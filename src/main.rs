@@ -305,11 +305,15 @@ async fn run(checked: Checked) -> Result<(), String> {
     };
     let schedule: dust_proxies::http::ScheduleFn = {
         let mixer = mixer.clone();
-        Arc::new(move |id| {
+        Arc::new(move |id, not_before_ms| {
             let mixer = mixer.clone();
             Box::pin(async move {
                 mixer
-                    .admit(ItemKind::Fetch, id.0.to_vec())
+                    .admit_after(
+                        ItemKind::Fetch,
+                        id.0.to_vec(),
+                        not_before_ms.map(dust_mixer::from_wall_ms),
+                    )
                     .await
                     .map(|_| ())
                     .map_err(|e| e.to_string())

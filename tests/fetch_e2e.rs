@@ -179,6 +179,13 @@ fn kill_9_mid_download_resumes_without_refetching_stored_chunks() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(12);
     let data: Vec<u8> = (0..5 * 1024 * 1024).map(|_| rng.random()).collect();
     let id = client.add(&nginx.put("f.bin", &data));
+    // Once the size is known the job says when it expects to be ready.
+    let v = wait_for(Duration::from_secs(30), || {
+        let v = client.state(&id);
+        v["expected_ready_ms"].as_u64().map(|_| v)
+    })
+    .expect("an expected ready time");
+    assert_eq!(v["total"].as_u64(), Some(data.len() as u64), "{v}");
     let mut kills = 0;
     for after in [6, 18, 30] {
         // Kill once the origin has served `after` chunk requests.

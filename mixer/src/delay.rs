@@ -96,6 +96,15 @@ impl DelaySpec {
         }
     }
 
+    /// The typical delay (the distribution's mean before clamping), for
+    /// estimates shown to users.
+    pub fn typical(&self) -> Duration {
+        match self {
+            DelaySpec::Exponential { mean, .. } => *mean,
+            DelaySpec::Constant { value } => *value,
+        }
+    }
+
     /// Draw one delay. `self` must have passed [`validate`](Self::validate).
     pub fn sample<G: Rng + ?Sized>(&self, rng: &mut G) -> Duration {
         match self {

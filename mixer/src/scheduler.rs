@@ -232,6 +232,18 @@ where
         kind: crate::ItemKind,
         payload: Vec<u8>,
     ) -> Result<(ItemId, SystemTime), MixerError> {
+        self.admit_after(kind, payload, None).await
+    }
+
+    /// Like [`admit`](Self::admit), but the delay starts counting at
+    /// `not_before` if that is later than now (a download the user wants
+    /// started no earlier than a given time).
+    pub async fn admit_after(
+        &self,
+        kind: crate::ItemKind,
+        payload: Vec<u8>,
+        not_before: Option<SystemTime>,
+    ) -> Result<(ItemId, SystemTime), MixerError> {
         let inner = &self.inner;
         if inner.stopping.load(Ordering::SeqCst) {
             return Err(MixerError::ShuttingDown);
@@ -247,7 +259,8 @@ where
                 inner.cfg.delay_for(kind as u8).sample(&mut *rng),
             )
         };
-        let release_ms = wall_ms_ceil(inner.cfg.clamp(now + delay));
+        let start = not_before.map_or(now, |t| t.max(now));
+        let release_ms = wall_ms_ceil(inner.cfg.clamp(start + delay));
         let item = Item {
             id,
             kind: kind as u8,

@@ -441,3 +441,46 @@ fn nothing_is_released_after_the_drain_point_and_late_admissions_are_refused() {
         ));
     });
 }
+
+#[test]
+fn a_not_before_time_delays_the_first_release() {
+    each_runtime(|rt| async move {
+        let store = Store::temporary().unwrap();
+        let rec = Recorder::new(&rt, Answer::Ok);
+        let mixer = Mixer::start_with_rng(
+            rt.clone(),
+            store,
+            rec.clone(),
+            cfg(DelaySpec::Constant {
+                value: Duration::from_secs(3),
+            }),
+            StdRng::seed_from_u64(3),
+        )
+        .unwrap();
+        let t0 = rt.wallclock();
+        let later = t0 + Duration::from_secs(3600);
+        let (_, at) = mixer
+            .admit_after(ItemKind::Fetch, b"j".to_vec(), Some(later))
+            .await
+            .unwrap();
+        assert_eq!(at.duration_since(t0).unwrap(), Duration::from_secs(3603));
+        // A not_before in the past changes nothing.
+        let (_, at) = mixer
+            .admit_after(
+                ItemKind::Fetch,
+                b"k".to_vec(),
+                Some(t0 - Duration::from_secs(9)),
+            )
+            .await
+            .unwrap();
+        assert_eq!(at.duration_since(t0).unwrap(), Duration::from_secs(3));
+        rt.advance_until_stalled().await;
+        let mut times: Vec<u64> = rec
+            .attempts()
+            .iter()
+            .map(|(_, t)| t.duration_since(t0).unwrap().as_secs())
+            .collect();
+        times.sort();
+        assert_eq!(times, [3, 3603]);
+    });
+}

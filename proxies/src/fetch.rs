@@ -45,6 +45,8 @@ pub struct FetchConfig {
     pub extra_ca_pem: Option<Vec<u8>>,
     /// Bound on one chunk request.
     pub timeout: Duration,
+    /// The typical delay between chunks (for the expected ready time).
+    pub typical_delay: Duration,
 }
 
 /// Fetches download chunks.
@@ -218,7 +220,17 @@ impl Fetcher {
                 }
                 self.store.put_chunk(&id, have, &body).map_err(temp)?;
                 job.total = total.or(job.total);
-                let done = job.total.is_some_and(|t| have + body.len() as u64 >= t);
+                let stored = have + body.len() as u64;
+                let done = job.total.is_some_and(|t| stored >= t);
+                if let Some(t) = job.total {
+                    let avg = (self.cfg.chunk_min + self.cfg.chunk_max.max(self.cfg.chunk_min)) / 2;
+                    let chunks_left = t.saturating_sub(stored).div_ceil(avg.max(1));
+                    let wait = self
+                        .cfg
+                        .typical_delay
+                        .saturating_mul(chunks_left.min(u32::MAX as u64) as u32);
+                    job.expected_ready_ms = Some(wall_ms(SystemTime::now() + wait));
+                }
                 job.state = if done {
                     JobState::Ready
                 } else {

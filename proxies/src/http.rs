@@ -96,8 +96,11 @@ pub type StatusFn = Arc<dyn Fn() -> Value + Send + Sync>;
 
 /// Puts a new job's fetch item into the mix; must return only once it is
 /// durably stored (the mixer's admission fsyncs).
-pub type ScheduleFn =
-    Arc<dyn Fn(ItemId) -> futures::future::BoxFuture<'static, Result<(), String>> + Send + Sync>;
+pub type ScheduleFn = Arc<
+    dyn Fn(ItemId, Option<u64>) -> futures::future::BoxFuture<'static, Result<(), String>>
+        + Send
+        + Sync,
+>;
 
 /// The API server.
 pub struct Api {
@@ -440,7 +443,7 @@ impl Api {
         }
         // 202 only once the job and its fetch item are on disk (the
         // admission's fsync covers the job record written before it).
-        if let Err(e) = (self.schedule)(id).await {
+        if let Err(e) = (self.schedule)(id, not_before_ms).await {
             tracing::error!(error = %e, "scheduling a fetch job failed");
             let _ = self.store.delete_job(&id);
             return refused();

@@ -42,7 +42,7 @@ async fn start() -> Server {
         // Scheduling here only makes the job durable (no mixer in this test).
         {
             let store = Arc::clone(&store);
-            Arc::new(move |_id| {
+            Arc::new(move |_id, _not_before| {
                 let store = Arc::clone(&store);
                 Box::pin(async move { store.sync().await.map_err(|e| e.to_string()) })
             })
