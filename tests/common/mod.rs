@@ -28,14 +28,23 @@ pub fn peer(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; the tests bind it again
-/// right away).
+/// A free TCP port on 127.0.0.1, below Linux's ephemeral range (32768 and
+/// up) so that no outgoing connection can take it between this check and
+/// the server's bind; never the same port twice in one test process.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap();
+    loop {
+        let port = 20_000 + (rand::random::<u16>() % 12_000);
+        if given.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Poll `f` every 20 ms until it returns `Some` or `timeout` passes.

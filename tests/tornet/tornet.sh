@@ -115,11 +115,21 @@ fi
 
 : > "$dir/empty-torrc"
 echo "nameserver 127.0.0.1" > "$dir/resolv.conf"
+# Free ports below the ephemeral range (32768+), so that no outgoing
+# connection takes one before tor binds it.
 read -r P_AUTH_OR P_AUTH_DIR P_R1_OR P_R2_OR P_R3_OR P_SOCKS P_CTRL < <(python3 -c '
-import socket
-socks = [socket.socket() for _ in range(7)]
-for s in socks: s.bind(("127.0.0.1", 0))
-print(" ".join(str(s.getsockname()[1]) for s in socks))')
+import random, socket
+ports, socks = [], []
+while len(ports) < 7:
+    p = random.randrange(20000, 32000)
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", p))
+    except OSError:
+        continue
+    if p not in ports:
+        ports.append(p); socks.append(s)
+print(" ".join(map(str, ports)))')
 
 TOR=(tor --defaults-torrc "$dir/empty-torrc" --hush)
 
