@@ -187,6 +187,11 @@ impl Fetcher {
             Err(DeliveryError::Permanent(reason)) => return self.fail(&id, &mut job, reason).await,
             Err(e) => return Err(e),
         };
+        // Deleted while we were asking: store nothing (and do not bring
+        // the job record back).
+        if self.store.job(&id).map_err(temp)?.is_none() {
+            return Ok(Outcome::Done);
+        }
         match status {
             StatusCode::PARTIAL_CONTENT => {
                 let (a, b, total) = headers
