@@ -47,6 +47,8 @@ struct Shared {
     gate: Mutex<()>,
     /// Number of flushes done, for metrics and the group-commit test.
     flushes: std::sync::atomic::AtomicU64,
+    /// Waiters in the batch being flushed now (for the group-commit test).
+    in_flush: std::sync::atomic::AtomicUsize,
 }
 
 /// Handle to the flusher thread; dropping it stops the thread after a last
@@ -65,6 +67,7 @@ impl Flusher {
             wake: Condvar::new(),
             gate: Mutex::new(()),
             flushes: std::sync::atomic::AtomicU64::new(0),
+            in_flush: std::sync::atomic::AtomicUsize::new(0),
         });
         let mut disk = DiskSync::new(dir)?;
         let s = shared.clone();
@@ -116,6 +119,12 @@ impl Flusher {
         self.shared
             .flushes
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub(crate) fn in_flush(&self) -> usize {
+        self.shared
+            .in_flush
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub(crate) fn pending(&self) -> usize {
@@ -205,7 +214,11 @@ fn run(shared: &Shared, db: &sled::Db, disk: &mut DiskSync) {
             if st.waiters.is_empty() {
                 return; // shutdown and nothing pending
             }
-            std::mem::take(&mut st.waiters)
+            let batch = std::mem::take(&mut st.waiters);
+            shared
+                .in_flush
+                .store(batch.len(), std::sync::atomic::Ordering::SeqCst);
+            batch
         };
         let result = {
             let _gate = shared.gate.lock().unwrap_or_else(PoisonError::into_inner);
@@ -216,6 +229,9 @@ fn run(shared: &Shared, db: &sled::Db, disk: &mut DiskSync) {
         shared
             .flushes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        shared
+            .in_flush
+            .store(0, std::sync::atomic::Ordering::SeqCst);
         for w in batch {
             // A waiter that went away (its session was dropped) is fine.
             let _ = w.send(result.clone());

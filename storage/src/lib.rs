@@ -21,6 +21,9 @@ const FORMAT_KEY: &[u8] = b"format";
 /// items are deleted soon after delivery, so the working set is the queue.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
 
+/// How long [`Store::open`] waits for a database lock that is being released.
+pub const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Errors of the storage layer. Every variant is a *temporary* failure from
 /// the point of view of a client: the write was not acknowledged, so the
 /// client may retry (SMTP 451, HTTP 503).
@@ -106,15 +109,31 @@ impl Store {
     /// Crash behaviour: items that were in flight when the process died are
     /// put back on the schedule at their old release time, which is in the
     /// past, so they are due at once (at-least-once delivery).
+    ///
+    /// sled releases its file lock from background threads a moment after
+    /// the last handle is dropped, so reopening in the same process retries
+    /// a lock conflict for up to [`LOCK_WAIT`] before reporting it (another
+    /// process holding the database gets the error after that wait).
     pub fn open(dir: &Path, cache_bytes: u64) -> Result<Arc<Self>> {
-        let db = sled::Config::new()
+        let config = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
             // We flush explicitly (group commit); sled's timer flush would only
             // add fsyncs that nobody waits for.
-            .flush_every_ms(None)
-            .open()
-            .map_err(db_err("opening the database"))?;
+            .flush_every_ms(None);
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match config.open() {
+                Ok(db) => break db,
+                Err(e)
+                    if e.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return Err(db_err("opening the database")(e)),
+            }
+        };
         Self::from_db(db, Some(dir.to_path_buf()))
     }
 
@@ -241,6 +260,12 @@ impl Store {
     #[doc(hidden)]
     pub fn pending_syncs(&self) -> usize {
         self.flusher.pending()
+    }
+
+    /// Writers whose flush is running now.
+    #[doc(hidden)]
+    pub fn syncs_in_flush(&self) -> usize {
+        self.flusher.in_flush()
     }
 
     /// Block the flusher while the guard lives (tests of group commit).

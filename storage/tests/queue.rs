@@ -82,15 +82,17 @@ async fn concurrent_admissions_share_one_flush() {
         let s = Arc::clone(&store);
         tasks.push(tokio::spawn(async move { s.admit(&item(n, 1)).await }));
     }
-    // Wait (bounded) until the flusher holds one batch and the rest are queued.
+    // Wait (bounded) until every writer waits: some in the batch the flusher
+    // holds (blocked by the gate), the rest queued behind it.
+    let waiting = || store.pending_syncs() + store.syncs_in_flush();
     for _ in 0..1000 {
-        if store.pending_syncs() >= 49 {
+        if waiting() == 50 && store.pending_syncs() > 0 {
             break;
         }
         tokio::task::yield_now().await;
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
-    assert!(store.pending_syncs() >= 49, "writers did not pile up");
+    assert_eq!(waiting(), 50, "writers did not pile up");
     drop(gate);
     for t in tasks {
         t.await.unwrap().unwrap();
