@@ -702,7 +702,7 @@ fn an_expiring_mote_says_so_and_takes_no_new_mail() {
         PASSWORD,
         &["--to", "bob@example.net", "--body", "too late"],
     );
-    assert!(!ok && t.contains("451 4.3.2"), "{t}");
+    assert!(!ok && t.contains("452 4.3.1"), "{t}");
     let out = std::process::Command::new(bin())
         .args(["status", "--config"])
         .arg(&mote.config)

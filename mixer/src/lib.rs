@@ -59,7 +59,7 @@ pub enum MixerError {
     #[error("the mixer is shutting down")]
     ShuttingDown,
     /// The mote expires too soon for a new item to leave in time
-    /// (SMTP 451, HTTP 503).
+    /// (SMTP 452, HTTP 503).
     #[error("the mote expires too soon to accept new items")]
     Expiring,
 }

@@ -73,7 +73,7 @@ pub enum AdmitError {
     /// The mote is stopping (421).
     #[error("shutting down")]
     ShuttingDown,
-    /// The mote expires too soon for the message to leave in time (451).
+    /// The mote expires too soon for the message to leave in time (452).
     #[error("expiring")]
     Expiring,
 }
@@ -577,7 +577,7 @@ where
                 Ok(Flow::Continue)
             }
             Err(AdmitError::Expiring) => {
-                self.reply("451 4.3.2 This mote expires soon and takes no new mail")
+                self.reply("452 4.3.1 This mote expires soon and takes no new mail")
                     .await?;
                 Ok(Flow::Continue)
             }
