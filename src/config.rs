@@ -476,7 +476,7 @@ pub fn parse(text: &str, file: &str) -> Result<Checked, ConfigError> {
     parse_at(text, file, None)
 }
 
-/// Like [`parse`]; relative paths in the file (`tor.arti_config`,
+/// Like `parse`; relative paths in the file (`tor.arti_config`,
 /// `delivery.mail.ca_file`) are taken relative to `base`.
 fn parse_at(text: &str, file: &str, base: Option<&Path>) -> Result<Checked, ConfigError> {
     let err = |key: &str, reason: String| ConfigError {
