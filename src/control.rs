@@ -40,12 +40,19 @@ fn report(store: &Store, addresses: bool) -> Result<Value, String> {
         let mut items = Vec::new();
         for item in store.items() {
             let item = item.map_err(|e| e.to_string())?;
-            let (from, rcpts) = match StoredMail::decode(&item.payload) {
-                Ok(m) => (m.from, m.rcpts),
-                Err(_) => ("(undecodable)".to_string(), Vec::new()),
+            let is_fetch = item.kind == dust_mixer::ItemKind::Fetch as u8;
+            let (from, rcpts) = if is_fetch {
+                // The payload is the job id; the URL stays in the job.
+                (String::new(), Vec::new())
+            } else {
+                match StoredMail::decode(&item.payload) {
+                    Ok(m) => (m.from, m.rcpts),
+                    Err(_) => ("(undecodable)".to_string(), Vec::new()),
+                }
             };
             items.push(json!({
                 "id": item.id.to_string(),
+                "kind": if is_fetch { "fetch" } else { "mail" },
                 "state": if item.state == ItemState::InFlight { "in-flight" } else { "queued" },
                 "attempts": item.attempts,
                 "release_ms": item.release_ms,
@@ -202,6 +209,15 @@ pub fn queue(config: Option<&Path>, addresses: bool) -> Result<(), String> {
                 .as_array()
                 .map(|a| a.iter().filter_map(Value::as_str).collect())
                 .unwrap_or_default();
+            if i["kind"] == "fetch" {
+                out.push_str(&format!(
+                    "  {} fetch {} release={}\n",
+                    i["id"].as_str().unwrap_or("?"),
+                    i["state"].as_str().unwrap_or("?"),
+                    when(i["release_ms"].as_u64().unwrap_or(0), now),
+                ));
+                continue;
+            }
             out.push_str(&format!(
                 "  {} {} attempts={} release={} from=<{}> to={}\n",
                 i["id"].as_str().unwrap_or("?"),

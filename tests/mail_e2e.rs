@@ -680,6 +680,9 @@ fn the_http_api_runs_beside_smtp_with_status_and_durable_jobs() {
     assert_eq!(code, 200, "{body}");
     assert!(body.contains("\"state\":\"queued\""), "{body}");
     // The mail and the download job's fetch item wait in the mix.
+    let shown = mote.queue_text(&["--show-addresses"]);
+    assert!(shown.contains(" fetch queued "), "{shown}");
+    assert!(shown.contains("to=bob@example.net"), "{shown}");
     let (code, body) = curl(&[&format!("{base}/metrics")]);
     assert_eq!(code, 200);
     assert!(
