@@ -263,6 +263,14 @@ async fn run(checked: Checked) -> Result<(), String> {
         in_flight = stats.in_flight,
         "queue opened"
     );
+    // Listen first: a mote that cannot take its ports must not start
+    // delivering either.
+    let listener = tokio::net::TcpListener::bind(config.smtp.listen)
+        .await
+        .map_err(|e| format!("listening on {}: {e}", config.smtp.listen))?;
+    let http_listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .map_err(|e| format!("listening on {}: {e}", config.http.listen))?;
     let connector: Arc<dyn Connector> = match config.tor.mode {
         TorMode::Direct => Arc::new(Direct::new(CONNECT_TIMEOUT)),
         TorMode::Socks5 => Arc::new(Socks5::new(config.tor.socks_addr(), CONNECT_TIMEOUT)),
@@ -284,12 +292,6 @@ async fn run(checked: Checked) -> Result<(), String> {
         mixer_cfg,
     )
     .map_err(|e| e.to_string())?;
-    let listener = tokio::net::TcpListener::bind(config.smtp.listen)
-        .await
-        .map_err(|e| format!("listening on {}: {e}", config.smtp.listen))?;
-    let http_listener = tokio::net::TcpListener::bind(config.http.listen)
-        .await
-        .map_err(|e| format!("listening on {}: {e}", config.http.listen))?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let control = control::serve(
         &dir,
