@@ -25,6 +25,9 @@ use crate::delivery::implicit_tls;
 use crate::http::{Job, JobState};
 use crate::tor::{BoxStream, Connector, Target};
 
+/// The reason a job fails when its user's downloads would be too large.
+const USER_CAP: &str = "the user's downloads would exceed the per-user limit";
+
 /// `[fetch]` settings.
 #[derive(Debug, Clone)]
 pub struct FetchConfig {
@@ -207,18 +210,8 @@ impl Fetcher {
                         .fail(&id, &mut job, "object larger than the per-job limit".into())
                         .await;
                 }
-                if have == 0
-                    && total.is_some_and(|t| {
-                        self.user_bytes(&job.user, &id) + t > self.cfg.max_user_bytes
-                    })
-                {
-                    return self
-                        .fail(
-                            &id,
-                            &mut job,
-                            "the user's downloads would exceed the per-user limit".into(),
-                        )
-                        .await;
+                if have == 0 && total.is_some_and(|t| self.over_user_cap(&job, &id, t)) {
+                    return self.fail(&id, &mut job, USER_CAP.into()).await;
                 }
                 if have == 0 {
                     job.etag = validator(&headers);
@@ -251,14 +244,8 @@ impl Fetcher {
                 if have > 0 {
                     tracing::info!("origin object changed or Range ignored; download restarted from the full response");
                 }
-                if self.user_bytes(&job.user, &id) + body.len() as u64 > self.cfg.max_user_bytes {
-                    return self
-                        .fail(
-                            &id,
-                            &mut job,
-                            "the user's downloads would exceed the per-user limit".into(),
-                        )
-                        .await;
+                if self.over_user_cap(&job, &id, body.len() as u64) {
+                    return self.fail(&id, &mut job, USER_CAP.into()).await;
                 }
                 self.store.clear_chunks(&id).map_err(temp)?;
                 self.store.put_chunk(&id, 0, &body).map_err(temp)?;
@@ -319,16 +306,20 @@ impl Fetcher {
         }
     }
 
-    /// Bytes that `user`'s other jobs hold or will hold.
-    fn user_bytes(&self, user: &str, except: &ItemId) -> u64 {
-        self.store
+    /// Whether `job` (id `id`) at `size` bytes would take its user's
+    /// downloads (the other jobs' known sizes, failed ones aside) over
+    /// `max_user_bytes`.
+    fn over_user_cap(&self, job: &Job, id: &ItemId, size: u64) -> bool {
+        let others: u64 = self
+            .store
             .jobs()
             .flatten()
-            .filter(|(id, _)| id != except)
+            .filter(|(other, _)| other != id)
             .filter_map(|(_, rec)| Job::decode(&rec))
-            .filter(|j| j.user == user && j.state != JobState::Failed)
+            .filter(|j| j.user == job.user && j.state != JobState::Failed)
             .map(|j| j.total.unwrap_or(0))
-            .sum()
+            .sum();
+        others + size > self.cfg.max_user_bytes
     }
 
     /// GET `job.url` bytes `first..=last` (with If-Range once validated).
