@@ -159,14 +159,8 @@ impl Fetcher {
         if job.not_before_ms.is_some_and(|t| now < t) {
             return Ok(Outcome::Again);
         }
-        // The content so far is one contiguous prefix.
-        let have: u64 = self
-            .store
-            .chunk_ranges(&id)
-            .map_err(temp)?
-            .iter()
-            .map(|(_, l)| l)
-            .sum();
+        // The content so far is one contiguous prefix (stored front to back).
+        let have = self.store.content_len(&id).map_err(temp)?;
         if job.total.is_some_and(|t| have >= t) {
             job.state = JobState::Ready;
             self.save(&id, &job).await?;

@@ -459,8 +459,8 @@ impl Api {
             Ok(j) => j,
             Err(r) => return r,
         };
-        let stored: u64 = match self.store.chunk_ranges(&id) {
-            Ok(r) => r.iter().map(|(_, l)| l).sum(),
+        let stored = match self.store.content_len(&id) {
+            Ok(n) => n,
             Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "storage", &e.to_string()),
         };
         json_response(
@@ -542,23 +542,14 @@ impl Api {
             let len = body.len() as u64;
             with_headers(status, full(body), len)
         };
-        // Whether bytes a..b are all stored (without reading them).
+        // Whether bytes a..b are all stored (a ready job has everything).
         let covered = |a: u64, b: u64| -> Result<bool, Resp> {
-            let ranges = self
-                .store
-                .chunk_ranges(&id)
-                .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, "storage", &e.to_string()))?;
-            let mut pos = a;
-            for (off, len) in ranges {
-                if pos >= b {
-                    break;
-                }
-                if off > pos {
-                    return Ok(false);
-                }
-                pos = pos.max(off + len);
+            if ready {
+                return Ok(true);
             }
-            Ok(pos >= b)
+            self.store
+                .content_stored(&id, a, b)
+                .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, "storage", &e.to_string()))
         };
         match ranges {
             Some(r) if r.is_empty() => {

@@ -98,12 +98,31 @@ impl Store {
             .collect()
     }
 
-    /// Bytes `start..end` of a job's content, or `None` if some of them are
-    /// not stored.
-    pub fn read_content(&self, id: &ItemId, start: u64, end: u64) -> Result<Option<Vec<u8>>> {
-        let mut out = Vec::with_capacity(end.saturating_sub(start).min(64 << 20) as usize);
+    /// Where a job's stored content ends: the end of its last piece (0 if
+    /// none). For content stored front to back, as the fetcher does, this is
+    /// the number of bytes stored; it reads one key, not all of them.
+    pub fn content_len(&self, id: &ItemId) -> Result<u64> {
+        Ok(self
+            .chunks
+            .range(chunk_key(id, 0)..=chunk_key(id, u64::MAX))
+            .next_back()
+            .transpose()
+            .map_err(db_err("reading content"))?
+            .map(|(k, v)| offset_of(&k) + v.len() as u64)
+            .unwrap_or(0))
+    }
+
+    /// Walk the stored bytes of `start..end` piece by piece, handing each
+    /// slice to `visit`; `false` if some bytes are not stored. Starts at the
+    /// piece that holds `start`, so only the pieces in the range are read.
+    fn walk_content(
+        &self,
+        id: &ItemId,
+        start: u64,
+        end: u64,
+        mut visit: impl FnMut(&[u8]),
+    ) -> Result<bool> {
         let mut pos = start;
-        // The chunk that holds `start` begins at or before it.
         let first = self
             .chunks
             .range(chunk_key(id, 0)..=chunk_key(id, start))
@@ -123,16 +142,28 @@ impl Store {
             let off = offset_of(&k);
             let chunk_end = off + v.len() as u64;
             if off > pos {
-                return Ok(None); // a gap
+                return Ok(false); // a gap
             }
             if chunk_end <= pos {
                 continue;
             }
-            let from = (pos - off) as usize;
-            let to = (end.min(chunk_end) - off) as usize;
-            out.extend_from_slice(&v[from..to]);
-            pos = off + to as u64;
+            let to = end.min(chunk_end);
+            visit(&v[(pos - off) as usize..(to - off) as usize]);
+            pos = to;
         }
-        Ok((pos >= end).then_some(out))
+        Ok(pos >= end)
+    }
+
+    /// Whether all of bytes `start..end` of a job's content are stored.
+    pub fn content_stored(&self, id: &ItemId, start: u64, end: u64) -> Result<bool> {
+        self.walk_content(id, start, end, |_| {})
+    }
+
+    /// Bytes `start..end` of a job's content, or `None` if some of them are
+    /// not stored.
+    pub fn read_content(&self, id: &ItemId, start: u64, end: u64) -> Result<Option<Vec<u8>>> {
+        let mut out = Vec::with_capacity(end.saturating_sub(start).min(64 << 20) as usize);
+        let complete = self.walk_content(id, start, end, |piece| out.extend_from_slice(piece))?;
+        Ok(complete.then_some(out))
     }
 }

@@ -35,10 +35,15 @@ fn content_reads_across_chunks_and_reports_gaps() {
         store.read_content(&id(1), a, b).unwrap().unwrap(),
         &data[a as usize..b as usize]
     );
+    assert!(!store.content_stored(&id(1), 0, n).unwrap());
+    assert!(store.content_stored(&id(1), a, b).unwrap());
     store
         .put_chunk(&id(1), last.0 as u64, &data[last.0..last.1])
         .unwrap();
     assert_eq!(store.read_content(&id(1), 0, n).unwrap().unwrap(), data);
+    assert!(store.content_stored(&id(1), 0, n).unwrap());
+    assert_eq!(store.content_len(&id(1)).unwrap(), n);
+    assert_eq!(store.content_len(&id(2)).unwrap(), 0);
     for _ in 0..200 {
         let a = rng.random_range(0..n);
         let b = rng.random_range(a..=n);
