@@ -76,6 +76,7 @@ pub struct MailDelivery {
     route: Route,
     timeout: Duration,
     isolation: AtomicU64,
+    tls: TlsClient,
 }
 
 /// Where mail goes.
@@ -124,6 +125,7 @@ impl MailDelivery {
             route,
             timeout,
             isolation: AtomicU64::new(rand::random()),
+            tls: TlsClient::default(),
         }
     }
 
@@ -281,9 +283,11 @@ impl MailDelivery {
             .map_err(|e| DeliveryError::Temporary(e.to_string()))?;
         let hello = hello_name();
         let stream: BoxStream = match hop.tls {
-            TlsMode::Implicit => {
-                Box::new(implicit_tls(stream, hop.tls_name, hop.extra_ca_pem).await?)
-            }
+            TlsMode::Implicit => Box::new(
+                self.tls
+                    .connect(stream, hop.tls_name, hop.extra_ca_pem)
+                    .await?,
+            ),
             _ => stream,
         };
         let mut conn =
@@ -339,39 +343,64 @@ fn smtp_error(e: lettre::transport::smtp::Error) -> DeliveryError {
     }
 }
 
-pub(crate) async fn implicit_tls(
-    stream: BoxStream,
-    host: &str,
-    extra_ca_pem: Option<&[u8]>,
-) -> Result<tokio_rustls::client::TlsStream<BoxStream>, DeliveryError> {
-    use tokio_rustls::rustls::pki_types::pem::PemObject;
-    use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
-    use tokio_rustls::rustls::{self};
-    let mut roots = rustls::RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(pem) = extra_ca_pem {
-        for cert in CertificateDer::pem_slice_iter(pem) {
-            let cert =
-                cert.map_err(|e| DeliveryError::Temporary(format!("extra CA certificate: {e}")))?;
-            roots
-                .add(cert)
-                .map_err(|e| DeliveryError::Temporary(format!("extra CA certificate: {e}")))?;
+/// The rustls client configuration for implicit TLS (Web PKI roots plus an
+/// optional extra CA), built on first use and then shared by every
+/// connection of its owner, instead of rebuilding the root store per
+/// connection.
+#[derive(Debug, Default)]
+pub(crate) struct TlsClient(
+    std::sync::OnceLock<Result<Arc<tokio_rustls::rustls::ClientConfig>, String>>,
+);
+
+impl TlsClient {
+    fn build(
+        extra_ca_pem: Option<&[u8]>,
+    ) -> Result<Arc<tokio_rustls::rustls::ClientConfig>, String> {
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::CertificateDer;
+        use tokio_rustls::rustls::{self};
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(pem) = extra_ca_pem {
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| format!("extra CA certificate: {e}"))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("extra CA certificate: {e}"))?;
+            }
         }
+        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        Ok(Arc::new(config))
     }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| DeliveryError::Temporary(format!("TLS setup: {e}")))?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let name = ServerName::try_from(host.to_string()).map_err(|e| {
-        DeliveryError::Permanent(format!("relay name {host:?} is not a TLS server name: {e}"))
-    })?;
-    tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(name, stream)
-        .await
-        .map_err(|e| DeliveryError::Temporary(format!("TLS handshake: {e}")))
+
+    /// TLS from the first byte on `stream`, checking `host`'s certificate.
+    /// `extra_ca_pem` is read on the first call only (it is fixed per owner).
+    pub(crate) async fn connect(
+        &self,
+        stream: BoxStream,
+        host: &str,
+        extra_ca_pem: Option<&[u8]>,
+    ) -> Result<tokio_rustls::client::TlsStream<BoxStream>, DeliveryError> {
+        use tokio_rustls::rustls::pki_types::ServerName;
+        let config = self
+            .0
+            .get_or_init(|| Self::build(extra_ca_pem))
+            .clone()
+            .map_err(DeliveryError::Temporary)?;
+        let name = ServerName::try_from(host.to_string()).map_err(|e| {
+            DeliveryError::Permanent(format!("{host:?} is not a TLS server name: {e}"))
+        })?;
+        tokio_rustls::TlsConnector::from(config)
+            .connect(name, stream)
+            .await
+            .map_err(|e| DeliveryError::Temporary(format!("TLS handshake: {e}")))
+    }
 }
 
 /// Adapts a [`BoxStream`] to lettre's stream trait.

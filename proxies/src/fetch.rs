@@ -21,7 +21,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use rand::Rng;
 
-use crate::delivery::implicit_tls;
+use crate::delivery::TlsClient;
 use crate::http::{Job, JobState};
 use crate::tor::{BoxStream, Connector, Target};
 
@@ -61,6 +61,7 @@ pub struct Fetcher {
     /// checked here; through Tor the exit decides.
     direct: bool,
     isolation: AtomicU64,
+    tls: TlsClient,
 }
 
 /// Whether `ip` is private, loopback, link-local, unspecified or a cloud
@@ -112,6 +113,7 @@ impl Fetcher {
             cfg,
             direct,
             isolation: AtomicU64::new(rand::random()),
+            tls: TlsClient::default(),
         }
     }
 
@@ -350,7 +352,11 @@ impl Fetcher {
             .await
             .map_err(temp)?;
         let stream: BoxStream = if https {
-            Box::new(implicit_tls(stream, &host, self.cfg.extra_ca_pem.as_deref()).await?)
+            Box::new(
+                self.tls
+                    .connect(stream, &host, self.cfg.extra_ca_pem.as_deref())
+                    .await?,
+            )
         } else {
             stream
         };
