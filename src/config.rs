@@ -616,12 +616,7 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
             "[fetch] allow_private_addresses has no effect outside [tor] mode = \"direct\"".into(),
         );
     }
-    let fetch_ca = match &f.ca_file {
-        None => None,
-        Some(p) => Some(
-            std::fs::read(p).map_err(|e| err("fetch.ca_file", &format!("{}: {e}", p.display())))?,
-        ),
-    };
+    let fetch_ca = read_ca(f.ca_file.as_deref()).map_err(|reason| err("fetch.ca_file", &reason))?;
     let fetch = FetchConfig {
         chunk_min: f.chunk.min.0,
         chunk_max: f.chunk.max.0,
@@ -685,21 +680,8 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
             if d.timeout.is_zero() {
                 return Err(err("delivery.mail.timeout", "must be positive"));
             }
-            let extra_ca_pem = match &d.ca_file {
-                None => None,
-                Some(p) => {
-                    let pem = std::fs::read(p).map_err(|e| {
-                        err("delivery.mail.ca_file", &format!("{}: {e}", p.display()))
-                    })?;
-                    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
-                        return Err(err(
-                            "delivery.mail.ca_file",
-                            &format!("{}: no PEM certificate in it", p.display()),
-                        ));
-                    }
-                    Some(pem)
-                }
-            };
+            let extra_ca_pem = read_ca(d.ca_file.as_deref())
+                .map_err(|reason| err("delivery.mail.ca_file", &reason))?;
             let tls = match d.tls {
                 Tls::None => TlsMode::None,
                 Tls::Starttls => TlsMode::Starttls,
@@ -822,6 +804,17 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
         fetch,
         warnings,
     })
+}
+
+/// The PEM bytes of an extra CA file (`ca_file` keys), checked to hold a
+/// certificate.
+fn read_ca(path: Option<&Path>) -> Result<Option<Vec<u8>>, String> {
+    let Some(p) = path else { return Ok(None) };
+    let pem = std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()))?;
+    if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+        return Err(format!("{}: no PEM certificate in it", p.display()));
+    }
+    Ok(Some(pem))
 }
 
 /// `host:port` or `[v6]:port`.
