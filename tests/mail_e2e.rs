@@ -413,19 +413,12 @@ fn an_unreachable_next_hop_means_retries_not_loss() {
     let mut cfg = MoteConfig::new(relay_port);
     cfg.delay = r#"{ distribution = "constant", value = "100ms" }"#.into();
     let mote = Mote::start(&cfg);
-    let (ok, t) = swaks_auth(
+    submit_from(
         mote.port,
-        PASSWORD,
-        &[
-            "--from",
-            "alice@example.org",
-            "--to",
-            "bob@example.net",
-            "--body",
-            "kept safe",
-        ],
+        "alice@example.org",
+        "bob@example.net",
+        "kept safe",
     );
-    assert!(ok, "{t}");
     // Nothing listens on the relay port: the item stays queued, retried.
     let q = wait_for(Duration::from_secs(10), || {
         let out = mote.queue(&[]);
@@ -588,19 +581,7 @@ fn a_permanent_refusal_drops_the_message_and_sends_no_bounce() {
     .collect();
     let sink = Sink::start_args(port, &args);
     let mote = Mote::start(&MoteConfig::new(port));
-    let (ok, t) = swaks_auth(
-        mote.port,
-        PASSWORD,
-        &[
-            "--from",
-            "alice@example.org",
-            "--to",
-            "gone@example.net",
-            "--body",
-            "first",
-        ],
-    );
-    assert!(ok, "{t}");
+    submit_from(mote.port, "alice@example.org", "gone@example.net", "first");
     // Dropped: the queue empties although nothing was accepted downstream.
     let q = wait_for(Duration::from_secs(15), || {
         let text = mote.queue_text(&[]);
@@ -608,19 +589,7 @@ fn a_permanent_refusal_drops_the_message_and_sends_no_bounce() {
     });
     assert!(q.is_some(), "the refused message leaves the queue");
     // A second message goes through: the only message the sink ever sees.
-    let (ok, t) = swaks_auth(
-        mote.port,
-        PASSWORD,
-        &[
-            "--from",
-            "alice@example.org",
-            "--to",
-            "bob@example.net",
-            "--body",
-            "second",
-        ],
-    );
-    assert!(ok, "{t}");
+    submit_from(mote.port, "alice@example.org", "bob@example.net", "second");
     let msgs = sink.wait_messages(1, Duration::from_secs(30));
     assert_eq!(
         msgs.len(),

@@ -505,6 +505,16 @@ pub fn submit(port: u16, to: &str, body: &str) {
     assert!(ok, "{t}");
 }
 
+/// Like [`submit`], with an envelope sender.
+pub fn submit_from(port: u16, from: &str, to: &str, body: &str) {
+    let (ok, t) = swaks_auth(
+        port,
+        PASSWORD,
+        &["--from", from, "--to", to, "--body", body],
+    );
+    assert!(ok, "{t}");
+}
+
 impl Mote {
     /// `dustmote queue` output (`args` such as `--show-addresses`).
     pub fn queue_text(&self, args: &[&str]) -> String {
