@@ -6,10 +6,11 @@
 #   2. retrieved from the mote's cache with curl and a Range header vs curl
 #      from nginx (same Range);
 # with the mote's peak RSS in each phase (VmHWM, reset between phases) and
-# sha256 checks. Prints the ratios (goals: fetch >= 0.9 of curl, retrieval
+# sha256 checks. Prints the ratios of medians (goals: fetch >= 0.9 of curl, retrieval
 # >= 0.8 of nginx).
 #
 #   bash benches/fetch_bench.sh [SIZE_MIB]        (default 1024)
+#   CHUNK_MIN=64MiB CHUNK_MAX=128MiB bash benches/fetch_bench.sh   (other chunk bounds)
 set -euo pipefail
 SIZE_MIB=${1:-1024}
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -73,7 +74,7 @@ listen = "127.0.0.1:$HTTP_PORT"
 name = "bench"
 token_hash = "$HASH"
 [fetch]
-chunk = { min = "8MiB", max = "16MiB" }
+chunk = { min = "${CHUNK_MIN:-8MiB}", max = "${CHUNK_MAX:-16MiB}" }
 delay = { distribution = "constant", value = "0s" }
 allow_private_addresses = true
 [tor]
@@ -83,49 +84,66 @@ CONF
 RUST_LOG=warn "$BIN" serve --config "$work/mote.toml" 2>"$work/mote.log" &
 MOTE=$!
 pids+=($MOTE)
-wait_port "$HTTP_PORT"
+wait_port "$HTTP_PORT" || { cat "$work/mote.log" >&2; exit 1; }
 AUTH="Authorization: Bearer $TOKEN"
 peak_reset() { echo 5 > "/proc/$MOTE/clear_refs"; }
 peak_mib() { awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/$MOTE/status"; }
 
-# 1. Fetch: curl directly (to a file, then fsync: a download that is kept;
-#    and to /dev/null, the network-only ceiling) vs the mote in chunks.
-t0=$(now); curl -s -o "$work/curl.bin" "http://127.0.0.1:$NG_PORT/big.bin"; sync "$work/curl.bin"; t1=$(now)
-CURL_S=$(python3 -c "print($t1 - $t0)")
-rm -f "$work/curl.bin"
-t0=$(now); curl -s -o /dev/null "http://127.0.0.1:$NG_PORT/big.bin"; t1=$(now)
-CURL_NULL_S=$(python3 -c "print($t1 - $t0)")
-peak_reset
-t0=$(now)
-ID=$(curl -s -H "$AUTH" -X POST "http://127.0.0.1:$HTTP_PORT/v1/fetches" \
-    -d "{\"url\":\"http://127.0.0.1:$NG_PORT/big.bin\"}" | python3 -c 'import sys,json; print(json.load(sys.stdin)["id"])')
-deadline=$(( $(date +%s) + 1800 ))
-until curl -s -H "$AUTH" "http://127.0.0.1:$HTTP_PORT/v1/fetches/$ID" | grep -q '"state":"ready"'; do
-    [ "$(date +%s)" -lt "$deadline" ] || { echo "fetch did not finish" >&2; exit 1; }
-    sleep 0.05
+# Each measurement is repeated REPS times (default 3), alternating the
+# peers, and the medians are compared: this machine's loopback and disk
+# speeds vary by tens of percent from one second to the next.
+REPS=${REPS:-3}
+: > "$work/times"
+for rep in $(seq 1 "$REPS"); do
+    # 1. Fetch: curl directly (to a file, then fsync: a download that is
+    #    kept; and to /dev/null, the network-only ceiling) vs the mote in chunks.
+    t0=$(now); curl -s -o "$work/curl.bin" "http://127.0.0.1:$NG_PORT/big.bin"; sync "$work/curl.bin"; t1=$(now)
+    echo "curl $t0 $t1" >> "$work/times"
+    rm -f "$work/curl.bin"
+    t0=$(now); curl -s -o /dev/null "http://127.0.0.1:$NG_PORT/big.bin"; t1=$(now)
+    echo "curl_null $t0 $t1" >> "$work/times"
+    peak_reset
+    t0=$(now)
+    ID=$(curl -s -H "$AUTH" -X POST "http://127.0.0.1:$HTTP_PORT/v1/fetches" \
+        -d "{\"url\":\"http://127.0.0.1:$NG_PORT/big.bin\"}" | python3 -c 'import sys,json; print(json.load(sys.stdin)["id"])')
+    deadline=$(( $(date +%s) + 1800 ))
+    until curl -s -H "$AUTH" "http://127.0.0.1:$HTTP_PORT/v1/fetches/$ID" | grep -q '"state":"ready"'; do
+        [ "$(date +%s)" -lt "$deadline" ] || { echo "fetch did not finish" >&2; exit 1; }
+        sleep 0.02
+    done
+    t1=$(now)
+    echo "fetch $t0 $t1" >> "$work/times"
+    echo "fetch_rss $(peak_mib)" >> "$work/times"
+
+    # 2. Retrieval with a Range: nginx vs the mote's cache.
+    t0=$(now); curl -s -r 0- -o "$work/from-nginx" "http://127.0.0.1:$NG_PORT/big.bin"; t1=$(now)
+    echo "nginx $t0 $t1" >> "$work/times"
+    rm -f "$work/from-nginx"
+    peak_reset
+    t0=$(now); curl -s -r 0- -H "$AUTH" -o "$work/from-mote" "http://127.0.0.1:$HTTP_PORT/v1/fetches/$ID/content"; t1=$(now)
+    echo "mote $t0 $t1" >> "$work/times"
+    echo "get_rss $(peak_mib)" >> "$work/times"
+    GOT=$(sha256sum "$work/from-mote" | cut -d' ' -f1)
+    [ "$GOT" = "$SUM" ] || { echo "retrieved content differs from the origin's" >&2; exit 1; }
+    rm -f "$work/from-mote"
+    curl -s -o /dev/null -H "$AUTH" -X DELETE "http://127.0.0.1:$HTTP_PORT/v1/fetches/$ID"
 done
-t1=$(now)
-FETCH_S=$(python3 -c "print($t1 - $t0)")
-FETCH_RSS=$(peak_mib)
 
-# 2. Retrieval with a Range: nginx vs the mote's cache.
-t0=$(now); curl -s -r 0- -o "$work/from-nginx" "http://127.0.0.1:$NG_PORT/big.bin"; t1=$(now)
-NGINX_S=$(python3 -c "print($t1 - $t0)")
-peak_reset
-t0=$(now); curl -s -r 0- -H "$AUTH" -o "$work/from-mote" "http://127.0.0.1:$HTTP_PORT/v1/fetches/$ID/content"; t1=$(now)
-MOTE_S=$(python3 -c "print($t1 - $t0)")
-GET_RSS=$(peak_mib)
-GOT=$(sha256sum "$work/from-mote" | cut -d' ' -f1)
-[ "$GOT" = "$SUM" ] || { echo "retrieved content differs from the origin's" >&2; exit 1; }
-rm -f "$work/from-nginx" "$work/from-mote"
-
-python3 - "$SIZE_MIB" "$CURL_S" "$FETCH_S" "$NGINX_S" "$MOTE_S" "$FETCH_RSS" "$GET_RSS" "$CURL_NULL_S" <<'PY'
-import sys
-mib, curl_s, fetch_s, nginx_s, mote_s = (float(x) for x in sys.argv[1:6])
-fetch_rss, get_rss = sys.argv[6:8]
-curl_null_s = float(sys.argv[8])
-print(f"size {mib:.0f} MiB, sha256 checked")
-print(f"fetch:     curl -o file+sync {mib/curl_s:8.1f} MiB/s   mote in chunks {mib/fetch_s:8.1f} MiB/s   ratio {curl_s/fetch_s:.2f} (goal >= 0.9)   mote peak RSS {fetch_rss} MiB")
-print(f"           (curl to /dev/null {mib/curl_null_s:8.1f} MiB/s: ratio {curl_null_s/fetch_s:.2f})")
-print(f"retrieval: nginx       {mib/nginx_s:8.1f} MiB/s   mote cache     {mib/mote_s:8.1f} MiB/s   ratio {nginx_s/mote_s:.2f} (goal >= 0.8)   mote peak RSS {get_rss} MiB")
+python3 - "$SIZE_MIB" "$REPS" "$work/times" <<'PY'
+import statistics, sys
+mib, reps = float(sys.argv[1]), int(sys.argv[2])
+t, rss = {}, {}
+for line in open(sys.argv[3]):
+    k, *v = line.split()
+    if k.endswith("_rss"):
+        rss.setdefault(k, []).append(int(v[0]))
+    else:
+        t.setdefault(k, []).append(float(v[1]) - float(v[0]))
+m = {k: statistics.median(v) for k, v in t.items()}
+rate = lambda k: f"{mib / m[k]:7.1f} MiB/s"
+spread = lambda k: f"({min(mib / x for x in t[k]):.0f}–{max(mib / x for x in t[k]):.0f})"
+print(f"size {mib:.0f} MiB, sha256 checked, medians of {reps} runs (range in parentheses)")
+print(f"fetch:     curl -o file+sync {rate('curl')} {spread('curl')}   mote in chunks {rate('fetch')} {spread('fetch')}   ratio {m['curl']/m['fetch']:.2f} (goal >= 0.9)   mote peak RSS {max(rss['fetch_rss'])} MiB")
+print(f"           curl to /dev/null {rate('curl_null')} {spread('curl_null')}: ratio {m['curl_null']/m['fetch']:.2f}")
+print(f"retrieval: nginx {rate('nginx')} {spread('nginx')}   mote cache {rate('mote')} {spread('mote')}   ratio {m['nginx']/m['mote']:.2f} (goal >= 0.8)   mote peak RSS {max(rss['get_rss'])} MiB")
 PY

@@ -605,12 +605,6 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
             "min must be at least 1 byte and max >= min",
         ));
     }
-    if f.chunk.max.0 > 64 << 20 {
-        return Err(err(
-            "fetch.chunk",
-            "max is at most 64MiB (a chunk is held in memory)",
-        ));
-    }
     if f.allow_private_addresses && config.tor.mode != TorMode::Direct {
         warnings.push(
             "[fetch] allow_private_addresses has no effect outside [tor] mode = \"direct\"".into(),

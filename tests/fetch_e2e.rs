@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::origins::{Nginx, PyHttp};
 use common::*;
@@ -43,6 +43,11 @@ impl Client {
     }
 
     fn add(&self, url: &str) -> String {
+        self.add_json(&serde_json::json!({ "url": url }))
+    }
+
+    /// POST a job with any fields (`not_before`, `deadline`).
+    fn add_json(&self, job: &Value) -> String {
         let (code, body) = curl(&[
             "-H",
             &self.auth,
@@ -50,7 +55,7 @@ impl Client {
             "POST",
             &format!("{}/v1/fetches", self.base),
             "-d",
-            &format!("{{\"url\":\"{url}\"}}"),
+            &job.to_string(),
         ]);
         assert_eq!(code, 202, "{}", String::from_utf8_lossy(&body));
         serde_json::from_slice::<Value>(&body).unwrap()["id"]
@@ -186,6 +191,17 @@ fn kill_9_mid_download_resumes_without_refetching_stored_chunks() {
     })
     .expect("an expected ready time");
     assert_eq!(v["total"].as_u64(), Some(data.len() as u64), "{v}");
+    // The estimate: the chunks left (at least 5 MiB / 128 KiB - 1 = 39)
+    // times the 30 ms delay, from now; not in the past, not absurdly late.
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let eta = v["expected_ready_ms"].as_u64().unwrap();
+    assert!(
+        eta + 1000 >= now_ms + 39 * 30 && eta <= now_ms + 80 * 30 + 1000,
+        "expected ready {eta} vs now {now_ms}: {v}"
+    );
     let mut kills = 0;
     for after in [6, 18, 30] {
         // Kill once the origin has served `after` chunk requests.
@@ -374,7 +390,17 @@ fn limits_private_addresses_and_origin_errors_fail_jobs_cleanly() {
     client.wait_ready(&first);
     let second = client.add(&nginx.put("b.bin", &vec![2u8; 600_000]));
     let missing = client.add(&format!("http://127.0.0.1:{}/nope", nginx.port));
-    for (id, want) in [(second, "per-user limit"), (missing, "404")] {
+    let looping = client.add(&format!("http://127.0.0.1:{}/loop", nginx.port));
+    let late = client.add_json(&serde_json::json!({
+        "url": nginx.put("late.bin", b"too late"),
+        "deadline": humantime::format_rfc3339(SystemTime::now() - Duration::from_secs(60)).to_string(),
+    }));
+    for (id, want) in [
+        (second, "per-user limit"),
+        (missing, "404"),
+        (looping, "too many redirects"),
+        (late, "deadline passed"),
+    ] {
         let v = wait_for(Duration::from_secs(30), || {
             let v = client.state(&id);
             (v["state"] == "failed").then_some(v)
@@ -383,6 +409,42 @@ fn limits_private_addresses_and_origin_errors_fail_jobs_cleanly() {
         assert!(v["reason"].as_str().unwrap().contains(want), "{v}");
     }
     assert_eq!(client.content(&first), vec![1u8; 600_000]);
+    // The redirect loop was followed max_redirects (default 5) times, then
+    // given up; the late job never reached the origin.
+    let log = nginx.requests();
+    assert_eq!(log.iter().filter(|r| r.0 == "/loop").count(), 6, "{log:?}");
+    assert!(!log.iter().any(|r| r.0 == "/late.bin"), "{log:?}");
+}
+
+#[test]
+fn a_job_waits_for_its_not_before_time() {
+    let nginx = Nginx::start();
+    let sink = Sink::start();
+    let mut cfg = MoteConfig::new(sink.port);
+    cfg.extra = "[fetch]\nchunk = { min = \"64KiB\", max = \"64KiB\" }\ndelay = { distribution = \"constant\", value = \"5ms\" }\nallow_private_addresses = true\n".into();
+    let mote = Mote::start(&cfg);
+    let client = Client::new(&mote);
+    // RFC 3339 has whole seconds here: not before the next second + 2 s.
+    let not_before = SystemTime::now() + Duration::from_secs(3);
+    let not_before_s = humantime::format_rfc3339_seconds(not_before).to_string();
+    let id = client.add_json(&serde_json::json!({
+        "url": nginx.put("later.bin", &[7u8; 200_000]),
+        "not_before": not_before_s,
+    }));
+    assert_eq!(client.state(&id)["state"], "queued");
+    client.wait_ready(&id);
+    assert_eq!(client.content(&id), vec![7u8; 200_000]);
+    let not_before_ms = humantime::parse_rfc3339(&not_before_s)
+        .unwrap()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let times = nginx.request_times_ms();
+    assert!(times.len() >= 4, "in chunks: {times:?}");
+    assert!(
+        times.iter().all(|t| *t >= not_before_ms),
+        "a chunk was fetched before not_before ({not_before_ms}): {times:?}"
+    );
 }
 
 #[test]

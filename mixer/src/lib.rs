@@ -4,7 +4,7 @@ pub mod delay;
 mod scheduler;
 
 pub use delay::{DelayError, DelaySpec};
-pub use dust_storage::{Item, ItemId, StorageError, Store};
+pub use dust_storage::{ContentWriter, Item, ItemId, StorageError, Store};
 pub use scheduler::{Lifetime, Metrics, Mixer, MixerConfig, RetryPolicy};
 
 use std::future::Future;

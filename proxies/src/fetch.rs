@@ -15,9 +15,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use dust_mixer::{wall_ms, DeliveryError, Item, ItemId, Outcome, Store};
+use dust_mixer::{
+    wall_ms, ContentWriter, DeliveryError, Item, ItemId, Outcome, StorageError, Store,
+};
 use http::{header, Request, StatusCode, Uri};
-use http_body_util::{BodyExt, Empty, Limited};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use rand::Rng;
 
@@ -27,6 +30,34 @@ use crate::tor::{BoxStream, Connector, Target};
 
 /// The reason a job fails when its user's downloads would be too large.
 const USER_CAP: &str = "the user's downloads would exceed the per-user limit";
+
+/// Bytes of a response body collected before they are written to the
+/// content file (one blocking write each).
+const WRITE_BATCH: usize = 1 << 20;
+
+/// Why a body could not be stored.
+enum BodyError {
+    /// More bytes than allowed.
+    TooLarge,
+    /// The connection or the store failed.
+    Other(DeliveryError),
+}
+
+impl From<DeliveryError> for BodyError {
+    fn from(e: DeliveryError) -> Self {
+        BodyError::Other(e)
+    }
+}
+
+/// Run blocking storage I/O on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
+) -> Result<T, DeliveryError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| temp(format!("storage task: {e}")))?
+        .map_err(temp)
+}
 
 /// `[fetch]` settings.
 #[derive(Debug, Clone)]
@@ -171,18 +202,21 @@ impl Fetcher {
         let size = rand::rng()
             .random_range(self.cfg.chunk_min..=self.cfg.chunk_max.max(self.cfg.chunk_min));
         let last = have + size - 1;
-        let resp = tokio::time::timeout(self.cfg.timeout, self.request(&job, have, last))
+        // One bound for the request and its body.
+        let deadline = tokio::time::Instant::now() + self.cfg.timeout;
+        let timed_out = || {
+            temp(format!(
+                "chunk request timed out after {:?}",
+                self.cfg.timeout
+            ))
+        };
+        let resp = tokio::time::timeout_at(deadline, self.request(&job, have, last))
             .await
-            .map_err(|_| {
-                temp(format!(
-                    "chunk request timed out after {:?}",
-                    self.cfg.timeout
-                ))
-            })?;
+            .map_err(|_| timed_out())?;
         let (status, headers, body) = match resp {
             Ok(r) => r,
-            // A permanent problem (a refused address, a body over the
-            // limit, a bad URL) ends the job with its reason.
+            // A permanent problem (a refused address, a bad URL) ends the
+            // job with its reason.
             Err(DeliveryError::Permanent(reason)) => return self.fail(&id, &mut job, reason).await,
             Err(e) => return Err(e),
         };
@@ -198,7 +232,7 @@ impl Fetcher {
                     .and_then(|v| v.to_str().ok())
                     .and_then(content_range)
                     .ok_or_else(|| temp("206 without a usable Content-Range"))?;
-                if a != have || b + 1 - a != body.len() as u64 {
+                if a != have || b < a || b > last {
                     return Err(temp("206 for a range we did not ask for"));
                 }
                 if total.is_some_and(|t| t > self.cfg.max_job_bytes) {
@@ -209,12 +243,28 @@ impl Fetcher {
                 if have == 0 && total.is_some_and(|t| self.over_user_cap(&job, &id, t)) {
                     return self.fail(&id, &mut job, USER_CAP.into()).await;
                 }
+                let want = b + 1 - a;
+                let (writer, got) =
+                    tokio::time::timeout_at(deadline, self.store_body(&id, have, body, want))
+                        .await
+                        .map_err(|_| timed_out())?
+                        .map_err(|e| match e {
+                            BodyError::TooLarge => temp("206 body longer than its Content-Range"),
+                            BodyError::Other(e) => e,
+                        })?;
+                if got != want {
+                    return Err(temp(format!(
+                        "206 body of {got} bytes for a range of {want}"
+                    )));
+                }
                 if have == 0 {
                     job.etag = validator(&headers);
                 }
-                self.store.put_chunk(&id, have, &body).map_err(temp)?;
+                if !self.commit(&id, writer).await? {
+                    return Ok(Outcome::Done);
+                }
                 job.total = total.or(job.total);
-                let stored = have + body.len() as u64;
+                let stored = have + want;
                 let done = job.total.is_some_and(|t| stored >= t);
                 if let Some(t) = job.total {
                     let avg = (self.cfg.chunk_min + self.cfg.chunk_max.max(self.cfg.chunk_min)) / 2;
@@ -236,16 +286,44 @@ impl Fetcher {
             StatusCode::OK => {
                 // The whole object: the origin ignores Range, or (with our
                 // If-Range) the object changed. Either way it replaces what
-                // we have, as one piece.
+                // we have, as one chunk.
                 if have > 0 {
                     tracing::info!("origin object changed or Range ignored; download restarted from the full response");
                 }
-                if self.over_user_cap(&job, &id, body.len() as u64) {
-                    return self.fail(&id, &mut job, USER_CAP.into()).await;
+                let user_room = self.user_room(&job, &id);
+                let limit = self.cfg.max_job_bytes.min(user_room);
+                let too_large = |n: u64| {
+                    if n > self.cfg.max_job_bytes {
+                        "object larger than the per-job limit".to_string()
+                    } else {
+                        USER_CAP.to_string()
+                    }
+                };
+                let announced = headers
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok());
+                if let Some(n) = announced.filter(|n| *n > limit) {
+                    return self.fail(&id, &mut job, too_large(n)).await;
                 }
-                self.store.clear_chunks(&id).map_err(temp)?;
-                self.store.put_chunk(&id, 0, &body).map_err(temp)?;
-                job.total = Some(body.len() as u64);
+                // The old content's index goes first (durably), so a crash
+                // while the new object is written cannot mix the two.
+                self.store.clear_chunks(&id).await.map_err(temp)?;
+                let (writer, got) =
+                    match tokio::time::timeout_at(deadline, self.store_body(&id, 0, body, limit))
+                        .await
+                        .map_err(|_| timed_out())?
+                    {
+                        Ok(r) => r,
+                        Err(BodyError::TooLarge) => {
+                            return self.fail(&id, &mut job, too_large(limit + 1)).await
+                        }
+                        Err(BodyError::Other(e)) => return Err(e),
+                    };
+                if !self.commit(&id, writer).await? {
+                    return Ok(Outcome::Done);
+                }
+                job.total = Some(got);
                 job.etag = validator(&headers);
                 job.state = JobState::Ready;
                 self.save(&id, &job).await?;
@@ -273,13 +351,7 @@ impl Fetcher {
                     .ok_or_else(|| temp("redirect without Location"))?;
                 let base: Uri = job.url.parse().map_err(temp)?;
                 let next = resolve(&base, loc).ok_or_else(|| temp("unusable redirect"))?;
-                let redirects = job
-                    .reason
-                    .as_deref()
-                    .and_then(|r| r.strip_prefix("redirects:"))
-                    .and_then(|n| n.parse::<u32>().ok())
-                    .unwrap_or(0)
-                    + 1;
+                let redirects = job.redirects + 1;
                 if redirects > self.cfg.max_redirects || have > 0 {
                     return self
                         .fail(
@@ -302,10 +374,10 @@ impl Fetcher {
         }
     }
 
-    /// Whether `job` (id `id`) at `size` bytes would take its user's
-    /// downloads (the other jobs' known sizes, failed ones aside) over
+    /// How many bytes `job` (id `id`) may have before its user's downloads
+    /// (the other jobs' known sizes, failed ones aside) exceed
     /// `max_user_bytes`.
-    fn over_user_cap(&self, job: &Job, id: &ItemId, size: u64) -> bool {
+    fn user_room(&self, job: &Job, id: &ItemId) -> u64 {
         let others: u64 = self
             .store
             .jobs()
@@ -315,7 +387,67 @@ impl Fetcher {
             .filter(|j| j.user == job.user && j.state != JobState::Failed)
             .map(|j| j.total.unwrap_or(0))
             .sum();
-        others + size > self.cfg.max_user_bytes
+        self.cfg.max_user_bytes.saturating_sub(others)
+    }
+
+    /// Whether `job` at `size` bytes would take its user over the cap.
+    fn over_user_cap(&self, job: &Job, id: &ItemId, size: u64) -> bool {
+        size > self.user_room(job, id)
+    }
+
+    /// Stream `body` into the job's content at `offset`, in batches of
+    /// [`WRITE_BATCH`] bytes written on a blocking thread; at most `limit`
+    /// bytes. Returns the (uncommitted) writer and the byte count.
+    async fn store_body(
+        &self,
+        id: &ItemId,
+        offset: u64,
+        mut body: Incoming,
+        limit: u64,
+    ) -> Result<(ContentWriter, u64), BodyError> {
+        let store = Arc::clone(&self.store);
+        let job = *id;
+        let mut writer = blocking(move || store.content_writer(&job, offset)).await?;
+        let mut buf = Vec::with_capacity(WRITE_BATCH);
+        let mut got = 0u64;
+        loop {
+            let frame = body
+                .frame()
+                .await
+                .transpose()
+                .map_err(|e| BodyError::Other(temp(format!("response body: {e}"))))?;
+            let end = frame.is_none();
+            if let Some(data) = frame.and_then(|f| f.into_data().ok()) {
+                got += data.len() as u64;
+                if got > limit {
+                    return Err(BodyError::TooLarge);
+                }
+                buf.extend_from_slice(&data);
+            }
+            if buf.len() >= WRITE_BATCH || (end && !buf.is_empty()) {
+                (writer, buf) = blocking(move || {
+                    writer.write(&buf)?;
+                    buf.clear();
+                    Ok((writer, buf))
+                })
+                .await?;
+            }
+            if end {
+                return Ok((writer, got));
+            }
+        }
+    }
+
+    /// Sync a written chunk and enter it in the index. `false` if the job
+    /// was deleted meanwhile (then its content is removed again).
+    async fn commit(&self, id: &ItemId, writer: ContentWriter) -> Result<bool, DeliveryError> {
+        let store = Arc::clone(&self.store);
+        blocking(move || store.commit_chunk(writer)).await?;
+        if self.store.job(id).map_err(temp)?.is_none() {
+            self.store.delete_job(id).await.map_err(temp)?;
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     /// GET `job.url` bytes `first..=last` (with If-Range once validated).
@@ -324,7 +456,7 @@ impl Fetcher {
         job: &Job,
         first: u64,
         last: u64,
-    ) -> Result<(StatusCode, http::HeaderMap, Bytes), DeliveryError> {
+    ) -> Result<(StatusCode, http::HeaderMap, Incoming), DeliveryError> {
         let uri: Uri = job
             .url
             .parse()
@@ -383,16 +515,8 @@ impl Fetcher {
         }
         let req = req.body(Empty::<Bytes>::new()).map_err(temp)?;
         let resp = sender.send_request(req).await.map_err(temp)?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        // The whole object may come back (200): bound it by the job limit.
-        let limit = self.cfg.max_job_bytes.min(usize::MAX as u64) as usize;
-        let body = Limited::new(resp.into_body(), limit)
-            .collect()
-            .await
-            .map_err(|e| DeliveryError::Permanent(format!("response body: {e}")))?
-            .to_bytes();
-        Ok((status, headers, body))
+        let (parts, body) = resp.into_parts();
+        Ok((parts.status, parts.headers, body))
     }
 
     /// In direct (clearnet) mode: resolve and refuse private addresses

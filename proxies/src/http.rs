@@ -133,9 +133,12 @@ fn stream_content(store: Arc<Store>, id: ItemId, start: u64, end: u64) -> Body {
                 return None;
             }
             let to = end.min(pos + STREAM_PIECE);
-            let piece = match store.read_content(&id, pos, to) {
-                Ok(Some(b)) => Ok(hyper::body::Frame::data(Bytes::from(b))),
-                Ok(None) => Err(std::io::Error::other("content missing")),
+            // A file read (from disk if not cached): on the blocking pool.
+            let read = tokio::task::spawn_blocking(move || store.read_content(&id, pos, to)).await;
+            let piece = match read {
+                Ok(Ok(Some(b))) => Ok(hyper::body::Frame::data(Bytes::from(b))),
+                Ok(Ok(None)) => Err(std::io::Error::other("content missing")),
+                Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
                 Err(e) => Err(std::io::Error::other(e.to_string())),
             };
             Some((piece, to))
@@ -162,14 +165,7 @@ fn error(status: StatusCode, code: &str, message: &str) -> Resp {
 }
 
 fn parse_id(s: &str) -> Option<ItemId> {
-    if s.len() != 32 {
-        return None;
-    }
-    let mut id = [0u8; 16];
-    for (i, b) in id.iter_mut().enumerate() {
-        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(ItemId(id))
+    s.parse().ok()
 }
 
 fn parse_time(v: Option<&str>, field: &str) -> Result<Option<u64>, Resp> {
@@ -445,7 +441,7 @@ impl Api {
         // admission's fsync covers the job record written before it).
         if let Err(e) = (self.schedule)(id, not_before_ms).await {
             tracing::error!(error = %e, "scheduling a fetch job failed");
-            let _ = self.store.delete_job(&id);
+            let _ = self.store.delete_job(&id).await;
             return refused();
         }
         json_response(
@@ -482,10 +478,10 @@ impl Api {
             Ok(j) => j,
             Err(r) => return r,
         };
-        if let Err(e) = self.store.delete_job(&id) {
+        // 204 once the removal is on disk (and the content file gone).
+        if let Err(e) = self.store.delete_job(&id).await {
             return error(StatusCode::SERVICE_UNAVAILABLE, "storage", &e.to_string());
         }
-        let _ = self.store.sync().await;
         let mut r = Response::new(full(Bytes::new()));
         *r.status_mut() = StatusCode::NO_CONTENT;
         r

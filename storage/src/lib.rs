@@ -4,9 +4,10 @@ mod fetch;
 pub mod flusher;
 mod record;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub use fetch::ContentWriter;
 pub use record::{Item, ItemId, ItemState};
 
 use flusher::Flusher;
@@ -14,7 +15,7 @@ use flusher::Flusher;
 /// On-disk format version, kept in the `meta` tree under [`FORMAT_KEY`].
 /// Bump it whenever the record or key layout changes; `open` refuses a
 /// database written in another format instead of misreading it.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
 const FORMAT_KEY: &[u8] = b"format";
 
 /// sled's page cache. sled's default is 1 GiB, far more than a mote needs:
@@ -55,6 +56,16 @@ pub enum StorageError {
         /// The version found on disk.
         found: u8,
     },
+    /// A content file could not be written, synced or read (disk full,
+    /// I/O error).
+    #[error("I/O error while {doing}: {source}")]
+    Io {
+        /// What we were doing.
+        doing: &'static str,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
     /// The store is shutting down.
     #[error("storage is closed")]
     Closed,
@@ -85,9 +96,21 @@ pub struct Store {
     schedule: sled::Tree,
     /// Fetch jobs (see `fetch.rs`).
     fetches: sled::Tree,
-    /// Fetched content (see `fetch.rs`).
+    /// The index of fetched content (see `fetch.rs`).
     chunks: sled::Tree,
+    /// Where content files live: `content/` beside sled's files.
+    content_dir: PathBuf,
+    /// For a temporary store: its content directory, removed on drop.
+    temporary_content: bool,
     flusher: Flusher,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        if self.temporary_content {
+            let _ = std::fs::remove_dir_all(&self.content_dir);
+        }
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -134,7 +157,7 @@ impl Store {
                 Err(e) => return Err(db_err("opening the database")(e)),
             }
         };
-        Self::from_db(db, Some(dir.to_path_buf()))
+        Self::from_db(db, Some(dir.to_path_buf()), dir.join("content"))
     }
 
     /// A throw-away store in a temporary directory, for tests.
@@ -144,10 +167,25 @@ impl Store {
             .flush_every_ms(None)
             .open()
             .map_err(db_err("opening a temporary database"))?;
-        Self::from_db(db, None)
+        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let content = std::env::temp_dir().join(format!(
+            "dust-content-{}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        Self::from_db(db, None, content)
     }
 
-    fn from_db(db: sled::Db, dir: Option<std::path::PathBuf>) -> Result<Arc<Self>> {
+    fn from_db(db: sled::Db, dir: Option<PathBuf>, content_dir: PathBuf) -> Result<Arc<Self>> {
+        let temporary_content = dir.is_none();
+        fetch::open_content_dir(&content_dir).map_err(|source| StorageError::Io {
+            doing: "creating the content directory",
+            source,
+        })?;
         let meta = db.open_tree("meta").map_err(db_err("opening tree meta"))?;
         match meta.get(FORMAT_KEY).map_err(db_err("reading the format"))? {
             Some(v) if v.as_ref() == [FORMAT_VERSION] => {}
@@ -181,9 +219,12 @@ impl Store {
             schedule,
             fetches,
             chunks,
+            content_dir,
+            temporary_content,
             flusher,
         };
         store.recover()?;
+        store.remove_orphan_content()?;
         Ok(Arc::new(store))
     }
 

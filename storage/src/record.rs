@@ -32,6 +32,27 @@ impl std::fmt::Display for ItemId {
     }
 }
 
+impl std::str::FromStr for ItemId {
+    type Err = StorageError;
+
+    /// The 32 lowercase or uppercase hex digits of [`Display`](std::fmt::Display).
+    fn from_str(s: &str) -> Result<Self, StorageError> {
+        let bad = || StorageError::Corrupt {
+            doing: "parsing an id",
+            what: "not 32 hex digits".into(),
+        };
+        if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad());
+        }
+        let mut id = [0u8; 16];
+        for (i, b) in id.iter_mut().enumerate() {
+            let pair = s.get(2 * i..2 * i + 2).ok_or_else(bad)?;
+            *b = u8::from_str_radix(pair, 16).map_err(|_| bad())?;
+        }
+        Ok(ItemId(id))
+    }
+}
+
 /// Where an item is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ItemState {

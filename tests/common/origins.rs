@@ -42,7 +42,7 @@ pid {d}/nginx.pid;
 error_log {d}/error.log;
 events {{ worker_connections 64; }}
 http {{
-    log_format ranges '$request_uri $status "$http_range" $body_bytes_sent';
+    log_format ranges '$request_uri $status "$http_range" $body_bytes_sent $msec';
     access_log {d}/access.log ranges;
     client_body_temp_path {d}/tmp/body;
     proxy_temp_path {d}/tmp/proxy;
@@ -53,6 +53,8 @@ http {{
         listen 127.0.0.1:{port}{ssl};
         {certs}
         root {d}/www;
+        # A redirect that never ends (the fetcher's redirect bound).
+        location = /loop {{ return 302 /loop; }}
     }}
 }}
 "#
@@ -91,6 +93,16 @@ http {{
     /// Like [`Nginx::put`], with an https URL.
     pub fn put_https(&self, name: &str, data: &[u8]) -> String {
         self.put(name, data).replacen("http://", "https://", 1)
+    }
+
+    /// When each request was logged, in ms since the Unix epoch.
+    pub fn request_times_ms(&self) -> Vec<u64> {
+        std::fs::read_to_string(self.dir.path().join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .map(|secs| (secs * 1000.0) as u64)
+            .collect()
     }
 
     /// Access log lines: (uri, status, range header).
