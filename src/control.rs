@@ -65,14 +65,10 @@ fn report(store: &Store, addresses: bool) -> Result<Value, String> {
     Ok(v)
 }
 
-/// Serve the control socket until `stop`.
-pub fn serve(
-    dir: &Path,
-    store: Arc<Store>,
-    connector: Arc<dyn Connector>,
-    expires_at: Option<String>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<tokio::task::JoinHandle<()>, String> {
+/// Bind the control socket (`control.sock` in the data directory, mode
+/// 0600). Done with the other listeners, before anything slow starts, so a
+/// mote that answers on its ports also answers `dustmote status`.
+pub fn bind(dir: &Path) -> Result<tokio::net::UnixListener, String> {
     use std::os::unix::fs::PermissionsExt;
     let path = socket_path(dir);
     // A socket left by a killed mote; we hold the database lock, so no live
@@ -82,7 +78,18 @@ pub fn serve(
         .map_err(|e| format!("binding {}: {e}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("chmod {}: {e}", path.display()))?;
-    Ok(tokio::spawn(async move {
+    Ok(listener)
+}
+
+/// Answer `status` requests on `listener` (from [`bind`]) until `stop`.
+pub fn serve(
+    listener: tokio::net::UnixListener,
+    store: Arc<Store>,
+    connector: Arc<dyn Connector>,
+    expires_at: Option<String>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         loop {
             let conn = tokio::select! {
                 c = listener.accept() => c,
@@ -110,7 +117,7 @@ pub fn serve(
                 let _ = wr.shutdown().await;
             });
         }
-    }))
+    })
 }
 
 /// What `/status` and the control socket's `status` report.

@@ -264,7 +264,9 @@ async fn run(checked: Checked) -> Result<(), String> {
         "queue opened"
     );
     // Listen first: a mote that cannot take its ports must not start
-    // delivering either.
+    // delivering either. The control socket first of all, so that a mote
+    // whose SMTP port answers also answers `dustmote status`.
+    let control_listener = control::bind(&dir)?;
     let listener = tokio::net::TcpListener::bind(config.smtp.listen)
         .await
         .map_err(|e| format!("listening on {}: {e}", config.smtp.listen))?;
@@ -294,12 +296,12 @@ async fn run(checked: Checked) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let control = control::serve(
-        &dir,
+        control_listener,
         Arc::clone(&store),
         Arc::clone(&connector),
         config.mote.expires_at.clone(),
         stop_rx.clone(),
-    )?;
+    );
     let status: dust_proxies::http::StatusFn = {
         let (store, connector) = (Arc::clone(&store), Arc::clone(&connector));
         let expires_at = config.mote.expires_at.clone();
