@@ -284,6 +284,54 @@ pub enum Strategy {
     /// delays are exponential).
     #[default]
     Poisson,
+    /// Timed dynamic pool (Mixmaster), settings in `[mixer.pool]`.
+    Pool,
+    /// Binomial rounds (Mixminion), settings in `[mixer.binomial]`.
+    Binomial,
+}
+
+/// `[mixer.pool]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolSettings {
+    /// Time between rounds.
+    #[serde(with = "hts")]
+    pub interval: Duration,
+    /// Items always kept back.
+    pub min_pool: u64,
+    /// Largest fraction sent per round.
+    pub rate: f64,
+}
+
+impl Default for PoolSettings {
+    /// Mixmaster's defaults: 15 min rounds, 45 kept back, 65 %.
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(15 * 60),
+            min_pool: 45,
+            rate: 0.65,
+        }
+    }
+}
+
+/// `[mixer.binomial]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BinomialSettings {
+    /// Time between rounds.
+    #[serde(with = "hts")]
+    pub interval: Duration,
+    /// Probability that a held item leaves in a round.
+    pub rate: f64,
+}
+
+impl Default for BinomialSettings {
+    fn default() -> Self {
+        Self {
+            interval: Duration::from_secs(900),
+            rate: 0.5,
+        }
+    }
 }
 
 /// `[mixer]`
@@ -292,6 +340,10 @@ pub enum Strategy {
 pub struct Mixer {
     /// Mixing strategy.
     pub strategy: Strategy,
+    /// `[mixer.pool]`: used with `strategy = "pool"`.
+    pub pool: PoolSettings,
+    /// `[mixer.binomial]`: used with `strategy = "binomial"`.
+    pub binomial: BinomialSettings,
     /// Delay distribution.
     pub delay: DelaySpec,
     /// Deliveries at once.
@@ -309,6 +361,8 @@ impl Default for Mixer {
         let d = MixerConfig::default();
         Self {
             strategy: Strategy::Poisson,
+            pool: PoolSettings::default(),
+            binomial: BinomialSettings::default(),
             delay: d.delay,
             max_in_flight: d.max_in_flight,
             retry_base: d.retry.base,
@@ -626,6 +680,27 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
     m.delay
         .validate()
         .map_err(|e| err(&format!("mixer.delay.{}", e.key), &e.reason))?;
+    let (strategy, strategy_key) = match m.strategy {
+        Strategy::Poisson => (dust_mixer::Strategy::Poisson, "mixer"),
+        Strategy::Pool => (
+            dust_mixer::Strategy::Pool {
+                interval: m.pool.interval,
+                min_pool: m.pool.min_pool,
+                rate: m.pool.rate,
+            },
+            "mixer.pool",
+        ),
+        Strategy::Binomial => (
+            dust_mixer::Strategy::Binomial {
+                interval: m.binomial.interval,
+                rate: m.binomial.rate,
+            },
+            "mixer.binomial",
+        ),
+    };
+    strategy
+        .validate()
+        .map_err(|e| err(&format!("{strategy_key}.{}", e.key), &e.reason))?;
     if m.retry_base.is_zero() || m.retry_max < m.retry_base {
         return Err(err(
             "mixer.retry_max",
@@ -780,6 +855,7 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
         }),
     };
     let mixer = MixerConfig {
+        strategy,
         lifetime,
         delay: m.delay.clone(),
         kind_delays: vec![(ItemKind::Fetch as u8, config.fetch.delay.clone())],

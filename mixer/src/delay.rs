@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use rand::Rng;
-use rand_distr::{Distribution, Exp};
+use rand_distr::{Distribution, Exp, LogNormal};
 use serde::Deserialize;
 
 /// A delay distribution as configured, e.g.
@@ -22,6 +22,32 @@ pub enum DelaySpec {
         /// Mean of the unclamped distribution.
         #[serde(with = "humantime_serde_compat")]
         mean: Duration,
+        /// Lower clamp.
+        #[serde(default, with = "humantime_serde_compat::option")]
+        min: Option<Duration>,
+        /// Upper clamp.
+        #[serde(default, with = "humantime_serde_compat::option")]
+        max: Option<Duration>,
+    },
+    /// Uniform between `min` and `max` (its bounds are its clamps).
+    Uniform {
+        /// Smallest delay.
+        #[serde(with = "humantime_serde_compat")]
+        min: Duration,
+        /// Largest delay.
+        #[serde(with = "humantime_serde_compat")]
+        max: Duration,
+    },
+    /// Log-normal with the given mean and shape `sigma` (the standard
+    /// deviation of the delay's logarithm): a long right tail with few very
+    /// short delays.
+    #[serde(alias = "log-normal")]
+    Lognormal {
+        /// Mean of the unclamped distribution.
+        #[serde(with = "humantime_serde_compat")]
+        mean: Duration,
+        /// Shape, > 0 (1.0 is a common choice).
+        sigma: f64,
         /// Lower clamp.
         #[serde(default, with = "humantime_serde_compat::option")]
         min: Option<Duration>,
@@ -67,30 +93,50 @@ impl DelaySpec {
                 Ok(())
             }
         };
+        let clamps = |min: &Option<Duration>, max: &Option<Duration>| {
+            if let Some(m) = min {
+                too_big("min", *m)?;
+            }
+            if let Some(m) = max {
+                too_big("max", *m)?;
+            }
+            match (min, max) {
+                (Some(lo), Some(hi)) if lo > hi => Err(DelayError {
+                    key: "min",
+                    reason: "min > max".into(),
+                }),
+                _ => Ok(()),
+            }
+        };
+        let positive_mean = |mean: &Duration| {
+            if mean.is_zero() {
+                return Err(DelayError {
+                    key: "mean",
+                    reason: "mean must be > 0".into(),
+                });
+            }
+            too_big("mean", *mean)
+        };
         match self {
             DelaySpec::Exponential { mean, min, max } => {
-                if mean.is_zero() {
+                positive_mean(mean)?;
+                clamps(min, max)
+            }
+            DelaySpec::Uniform { min, max } => clamps(&Some(*min), &Some(*max)),
+            DelaySpec::Lognormal {
+                mean,
+                sigma,
+                min,
+                max,
+            } => {
+                positive_mean(mean)?;
+                if !(sigma.is_finite() && *sigma > 0.0 && *sigma <= 4.0) {
                     return Err(DelayError {
-                        key: "mean",
-                        reason: "must be > 0".into(),
+                        key: "sigma",
+                        reason: format!("sigma must be > 0 and <= 4, got {sigma}"),
                     });
                 }
-                too_big("mean", *mean)?;
-                if let Some(m) = min {
-                    too_big("min", *m)?;
-                }
-                if let Some(m) = max {
-                    too_big("max", *m)?;
-                }
-                if let (Some(lo), Some(hi)) = (min, max) {
-                    if lo > hi {
-                        return Err(DelayError {
-                            key: "min",
-                            reason: "min > max".into(),
-                        });
-                    }
-                }
-                Ok(())
+                clamps(min, max)
             }
             DelaySpec::Constant { value } => too_big("value", *value),
         }
@@ -100,24 +146,49 @@ impl DelaySpec {
     /// estimates shown to users.
     pub fn typical(&self) -> Duration {
         match self {
-            DelaySpec::Exponential { mean, .. } => *mean,
+            DelaySpec::Exponential { mean, .. } | DelaySpec::Lognormal { mean, .. } => *mean,
+            DelaySpec::Uniform { min, max } => (*min + *max) / 2,
             DelaySpec::Constant { value } => *value,
         }
     }
 
     /// Draw one delay. `self` must have passed [`validate`](Self::validate).
     pub fn sample<G: Rng + ?Sized>(&self, rng: &mut G) -> Duration {
+        let clamp = |secs: f64, min: &Option<Duration>, max: &Option<Duration>| {
+            let mut d = Duration::try_from_secs_f64(secs).unwrap_or(MAX_CONFIGURED_DELAY);
+            if let Some(lo) = min {
+                d = d.max(*lo);
+            }
+            d.min(max.unwrap_or(MAX_CONFIGURED_DELAY))
+        };
         match self {
             DelaySpec::Exponential { mean, min, max } => {
                 let secs = match Exp::new(1.0 / mean.as_secs_f64()) {
                     Ok(exp) => exp.sample(rng),
                     Err(_) => mean.as_secs_f64(),
                 };
-                let mut d = Duration::try_from_secs_f64(secs).unwrap_or(MAX_CONFIGURED_DELAY);
-                if let Some(lo) = min {
-                    d = d.max(*lo);
+                clamp(secs, min, max)
+            }
+            DelaySpec::Uniform { min, max } => {
+                if min >= max {
+                    *min
+                } else {
+                    rng.random_range(*min..=*max)
                 }
-                d.min(max.unwrap_or(MAX_CONFIGURED_DELAY))
+            }
+            DelaySpec::Lognormal {
+                mean,
+                sigma,
+                min,
+                max,
+            } => {
+                // E[X] = exp(mu + sigma²/2), so mu = ln(mean) − sigma²/2.
+                let mu = mean.as_secs_f64().ln() - sigma * sigma / 2.0;
+                let secs = match LogNormal::new(mu, *sigma) {
+                    Ok(d) => d.sample(rng),
+                    Err(_) => mean.as_secs_f64(),
+                };
+                clamp(secs, min, max)
             }
             DelaySpec::Constant { value } => *value,
         }

@@ -1,11 +1,15 @@
 #![doc = include_str!("../README.md")]
 
+pub mod anonymity;
 pub mod delay;
 mod scheduler;
+pub mod strategy;
 
+pub use anonymity::{AnonymityStats, Samples};
 pub use delay::{DelayError, DelaySpec};
-pub use dust_storage::{ContentWriter, Item, ItemId, StorageError, Store};
+pub use dust_storage::{ContentWriter, Item, ItemId, StorageError, Store, HELD};
 pub use scheduler::{Lifetime, Metrics, Mixer, MixerConfig, RetryPolicy};
+pub use strategy::Strategy;
 
 use std::future::Future;
 use std::time::{Duration, SystemTime};
@@ -62,6 +66,9 @@ pub enum MixerError {
     /// (SMTP 452, HTTP 503).
     #[error("the mote expires too soon to accept new items")]
     Expiring,
+    /// A configuration was refused (the key and the reason).
+    #[error("invalid mixer setting {0}")]
+    Invalid(String),
 }
 
 /// Milliseconds since the Unix epoch (0 for times before it).

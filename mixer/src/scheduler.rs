@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use dust_storage::{Item, ItemId, ItemState, Store};
+use dust_storage::{Item, ItemId, ItemState, StorageError, Store, HELD};
 use futures::future::select;
 use futures::task::{Spawn, SpawnExt};
 use rand::rngs::StdRng;
@@ -14,8 +14,10 @@ use rand::{Rng, SeedableRng};
 use tokio::sync::Notify;
 use tor_rtcompat::{Blocking, SleepProvider, SleepProviderExt};
 
+use crate::anonymity::{AnonymityStats, Samples, Tracker};
 use crate::{
     from_wall_ms, wall_ms, wall_ms_ceil, DelaySpec, Deliver, DeliveryError, MixerError, Outcome,
+    Strategy,
 };
 
 /// Items taken from the schedule per scan. Bounds the work done between two
@@ -77,7 +79,9 @@ impl Lifetime {
 /// Mixer settings (from `[mixer]` in the config).
 #[derive(Debug, Clone)]
 pub struct MixerConfig {
-    /// Delay distribution for new items.
+    /// When items leave: per-item delays, or pool/binomial rounds.
+    pub strategy: Strategy,
+    /// Delay distribution for new items (`Poisson` strategy).
     pub delay: DelaySpec,
     /// Distributions for particular item kinds (by kind byte), e.g. the gaps
     /// between a download's chunks; other kinds use `delay`.
@@ -112,9 +116,27 @@ impl MixerConfig {
     }
 }
 
+impl MixerConfig {
+    /// Check the strategy and every distribution; the error names the key
+    /// (`strategy.rate`, `delay.mean`, `kind_delays.2.min`, ...).
+    pub fn validate(&self) -> Result<(), MixerError> {
+        let invalid = |what: &str, e: crate::DelayError| MixerError::Invalid(format!("{what}.{e}"));
+        self.strategy
+            .validate()
+            .map_err(|e| invalid("strategy", e))?;
+        self.delay.validate().map_err(|e| invalid("delay", e))?;
+        for (kind, d) in &self.kind_delays {
+            d.validate()
+                .map_err(|e| invalid(&format!("kind_delays.{kind}"), e))?;
+        }
+        Ok(())
+    }
+}
+
 impl Default for MixerConfig {
     fn default() -> Self {
         Self {
+            strategy: Strategy::Poisson,
             delay: DelaySpec::Exponential {
                 mean: Duration::from_secs(30 * 60),
                 min: Some(Duration::from_secs(60)),
@@ -152,11 +174,22 @@ struct Counters {
     steps: AtomicU64,
 }
 
+/// Items held for rounds (`pool` and `binomial`), and when the next round is
+/// (monotonic time: a wall-clock jump neither skips nor bunches rounds).
+#[derive(Default)]
+struct Pool {
+    held: Vec<ItemId>,
+    next_round: Option<std::time::Instant>,
+}
+
 struct Inner<R, D> {
     rt: R,
     store: Arc<Store>,
     deliver: Arc<D>,
-    cfg: MixerConfig,
+    /// Replaced as a whole by [`Mixer::reconfigure`].
+    cfg: Mutex<Arc<MixerConfig>>,
+    pool: Mutex<Pool>,
+    tracker: Mutex<Tracker>,
     rng: Mutex<StdRng>,
     /// Something changed: an item was admitted or a delivery finished.
     wake: Notify,
@@ -203,11 +236,25 @@ where
         cfg: MixerConfig,
         rng: StdRng,
     ) -> Result<Self, MixerError> {
+        cfg.validate()?;
+        let now = rt.wallclock();
+        // What is already queued: items held for rounds come back into the
+        // pool; the tracker counts everything queued as fresh arrivals.
+        let held = store.held_ids()?;
+        let mut tracker = Tracker::new(now);
+        tracker.assume_pool(store.stats(0)?.queued);
+        let next_round = cfg.strategy.interval().map(|i| rt.now() + i);
+        let rounds = next_round.is_some();
         let inner = Arc::new(Inner {
             rt,
             store,
             deliver,
-            cfg,
+            cfg: Mutex::new(Arc::new(cfg)),
+            pool: Mutex::new(Pool {
+                held: if rounds { held.clone() } else { Vec::new() },
+                next_round,
+            }),
+            tracker: Mutex::new(tracker),
             rng: Mutex::new(rng),
             wake: Notify::new(),
             idle: Notify::new(),
@@ -215,6 +262,11 @@ where
             stopping: AtomicBool::new(false),
             counters: Counters::default(),
         });
+        if !rounds && !held.is_empty() {
+            // Held under a strategy with rounds before a restart with
+            // `poisson`: they get their (first) delay now.
+            inner.time_held(&held)?;
+        }
         let task = Arc::clone(&inner);
         inner
             .rt
@@ -223,50 +275,151 @@ where
         Ok(Self { inner })
     }
 
-    /// Durably admit an item: draw its release time, store it (fsynced), and
-    /// wake the scheduler. Returns the id and the release time.
+    /// Replace the mixer settings (SIGHUP / `dustmote reload`). Items
+    /// already scheduled keep their release times; items admitted from now
+    /// on get the new settings. Switching to `poisson` gives every held item
+    /// a delay from the new distribution now; switching to a strategy with
+    /// rounds holds new items, and the first round is one interval from now.
+    /// The lifetime is not changed (`[mote]` is fixed at start). An invalid
+    /// configuration is refused and the old one stays in force.
+    pub fn reconfigure(&self, mut cfg: MixerConfig) -> Result<(), MixerError> {
+        cfg.validate()?;
+        let inner = &self.inner;
+        let old = inner.cfg();
+        cfg.lifetime = old.lifetime;
+        let interval = cfg.strategy.interval();
+        let changed_rounds = interval != old.strategy.interval();
+        *inner.cfg.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(cfg);
+        let released = {
+            let mut pool = inner.pool.lock().unwrap_or_else(PoisonError::into_inner);
+            match interval {
+                None => {
+                    pool.next_round = None;
+                    std::mem::take(&mut pool.held)
+                }
+                Some(i) => {
+                    if changed_rounds {
+                        pool.next_round = Some(inner.rt.now() + i);
+                    }
+                    Vec::new()
+                }
+            }
+        };
+        inner.time_held(&released)?;
+        inner.wake.notify_one();
+        Ok(())
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> Arc<MixerConfig> {
+        self.inner.cfg()
+    }
+
+    /// Anonymity metrics now (pool size, entropy, unmixed, latency).
+    pub fn anonymity(&self) -> AnonymityStats {
+        let now = self.inner.rt.wallclock();
+        self.inner
+            .tracker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .stats(now)
+    }
+
+    /// Start the anonymity statistics afresh (the simulator drops its
+    /// warm-up).
+    pub fn reset_anonymity_stats(&self) {
+        let now = self.inner.rt.wallclock();
+        self.inner
+            .tracker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .reset_stats(now);
+    }
+
+    /// Keep every output's latency and entropy (the simulator).
+    pub fn keep_samples(&self) {
+        self.inner
+            .tracker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .keep_samples();
+    }
+
+    /// The samples kept since [`keep_samples`](Self::keep_samples).
+    pub fn samples(&self) -> Option<Samples> {
+        self.inner
+            .tracker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .samples()
+            .cloned()
+    }
+
+    /// Items held for the next rounds.
+    pub fn held(&self) -> usize {
+        self.inner
+            .pool
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .held
+            .len()
+    }
+
+    /// Durably admit an item: draw its release time (or hold it for the
+    /// rounds), store it (fsynced), and wake the scheduler. Returns the id
+    /// and the release time (`None`: held until a round picks it).
     ///
     /// Only when this returns `Ok` may the caller acknowledge (SMTP 250).
     pub async fn admit(
         &self,
         kind: crate::ItemKind,
         payload: Vec<u8>,
-    ) -> Result<(ItemId, SystemTime), MixerError> {
+    ) -> Result<(ItemId, Option<SystemTime>), MixerError> {
         self.admit_after(kind, payload, None).await
     }
 
     /// Like [`admit`](Self::admit), but the delay starts counting at
     /// `not_before` if that is later than now (a download the user wants
-    /// started no earlier than a given time).
+    /// started no earlier than a given time). Under a strategy with rounds
+    /// the item is held at once: the rounds ignore `not_before`, so the
+    /// deliverer must check it (the fetcher does, and asks to be released
+    /// again).
     pub async fn admit_after(
         &self,
         kind: crate::ItemKind,
         payload: Vec<u8>,
         not_before: Option<SystemTime>,
-    ) -> Result<(ItemId, SystemTime), MixerError> {
+    ) -> Result<(ItemId, Option<SystemTime>), MixerError> {
         let inner = &self.inner;
         if inner.stopping.load(Ordering::SeqCst) {
             return Err(MixerError::ShuttingDown);
         }
+        let cfg = inner.cfg();
         let now = inner.rt.wallclock();
-        if inner.cfg.lifetime.is_some_and(|l| now >= l.last_release()) {
+        if cfg.lifetime.is_some_and(|l| now >= l.last_release()) {
             return Err(MixerError::Expiring);
         }
+        let rounds = cfg.strategy.interval().is_some();
         let (id, delay) = {
             let mut rng = inner.rng.lock().unwrap_or_else(PoisonError::into_inner);
             (
                 ItemId(rng.random()),
-                inner.cfg.delay_for(kind as u8).sample(&mut *rng),
+                cfg.delay_for(kind as u8).sample(&mut *rng),
             )
         };
         let start = not_before.map_or(now, |t| t.max(now));
-        let release_ms = wall_ms_ceil(inner.cfg.clamp(start + delay));
+        let release_ms = if rounds {
+            HELD
+        } else {
+            wall_ms_ceil(cfg.clamp(start + delay))
+        };
         let item = Item {
             id,
             kind: kind as u8,
             state: ItemState::Queued,
             attempts: 0,
             release_ms,
+            entered_ms: wall_ms(now),
             payload,
         };
         // The fsync wait runs on a blocking thread of the runtime: it shares
@@ -277,8 +430,9 @@ where
             .spawn_blocking(move || store.admit_blocking(&item))
             .await?;
         inner.counters.admitted.fetch_add(1, Ordering::Relaxed);
+        inner.entered(id, rounds)?;
         inner.wake.notify_one();
-        Ok((id, from_wall_ms(release_ms)))
+        Ok((id, (!rounds).then(|| from_wall_ms(release_ms))))
     }
 
     /// Counters since start.
@@ -340,6 +494,91 @@ where
     R: SleepProvider + Spawn + Blocking,
     D: Deliver,
 {
+    fn cfg(&self) -> Arc<MixerConfig> {
+        Arc::clone(&self.cfg.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// An item entered the pool (admitted, or back after a step or a
+    /// failure); `held` if it was stored as held for the rounds.
+    fn entered(&self, id: ItemId, held: bool) -> Result<(), StorageError> {
+        self.tracker
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .arrive(id, self.rt.wallclock());
+        if held {
+            let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+            if self.cfg().strategy.interval().is_some() {
+                pool.held.push(id);
+            } else {
+                // The strategy changed to `poisson` meanwhile.
+                drop(pool);
+                self.time_held(&[id])?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Give held items a release time drawn from their kind's distribution.
+    fn time_held(&self, ids: &[ItemId]) -> Result<(), StorageError> {
+        let cfg = self.cfg();
+        let now = self.rt.wallclock();
+        for id in ids {
+            let Some(item) = self.store.get(id)? else {
+                continue;
+            };
+            let delay = {
+                let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+                cfg.delay_for(item.kind).sample(&mut *rng)
+            };
+            self.store
+                .release_held(id, wall_ms_ceil(cfg.clamp(now + delay)))?;
+        }
+        Ok(())
+    }
+
+    /// Run a round if one is due, and release everything held once the
+    /// lifetime's drain point has come. Returns when to look again: the
+    /// next round (monotonic) and the drain point (wall clock), if any.
+    fn rounds(&self) -> Result<(Option<std::time::Instant>, Option<SystemTime>), StorageError> {
+        let cfg = self.cfg();
+        let now = self.rt.wallclock();
+        let mono = self.rt.now();
+        let drain = cfg.lifetime.map(|l| l.last_release());
+        let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out = Vec::new();
+        if drain.is_some_and(|d| now >= d) {
+            out = std::mem::take(&mut pool.held);
+        } else if let (Some(interval), Some(next)) = (cfg.strategy.interval(), pool.next_round) {
+            if mono >= next {
+                let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut picks = cfg.strategy.pick(pool.held.len(), &mut *rng);
+                // Descending, so each swap_remove moves an unpicked item.
+                picks.sort_unstable_by(|a, b| b.cmp(a));
+                out = picks
+                    .into_iter()
+                    .map(|i| pool.held.swap_remove(i))
+                    .collect();
+                out.shuffle(&mut *rng);
+                // The next round; after a stall, one round, not a burst.
+                let mut n = next + interval;
+                while n <= mono {
+                    n += interval;
+                }
+                pool.next_round = Some(n);
+            }
+        }
+        let now_ms = wall_ms(now);
+        for (i, id) in out.iter().enumerate() {
+            if let Err(e) = self.store.release_held(id, now_ms) {
+                // Not released: keep them held for the next round.
+                pool.held.extend_from_slice(&out[i..]);
+                return Err(e);
+            }
+        }
+        let drain_wake = drain.filter(|d| *d > now && !pool.held.is_empty());
+        Ok((pool.next_round, drain_wake))
+    }
+
     /// The schedule loop. Cancel-safety: it only awaits `Notify::notified`
     /// and sleeps; storage calls are synchronous, so it never stops between
     /// taking an item and spawning its delivery.
@@ -351,22 +590,34 @@ where
             if self.stopping.load(Ordering::SeqCst) {
                 return;
             }
-            let wait = match self.release_due() {
-                Ok(Some(next)) => Some(next),
-                Ok(None) => None,
+            let (round, wall) = match self.rounds().and_then(|(round, drain)| {
+                let next = self.release_due()?;
+                Ok((round, earliest(next, drain)))
+            }) {
+                Ok(w) => w,
                 Err(e) => {
                     tracing::warn!(error = %e, "storage error in the schedule loop; retrying");
-                    Some(self.rt.wallclock() + STORAGE_RETRY)
+                    (None, Some(self.rt.wallclock() + STORAGE_RETRY))
                 }
             };
-            match wait {
-                Some(when) => {
-                    let sleep = self.rt.sleep_until_wallclock(when);
-                    futures::pin_mut!(sleep);
-                    select(woken, sleep).await;
+            let wall_sleep = async {
+                match wall {
+                    Some(when) => self.rt.sleep_until_wallclock(when).await,
+                    None => futures::future::pending().await,
                 }
-                None => woken.await,
-            }
+            };
+            let round_sleep = async {
+                match round {
+                    Some(at) => {
+                        self.rt
+                            .sleep(at.saturating_duration_since(self.rt.now()))
+                            .await
+                    }
+                    None => futures::future::pending().await,
+                }
+            };
+            futures::pin_mut!(wall_sleep, round_sleep);
+            select(woken, select(wall_sleep, round_sleep)).await;
         }
     }
 
@@ -377,17 +628,26 @@ where
     fn release_due(self: &Arc<Self>) -> Result<Option<SystemTime>, dust_storage::StorageError> {
         loop {
             let free = self
-                .cfg
+                .cfg()
                 .max_in_flight
                 .saturating_sub(self.in_flight.load(Ordering::SeqCst));
             if free == 0 {
                 return Ok(None);
             }
-            let now_ms = wall_ms(self.rt.wallclock());
+            let now = self.rt.wallclock();
+            let now_ms = wall_ms(now);
             let mut due = self.store.take_due(now_ms, free.min(RELEASE_BATCH))?;
             if due.is_empty() {
                 return Ok(self.store.next_release()?.map(from_wall_ms));
             }
+            let leaving: Vec<(ItemId, f64)> = due
+                .iter()
+                .map(|i| (i.id, now_ms.saturating_sub(i.entered_ms) as f64 / 1000.0))
+                .collect();
+            self.tracker
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .depart(&leaving, now);
             // Overdue items (after a restart or a stall) leave in random
             // order, not in arrival order.
             due.shuffle(&mut *self.rng.lock().unwrap_or_else(PoisonError::into_inner));
@@ -403,7 +663,7 @@ where
                 {
                     // The executor is shutting down: leave the item for the next start.
                     self.in_flight.fetch_sub(1, Ordering::SeqCst);
-                    self.store.reschedule(&id, now_ms, attempts)?;
+                    self.store.reschedule(&id, now_ms, attempts, None)?;
                     return Ok(None);
                 }
             }
@@ -429,14 +689,22 @@ where
         item: &Item,
         result: Result<Outcome, DeliveryError>,
     ) -> Result<(), dust_storage::StorageError> {
+        let cfg = self.cfg();
+        let now = self.rt.wallclock();
         match result {
             Ok(Outcome::Again) => {
-                let delay = {
-                    let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
-                    self.cfg.delay_for(item.kind).sample(&mut *rng)
+                let rounds = cfg.strategy.interval().is_some();
+                let at = if rounds {
+                    HELD
+                } else {
+                    let delay = {
+                        let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+                        cfg.delay_for(item.kind).sample(&mut *rng)
+                    };
+                    wall_ms_ceil(cfg.clamp(now + delay))
                 };
-                let at = wall_ms_ceil(self.cfg.clamp(self.rt.wallclock() + delay));
-                self.store.reschedule(&item.id, at, 0)?;
+                self.store.reschedule(&item.id, at, 0, Some(wall_ms(now)))?;
+                self.entered(item.id, rounds)?;
                 self.counters.steps.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!("item step done; released again later");
             }
@@ -461,15 +729,25 @@ where
                 let attempts = item.attempts.saturating_add(1);
                 let backoff = {
                     let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
-                    self.cfg.retry.backoff(attempts, &mut *rng)
+                    cfg.retry.backoff(attempts, &mut *rng)
                 };
-                let at = wall_ms_ceil(self.cfg.clamp(self.rt.wallclock() + backoff));
-                self.store.reschedule(&item.id, at, attempts)?;
+                let at = wall_ms_ceil(cfg.clamp(now + backoff));
+                self.store
+                    .reschedule(&item.id, at, attempts, Some(wall_ms(now)))?;
+                self.entered(item.id, false)?;
                 self.counters.retries.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(attempts, "temporary delivery failure; rescheduled");
                 tracing::debug!(%reason, "temporary failure reason");
             }
         }
         Ok(())
+    }
+}
+
+/// The earlier of two optional times.
+fn earliest(a: Option<SystemTime>, b: Option<SystemTime>) -> Option<SystemTime> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }

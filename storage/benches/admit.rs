@@ -29,6 +29,7 @@ fn item(n: u64) -> Item {
         state: ItemState::Queued,
         attempts: 0,
         release_ms: 4_000_000_000_000 + n,
+        entered_ms: 0,
         payload: vec![b'x'; 2048],
     }
 }

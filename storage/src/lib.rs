@@ -18,6 +18,12 @@ use flusher::Flusher;
 pub const FORMAT_VERSION: u8 = 2;
 const FORMAT_KEY: &[u8] = b"format";
 
+/// The release time of an item held in a pool (mixing strategies `pool` and
+/// `binomial`): it has a schedule entry at the very end, after every real
+/// time, and leaves only when a round gives it a time
+/// ([`Store::release_held`]).
+pub const HELD: u64 = u64::MAX;
+
 /// sled's page cache. sled's default is 1 GiB, far more than a mote needs:
 /// items are deleted soon after delivery, so the working set is the queue.
 pub const DEFAULT_CACHE_BYTES: u64 = 64 * 1024 * 1024;
@@ -81,8 +87,10 @@ pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 /// Counts and times of what is queued, for `dustmote queue` and `/status`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct QueueStats {
-    /// Items waiting for their release time.
+    /// Items waiting: for their release time, or held in a pool.
     pub queued: u64,
+    /// Of `queued`, the items held in a pool (no release time yet).
+    pub held: u64,
     /// Items handed to a deliverer and not yet completed.
     pub in_flight: u64,
     /// The earliest release times (ms since the epoch), at most the number asked for.
@@ -323,13 +331,14 @@ impl Store {
             .map_err(db_err("flushing at shutdown"))
     }
 
-    /// The earliest scheduled release time, if any item is queued.
+    /// The earliest scheduled release time, if any item is queued with a
+    /// time (held items have none).
     pub fn next_release(&self) -> Result<Option<u64>> {
         let first = self
             .schedule
             .first()
             .map_err(db_err("reading the schedule"))?;
-        Ok(first.map(|(k, _)| release_of(&k)))
+        Ok(first.map(|(k, _)| release_of(&k)).filter(|t| *t != HELD))
     }
 
     /// Take up to `limit` items whose release time is `<= now_ms`, in release
@@ -387,17 +396,71 @@ impl Store {
         Ok(())
     }
 
-    /// Put an in-flight item back on the schedule at `release_ms`, with its
-    /// attempt counter set to `attempts` (after a temporary failure, or at
-    /// shutdown).
-    pub fn reschedule(&self, id: &ItemId, release_ms: u64, attempts: u32) -> Result<()> {
+    /// Put an in-flight item back on the schedule at `release_ms` (or
+    /// [`HELD`]), with its attempt counter set to `attempts` (after a
+    /// temporary failure, a step, or at shutdown); `entered_ms` is when it
+    /// re-entered the mix (`None`: unchanged).
+    pub fn reschedule(
+        &self,
+        id: &ItemId,
+        release_ms: u64,
+        attempts: u32,
+        entered_ms: Option<u64>,
+    ) -> Result<()> {
         let Some(mut item) = self.get(id)? else {
             return Ok(());
         };
         item.release_ms = release_ms;
         item.attempts = attempts;
         item.state = ItemState::Queued;
+        if let Some(e) = entered_ms {
+            item.entered_ms = e;
+        }
         self.put(&item)
+    }
+
+    /// The ids of the items held in a pool, in id order (random). Removes
+    /// stale held entries (a crash in the middle of [`release_held`](Self::release_held)).
+    pub fn held_ids(&self) -> Result<Vec<ItemId>> {
+        let mut out = Vec::new();
+        for kv in self.schedule.range(schedule_key(HELD, &ItemId([0; 16]))..) {
+            let (k, _) = kv.map_err(db_err("scanning held items"))?;
+            let mut id = [0u8; 16];
+            id.copy_from_slice(&k[8..24]);
+            let id = ItemId(id);
+            match self.get(&id)? {
+                Some(item) if item.release_ms == HELD && item.state == ItemState::Queued => {
+                    out.push(id)
+                }
+                _ => {
+                    self.schedule
+                        .remove(k)
+                        .map_err(db_err("removing a stale held entry"))?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Give a held item its release time. Not flushed by itself: a crash
+    /// before the next flush leaves it held (it is picked by a later round).
+    ///
+    /// Order: the item's new time, its new schedule entry, then the held
+    /// entry is dropped; a crash in between leaves a stale held entry, which
+    /// [`held_ids`](Self::held_ids) removes.
+    pub fn release_held(&self, id: &ItemId, release_ms: u64) -> Result<bool> {
+        let Some(mut item) = self.get(id)? else {
+            return Ok(false);
+        };
+        if item.release_ms != HELD || item.state != ItemState::Queued {
+            return Ok(false);
+        }
+        item.release_ms = release_ms;
+        self.put(&item)?;
+        self.schedule
+            .remove(schedule_key(HELD, id))
+            .map_err(db_err("removing a held entry"))?;
+        Ok(true)
     }
 
     /// One item by id.
@@ -417,14 +480,23 @@ impl Store {
     /// Counts and the `next` earliest release times.
     pub fn stats(&self, next: usize) -> Result<QueueStats> {
         let queued = self.schedule.len() as u64;
+        let held = self
+            .schedule
+            .range(schedule_key(HELD, &ItemId([0; 16]))..)
+            .count() as u64;
         let total = self.items.len() as u64;
         let mut next_releases = Vec::new();
         for kv in self.schedule.iter().take(next) {
             let (k, _) = kv.map_err(db_err("scanning the schedule"))?;
-            next_releases.push(release_of(&k));
+            let t = release_of(&k);
+            if t == HELD {
+                break;
+            }
+            next_releases.push(t);
         }
         Ok(QueueStats {
             queued,
+            held,
             in_flight: total.saturating_sub(queued),
             next_releases,
         })
