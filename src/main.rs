@@ -4,6 +4,7 @@ mod config;
 mod control;
 mod fetch_cli;
 mod rt;
+mod simulate;
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -74,11 +75,60 @@ enum Command {
         #[command(subcommand)]
         command: FetchCommand,
     },
+    /// Run the real mixer on simulated time with synthetic arrivals and
+    /// report latency and anonymity (see "Tuning the mix" in the README).
+    Simulate(SimulateArgs),
     /// Configuration commands.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// Configuration file whose `[mixer]` settings are simulated (default:
+    /// the embedded defaults).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Arrival rate of real items: 1/min, 30/h, 0.5/s, 2/d.
+    #[arg(long, default_value = "1/min")]
+    rate: String,
+    /// Simulated time.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    duration: std::time::Duration,
+    /// Simulated time before measuring starts (default: a tenth of the
+    /// duration).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    warmup: Option<std::time::Duration>,
+    /// Strategy instead of the config's: poisson, pool, binomial.
+    #[arg(long)]
+    strategy: Option<String>,
+    /// Poisson strategy: exponential delays with this mean instead of the
+    /// config's distribution.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    mean: Option<std::time::Duration>,
+    /// Pool/binomial: time between rounds.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    interval: Option<std::time::Duration>,
+    /// Pool: items always kept back.
+    #[arg(long)]
+    min_pool: Option<u64>,
+    /// Pool: largest fraction sent per round; binomial: probability of leaving.
+    #[arg(long)]
+    pool_rate: Option<f64>,
+    /// Arrivals at fixed intervals instead of a Poisson process.
+    #[arg(long)]
+    constant_arrivals: bool,
+    /// Seed (the same seed gives the same run).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Draw the latency histogram and the entropy-vs-latency curve (SVG).
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -112,10 +162,115 @@ enum ConfigCommand {
     },
 }
 
+fn simulate(a: SimulateArgs) -> Result<(), String> {
+    let checked = config::load(a.config.as_deref()).map_err(|e| e.to_string())?;
+    let mut cfg = checked.mixer;
+    let strategy = a.strategy.as_deref().map(str::to_ascii_lowercase);
+    let (interval, rate) = match &cfg.strategy {
+        dust_mixer::Strategy::Pool { interval, rate, .. }
+        | dust_mixer::Strategy::Binomial { interval, rate } => (*interval, *rate),
+        dust_mixer::Strategy::Poisson => (std::time::Duration::from_secs(900), 0.65),
+    };
+    let min_pool = match &cfg.strategy {
+        dust_mixer::Strategy::Pool { min_pool, .. } => *min_pool,
+        _ => 45,
+    };
+    let (interval, rate, min_pool) = (
+        a.interval.unwrap_or(interval),
+        a.pool_rate.unwrap_or(rate),
+        a.min_pool.unwrap_or(min_pool),
+    );
+    cfg.strategy = match strategy.as_deref() {
+        None => match cfg.strategy {
+            dust_mixer::Strategy::Poisson => dust_mixer::Strategy::Poisson,
+            dust_mixer::Strategy::Pool { .. } => dust_mixer::Strategy::Pool {
+                interval,
+                min_pool,
+                rate,
+            },
+            dust_mixer::Strategy::Binomial { .. } => {
+                dust_mixer::Strategy::Binomial { interval, rate }
+            }
+        },
+        Some("poisson") => dust_mixer::Strategy::Poisson,
+        Some("pool") => dust_mixer::Strategy::Pool {
+            interval,
+            min_pool,
+            rate,
+        },
+        Some("binomial") => dust_mixer::Strategy::Binomial { interval, rate },
+        Some(other) => {
+            return Err(format!(
+                "unknown strategy {other:?} (poisson, pool, binomial)"
+            ))
+        }
+    };
+    if let Some(mean) = a.mean {
+        cfg.delay = dust_mixer::DelaySpec::Exponential {
+            mean,
+            min: None,
+            max: None,
+        };
+    }
+    cfg.validate().map_err(|e| e.to_string())?;
+    let params = simulate::Params {
+        cfg,
+        rate_per_s: simulate::parse_rate(&a.rate)?,
+        duration: a.duration,
+        warmup: a.warmup.unwrap_or(a.duration / 10),
+        constant_arrivals: a.constant_arrivals,
+        seed: a.seed,
+    };
+    let (report, latencies) = simulate::run(&params)?;
+    if let Some(path) = &a.plot {
+        // The curve: the same arrivals at time scales from 1/8 to 8 times
+        // the chosen one.
+        let mut curve = Vec::new();
+        for k in [0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0] {
+            let p = simulate::Params {
+                cfg: simulate::scaled(&params.cfg, k),
+                ..params.clone()
+            };
+            curve.push(simulate::run(&p)?.0);
+        }
+        simulate::plot(path, &latencies, &curve, &report)?;
+    }
+    let mut out = std::io::stdout().lock();
+    let text = if a.json {
+        serde_json::to_string(&report).map_err(|e| e.to_string())?
+    } else {
+        format!(
+            "strategy {}: {} items at {} over {} (measured {}; simulated in {:.1} s)\n\
+             latency p50 {} p90 {} p99 {} max {}\n\
+             mean pool {:.2}, entropy {:.2} bits, unmixed {:.3} %",
+            report.strategy,
+            report.items,
+            a.rate,
+            humantime::format_duration(a.duration),
+            humantime::format_duration(std::time::Duration::from_secs(report.measured_s as u64)),
+            report.wall_s,
+            fmt_secs(report.latency_p50_s),
+            fmt_secs(report.latency_p90_s),
+            fmt_secs(report.latency_p99_s),
+            fmt_secs(report.latency_max_s),
+            report.mean_pool,
+            report.entropy_bits,
+            report.p_unmixed * 100.0,
+        )
+    };
+    writeln!(out, "{text}").map_err(|e| e.to_string())
+}
+
+/// Seconds, rounded to whole seconds, as "1h 2m 3s".
+fn fmt_secs(s: f64) -> String {
+    humantime::format_duration(std::time::Duration::from_secs(s.round() as u64)).to_string()
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config } => serve(config),
+        Command::Simulate(args) => simulate(args),
         Command::Passwd => passwd(),
         Command::Queue {
             config,

@@ -32,7 +32,6 @@
 //! else arrived. For a Poisson mix that happens with probability
 //! e^(−ρ)/(1+ρ).
 
-use std::collections::HashSet;
 use std::time::SystemTime;
 
 use dust_storage::ItemId;
@@ -105,15 +104,24 @@ pub struct Tracker {
     samples: Option<Samples>,
 }
 
+/// One output, as kept for the simulator.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Output {
+    /// The item.
+    pub id: ItemId,
+    /// Its time in the mix, seconds.
+    pub latency_s: f64,
+    /// Its entropy, bits.
+    pub entropy_bits: f64,
+    /// Whether it left unmixed.
+    pub unmixed: bool,
+}
+
 /// Per-output records kept for the simulator.
 #[derive(Debug, Default, Clone)]
 pub struct Samples {
-    /// Latency of each output, seconds.
-    pub latencies_s: Vec<f64>,
-    /// Entropy of each output, bits.
-    pub entropies_bits: Vec<f64>,
-    /// The outputs that left unmixed.
-    pub unmixed_ids: HashSet<ItemId>,
+    /// Every output since the samples were started or reset, in order.
+    pub outputs: Vec<Output>,
 }
 
 impl Tracker {
@@ -204,11 +212,12 @@ impl Tracker {
             self.buckets[b] += 1;
             self.latency_sum_s += latency;
             if let Some(s) = &mut self.samples {
-                s.latencies_s.push(*latency);
-                s.entropies_bits.push(h);
-                if unmixed {
-                    s.unmixed_ids.insert(*id);
-                }
+                s.outputs.push(Output {
+                    id: *id,
+                    latency_s: *latency,
+                    entropy_bits: h,
+                    unmixed,
+                });
             }
         }
         if self

@@ -5,7 +5,7 @@ pub mod delay;
 mod scheduler;
 pub mod strategy;
 
-pub use anonymity::{AnonymityStats, Samples};
+pub use anonymity::{AnonymityStats, Output, Samples};
 pub use delay::{DelayError, DelaySpec};
 pub use dust_storage::{ContentWriter, Item, ItemId, StorageError, Store, HELD};
 pub use scheduler::{Lifetime, Metrics, Mixer, MixerConfig, RetryPolicy};

@@ -1,0 +1,326 @@
+//! `dustmote simulate`: the real mixer (`dust_mixer::Mixer`, its storage
+//! and its anonymity tracker) on simulated time (`tor_rtmock::MockRuntime`),
+//! fed with synthetic arrivals, so that an operator sees the latency and
+//! anonymity a setting buys before choosing it. A simulated day takes
+//! seconds: nothing sleeps, and the throw-away store skips fsyncs.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use dust_mixer::{
+    Deliver, DeliveryError, Item, ItemKind, Mixer, MixerConfig, Outcome, Store, Strategy,
+};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+use tor_rtcompat::ToplevelBlockOn;
+use tor_rtmock::MockRuntime;
+
+/// What to simulate.
+#[derive(Debug, Clone)]
+pub struct Params {
+    /// The mixer settings (strategy and delays; the lifetime is ignored).
+    pub cfg: MixerConfig,
+    /// Real items per second.
+    pub rate_per_s: f64,
+    /// Simulated time.
+    pub duration: Duration,
+    /// Simulated time before measuring (the pool fills up).
+    pub warmup: Duration,
+    /// Arrivals at fixed intervals instead of a Poisson process.
+    pub constant_arrivals: bool,
+    /// Seed of the arrivals and of the mixer's randomness.
+    pub seed: u64,
+}
+
+/// The results, as printed with `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// The strategy simulated.
+    pub strategy: String,
+    /// Real items admitted (whole run).
+    pub items: u64,
+    /// Real items that left during the measured part.
+    pub outputs: u64,
+    /// Latency quantiles of those outputs, seconds.
+    pub latency_p50_s: f64,
+    /// 90th percentile.
+    pub latency_p90_s: f64,
+    /// 99th percentile.
+    pub latency_p99_s: f64,
+    /// Largest.
+    pub latency_max_s: f64,
+    /// Mean latency.
+    pub latency_mean_s: f64,
+    /// Time-averaged number of items in the pool (ρ).
+    pub mean_pool: f64,
+    /// Mean sender-anonymity entropy of the outputs, bits.
+    pub entropy_bits: f64,
+    /// Fraction of the outputs that left unmixed.
+    pub p_unmixed: f64,
+    /// Dummy items generated (cover traffic).
+    pub cover_items: u64,
+    /// Simulated seconds (measured part).
+    pub measured_s: f64,
+    /// Real seconds the simulation took.
+    pub wall_s: f64,
+}
+
+/// Delivers instantly (the simulation is about timing, not transport).
+struct Instant0;
+
+impl Deliver for Instant0 {
+    async fn deliver(&self, _item: &Item) -> Result<Outcome, DeliveryError> {
+        Ok(Outcome::Done)
+    }
+}
+
+/// A fixed simulated start (whole seconds, so ms release times are exact).
+const START: Duration = Duration::from_secs(1_800_000_000);
+
+/// Run one simulation: the report and the measured outputs' latencies
+/// (seconds, sorted).
+pub fn run(p: &Params) -> Result<(Report, Vec<f64>), String> {
+    if !(p.rate_per_s.is_finite() && p.rate_per_s > 0.0) {
+        return Err("the arrival rate must be > 0".into());
+    }
+    if p.warmup >= p.duration {
+        return Err("the warm-up must be shorter than the duration".into());
+    }
+    let started = Instant::now();
+    let rt = MockRuntime::builder()
+        .starting_wallclock(SystemTime::UNIX_EPOCH + START)
+        .build();
+    let mut cfg = p.cfg.clone();
+    cfg.lifetime = None;
+    // Deliveries are instant: do not let the in-flight bound turn a round
+    // into a queue.
+    cfg.max_in_flight = usize::MAX / 2;
+    let strategy = match cfg.strategy {
+        Strategy::Poisson => "poisson",
+        Strategy::Pool { .. } => "pool",
+        Strategy::Binomial { .. } => "binomial",
+    };
+    let params = p.clone();
+    let rt2 = rt.clone();
+    let (stats, samples, real, items) = rt.block_on(async move {
+        let rt = rt2;
+        let store = Store::temporary().map_err(|e| e.to_string())?;
+        let mixer = Mixer::start_with_rng(
+            rt.clone(),
+            store,
+            Arc::new(Instant0),
+            cfg,
+            StdRng::seed_from_u64(params.seed),
+        )
+        .map_err(|e| e.to_string())?;
+        let mut rng = StdRng::seed_from_u64(params.seed ^ 0x5eed_5eed);
+        let t0 = tor_rtcompat::SleepProvider::now(&rt);
+        let mut t = 0.0f64;
+        let warmup = params.warmup.as_secs_f64();
+        let end = params.duration.as_secs_f64();
+        let mut measuring = false;
+        let mut real = HashSet::new();
+        let mut items = 0u64;
+        loop {
+            let gap = if params.constant_arrivals {
+                1.0 / params.rate_per_s
+            } else {
+                // Exponential gaps: a Poisson process.
+                -(1.0 - rng.random::<f64>()).ln() / params.rate_per_s
+            };
+            let next = t + gap;
+            if !measuring && next >= warmup {
+                rt.advance_until(t0 + Duration::from_secs_f64(warmup)).await;
+                mixer.reset_anonymity_stats();
+                mixer.keep_samples();
+                measuring = true;
+            }
+            if next >= end {
+                break;
+            }
+            rt.advance_until(t0 + Duration::from_secs_f64(next)).await;
+            t = next;
+            let (id, _) = mixer
+                .admit(ItemKind::Mail, Vec::new())
+                .await
+                .map_err(|e| e.to_string())?;
+            items += 1;
+            if measuring {
+                real.insert(id);
+            }
+        }
+        rt.advance_until(t0 + params.duration).await;
+        Ok::<_, String>((
+            mixer.anonymity(),
+            mixer.samples().unwrap_or_default(),
+            real,
+            items,
+        ))
+    })?;
+    // Measure the real items admitted after the warm-up (the ones that
+    // left before the end of the run).
+    let outs: Vec<_> = samples
+        .outputs
+        .iter()
+        .filter(|o| real.contains(&o.id))
+        .collect();
+    let mut lat: Vec<f64> = outs.iter().map(|o| o.latency_s).collect();
+    lat.sort_by(f64::total_cmp);
+    let q = |q: f64| -> f64 {
+        if lat.is_empty() {
+            return 0.0;
+        }
+        let i = ((q * lat.len() as f64).ceil() as usize).clamp(1, lat.len()) - 1;
+        lat[i]
+    };
+    let n = outs.len().max(1) as f64;
+    let report = Report {
+        strategy: strategy.into(),
+        items,
+        outputs: outs.len() as u64,
+        latency_p50_s: q(0.5),
+        latency_p90_s: q(0.9),
+        latency_p99_s: q(0.99),
+        latency_max_s: lat.last().copied().unwrap_or(0.0),
+        latency_mean_s: lat.iter().sum::<f64>() / n,
+        mean_pool: stats.mean_pool,
+        entropy_bits: outs.iter().map(|o| o.entropy_bits).sum::<f64>() / n,
+        p_unmixed: outs.iter().filter(|o| o.unmixed).count() as f64 / n,
+        cover_items: 0,
+        measured_s: (p.duration - p.warmup).as_secs_f64(),
+        wall_s: started.elapsed().as_secs_f64(),
+    };
+    Ok((report, lat))
+}
+
+/// `"1/min"`, `"30/h"`, `"0.5/s"`, `"2/d"` → items per second.
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let (n, unit) = s
+        .split_once('/')
+        .ok_or_else(|| format!("rate {s:?}: expected COUNT/UNIT, e.g. 1/min, 30/h, 0.5/s"))?;
+    let n: f64 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("rate {s:?}: {n:?} is not a number"))?;
+    let per = match unit.trim() {
+        "s" | "sec" => 1.0,
+        "min" | "m" => 60.0,
+        "h" | "hour" => 3600.0,
+        "d" | "day" => 86400.0,
+        u => return Err(format!("rate {s:?}: unknown unit {u:?} (s, min, h, d)")),
+    };
+    if !(n.is_finite() && n > 0.0) {
+        return Err(format!("rate {s:?}: must be > 0"));
+    }
+    Ok(n / per)
+}
+
+/// The same settings with the strategy's time scale multiplied by `k`
+/// (the mean delay for `poisson`, the round interval otherwise).
+pub fn scaled(cfg: &MixerConfig, k: f64) -> MixerConfig {
+    let mut c = cfg.clone();
+    match &mut c.strategy {
+        Strategy::Poisson => {
+            let mean = c.delay.typical().mul_f64(k).max(Duration::from_millis(1));
+            c.delay = dust_mixer::DelaySpec::Exponential {
+                mean,
+                min: None,
+                max: None,
+            };
+        }
+        Strategy::Pool { interval, .. } | Strategy::Binomial { interval, .. } => {
+            *interval = interval.mul_f64(k).max(Duration::from_millis(1));
+        }
+    }
+    c
+}
+
+/// Draw the latency histogram of `report`'s run and the entropy-vs-latency
+/// curve (`curve`: one report per time scale) into an SVG file.
+pub fn plot(path: &Path, lat: &[f64], curve: &[Report], current: &Report) -> Result<(), String> {
+    use plotters::prelude::*;
+    let e = |e: &dyn std::fmt::Display| format!("plotting: {e}");
+    let root = SVGBackend::new(path, (1000, 420)).into_drawing_area();
+    root.fill(&WHITE).map_err(|x| e(&x))?;
+    let (left, right) = root.split_horizontally(500);
+
+    // Histogram of latencies, in minutes.
+    let mins: Vec<f64> = lat.iter().map(|s| s / 60.0).collect();
+    let max = mins.iter().copied().fold(0.0f64, f64::max).max(1e-3);
+    const BINS: usize = 40;
+    let width = max / BINS as f64;
+    let mut counts = [0u32; BINS];
+    for m in &mins {
+        counts[((m / width) as usize).min(BINS - 1)] += 1;
+    }
+    let top = counts.iter().copied().max().unwrap_or(1).max(1);
+    let mut chart = ChartBuilder::on(&left)
+        .caption(
+            format!("latency ({} strategy)", current.strategy),
+            ("sans-serif", 18),
+        )
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(45)
+        .build_cartesian_2d(0.0..max, 0u32..top + top / 10 + 1)
+        .map_err(|x| e(&x))?;
+    chart
+        .configure_mesh()
+        .x_desc("minutes in the mote")
+        .y_desc("items")
+        .draw()
+        .map_err(|x| e(&x))?;
+    chart
+        .draw_series(counts.iter().enumerate().map(|(i, c)| {
+            let x0 = i as f64 * width;
+            Rectangle::new([(x0, 0), (x0 + width, *c)], BLUE.mix(0.6).filled())
+        }))
+        .map_err(|x| e(&x))?;
+
+    // Entropy against mean latency.
+    let xs: Vec<f64> = curve.iter().map(|r| r.latency_mean_s / 60.0).collect();
+    let ys: Vec<f64> = curve.iter().map(|r| r.entropy_bits).collect();
+    let xmax = xs.iter().copied().fold(0.0f64, f64::max).max(1e-3) * 1.05;
+    let ymax = ys.iter().copied().fold(0.0f64, f64::max).max(1.0) * 1.1;
+    let mut chart = ChartBuilder::on(&right)
+        .caption(
+            "entropy vs mean latency (same arrival rate)",
+            ("sans-serif", 18),
+        )
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(45)
+        .build_cartesian_2d(0.0..xmax, 0.0..ymax)
+        .map_err(|x| e(&x))?;
+    chart
+        .configure_mesh()
+        .x_desc("mean latency, minutes")
+        .y_desc("entropy, bits")
+        .draw()
+        .map_err(|x| e(&x))?;
+    chart
+        .draw_series(LineSeries::new(
+            xs.iter().copied().zip(ys.iter().copied()),
+            &RED,
+        ))
+        .map_err(|x| e(&x))?;
+    chart
+        .draw_series(
+            xs.iter()
+                .zip(&ys)
+                .map(|(x, y)| Circle::new((*x, *y), 3, RED.filled())),
+        )
+        .map_err(|x| e(&x))?;
+    chart
+        .draw_series(std::iter::once(Circle::new(
+            (current.latency_mean_s / 60.0, current.entropy_bits),
+            6,
+            BLACK.stroke_width(2),
+        )))
+        .map_err(|x| e(&x))?;
+    root.present().map_err(|x| e(&x))?;
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! `dustmote simulate` against closed forms. The simulator runs the real
+//! mixer on simulated time; with a fixed seed each run is deterministic,
+//! and the runs are long enough that the estimates sit well inside the
+//! tolerances for any seed (checked with several while writing this).
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn simulate(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_dustmote"))
+        .arg("simulate")
+        .arg("--json")
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "simulate {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn f(v: &Value, key: &str) -> f64 {
+    v[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} missing in {v}"))
+}
+
+/// A Poisson mix (exponential delays, mean 1/μ, arrivals at rate λ) gives
+/// each output H ≈ log2(e·λ/μ) bits.
+#[test]
+fn poisson_mix_entropy_matches_log2_e_lambda_over_mu() {
+    for ratio in [5u32, 10, 30] {
+        let mean = format!("{ratio}s");
+        let r = simulate(&[
+            "--rate",
+            "1/s",
+            "--mean",
+            &mean,
+            "--duration",
+            "2h",
+            "--warmup",
+            "10m",
+        ]);
+        let want = (std::f64::consts::E * ratio as f64).log2();
+        let got = f(&r, "entropy_bits");
+        println!("λ/μ = {ratio}: {got:.3} bits, closed form {want:.3}: {r}");
+        assert!((got - want).abs() < 0.1, "λ/μ = {ratio}: {got} vs {want}");
+        // The pool holds λ/μ items on average, and latency is the delay.
+        assert!(
+            (f(&r, "mean_pool") / ratio as f64 - 1.0).abs() < 0.05,
+            "{r}"
+        );
+        assert!(
+            (f(&r, "latency_mean_s") / ratio as f64 - 1.0).abs() < 0.05,
+            "{r}"
+        );
+        assert!(f(&r, "outputs") > 6000.0, "{r}");
+    }
+}
+
+/// A timed pool that keeps n items back and sends N per round gives each
+/// output H = log2(N+n) + (n/N)·log2((N+n)/n) bits (Serjantov and Danezis'
+/// pool-mix formula, with N the batch sent and n the pool kept back).
+/// Mixmaster's defaults (15 min, keep 45, send at most 65 %), with arrivals
+/// at fixed intervals so that every round sees the same counts.
+#[test]
+fn pool_mix_entropy_matches_the_pool_formula_at_mixmaster_defaults() {
+    // 50 per round: more than 45 held → min(95 − 45, ⌈0.65·95⌉) = 50 sent,
+    // 45 kept. 200 per round: steady state 307 held, 200 sent, 107 kept.
+    for (per_hour, sent, kept) in [("200/h", 50.0f64, 45.0f64), ("800/h", 200.0, 107.0)] {
+        let r = simulate(&[
+            "--strategy",
+            "pool",
+            "--rate",
+            per_hour,
+            "--constant-arrivals",
+            "--duration",
+            "48h",
+        ]);
+        let want = (sent + kept).log2() + (kept / sent) * ((sent + kept) / kept).log2();
+        let got = f(&r, "entropy_bits");
+        println!("pool at {per_hour}: {got:.3} bits, formula {want:.3}: {r}");
+        assert!((got - want).abs() < 0.1, "{per_hour}: {got} vs {want}");
+        // Nothing leaves before the first round, and an item waits at
+        // least part of one round.
+        assert!(f(&r, "latency_max_s") >= 900.0, "{r}");
+    }
+}
+
+/// An item leaves unmixed (no other item in the pool during its whole
+/// stay) with probability e^(−ρ)/(1+ρ) in a Poisson mix with ρ = λ/μ.
+#[test]
+fn unmixed_fraction_matches_the_closed_form() {
+    for rho in [1u32, 2] {
+        let mean = format!("{rho}s");
+        let r = simulate(&[
+            "--rate",
+            "1/s",
+            "--mean",
+            &mean,
+            "--duration",
+            "10h",
+            "--warmup",
+            "10m",
+        ]);
+        let want = (-(rho as f64)).exp() / (1.0 + rho as f64);
+        let got = f(&r, "p_unmixed");
+        println!("ρ = {rho}: P_unmixed {got:.4}, closed form {want:.4}");
+        assert!(
+            (got / want - 1.0).abs() < 0.1,
+            "ρ = {rho}: {got} vs {want}: {r}"
+        );
+    }
+}
+
+/// The binomial strategy: every item leaves in a round with probability
+/// `rate`, so the number of rounds an item waits is geometric: with 10 min
+/// rounds and rate 0.5 the mean wait is 2 rounds minus the time already
+/// spent in the first, i.e. 20 min − 5 min = 15 min on average.
+#[test]
+fn binomial_latency_follows_its_geometric_rounds() {
+    let r = simulate(&[
+        "--strategy",
+        "binomial",
+        "--interval",
+        "10m",
+        "--pool-rate",
+        "0.5",
+        "--rate",
+        "60/h",
+        "--duration",
+        "100h",
+    ]);
+    let mean = f(&r, "latency_mean_s");
+    assert!(
+        (mean / 900.0 - 1.0).abs() < 0.05,
+        "mean latency {mean} s: {r}"
+    );
+    // Every latency is a round boundary after the arrival: p50 well below
+    // the max, and nobody waits less than nothing or more than ~20 rounds.
+    assert!(f(&r, "latency_max_s") < 20.0 * 600.0, "{r}");
+}
+
+#[test]
+fn the_plot_is_an_svg_with_both_panels() {
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("mix.svg");
+    let r = simulate(&[
+        "--rate",
+        "1/min",
+        "--mean",
+        "20m",
+        "--duration",
+        "24h",
+        "--plot",
+        svg.to_str().unwrap(),
+    ]);
+    assert!(f(&r, "items") > 1000.0, "{r}");
+    let text = std::fs::read_to_string(&svg).unwrap();
+    assert!(text.starts_with("<svg"), "{}", &text[..100.min(text.len())]);
+    assert!(text.contains("entropy vs mean latency"));
+    assert!(text.contains("latency (poisson strategy)"));
+    // Histogram bars and the curve's points are drawn.
+    assert!(text.matches("<rect").count() > 10);
+    assert!(text.matches("<circle").count() >= 7);
+}
