@@ -545,20 +545,11 @@ where
         let mono = self.rt.now();
         let drain = cfg.lifetime.map(|l| l.last_release());
         let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut out = Vec::new();
-        if drain.is_some_and(|d| now >= d) {
-            out = std::mem::take(&mut pool.held);
-        } else if let (Some(interval), Some(next)) = (cfg.strategy.interval(), pool.next_round) {
+        let draining = drain.is_some_and(|d| now >= d);
+        let mut round_due = false;
+        if let (Some(interval), Some(next)) = (cfg.strategy.interval(), pool.next_round) {
             if mono >= next {
-                let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
-                let mut picks = cfg.strategy.pick(pool.held.len(), &mut *rng);
-                // Descending, so each swap_remove moves an unpicked item.
-                picks.sort_unstable_by(|a, b| b.cmp(a));
-                out = picks
-                    .into_iter()
-                    .map(|i| pool.held.swap_remove(i))
-                    .collect();
-                out.shuffle(&mut *rng);
+                round_due = true;
                 // The next round; after a stall, one round, not a burst.
                 let mut n = next + interval;
                 while n <= mono {
@@ -566,6 +557,21 @@ where
                 }
                 pool.next_round = Some(n);
             }
+        }
+        let mut out = Vec::new();
+        if draining {
+            // The lifetime's drain point: everything held leaves now.
+            out = std::mem::take(&mut pool.held);
+        } else if round_due {
+            let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut picks = cfg.strategy.pick(pool.held.len(), &mut *rng);
+            // Descending, so each swap_remove moves an unpicked item.
+            picks.sort_unstable_by(|a, b| b.cmp(a));
+            out = picks
+                .into_iter()
+                .map(|i| pool.held.swap_remove(i))
+                .collect();
+            out.shuffle(&mut *rng);
         }
         let now_ms = wall_ms(now);
         for (i, id) in out.iter().enumerate() {

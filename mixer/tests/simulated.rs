@@ -4,103 +4,16 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
-use dust_mixer::{
-    DelaySpec, Deliver, DeliveryError, Item, ItemId, ItemKind, Lifetime, Mixer, MixerConfig,
-    MixerError, Outcome, RetryPolicy, Store, Strategy,
-};
+mod common;
+
+use common::*;
+use dust_mixer::{DelaySpec, ItemId, ItemKind, Lifetime, Mixer, MixerError, Store};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use tor_rtcompat::{SleepProvider, ToplevelBlockOn};
-use tor_rtmock::task::SchedulingPolicy;
 use tor_rtmock::MockRuntime;
-
-/// How the test deliverer answers.
-#[derive(Clone, Copy)]
-enum Answer {
-    Ok,
-    /// Fail temporarily this many times, then succeed.
-    FailTimes(u32),
-    Permanent,
-    /// Never finish (simulates a process that dies mid-delivery).
-    Hang,
-    /// Ask to be released again this many times (download chunks), then done.
-    Steps(u32),
-}
-
-struct Recorder {
-    rt: MockRuntime,
-    answer: Answer,
-    /// Every attempt: item id and simulated wall-clock time.
-    attempts: Mutex<Vec<(ItemId, SystemTime)>>,
-}
-
-impl Recorder {
-    fn new(rt: &MockRuntime, answer: Answer) -> Arc<Self> {
-        Arc::new(Self {
-            rt: rt.clone(),
-            answer,
-            attempts: Mutex::new(Vec::new()),
-        })
-    }
-    fn attempts(&self) -> Vec<(ItemId, SystemTime)> {
-        self.attempts.lock().unwrap().clone()
-    }
-}
-
-impl Deliver for Recorder {
-    async fn deliver(&self, item: &Item) -> Result<Outcome, DeliveryError> {
-        let n = {
-            let mut a = self.attempts.lock().unwrap();
-            a.push((item.id, self.rt.wallclock()));
-            a.iter().filter(|(id, _)| *id == item.id).count() as u32
-        };
-        match self.answer {
-            Answer::Ok => Ok(Outcome::Done),
-            Answer::FailTimes(k) if n <= k => Err(DeliveryError::Temporary("421 try later".into())),
-            Answer::FailTimes(_) => Ok(Outcome::Done),
-            Answer::Steps(k) if n <= k => Ok(Outcome::Again),
-            Answer::Steps(_) => Ok(Outcome::Done),
-            Answer::Permanent => Err(DeliveryError::Permanent("550 no such user".into())),
-            Answer::Hang => futures::future::pending().await,
-        }
-    }
-}
-
-/// A whole-second start time, so that millisecond release times are exact.
-const START_SECS: u64 = 1_800_000_000;
-
-/// Run `test` once per scheduling policy (as `test_with_various` does), on a
-/// runtime whose wall clock starts at [`START_SECS`].
-fn each_runtime<F, Fut>(mut test: F)
-where
-    F: FnMut(MockRuntime) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    for policy in [SchedulingPolicy::Stack, SchedulingPolicy::Queue] {
-        let rt = MockRuntime::builder()
-            .scheduling(policy)
-            .starting_wallclock(SystemTime::UNIX_EPOCH + Duration::from_secs(START_SECS))
-            .build();
-        rt.block_on(test(rt.clone()));
-    }
-}
-
-fn cfg(delay: DelaySpec) -> MixerConfig {
-    MixerConfig {
-        strategy: Strategy::Poisson,
-        delay,
-        kind_delays: Vec::new(),
-        lifetime: None,
-        retry: RetryPolicy {
-            base: Duration::from_secs(30),
-            max: Duration::from_secs(600),
-        },
-        max_in_flight: 16,
-    }
-}
 
 fn exp(mean_ms: u64, min_ms: u64, max_ms: u64) -> DelaySpec {
     DelaySpec::Exponential {
@@ -131,28 +44,6 @@ fn clamped_exp_cdf_left(x: f64, mean: f64, min: f64, max: f64) -> f64 {
     } else {
         1.0 - (-x / mean).exp()
     }
-}
-
-/// Kolmogorov–Smirnov distance between the sample's empirical CDF and a CDF
-/// that may have atoms: at each distinct sample value x the ECDF just below x
-/// is compared with F(x-) and the ECDF at x with F(x).
-fn ks_distance(sample: &mut [f64], cdf: impl Fn(f64) -> f64, cdf_left: impl Fn(f64) -> f64) -> f64 {
-    sample.sort_by(f64::total_cmp);
-    let n = sample.len() as f64;
-    let mut d: f64 = 0.0;
-    let mut i = 0;
-    while i < sample.len() {
-        let x = sample[i];
-        let mut j = i;
-        while j < sample.len() && sample[j] == x {
-            j += 1;
-        }
-        d = d
-            .max((cdf_left(x) - i as f64 / n).abs())
-            .max((cdf(x) - j as f64 / n).abs());
-        i = j;
-    }
-    d
 }
 
 #[test]
@@ -345,19 +236,6 @@ fn restart_releases_overdue_and_in_flight_items_promptly() {
         assert_ne!(attempts.iter().map(|a| a.0).collect::<Vec<_>>(), admitted);
         assert_eq!(mixer.metrics().delivered, 40);
     });
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dest = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dest);
-        } else {
-            std::fs::copy(e.path(), dest).unwrap();
-        }
-    }
 }
 
 #[test]
