@@ -135,6 +135,10 @@ impl Default for Smtp {
 pub struct Mote {
     /// When the mote dies (RFC 3339); none: no end.
     pub expires_at: Option<String>,
+    /// Or: how long the mote lives, counted from its first start (recorded
+    /// in the data directory, so a restart does not extend it).
+    #[serde(default, with = "hts::option")]
+    pub lifetime: Option<Duration>,
     /// Everything must have left this long before `expires_at`.
     #[serde(with = "hts")]
     pub drain_margin: Duration,
@@ -144,6 +148,7 @@ impl Default for Mote {
     fn default() -> Self {
         Self {
             expires_at: None,
+            lifetime: None,
             drain_margin: Duration::from_secs(600),
         }
     }
@@ -522,6 +527,9 @@ pub struct Checked {
     pub fetch: FetchConfig,
     /// Things the operator should know (printed as warnings at startup).
     pub warnings: Vec<String>,
+    /// `[mote] lifetime`: the mote ends this long after its first start
+    /// (`mixer.lifetime` is then set by `serve`, which knows that start).
+    pub lifetime_from_first_start: Option<Duration>,
 }
 
 /// Parse `text` (from `file`) and check it.
@@ -842,6 +850,22 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
             keep_threading: s.keep_threading_headers,
         },
     };
+    if config.mote.expires_at.is_some() && config.mote.lifetime.is_some() {
+        return Err(err(
+            "mote.lifetime",
+            "give either expires_at or lifetime, not both",
+        ));
+    }
+    if config
+        .mote
+        .lifetime
+        .is_some_and(|l| l <= config.mote.drain_margin)
+    {
+        return Err(err(
+            "mote.lifetime",
+            "the lifetime must be longer than drain_margin",
+        ));
+    }
     let lifetime = match &config.mote.expires_at {
         None => None,
         Some(t) => Some(dust_mixer::Lifetime {
@@ -866,6 +890,7 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
         max_in_flight: m.max_in_flight,
     };
     Ok(Checked {
+        lifetime_from_first_start: config.mote.lifetime,
         config,
         smtp,
         mixer,

@@ -3,13 +3,15 @@
 //! cannot open it then).
 //!
 //! The socket is `control.sock` in the data directory, mode 0600. A client
-//! writes one line, `queue`, `queue addresses` or `status`, and reads one
-//! JSON object.
+//! writes one line, `queue`, `queue addresses`, `status` or `reload`, and
+//! reads one JSON object.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use dust_mixer::anonymity::LATENCY_BUCKETS_S;
+use dust_mixer::{AnonymityStats, MixerConfig, Strategy, HELD};
 use dust_proxies::mail::StoredMail;
 use dust_proxies::tor::Connector;
 use dust_storage::{ItemState, Store};
@@ -81,12 +83,19 @@ pub fn bind(dir: &Path) -> Result<tokio::net::UnixListener, String> {
     Ok(listener)
 }
 
-/// Answer `status` requests on `listener` (from [`bind`]) until `stop`.
+/// The full status (see `status_json`, plus the mix).
+pub type StatusFn = Arc<dyn Fn() -> Value + Send + Sync>;
+
+/// Re-read the configuration and apply the mixer settings: a message on
+/// success, the reason on refusal.
+pub type ReloadFn = Arc<dyn Fn() -> Result<String, String> + Send + Sync>;
+
+/// Answer requests on `listener` (from [`bind`]) until `stop`.
 pub fn serve(
     listener: tokio::net::UnixListener,
     store: Arc<Store>,
-    connector: Arc<dyn Connector>,
-    expires_at: Option<String>,
+    status: StatusFn,
+    reload: ReloadFn,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -97,8 +106,7 @@ pub fn serve(
             };
             let Ok((sock, _)) = conn else { continue };
             let store = Arc::clone(&store);
-            let connector = Arc::clone(&connector);
-            let expires_at = expires_at.clone();
+            let (status, reload) = (Arc::clone(&status), Arc::clone(&reload));
             tokio::spawn(async move {
                 let (rd, mut wr) = sock.into_split();
                 let mut line = String::new();
@@ -109,7 +117,8 @@ pub fn serve(
                 let answer = match line.trim() {
                     "queue" => report(&store, false),
                     "queue addresses" => report(&store, true),
-                    "status" => Ok(status_json(&store, &*connector, expires_at.as_deref())),
+                    "status" => Ok(status()),
+                    "reload" => reload().map(|m| json!({ "reloaded": m })),
                     _ => Err("unknown request".to_string()),
                 };
                 let v = answer.unwrap_or_else(|e| json!({ "error": e }));
@@ -128,6 +137,54 @@ pub fn status_json(store: &Store, connector: &dyn Connector, expires_at: Option<
     v["transport"] = transport_json(connector);
     v["expires_at"] = json!(expires_at);
     v
+}
+
+/// The mix part of the status: strategy, pool and anonymity metrics.
+pub fn mix_json(cfg: &MixerConfig, held: usize, a: &AnonymityStats) -> Value {
+    let strategy = match &cfg.strategy {
+        Strategy::Poisson => json!({ "name": "poisson", "delay": format!("{:?}", cfg.delay) }),
+        Strategy::Pool {
+            interval,
+            min_pool,
+            rate,
+        } => json!({
+            "name": "pool",
+            "interval_s": interval.as_secs_f64(),
+            "min_pool": min_pool,
+            "rate": rate,
+        }),
+        Strategy::Binomial { interval, rate } => json!({
+            "name": "binomial",
+            "interval_s": interval.as_secs_f64(),
+            "rate": rate,
+        }),
+    };
+    let mut cumulative = 0u64;
+    let buckets: Vec<Value> = a
+        .latency_buckets
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            cumulative += n;
+            let le = LATENCY_BUCKETS_S
+                .get(i)
+                .map_or_else(|| json!("+Inf"), |le| json!(le));
+            json!([le, cumulative])
+        })
+        .collect();
+    json!({
+        "strategy": strategy,
+        "held": held,
+        "pool": a.pool,
+        "mean_pool": a.mean_pool,
+        "outputs": a.outputs,
+        "entropy_bits_mean": a.mean_entropy_bits,
+        "entropy_bits_recent": a.recent_entropy_bits,
+        "unmixed": a.unmixed,
+        "p_unmixed": a.p_unmixed(),
+        "latency_buckets_s": buckets,
+        "latency_sum_s": a.latency_sum_s,
+    })
 }
 
 fn transport_json(c: &dyn Connector) -> Value {
@@ -156,6 +213,9 @@ fn ask_running(dir: &Path, req: &str) -> Option<Result<Value, String>> {
 }
 
 fn when(ms: u64, now: SystemTime) -> String {
+    if ms == HELD {
+        return "held in the pool (leaves in a round)".into();
+    }
     let t = dust_mixer::from_wall_ms(ms);
     let rel = match t.duration_since(now) {
         Ok(d) => format!(
@@ -243,6 +303,42 @@ pub fn queue(config: Option<&Path>, addresses: bool) -> Result<(), String> {
         .map_err(|e| e.to_string())
 }
 
+/// The bucket bound below which half of the outputs' latencies fall.
+fn median_bucket(buckets: &Value) -> Option<String> {
+    let b = buckets.as_array()?;
+    let total = b.last()?.get(1)?.as_u64()?;
+    if total == 0 {
+        return None;
+    }
+    let hit = b
+        .iter()
+        .find(|x| x.get(1).and_then(Value::as_u64).unwrap_or(0) * 2 >= total)?;
+    Some(match hit.get(0)?.as_f64() {
+        Some(s) => humantime::format_duration(std::time::Duration::from_secs_f64(s)).to_string(),
+        None => "more than a day".into(),
+    })
+}
+
+/// `dustmote reload`: ask the running mote to re-read its configuration.
+pub fn reload(config: Option<&Path>) -> Result<(), String> {
+    let checked = crate::config::load(config).map_err(|e| e.to_string())?;
+    let dir = checked.config.storage.dir;
+    let v = ask_running(&dir, "reload\n")
+        .ok_or_else(|| format!("no running mote answers on {}", socket_path(&dir).display()))??;
+    if let Some(e) = v.get("error").and_then(Value::as_str) {
+        return Err(format!(
+            "reload refused, the old settings stay in force: {e}"
+        ));
+    }
+    use std::io::Write;
+    writeln!(
+        std::io::stdout().lock(),
+        "{}",
+        v["reloaded"].as_str().unwrap_or("reloaded")
+    )
+    .map_err(|e| e.to_string())
+}
+
 /// `dustmote status`: the running mote's transport state and queue counts.
 pub fn status(config: Option<&Path>) -> Result<(), String> {
     let checked = crate::config::load(config).map_err(|e| e.to_string())?;
@@ -279,6 +375,26 @@ pub fn status(config: Option<&Path>) -> Result<(), String> {
         "queued:    {}\nin flight: {}\n",
         v["queued"], v["in_flight"]
     ));
+    let m = &v["mix"];
+    if m.is_object() {
+        out.push_str(&format!(
+            "mix:       {} (held {}, pool {}, mean pool {:.1})\n",
+            m["strategy"]["name"].as_str().unwrap_or("?"),
+            m["held"],
+            m["pool"],
+            m["mean_pool"].as_f64().unwrap_or(0.0),
+        ));
+        out.push_str(&format!(
+            "anonymity: {:.2} bits recent, {:.2} bits mean over {} outputs, {:.2} % left unmixed\n",
+            m["entropy_bits_recent"].as_f64().unwrap_or(0.0),
+            m["entropy_bits_mean"].as_f64().unwrap_or(0.0),
+            m["outputs"],
+            m["p_unmixed"].as_f64().unwrap_or(0.0) * 100.0,
+        ));
+        if let Some(median) = median_bucket(&m["latency_buckets_s"]) {
+            out.push_str(&format!("latency:   median <= {median}\n"));
+        }
+    }
     use std::io::Write;
     std::io::stdout()
         .lock()

@@ -10,6 +10,7 @@ use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use clap::{Parser, Subcommand};
 use dust_mixer::{Deliver, DeliveryError, Item, ItemKind, Mixer, Outcome};
@@ -54,6 +55,14 @@ enum Command {
         /// Also list each item's envelope addresses.
         #[arg(long)]
         show_addresses: bool,
+    },
+    /// Re-read the configuration file and apply its mixer settings to the
+    /// running mote (as SIGHUP does); an invalid file is refused and the old
+    /// settings stay in force.
+    Reload {
+        /// Configuration file (the same one the mote runs with).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
     },
     /// Show the transport (Tor) state and the queue of the running mote.
     Status {
@@ -277,6 +286,7 @@ fn main() -> ExitCode {
             show_addresses,
         } => control::queue(config.as_deref(), show_addresses),
         Command::Status { config } => control::status(config.as_deref()),
+        Command::Reload { config } => control::reload(config.as_deref()),
         Command::Fetch {
             config,
             api,
@@ -385,23 +395,25 @@ fn serve(config: Option<PathBuf>) -> Result<(), String> {
     for w in &checked.warnings {
         tracing::warn!("{w}");
     }
+    let config_path = config;
     // Arti's TLS (rustls) needs a process-wide crypto provider.
     install_crypto_provider();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))?;
-    runtime.block_on(run(checked))
+    runtime.block_on(run(checked, config_path))
 }
 
-async fn run(checked: Checked) -> Result<(), String> {
+async fn run(checked: Checked, config_path: Option<PathBuf>) -> Result<(), String> {
     let Checked {
         config,
         smtp,
-        mixer: mixer_cfg,
+        mixer: mut mixer_cfg,
         route,
         http_users,
         fetch,
+        lifetime_from_first_start,
         ..
     } = checked;
     let dir = config.storage.dir.clone();
@@ -418,6 +430,30 @@ async fn run(checked: Checked) -> Result<(), String> {
         in_flight = stats.in_flight,
         "queue opened"
     );
+    if let Some(lifetime) = lifetime_from_first_start {
+        // Counted from the first start, recorded in the store: a restart
+        // does not extend the mote's life.
+        let first = store
+            .first_start_ms(dust_mixer::wall_ms(SystemTime::now()))
+            .await
+            .map_err(|e| e.to_string())?;
+        mixer_cfg.lifetime = Some(dust_mixer::Lifetime {
+            expires_at: dust_mixer::from_wall_ms(first) + lifetime,
+            drain_margin: config.mote.drain_margin,
+        });
+    }
+    let lifetime = mixer_cfg.lifetime;
+    let expires_at = lifetime.map(|l| humantime::format_rfc3339_seconds(l.expires_at).to_string());
+    if let Some(e) = &expires_at {
+        tracing::info!(expires_at = %e, "the mote ends at this time");
+    }
+    if lifetime.is_some_and(|l| l.expires_at <= SystemTime::now()) {
+        tracing::info!(
+            queued = stats.queued,
+            "the mote's lifetime is over; not starting"
+        );
+        return Ok(());
+    }
     // Listen first: a mote that cannot take its ports must not start
     // delivering either. The control socket first of all, so that a mote
     // whose SMTP port answers also answers `dustmote status`.
@@ -450,18 +486,75 @@ async fn run(checked: Checked) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let status: control::StatusFn = {
+        let (store, connector, mixer) = (Arc::clone(&store), Arc::clone(&connector), mixer.clone());
+        Arc::new(move || {
+            let mut v = control::status_json(&store, &*connector, expires_at.as_deref());
+            v["mix"] = control::mix_json(&mixer.config(), mixer.held(), &mixer.anonymity());
+            v
+        })
+    };
+    let reload: control::ReloadFn = {
+        let mixer = mixer.clone();
+        Arc::new(move || {
+            let checked = config::load(config_path.as_deref()).map_err(|e| e.to_string())?;
+            mixer
+                .reconfigure(checked.mixer)
+                .map_err(|e| e.to_string())?;
+            tracing::info!("mixer settings reloaded");
+            Ok(
+                "mixer settings reloaded ([mixer] and [fetch] delay); items already scheduled \
+                keep their times; other sections apply at the next start"
+                    .into(),
+            )
+        })
+    };
     let control = control::serve(
         control_listener,
         Arc::clone(&store),
-        Arc::clone(&connector),
-        config.mote.expires_at.clone(),
+        Arc::clone(&status),
+        Arc::clone(&reload),
         stop_rx.clone(),
     );
-    let status: dust_proxies::http::StatusFn = {
-        let (store, connector) = (Arc::clone(&store), Arc::clone(&connector));
-        let expires_at = config.mote.expires_at.clone();
-        Arc::new(move || control::status_json(&store, &*connector, expires_at.as_deref()))
-    };
+    tokio::spawn(async move {
+        use tokio::signal::unix::{signal, SignalKind};
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match reload() {
+                Ok(m) => tracing::info!("SIGHUP: {m}"),
+                Err(e) => {
+                    tracing::error!("SIGHUP: reload refused, the old settings stay in force: {e}")
+                }
+            }
+        }
+    });
+    if let Some(l) = lifetime {
+        // At the end of its life the mote stops by itself (the deploy layer
+        // then shuts the VM down). Checked against the wall clock every
+        // half minute, so a clock jump cannot postpone it by much.
+        let stop_tx = Arc::clone(&stop_tx);
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            while let Ok(left) = l.expires_at.duration_since(SystemTime::now()) {
+                if left.is_zero() {
+                    break;
+                }
+                tokio::time::sleep(left.min(std::time::Duration::from_secs(30))).await;
+            }
+            let queued = store.stats(0).map(|s| s.queued).unwrap_or(0);
+            if queued > 0 {
+                tracing::warn!(
+                    queued,
+                    "the mote's lifetime is over with items still queued"
+                );
+            }
+            tracing::info!("the mote's lifetime is over; stopping");
+            let _ = stop_tx.send(true);
+        });
+    }
     let schedule: dust_proxies::http::ScheduleFn = {
         let mixer = mixer.clone();
         Arc::new(move |id, not_before_ms| {
@@ -475,19 +568,30 @@ async fn run(checked: Checked) -> Result<(), String> {
                     )
                     .await
                     .map(|_| ())
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| match (e, lifetime) {
+                        (dust_mixer::MixerError::Expiring, Some(l)) => {
+                            dust_proxies::http::ScheduleError::Expiring {
+                                retry_after_s: l
+                                    .expires_at
+                                    .duration_since(SystemTime::now())
+                                    .map_or(1, |d| d.as_secs() + 1),
+                            }
+                        }
+                        (e, _) => dust_proxies::http::ScheduleError::Failed(e.to_string()),
+                    })
             })
         })
     };
     let api = dust_proxies::http::Api::new(Arc::clone(&store), http_users, status, schedule);
     let http_task = tokio::spawn(api.serve(http_listener, stop_rx.clone()));
     tracing::info!(smtp = %config.smtp.listen, http = %config.http.listen, "dustmote is running");
+    let stop_on_signal = Arc::clone(&stop_tx);
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!(
             "stopping: no new connections; open sessions and deliveries get a grace period"
         );
-        let _ = stop_tx.send(true);
+        let _ = stop_on_signal.send(true);
     });
     let server = Server::new(smtp, Arc::new(mixer.clone()));
     server

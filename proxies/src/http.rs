@@ -97,10 +97,32 @@ pub type StatusFn = Arc<dyn Fn() -> Value + Send + Sync>;
 /// Puts a new job's fetch item into the mix; must return only once it is
 /// durably stored (the mixer's admission fsyncs).
 pub type ScheduleFn = Arc<
-    dyn Fn(ItemId, Option<u64>) -> futures::future::BoxFuture<'static, Result<(), String>>
+    dyn Fn(ItemId, Option<u64>) -> futures::future::BoxFuture<'static, Result<(), ScheduleError>>
         + Send
         + Sync,
 >;
+
+/// Why a job could not be put into the mix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScheduleError {
+    /// The mote ends too soon for a new job (503 with `Retry-After`: the
+    /// seconds until it has ended).
+    Expiring {
+        /// Seconds until the mote has ended.
+        retry_after_s: u64,
+    },
+    /// Storage failed or the mixer is stopping (503).
+    Failed(String),
+}
+
+impl std::fmt::Display for ScheduleError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ScheduleError::Expiring { .. } => write!(f, "the mote expires too soon"),
+            ScheduleError::Failed(e) => write!(f, "{e}"),
+        }
+    }
+}
 
 /// The API server.
 pub struct Api {
@@ -439,10 +461,27 @@ impl Api {
         }
         // 202 only once the job and its fetch item are on disk (the
         // admission's fsync covers the job record written before it).
-        if let Err(e) = (self.schedule)(id, not_before_ms).await {
-            tracing::error!(error = %e, "scheduling a fetch job failed");
-            let _ = self.store.delete_job(&id).await;
-            return refused();
+        match (self.schedule)(id, not_before_ms).await {
+            Ok(()) => {}
+            Err(ScheduleError::Expiring { retry_after_s }) => {
+                let _ = self.store.delete_job(&id).await;
+                let mut r = error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "expiring",
+                    "this mote ends too soon to fetch anything new; use another mote",
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_s));
+                return r;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "scheduling a fetch job failed");
+                let _ = self.store.delete_job(&id).await;
+                let mut r = refused();
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+                return r;
+            }
         }
         json_response(
             StatusCode::ACCEPTED,
@@ -661,6 +700,7 @@ impl Api {
         let ready = u8::from(v["transport"]["ready"].as_bool() == Some(true));
         out.push_str("# HELP dustmote_transport_ready Whether the last outbound connection worked.\n# TYPE dustmote_transport_ready gauge\n");
         out.push_str(&format!("dustmote_transport_ready {ready}\n"));
+        mix_metrics(&v["mix"], &mut out);
         let mut r = Response::new(full(out));
         r.headers_mut().insert(
             header::CONTENT_TYPE,
@@ -668,6 +708,85 @@ impl Api {
         );
         r
     }
+}
+
+/// The mix's anonymity metrics (the status's `mix` object) in the
+/// Prometheus text format.
+fn mix_metrics(m: &Value, out: &mut String) {
+    if !m.is_object() {
+        return;
+    }
+    let num = |k: &str| m[k].as_f64().unwrap_or(0.0);
+    for (name, help, kind, v) in [
+        (
+            "dustmote_mix_pool_items",
+            "Items in the mix now (rho).",
+            "gauge",
+            num("pool"),
+        ),
+        (
+            "dustmote_mix_held_items",
+            "Items held for the next pool/binomial round.",
+            "gauge",
+            num("held"),
+        ),
+        (
+            "dustmote_mix_pool_mean",
+            "Time-averaged pool size since start.",
+            "gauge",
+            num("mean_pool"),
+        ),
+        (
+            "dustmote_mix_entropy_bits",
+            "Sender-anonymity entropy of recent outputs (moving average), bits.",
+            "gauge",
+            num("entropy_bits_recent"),
+        ),
+        (
+            "dustmote_mix_entropy_bits_mean",
+            "Mean entropy of all outputs since start, bits.",
+            "gauge",
+            num("entropy_bits_mean"),
+        ),
+        (
+            "dustmote_mix_outputs_total",
+            "Items that left the mix.",
+            "counter",
+            num("outputs"),
+        ),
+        (
+            "dustmote_mix_unmixed_total",
+            "Items that left without ever sharing the pool with another.",
+            "counter",
+            num("unmixed"),
+        ),
+        (
+            "dustmote_mix_unmixed_ratio",
+            "Fraction of outputs that left unmixed.",
+            "gauge",
+            num("p_unmixed"),
+        ),
+    ] {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+        ));
+    }
+    out.push_str("# HELP dustmote_mix_latency_seconds Time items spent in the mix.\n# TYPE dustmote_mix_latency_seconds histogram\n");
+    let mut count = 0;
+    for b in m["latency_buckets_s"].as_array().into_iter().flatten() {
+        let le = match &b[0] {
+            Value::String(s) => s.clone(),
+            v => v.to_string(),
+        };
+        count = b[1].as_u64().unwrap_or(0);
+        out.push_str(&format!(
+            "dustmote_mix_latency_seconds_bucket{{le=\"{le}\"}} {count}\n"
+        ));
+    }
+    out.push_str(&format!(
+        "dustmote_mix_latency_seconds_sum {}\ndustmote_mix_latency_seconds_count {count}\n",
+        num("latency_sum_s")
+    ));
 }
 
 #[cfg(test)]

@@ -44,7 +44,12 @@ async fn start() -> Server {
             let store = Arc::clone(&store);
             Arc::new(move |_id, _not_before| {
                 let store = Arc::clone(&store);
-                Box::pin(async move { store.sync().await.map_err(|e| e.to_string()) })
+                Box::pin(async move {
+                    store
+                        .sync()
+                        .await
+                        .map_err(|e| dust_proxies::http::ScheduleError::Failed(e.to_string()))
+                })
             })
         },
     );

@@ -17,6 +17,9 @@ use flusher::Flusher;
 /// database written in another format instead of misreading it.
 pub const FORMAT_VERSION: u8 = 2;
 const FORMAT_KEY: &[u8] = b"format";
+/// When the mote first started (ms since the epoch, big-endian), for a
+/// lifetime counted from the first start.
+const FIRST_START_KEY: &[u8] = b"first_start";
 
 /// The release time of an item held in a pool (mixing strategies `pool` and
 /// `binomial`): it has a schedule entry at the very end, after every real
@@ -100,6 +103,7 @@ pub struct QueueStats {
 /// The durable queue. Share it with `Arc<Store>`.
 pub struct Store {
     db: sled::Db,
+    meta: sled::Tree,
     items: sled::Tree,
     schedule: sled::Tree,
     /// Fetch jobs (see `fetch.rs`).
@@ -223,6 +227,7 @@ impl Store {
             .map_err(|e| StorageError::Flush(format!("starting the flusher: {e}")))?;
         let store = Self {
             db,
+            meta,
             items,
             schedule,
             fetches,
@@ -291,6 +296,28 @@ impl Store {
     pub fn admit_blocking(&self, item: &Item) -> Result<()> {
         self.put(item)?;
         self.flusher.sync_blocking()
+    }
+
+    /// When this store was first opened by a mote (ms since the epoch):
+    /// recorded (durably) as `now_ms` on the first call, read back on every
+    /// later one, across restarts.
+    pub async fn first_start_ms(&self, now_ms: u64) -> Result<u64> {
+        let stored = self
+            .meta
+            .get(FIRST_START_KEY)
+            .map_err(db_err("reading the first start"))?;
+        if let Some(v) = stored {
+            let b: [u8; 8] = v.as_ref().try_into().map_err(|_| StorageError::Corrupt {
+                doing: "reading the first start",
+                what: format!("{} bytes", v.len()),
+            })?;
+            return Ok(u64::from_be_bytes(b));
+        }
+        self.meta
+            .insert(FIRST_START_KEY, &now_ms.to_be_bytes())
+            .map_err(db_err("writing the first start"))?;
+        self.sync().await?;
+        Ok(now_ms)
     }
 
     /// Wait until everything written before this call is on disk. Concurrent

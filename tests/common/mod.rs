@@ -382,6 +382,14 @@ delivery_grace = "2s"
 
     /// Start (again) on the same data directory and port.
     pub fn spawn(&mut self) {
+        self.spawn_unchecked();
+        let port = self.port;
+        let up = wait_for(Duration::from_secs(20), || port_open(port).then_some(()));
+        assert!(up.is_some(), "mote did not listen; log:\n{}", self.log());
+    }
+
+    /// Start (again) without waiting for the ports.
+    pub fn spawn_unchecked(&mut self) {
         assert!(self.proc.is_none());
         self.starts += 1;
         let log = std::fs::File::create(self.log_path()).unwrap();
@@ -394,9 +402,6 @@ delivery_grace = "2s"
             .spawn()
             .unwrap();
         self.proc = Some(Proc(child));
-        let port = self.port;
-        let up = wait_for(Duration::from_secs(20), || port_open(port).then_some(()));
-        assert!(up.is_some(), "mote did not listen; log:\n{}", self.log());
     }
 
     pub fn log(&self) -> String {
@@ -414,6 +419,30 @@ delivery_grace = "2s"
         p.signal("TERM");
         let status = wait_for(Duration::from_secs(30), || p.0.try_wait().unwrap());
         status.unwrap_or_else(|| panic!("mote did not stop on SIGTERM; log:\n{}", self.log()))
+    }
+
+    /// Send a signal (`"HUP"`, `"TERM"`) to the running mote.
+    pub fn signal(&self, sig: &str) {
+        self.proc.as_ref().expect("running").signal(sig);
+    }
+
+    /// Wait (at most `timeout`) for the mote to exit by itself.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let p = self.proc.as_mut().expect("running");
+        let status = wait_for(timeout, || p.0.try_wait().unwrap());
+        if status.is_some() {
+            self.proc = None;
+        }
+        status
+    }
+
+    /// `GET /status` of the HTTP API, parsed.
+    pub fn status_json(&self) -> serde_json::Value {
+        let out = Command::new("curl")
+            .args(["-s", &format!("http://127.0.0.1:{}/status", self.http_port)])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
     }
 
     pub fn queue(&self, args: &[&str]) -> Output {

@@ -1,0 +1,247 @@
+//! Operator tuning end to end with the real binary: reloading the mixer
+//! settings (SIGHUP and `dustmote reload`), the mote's lifetime (refusals
+//! near the end, `Retry-After`, a clean exit at expiry, the expiry kept
+//! across restarts), and the anonymity metrics in `/metrics` and
+//! `dustmote status`.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+
+fn set_delay(mote: &Mote, delay: &str) {
+    let text = std::fs::read_to_string(&mote.config).unwrap();
+    let start = text.find("delay = ").unwrap();
+    let end = start + text[start..].find('\n').unwrap();
+    let new = format!("{}delay = {delay}{}", &text[..start], &text[end..]);
+    std::fs::write(&mote.config, new).unwrap();
+}
+
+fn reload(mote: &Mote) -> (bool, String) {
+    let out = Command::new(bin())
+        .args(["reload", "--config"])
+        .arg(&mote.config)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// The release time of the only queued item, as `dustmote queue` prints it
+/// (the absolute time, without the "in …" part).
+fn release_line(mote: &Mote) -> String {
+    let q = mote.queue_text(&[]);
+    q.lines()
+        .skip_while(|l| !l.starts_with("next releases"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("no release listed: {q}"))
+        .split("  (")
+        .next()
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn reload_applies_new_settings_without_retiming_or_accepting_bad_ones() {
+    let sink = Sink::start();
+    let mut cfg = MoteConfig::new(sink.port);
+    cfg.delay = r#"{ distribution = "constant", value = "1h" }"#.into();
+    let mote = Mote::start(&cfg);
+    submit(mote.port, "a@example.net", "scheduled before the reload");
+    let before = release_line(&mote);
+
+    // An invalid file is refused; the old settings stay.
+    set_delay(&mote, r#"{ distribution = "exponential", mean = "0s" }"#);
+    let (ok, text) = reload(&mote);
+    assert!(!ok, "{text}");
+    assert!(text.contains("mixer.delay.mean"), "{text}");
+    let delay = mote.status_json()["mix"]["strategy"]["delay"].to_string();
+    assert!(delay.contains("3600s"), "{delay}");
+
+    // A valid file, applied with SIGHUP.
+    set_delay(&mote, r#"{ distribution = "constant", value = "1s" }"#);
+    mote.signal("HUP");
+    let applied = wait_for(Duration::from_secs(10), || {
+        let d = mote.status_json()["mix"]["strategy"]["delay"].to_string();
+        d.contains("1s").then_some(d)
+    });
+    assert!(applied.is_some(), "SIGHUP did not apply: {}", mote.log());
+    assert!(mote.log().contains("SIGHUP: mixer settings reloaded"));
+    submit(mote.port, "b@example.net", "after the reload");
+    let got = sink.wait_messages(1, Duration::from_secs(30));
+    assert_eq!(got[0].rcpt_tos, ["b@example.net"]);
+    // The first message kept its time.
+    assert_eq!(release_line(&mote), before);
+    assert_eq!(sink.messages().len(), 1);
+
+    // `dustmote reload` to the pool strategy.
+    let text = std::fs::read_to_string(&mote.config).unwrap();
+    std::fs::write(
+        &mote.config,
+        text.replace(
+            "strategy = \"poisson\"",
+            "strategy = \"pool\"\npool = { interval = \"1s\", min_pool = 0, rate = 1.0 }",
+        ),
+    )
+    .unwrap();
+    let (ok, text) = reload(&mote);
+    assert!(ok, "{text}");
+    assert!(text.contains("reloaded"), "{text}");
+    assert_eq!(mote.status_json()["mix"]["strategy"]["name"], "pool");
+    submit(mote.port, "c@example.net", "through the pool");
+    let got = sink.wait_messages(2, Duration::from_secs(30));
+    assert_eq!(got[1].rcpt_tos, ["c@example.net"]);
+    assert_eq!(release_line(&mote), before);
+}
+
+#[test]
+fn a_mote_refuses_near_its_end_and_exits_at_expiry_and_stays_expired() {
+    let sink = Sink::start();
+    let mut cfg = MoteConfig::new(sink.port);
+    cfg.delay = r#"{ distribution = "constant", value = "1s" }"#.into();
+    cfg.extra = "[mote]\nlifetime = \"14s\"\ndrain_margin = \"7s\"\n".into();
+    let mut mote = Mote::start(&cfg);
+    let expires = mote.status_json()["expires_at"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    submit(mote.port, "early@example.net", "early enough");
+    sink.wait_messages(1, Duration::from_secs(10));
+
+    // After the drain point: 452 4.3.1 for mail, 503 + Retry-After for
+    // downloads.
+    let msg = mote.dir.path().join("late.eml");
+    std::fs::write(&msg, "Subject: late\r\n\r\nlate\r\n").unwrap();
+    // Until then every message is accepted (and must leave before the end).
+    let mut accepted = 0;
+    let refused = wait_for(Duration::from_secs(20), || {
+        std::thread::sleep(Duration::from_millis(200));
+        let v = smtplib_send(
+            mote.port,
+            Some("plain"),
+            PASSWORD,
+            "me@example.org",
+            &["late@example.net"],
+            &msg,
+        );
+        if v["ok"] == true {
+            accepted += 1;
+        }
+        (v["ok"] == false).then_some(v)
+    })
+    .expect("no refusal before expiry");
+    assert!(accepted > 3, "{accepted} accepted before the drain point");
+    assert_refused(&refused, "data", 452);
+    assert!(refused.to_string().contains("4.3.1"), "{refused}");
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-D",
+            "-",
+            "-H",
+            &format!("Authorization: Bearer {PASSWORD}"),
+            "-X",
+            "POST",
+            "-d",
+            r#"{"url":"http://127.0.0.1:9/x"}"#,
+            &format!("http://127.0.0.1:{}/v1/fetches", mote.http_port),
+        ])
+        .output()
+        .unwrap();
+    let resp = String::from_utf8_lossy(&out.stdout).to_lowercase();
+    assert!(resp.starts_with("http/1.1 503"), "{resp}");
+    let retry: u64 = resp
+        .lines()
+        .find_map(|l| l.strip_prefix("retry-after: "))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!((1..=15).contains(&retry), "Retry-After {retry}");
+    assert!(resp.contains("\"error\":\"expiring\""), "{resp}");
+
+    // At expiry the process stops by itself, cleanly.
+    let status = mote
+        .wait_exit(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("still running after expiry: {}", mote.log()));
+    assert!(status.success(), "{status:?}");
+    assert!(mote.log().contains("lifetime is over"), "{}", mote.log());
+    // Everything accepted left before the end; the refused one did not.
+    assert_eq!(sink.messages().len(), 1 + accepted, "{}", mote.log());
+
+    // Restarted, it keeps its first start: already expired, it does not
+    // serve at all.
+    mote.spawn_unchecked();
+    let status = mote
+        .wait_exit(Duration::from_secs(30))
+        .expect("expired mote keeps running");
+    assert!(status.success());
+    assert!(
+        mote.log().contains(&expires),
+        "expiry moved: {}",
+        mote.log()
+    );
+    assert!(mote.log().contains("not starting"), "{}", mote.log());
+    assert!(!port_open(mote.port));
+}
+
+#[test]
+fn metrics_and_status_show_the_mix() {
+    let sink = Sink::start();
+    let mut cfg = MoteConfig::new(sink.port);
+    cfg.delay = r#"{ distribution = "constant", value = "2s" }"#.into();
+    let mote = Mote::start(&cfg);
+    // Three messages together in the pool, then out.
+    for i in 0..3 {
+        submit(mote.port, "m@example.net", &format!("metrics {i}"));
+    }
+    sink.wait_messages(3, Duration::from_secs(30));
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            &format!("http://127.0.0.1:{}/metrics", mote.http_port),
+        ])
+        .output()
+        .unwrap();
+    let m = String::from_utf8_lossy(&out.stdout).into_owned();
+    let value = |name: &str| -> f64 {
+        m.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing:\n{m}"))
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("dustmote_mix_outputs_total"), 3.0);
+    assert_eq!(value("dustmote_mix_pool_items"), 0.0);
+    assert!(value("dustmote_mix_entropy_bits_mean") > 0.0, "{m}");
+    assert_eq!(value("dustmote_mix_latency_seconds_count"), 3.0);
+    assert!(
+        m.contains("dustmote_mix_latency_seconds_bucket{le=\"+Inf\"} 3"),
+        "{m}"
+    );
+    // Each waited its 2 s: none in the 1 s bucket, all in the 5 s one.
+    assert!(
+        m.contains("dustmote_mix_latency_seconds_bucket{le=\"1.0\"} 0"),
+        "{m}"
+    );
+    assert!(
+        m.contains("dustmote_mix_latency_seconds_bucket{le=\"5.0\"} 3"),
+        "{m}"
+    );
+    let st = Command::new(bin())
+        .args(["status", "--config"])
+        .arg(&mote.config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&st.stdout);
+    assert!(text.contains("mix:       poisson"), "{text}");
+    assert!(text.contains("over 3 outputs"), "{text}");
+    assert!(text.contains("latency:   median <= 5s"), "{text}");
+}
