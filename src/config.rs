@@ -49,6 +49,67 @@ pub struct Config {
     pub mote: Mote,
     /// `[shutdown]`
     pub shutdown: Shutdown,
+    /// `[cover]`
+    pub cover: Cover,
+}
+
+/// `[cover]`: dummy items that keep the pool filled when real traffic is low.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Cover {
+    /// The most dummy items per time unit, e.g. `"30/h"`; none: no cover.
+    pub rate: Option<String>,
+    /// Dummies are added only while fewer items than this are in the mix.
+    pub target_pool: u64,
+    /// Dummy mail goes to this address (a sink you control).
+    pub mail_to: Option<String>,
+    /// Envelope and `From:` sender of dummy mail.
+    pub mail_from: Option<String>,
+    /// Dummy downloads fetch one random chunk of one of these URLs.
+    pub fetch_urls: Vec<String>,
+}
+
+impl Default for Cover {
+    fn default() -> Self {
+        Self {
+            rate: None,
+            target_pool: 4,
+            mail_to: None,
+            mail_from: None,
+            fetch_urls: Vec::new(),
+        }
+    }
+}
+
+/// Where cover items go (from `[cover]`).
+#[derive(Debug, Clone)]
+pub struct CoverTargets {
+    /// Dummy mail: (sender, recipient).
+    pub mail: Option<(String, String)>,
+    /// Dummy download URLs.
+    pub fetch_urls: Vec<String>,
+}
+
+/// `"1/min"`, `"30/h"`, `"0.5/s"`, `"2/d"` → items per second.
+pub fn parse_rate(s: &str) -> Result<f64, String> {
+    let (n, unit) = s
+        .split_once('/')
+        .ok_or_else(|| format!("rate {s:?}: expected COUNT/UNIT, e.g. 1/min, 30/h, 0.5/s"))?;
+    let n: f64 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("rate {s:?}: {n:?} is not a number"))?;
+    let per = match unit.trim() {
+        "s" | "sec" => 1.0,
+        "min" | "m" => 60.0,
+        "h" | "hour" => 3600.0,
+        "d" | "day" => 86400.0,
+        u => return Err(format!("rate {s:?}: unknown unit {u:?} (s, min, h, d)")),
+    };
+    if !(n.is_finite() && n > 0.0) {
+        return Err(format!("rate {s:?}: must be > 0"));
+    }
+    Ok(n / per)
 }
 
 /// `[storage]`
@@ -530,6 +591,8 @@ pub struct Checked {
     /// `[mote] lifetime`: the mote ends this long after its first start
     /// (`mixer.lifetime` is then set by `serve`, which knows that start).
     pub lifetime_from_first_start: Option<Duration>,
+    /// Where cover items go, when `[cover]` is on.
+    pub cover: Option<CoverTargets>,
 }
 
 /// Parse `text` (from `file`) and check it.
@@ -878,7 +941,61 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
             drain_margin: config.mote.drain_margin,
         }),
     };
+    let c = &config.cover;
+    let (cover, cover_targets) = match &c.rate {
+        None => (None, None),
+        Some(rate) => {
+            let rate_per_s = parse_rate(rate).map_err(|e| err("cover.rate", &e))?;
+            let cover = dust_mixer::CoverConfig {
+                rate_per_s,
+                target_pool: c.target_pool,
+            };
+            cover
+                .validate()
+                .map_err(|e| err(&format!("cover.{}", e.key), &e.reason))?;
+            let mail = match (&c.mail_to, &c.mail_from) {
+                (None, _) => None,
+                (Some(_), None) => {
+                    return Err(err(
+                        "cover.mail_from",
+                        "dummy mail needs a sender (mail_from)",
+                    ))
+                }
+                (Some(to), Some(from)) => {
+                    if route.is_none() {
+                        return Err(err("cover.mail_to", "dummy mail needs [delivery.mail]"));
+                    }
+                    Some((from.clone(), to.clone()))
+                }
+            };
+            for u in &c.fetch_urls {
+                let ok = u.parse::<http::Uri>().is_ok_and(|u| {
+                    matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+                });
+                if !ok {
+                    return Err(err(
+                        "cover.fetch_urls",
+                        &format!("{u:?} is not an absolute http(s) URL"),
+                    ));
+                }
+            }
+            if mail.is_none() && c.fetch_urls.is_empty() {
+                return Err(err(
+                    "cover.rate",
+                    "cover traffic needs mail_to or fetch_urls",
+                ));
+            }
+            (
+                Some(cover),
+                Some(CoverTargets {
+                    mail,
+                    fetch_urls: c.fetch_urls.clone(),
+                }),
+            )
+        }
+    };
     let mixer = MixerConfig {
+        cover,
         strategy,
         lifetime,
         delay: m.delay.clone(),
@@ -890,6 +1007,7 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
         max_in_flight: m.max_in_flight,
     };
     Ok(Checked {
+        cover: cover_targets,
         lifetime_from_first_start: config.mote.lifetime,
         config,
         smtp,

@@ -140,7 +140,7 @@ pub fn status_json(store: &Store, connector: &dyn Connector, expires_at: Option<
 }
 
 /// The mix part of the status: strategy, pool and anonymity metrics.
-pub fn mix_json(cfg: &MixerConfig, held: usize, a: &AnonymityStats) -> Value {
+pub fn mix_json(cfg: &MixerConfig, held: usize, cover_items: u64, a: &AnonymityStats) -> Value {
     let strategy = match &cfg.strategy {
         Strategy::Poisson => json!({ "name": "poisson", "delay": format!("{:?}", cfg.delay) }),
         Strategy::Pool {
@@ -184,6 +184,8 @@ pub fn mix_json(cfg: &MixerConfig, held: usize, a: &AnonymityStats) -> Value {
         "p_unmixed": a.p_unmixed(),
         "latency_buckets_s": buckets,
         "latency_sum_s": a.latency_sum_s,
+        "cover": cfg.cover.map(|c| json!({ "rate_per_s": c.rate_per_s, "target_pool": c.target_pool })),
+        "cover_items": cover_items,
     })
 }
 

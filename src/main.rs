@@ -2,6 +2,7 @@
 
 mod config;
 mod control;
+mod cover;
 mod fetch_cli;
 mod rt;
 mod simulate;
@@ -132,6 +133,13 @@ struct SimulateArgs {
     /// Seed (the same seed gives the same run).
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Cover traffic: the most dummy items per time unit (e.g. 20/h),
+    /// instead of the config's `[cover] rate`.
+    #[arg(long)]
+    cover_rate: Option<String>,
+    /// Cover traffic: add dummies while fewer items than this are in the mix.
+    #[arg(long)]
+    cover_target: Option<u64>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -221,10 +229,23 @@ fn simulate(a: SimulateArgs) -> Result<(), String> {
             max: None,
         };
     }
+    if a.cover_rate.is_some() || a.cover_target.is_some() {
+        let base = cfg.cover.unwrap_or(dust_mixer::CoverConfig {
+            rate_per_s: 20.0 / 3600.0,
+            target_pool: 4,
+        });
+        cfg.cover = Some(dust_mixer::CoverConfig {
+            rate_per_s: match &a.cover_rate {
+                Some(r) => config::parse_rate(r)?,
+                None => base.rate_per_s,
+            },
+            target_pool: a.cover_target.unwrap_or(base.target_pool),
+        });
+    }
     cfg.validate().map_err(|e| e.to_string())?;
     let params = simulate::Params {
         cfg,
-        rate_per_s: simulate::parse_rate(&a.rate)?,
+        rate_per_s: config::parse_rate(&a.rate)?,
         duration: a.duration,
         warmup: a.warmup.unwrap_or(a.duration / 10),
         constant_arrivals: a.constant_arrivals,
@@ -251,7 +272,7 @@ fn simulate(a: SimulateArgs) -> Result<(), String> {
         format!(
             "strategy {}: {} items at {} over {} (measured {}; simulated in {:.1} s)\n\
              latency p50 {} p90 {} p99 {} max {}\n\
-             mean pool {:.2}, entropy {:.2} bits, unmixed {:.3} %",
+             mean pool {:.2}, entropy {:.2} bits, unmixed {:.3} %, cover {:.1}/h",
             report.strategy,
             report.items,
             a.rate,
@@ -265,6 +286,7 @@ fn simulate(a: SimulateArgs) -> Result<(), String> {
             report.mean_pool,
             report.entropy_bits,
             report.p_unmixed * 100.0,
+            report.cover_per_hour,
         )
     };
     writeln!(out, "{text}").map_err(|e| e.to_string())
@@ -414,6 +436,7 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> Result<(), Strin
         http_users,
         fetch,
         lifetime_from_first_start,
+        cover: cover_targets,
         ..
     } = checked;
     let dir = config.storage.dir.clone();
@@ -485,23 +508,34 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> Result<(), Strin
         mixer_cfg,
     )
     .map_err(|e| e.to_string())?;
+    if let Some(targets) = cover_targets {
+        mixer.set_cover_source(cover::source(targets, Arc::clone(&store), smtp.sanitize));
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
     let status: control::StatusFn = {
         let (store, connector, mixer) = (Arc::clone(&store), Arc::clone(&connector), mixer.clone());
         Arc::new(move || {
             let mut v = control::status_json(&store, &*connector, expires_at.as_deref());
-            v["mix"] = control::mix_json(&mixer.config(), mixer.held(), &mixer.anonymity());
+            v["mix"] = control::mix_json(
+                &mixer.config(),
+                mixer.held(),
+                mixer.metrics().cover,
+                &mixer.anonymity(),
+            );
             v
         })
     };
     let reload: control::ReloadFn = {
-        let mixer = mixer.clone();
+        let (mixer, store, sanitize) = (mixer.clone(), Arc::clone(&store), smtp.sanitize);
         Arc::new(move || {
             let checked = config::load(config_path.as_deref()).map_err(|e| e.to_string())?;
             mixer
                 .reconfigure(checked.mixer)
                 .map_err(|e| e.to_string())?;
+            if let Some(targets) = checked.cover {
+                mixer.set_cover_source(cover::source(targets, Arc::clone(&store), sanitize));
+            }
             tracing::info!("mixer settings reloaded");
             Ok(
                 "mixer settings reloaded ([mixer] and [fetch] delay); items already scheduled \

@@ -60,8 +60,10 @@ pub struct Report {
     pub entropy_bits: f64,
     /// Fraction of the outputs that left unmixed.
     pub p_unmixed: f64,
-    /// Dummy items generated (cover traffic).
+    /// Dummy items generated (cover traffic), whole run.
     pub cover_items: u64,
+    /// Dummy items per hour of simulated time.
+    pub cover_per_hour: f64,
     /// Simulated seconds (measured part).
     pub measured_s: f64,
     /// Real seconds the simulation took.
@@ -105,7 +107,7 @@ pub fn run(p: &Params) -> Result<(Report, Vec<f64>), String> {
     };
     let params = p.clone();
     let rt2 = rt.clone();
-    let (stats, samples, real, items) = rt.block_on(async move {
+    let (stats, samples, real, items, cover_items) = rt.block_on(async move {
         let rt = rt2;
         let store = Store::temporary().map_err(|e| e.to_string())?;
         let mixer = Mixer::start_with_rng(
@@ -116,6 +118,11 @@ pub fn run(p: &Params) -> Result<(Report, Vec<f64>), String> {
             StdRng::seed_from_u64(params.seed),
         )
         .map_err(|e| e.to_string())?;
+        // Cover items (when `cfg.cover` is set) are empty mail items: the
+        // simulation is about timing.
+        mixer.set_cover_source(Arc::new(|| {
+            Box::pin(async { Some((ItemKind::Mail, Vec::new())) })
+        }));
         let mut rng = StdRng::seed_from_u64(params.seed ^ 0x5eed_5eed);
         let t0 = tor_rtcompat::SleepProvider::now(&rt);
         let mut t = 0.0f64;
@@ -158,6 +165,7 @@ pub fn run(p: &Params) -> Result<(Report, Vec<f64>), String> {
             mixer.samples().unwrap_or_default(),
             real,
             items,
+            mixer.metrics().cover,
         ))
     })?;
     // Measure the real items admitted after the warm-up (the ones that
@@ -189,33 +197,12 @@ pub fn run(p: &Params) -> Result<(Report, Vec<f64>), String> {
         mean_pool: stats.mean_pool,
         entropy_bits: outs.iter().map(|o| o.entropy_bits).sum::<f64>() / n,
         p_unmixed: outs.iter().filter(|o| o.unmixed).count() as f64 / n,
-        cover_items: 0,
+        cover_items,
+        cover_per_hour: cover_items as f64 / (p.duration.as_secs_f64() / 3600.0),
         measured_s: (p.duration - p.warmup).as_secs_f64(),
         wall_s: started.elapsed().as_secs_f64(),
     };
     Ok((report, lat))
-}
-
-/// `"1/min"`, `"30/h"`, `"0.5/s"`, `"2/d"` → items per second.
-pub fn parse_rate(s: &str) -> Result<f64, String> {
-    let (n, unit) = s
-        .split_once('/')
-        .ok_or_else(|| format!("rate {s:?}: expected COUNT/UNIT, e.g. 1/min, 30/h, 0.5/s"))?;
-    let n: f64 = n
-        .trim()
-        .parse()
-        .map_err(|_| format!("rate {s:?}: {n:?} is not a number"))?;
-    let per = match unit.trim() {
-        "s" | "sec" => 1.0,
-        "min" | "m" => 60.0,
-        "h" | "hour" => 3600.0,
-        "d" | "day" => 86400.0,
-        u => return Err(format!("rate {s:?}: unknown unit {u:?} (s, min, h, d)")),
-    };
-    if !(n.is_finite() && n > 0.0) {
-        return Err(format!("rate {s:?}: must be > 0"));
-    }
-    Ok(n / per)
 }
 
 /// The same settings with the strategy's time scale multiplied by `k`

@@ -169,3 +169,35 @@ fn the_plot_is_an_svg_with_both_panels() {
     assert!(text.matches("<rect").count() > 10);
     assert!(text.matches("<circle").count() >= 7);
 }
+
+/// One real message per hour with the embedded default delays (exponential,
+/// mean 30 min): alone, about 40 % of them leave unmixed. Cover traffic
+/// (at most 60 dummies an hour, added while fewer than 2 items are in the
+/// mix) brings that to at most 1 %; the dummy rate it costs is printed
+/// (BENCHMARKS.md has the numbers).
+#[test]
+fn cover_traffic_keeps_a_lone_sender_mixed() {
+    let alone = simulate(&["--rate", "1/h", "--duration", "1000h"]);
+    assert!(f(&alone, "p_unmixed") > 0.3, "{alone}");
+    assert_eq!(f(&alone, "cover_items"), 0.0);
+    let covered = simulate(&[
+        "--rate",
+        "1/h",
+        "--duration",
+        "1000h",
+        "--cover-rate",
+        "60/h",
+        "--cover-target",
+        "2",
+    ]);
+    println!("without cover: {alone}\nwith cover: {covered}");
+    assert!(f(&covered, "outputs") > 800.0, "{covered}");
+    assert!(f(&covered, "p_unmixed") <= 0.01, "{covered}");
+    let rate = f(&covered, "cover_per_hour");
+    println!("cover cost: {rate:.2} dummies per hour");
+    // Far below the 60/h ceiling: dummies only fill in when the pool runs dry.
+    assert!(rate > 0.5 && rate < 10.0, "{covered}");
+    // The real items' latency is the configured delay either way.
+    let ratio = f(&covered, "latency_p50_s") / f(&alone, "latency_p50_s");
+    assert!((0.8..1.25).contains(&ratio), "{ratio}");
+}

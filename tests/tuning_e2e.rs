@@ -245,3 +245,125 @@ fn metrics_and_status_show_the_mix() {
     assert!(text.contains("over 3 outputs"), "{text}");
     assert!(text.contains("latency:   median <= 5s"), "{text}");
 }
+
+/// Cover traffic: with no real traffic the mote sends dummy messages to the
+/// configured sink and dummy Range requests to the configured URL, through
+/// the same paths as real items; a dummy message has exactly the header
+/// fields of a real one with the same header set; switching cover off by
+/// reload stops it and leaves no dummy download behind.
+#[test]
+fn cover_traffic_goes_out_like_real_traffic() {
+    let nginx = common::origins::Nginx::start();
+    let url = nginx.put("noise.bin", &vec![7u8; 300_000]);
+    let sink = Sink::start();
+    let mut cfg = MoteConfig::new(sink.port);
+    cfg.delay = r#"{ distribution = "constant", value = "300ms" }"#.into();
+    cfg.extra = format!(
+        "[fetch]\nallow_private_addresses = true\nchunk = {{ min = \"16KiB\", max = \"64KiB\" }}\n\
+         delay = {{ distribution = \"constant\", value = \"300ms\" }}\n\
+         [cover]\nrate = \"10/s\"\ntarget_pool = 2\nmail_to = \"cover@sink.example\"\n\
+         mail_from = \"noise@mote.example\"\nfetch_urls = [\"{url}\"]\n"
+    );
+    let mote = Mote::start(&cfg);
+    let dummies = wait_for(Duration::from_secs(30), || {
+        let m: Vec<_> = sink
+            .messages()
+            .into_iter()
+            .filter(|d| d.rcpt_tos == ["cover@sink.example"])
+            .collect();
+        (m.len() >= 3).then_some(m)
+    })
+    .unwrap_or_else(|| panic!("no dummy mail: {}", mote.log()));
+    assert!(dummies.iter().all(|d| d.mail_from == "noise@mote.example"));
+    let ranges = wait_for(Duration::from_secs(30), || {
+        let r: Vec<_> = nginx
+            .requests()
+            .into_iter()
+            .filter(|r| r.0 == "/noise.bin")
+            .collect();
+        (r.len() >= 3).then_some(r)
+    })
+    .unwrap_or_else(|| panic!("no dummy download: {}", mote.log()));
+    // Each is a single Range request with a random size, answered 206.
+    assert!(
+        ranges
+            .iter()
+            .all(|r| r.1 == 206 && r.2.starts_with("bytes=0-")),
+        "{ranges:?}"
+    );
+
+    // A real message with the same header set, sent the way a client would.
+    let msg = mote.dir.path().join("real.eml");
+    std::fs::write(
+        &msg,
+        "From: <real@example.org>\r\nTo: <friend@example.net>\r\nSubject: hi\r\n\
+         MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\
+         Content-Transfer-Encoding: 7bit\r\nX-Mailer: leaks\r\n\r\nhello\r\n",
+    )
+    .unwrap();
+    let v = smtplib_send(
+        mote.port,
+        Some("plain"),
+        PASSWORD,
+        "real@example.org",
+        &["friend@example.net"],
+        &msg,
+    );
+    assert_eq!(v["ok"], true, "{v}");
+    let real = wait_for(Duration::from_secs(30), || {
+        sink.messages()
+            .into_iter()
+            .find(|d| d.rcpt_tos == ["friend@example.net"])
+    })
+    .unwrap();
+    let names = |raw: &[u8]| -> Vec<String> {
+        let text = String::from_utf8_lossy(raw);
+        let head = text.split("\r\n\r\n").next().unwrap().to_string();
+        head.lines()
+            .filter(|l| !l.starts_with([' ', '\t']))
+            .filter_map(|l| l.split(':').next())
+            .map(|n| n.to_ascii_lowercase())
+            .collect()
+    };
+    assert_eq!(names(&dummies[0].raw), names(&real.raw));
+    assert_eq!(dummies[0].helo, real.helo);
+    let dummy_head = String::from_utf8_lossy(&dummies[0].raw).to_string();
+    assert!(dummy_head.contains("@dustmote.invalid>"), "{dummy_head}");
+    assert!(dummy_head.contains("-----BEGIN PGP MESSAGE-----"));
+    let m = mote.status_json();
+    assert!(m["mix"]["cover_items"].as_u64().unwrap() >= 6, "{m}");
+
+    // Cover off: after a reload nothing new is sent, and no dummy download
+    // stays behind.
+    let text = std::fs::read_to_string(&mote.config).unwrap();
+    let start = text.find("[cover]").unwrap();
+    std::fs::write(&mote.config, &text[..start]).unwrap();
+    let out = Command::new(bin())
+        .args(["reload", "--config"])
+        .arg(&mote.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let settled = wait_for(Duration::from_secs(30), || {
+        let s = mote.status_json();
+        let fetch_jobs: u64 = ["queued", "fetching", "ready", "failed"]
+            .iter()
+            .map(|k| s["fetches"][k].as_u64().unwrap_or(0))
+            .sum();
+        (s["queue"]["queued"] == 0 && s["queue"]["in_flight"] == 0 && fetch_jobs == 0).then_some(s)
+    });
+    assert!(settled.is_some(), "{}", mote.status_json());
+    let sent = sink.messages().len();
+    let fetched = nginx.requests().len();
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        sink.messages().len(),
+        sent,
+        "cover kept going after it was switched off"
+    );
+    assert_eq!(nginx.requests().len(), fetched);
+}

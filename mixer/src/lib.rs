@@ -1,11 +1,13 @@
 #![doc = include_str!("../README.md")]
 
 pub mod anonymity;
+pub mod cover;
 pub mod delay;
 mod scheduler;
 pub mod strategy;
 
 pub use anonymity::{AnonymityStats, Output, Samples};
+pub use cover::{CoverConfig, CoverSource};
 pub use delay::{DelayError, DelaySpec};
 pub use dust_storage::{ContentWriter, Item, ItemId, StorageError, Store, HELD};
 pub use scheduler::{Lifetime, Metrics, Mixer, MixerConfig, RetryPolicy};

@@ -15,6 +15,7 @@ use tokio::sync::Notify;
 use tor_rtcompat::{Blocking, SleepProvider, SleepProviderExt};
 
 use crate::anonymity::{AnonymityStats, Samples, Tracker};
+use crate::cover::{CoverConfig, CoverSource};
 use crate::{
     from_wall_ms, wall_ms, wall_ms_ceil, DelaySpec, Deliver, DeliveryError, MixerError, Outcome,
     Strategy,
@@ -81,6 +82,8 @@ impl Lifetime {
 pub struct MixerConfig {
     /// When items leave: per-item delays, or pool/binomial rounds.
     pub strategy: Strategy,
+    /// Cover traffic, if any.
+    pub cover: Option<CoverConfig>,
     /// Delay distribution for new items (`Poisson` strategy).
     pub delay: DelaySpec,
     /// Distributions for particular item kinds (by kind byte), e.g. the gaps
@@ -124,6 +127,9 @@ impl MixerConfig {
         self.strategy
             .validate()
             .map_err(|e| invalid("strategy", e))?;
+        if let Some(c) = &self.cover {
+            c.validate().map_err(|e| invalid("cover", e))?;
+        }
         self.delay.validate().map_err(|e| invalid("delay", e))?;
         for (kind, d) in &self.kind_delays {
             d.validate()
@@ -137,6 +143,7 @@ impl Default for MixerConfig {
     fn default() -> Self {
         Self {
             strategy: Strategy::Poisson,
+            cover: None,
             delay: DelaySpec::Exponential {
                 mean: Duration::from_secs(30 * 60),
                 min: Some(Duration::from_secs(60)),
@@ -163,6 +170,8 @@ pub struct Metrics {
     pub retries: u64,
     /// Steps of multi-step items ([`Outcome::Again`]).
     pub steps: u64,
+    /// Cover (dummy) items added.
+    pub cover: u64,
 }
 
 #[derive(Default)]
@@ -172,6 +181,7 @@ struct Counters {
     dropped_permanent: AtomicU64,
     retries: AtomicU64,
     steps: AtomicU64,
+    cover: AtomicU64,
 }
 
 /// Items held for rounds (`pool` and `binomial`), and when the next round is
@@ -190,6 +200,9 @@ struct Inner<R, D> {
     cfg: Mutex<Arc<MixerConfig>>,
     pool: Mutex<Pool>,
     tracker: Mutex<Tracker>,
+    /// Makes dummy items (set by the owner; see [`Mixer::set_cover_source`]).
+    cover_source: Mutex<Option<CoverSource>>,
+    cover_running: AtomicBool,
     rng: Mutex<StdRng>,
     /// Something changed: an item was admitted or a delivery finished.
     wake: Notify,
@@ -255,6 +268,8 @@ where
                 next_round,
             }),
             tracker: Mutex::new(tracker),
+            cover_source: Mutex::new(None),
+            cover_running: AtomicBool::new(false),
             rng: Mutex::new(rng),
             wake: Notify::new(),
             idle: Notify::new(),
@@ -282,6 +297,7 @@ where
     /// rounds holds new items, and the first round is one interval from now.
     /// The lifetime is not changed (`[mote]` is fixed at start). An invalid
     /// configuration is refused and the old one stays in force.
+    /// Cover traffic starts or stops with the new settings.
     pub fn reconfigure(&self, mut cfg: MixerConfig) -> Result<(), MixerError> {
         cfg.validate()?;
         let inner = &self.inner;
@@ -307,7 +323,20 @@ where
         };
         inner.time_held(&released)?;
         inner.wake.notify_one();
+        inner.ensure_cover();
         Ok(())
+    }
+
+    /// Where cover items come from (the owner builds their payloads: a
+    /// dummy message to the configured sink, a dummy download). Cover runs
+    /// while `MixerConfig::cover` is set.
+    pub fn set_cover_source(&self, source: CoverSource) {
+        *self
+            .inner
+            .cover_source
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(source);
+        self.inner.ensure_cover();
     }
 
     /// The settings in force.
@@ -390,49 +419,7 @@ where
         payload: Vec<u8>,
         not_before: Option<SystemTime>,
     ) -> Result<(ItemId, Option<SystemTime>), MixerError> {
-        let inner = &self.inner;
-        if inner.stopping.load(Ordering::SeqCst) {
-            return Err(MixerError::ShuttingDown);
-        }
-        let cfg = inner.cfg();
-        let now = inner.rt.wallclock();
-        if cfg.lifetime.is_some_and(|l| now >= l.last_release()) {
-            return Err(MixerError::Expiring);
-        }
-        let rounds = cfg.strategy.interval().is_some();
-        let (id, delay) = {
-            let mut rng = inner.rng.lock().unwrap_or_else(PoisonError::into_inner);
-            (
-                ItemId(rng.random()),
-                cfg.delay_for(kind as u8).sample(&mut *rng),
-            )
-        };
-        let start = not_before.map_or(now, |t| t.max(now));
-        let release_ms = if rounds {
-            HELD
-        } else {
-            wall_ms_ceil(cfg.clamp(start + delay))
-        };
-        let item = Item {
-            id,
-            kind: kind as u8,
-            state: ItemState::Queued,
-            attempts: 0,
-            release_ms,
-            entered_ms: wall_ms(now),
-            payload,
-        };
-        // The fsync wait runs on a blocking thread of the runtime: it shares
-        // the flusher's group commit with every other admission in progress.
-        let store = Arc::clone(&inner.store);
-        inner
-            .rt
-            .spawn_blocking(move || store.admit_blocking(&item))
-            .await?;
-        inner.counters.admitted.fetch_add(1, Ordering::Relaxed);
-        inner.entered(id, rounds)?;
-        inner.wake.notify_one();
-        Ok((id, (!rounds).then(|| from_wall_ms(release_ms))))
+        self.inner.admit_after(kind, payload, not_before).await
     }
 
     /// Counters since start.
@@ -444,6 +431,7 @@ where
             dropped_permanent: c.dropped_permanent.load(Ordering::Relaxed),
             retries: c.retries.load(Ordering::Relaxed),
             steps: c.steps.load(Ordering::Relaxed),
+            cover: c.cover.load(Ordering::Relaxed),
         }
     }
 
@@ -494,6 +482,146 @@ where
     R: SleepProvider + Spawn + Blocking,
     D: Deliver,
 {
+    /// See [`Mixer::admit_after`].
+    async fn admit_after(
+        self: &Arc<Self>,
+        kind: crate::ItemKind,
+        payload: Vec<u8>,
+        not_before: Option<SystemTime>,
+    ) -> Result<(ItemId, Option<SystemTime>), MixerError> {
+        let (item, rounds) = self.new_item(kind, payload, not_before)?;
+        let (id, release_ms) = (item.id, item.release_ms);
+        // The fsync wait runs on a blocking thread of the runtime: it shares
+        // the flusher's group commit with every other admission in progress.
+        let store = Arc::clone(&self.store);
+        self.rt
+            .spawn_blocking(move || store.admit_blocking(&item))
+            .await?;
+        self.counters.admitted.fetch_add(1, Ordering::Relaxed);
+        self.entered(id, rounds)?;
+        self.wake.notify_one();
+        Ok((id, (!rounds).then(|| from_wall_ms(release_ms))))
+    }
+
+    /// A new item of `kind`: its id and release time (or held), checked
+    /// against shutdown and the lifetime. Returns it and whether it is held.
+    fn new_item(
+        &self,
+        kind: crate::ItemKind,
+        payload: Vec<u8>,
+        not_before: Option<SystemTime>,
+    ) -> Result<(Item, bool), MixerError> {
+        if self.stopping.load(Ordering::SeqCst) {
+            return Err(MixerError::ShuttingDown);
+        }
+        let cfg = self.cfg();
+        let now = self.rt.wallclock();
+        if cfg.lifetime.is_some_and(|l| now >= l.last_release()) {
+            return Err(MixerError::Expiring);
+        }
+        let rounds = cfg.strategy.interval().is_some();
+        let (id, delay) = {
+            let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+            (
+                ItemId(rng.random()),
+                cfg.delay_for(kind as u8).sample(&mut *rng),
+            )
+        };
+        let start = not_before.map_or(now, |t| t.max(now));
+        let release_ms = if rounds {
+            HELD
+        } else {
+            wall_ms_ceil(cfg.clamp(start + delay))
+        };
+        let item = Item {
+            id,
+            kind: kind as u8,
+            state: ItemState::Queued,
+            attempts: 0,
+            release_ms,
+            entered_ms: wall_ms(now),
+            payload,
+        };
+        Ok((item, rounds))
+    }
+
+    /// Add a cover item. Not waited for on disk: losing a dummy in a crash
+    /// loses nothing, and the cover task must not block on the blocking
+    /// pool (it is a spawned task).
+    fn admit_cover(&self, kind: crate::ItemKind, payload: Vec<u8>) -> Result<(), MixerError> {
+        let (item, rounds) = self.new_item(kind, payload, None)?;
+        self.store.enqueue_unsynced(&item)?;
+        self.counters.cover.fetch_add(1, Ordering::Relaxed);
+        self.entered(item.id, rounds)?;
+        self.wake.notify_one();
+        Ok(())
+    }
+
+    /// Start the cover-traffic task if cover is configured, a source is
+    /// set, and it is not running yet.
+    fn ensure_cover(self: &Arc<Self>) {
+        if self.cfg().cover.is_none()
+            || self
+                .cover_source
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .is_none()
+            || self.cover_running.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        let me = Arc::clone(self);
+        if self.rt.spawn(async move { me.cover_loop().await }).is_err() {
+            self.cover_running.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Cover traffic: candidate dummies at Poisson times (`rate`); each one
+    /// is admitted only while fewer than `target_pool` items are in the
+    /// mix, so dummies fill in when real traffic is low and stop when it is
+    /// not. Ends when cover is switched off or the mixer stops.
+    async fn cover_loop(self: Arc<Self>) {
+        while let Some(cover) = self.cfg().cover {
+            let gap = {
+                let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+                cover.gap(&mut *rng)
+            };
+            self.rt.sleep(gap).await;
+            if self.stopping.load(Ordering::SeqCst) {
+                break;
+            }
+            let Some(cover) = self.cfg().cover else {
+                break;
+            };
+            let pool = self
+                .tracker
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .stats(self.rt.wallclock())
+                .pool;
+            if pool >= cover.target_pool {
+                continue;
+            }
+            let source = self
+                .cover_source
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            let Some(source) = source else {
+                break;
+            };
+            let Some((kind, payload)) = source().await else {
+                continue;
+            };
+            match self.admit_cover(kind, payload) {
+                Ok(()) => tracing::debug!(pool, "cover item added"),
+                Err(MixerError::ShuttingDown | MixerError::Expiring) => break,
+                Err(e) => tracing::warn!(error = %e, "could not add a cover item"),
+            }
+        }
+        self.cover_running.store(false, Ordering::SeqCst);
+    }
+
     fn cfg(&self) -> Arc<MixerConfig> {
         Arc::clone(&self.cfg.lock().unwrap_or_else(PoisonError::into_inner))
     }
@@ -650,10 +778,16 @@ where
                 .iter()
                 .map(|i| (i.id, now_ms.saturating_sub(i.entered_ms) as f64 / 1000.0))
                 .collect();
-            self.tracker
+            let entropy = self
+                .tracker
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .depart(&leaving, now);
+            tracing::debug!(
+                items = leaving.len(),
+                entropy_bits = entropy,
+                "items leave the mix"
+            );
             // Overdue items (after a restart or a stall) leave in random
             // order, not in arrival order.
             due.shuffle(&mut *self.rng.lock().unwrap_or_else(PoisonError::into_inner));

@@ -225,6 +225,13 @@ impl Fetcher {
         if self.store.job(&id).map_err(temp)?.is_none() {
             return Ok(Outcome::Done);
         }
+        if job.cover {
+            // A dummy download: the request was the point. Read (at most a
+            // chunk of) the answer like a real one, keep nothing.
+            let _ = tokio::time::timeout_at(deadline, discard(body, size)).await;
+            self.store.delete_job(&id).await.map_err(temp)?;
+            return Ok(Outcome::Done);
+        }
         match status {
             StatusCode::PARTIAL_CONTENT => {
                 let (a, b, total) = headers
@@ -537,6 +544,17 @@ impl Fetcher {
             )));
         }
         Ok(ip.to_string())
+    }
+}
+
+/// Read and drop up to `limit` bytes of `body`.
+async fn discard(mut body: Incoming, limit: u64) {
+    let mut got = 0u64;
+    while got <= limit {
+        match body.frame().await {
+            Some(Ok(f)) => got += f.data_ref().map_or(0, |d| d.len() as u64),
+            _ => return,
+        }
     }
 }
 

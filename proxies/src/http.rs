@@ -77,6 +77,10 @@ pub struct Job {
     /// Redirects followed so far.
     #[serde(default)]
     pub redirects: u32,
+    /// A cover (dummy) download: one chunk is fetched, then the job is
+    /// dropped. It belongs to no user.
+    #[serde(default)]
+    pub cover: bool,
 }
 
 impl Job {
@@ -447,6 +451,7 @@ impl Api {
             etag: None,
             expected_ready_ms: None,
             redirects: 0,
+            cover: false,
         };
         let refused = || {
             error(

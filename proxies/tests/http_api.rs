@@ -217,6 +217,7 @@ fn ready_job(store: &Store, data: &[u8], state: JobState) -> String {
         etag: None,
         expected_ready_ms: None,
         redirects: 0,
+        cover: false,
     };
     store.put_job(&id, &job.encode()).unwrap();
     id.to_string()

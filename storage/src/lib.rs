@@ -291,6 +291,13 @@ impl Store {
         self.sync().await
     }
 
+    /// Store a new item without waiting for it to reach the disk: for items
+    /// whose loss in a crash costs nothing (cover traffic). It becomes
+    /// durable with the next flush anyone waits for.
+    pub fn enqueue_unsynced(&self, item: &Item) -> Result<()> {
+        self.put(item)
+    }
+
     /// [`admit`](Self::admit) for a blocking thread (the mixer runs it via
     /// its runtime's `spawn_blocking`, so simulated-time tests see the wait).
     pub fn admit_blocking(&self, item: &Item) -> Result<()> {

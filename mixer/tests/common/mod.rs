@@ -85,6 +85,7 @@ where
 pub fn cfg(delay: DelaySpec) -> MixerConfig {
     MixerConfig {
         strategy: Strategy::Poisson,
+        cover: None,
         delay,
         kind_delays: Vec::new(),
         lifetime: None,
