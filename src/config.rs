@@ -1198,4 +1198,56 @@ arti_config = "arti.toml"     # optional: a file in Arti's own configuration for
         .expect_err("min > max");
         assert_eq!(e.key, "fetch.chunk");
     }
+
+    #[test]
+    fn strategies_lifetime_and_cover_are_checked() {
+        let key = |text: &str| parse(text, "t.toml").expect_err(text).key;
+        assert_eq!(
+            key("[mixer]\nstrategy = \"pool\"\n[mixer.pool]\nrate = 2.0\n"),
+            "mixer.pool.rate"
+        );
+        assert_eq!(
+            key("[mixer]\nstrategy = \"binomial\"\nbinomial = { interval = \"0s\" }\n"),
+            "mixer.binomial.interval"
+        );
+        assert_eq!(
+            key("[mixer]\ndelay = { distribution = \"lognormal\", mean = \"1m\", sigma = 9.0 }\n"),
+            "mixer.delay.sigma"
+        );
+        assert_eq!(
+            key("[mote]\nlifetime = \"1h\"\nexpires_at = \"2030-01-01T00:00:00Z\"\n"),
+            "mote.lifetime"
+        );
+        assert_eq!(key("[mote]\nlifetime = \"5m\"\n"), "mote.lifetime");
+        assert_eq!(key("[cover]\nrate = \"5/h\"\n"), "cover.rate");
+        assert_eq!(key("[cover]\nrate = \"5/fortnight\"\n"), "cover.rate");
+        assert_eq!(
+            key("[cover]\nrate = \"5/h\"\nmail_to = \"a@b.example\"\n"),
+            "cover.mail_from"
+        );
+        assert_eq!(
+            key("[cover]\nrate = \"5/h\"\nfetch_urls = [\"ftp://x/\"]\n"),
+            "cover.fetch_urls"
+        );
+        let c = parse(
+            "[mixer]\nstrategy = \"pool\"\n[mote]\nlifetime = \"24h\"\n\
+             [cover]\nrate = \"30/h\"\ntarget_pool = 3\nfetch_urls = [\"https://example.org/a\"]\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.mixer.strategy, dust_mixer::Strategy::mixmaster());
+        assert_eq!(
+            c.mixer.cover,
+            Some(dust_mixer::CoverConfig {
+                rate_per_s: 30.0 / 3600.0,
+                target_pool: 3
+            })
+        );
+        assert_eq!(
+            c.lifetime_from_first_start,
+            Some(Duration::from_secs(86400))
+        );
+        assert_eq!(parse_rate("1/min"), Ok(1.0 / 60.0));
+        assert!(parse_rate("0/h").is_err());
+    }
 }
