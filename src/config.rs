@@ -1234,7 +1234,7 @@ arti_config = "arti.toml"     # optional: a file in Arti's own configuration for
              [cover]\nrate = \"30/h\"\ntarget_pool = 3\nfetch_urls = [\"https://example.org/a\"]\n",
             "t.toml",
         )
-        .unwrap();
+        .expect("valid");
         assert_eq!(c.mixer.strategy, dust_mixer::Strategy::mixmaster());
         assert_eq!(
             c.mixer.cover,
