@@ -4,7 +4,6 @@ mod config;
 mod control;
 mod cover;
 mod fetch_cli;
-mod rt;
 mod simulate;
 
 use std::io::{BufRead, Write};
@@ -22,7 +21,7 @@ use dust_proxies::tor::{arti_config, install_crypto_provider, Arti, Connector, D
 use dust_storage::Store;
 
 use crate::config::{Checked, TorMode};
-use crate::rt::TokioRt;
+use dust_mixer::tokio_rt::TokioRt;
 
 #[derive(Parser)]
 #[command(

@@ -5,6 +5,7 @@ pub mod cover;
 pub mod delay;
 mod scheduler;
 pub mod strategy;
+pub mod tokio_rt;
 
 pub use anonymity::{AnonymityStats, Output, Samples};
 pub use cover::{CoverConfig, CoverSource};

@@ -255,7 +255,7 @@ where
         // pool; the tracker counts everything queued as fresh arrivals.
         let held = store.held_ids()?;
         let mut tracker = Tracker::new(now);
-        tracker.assume_pool(store.stats(0)?.queued);
+        tracker.assume_pool(store.queued_count());
         let next_round = cfg.strategy.interval().map(|i| rt.now() + i);
         let rounds = next_round.is_some();
         let inner = Arc::new(Inner {

@@ -453,27 +453,29 @@ impl Store {
         self.put(&item)
     }
 
-    /// The ids of the items held in a pool, in id order (random). Removes
-    /// stale held entries (a crash in the middle of [`release_held`](Self::release_held)).
+    /// The ids of the items held in a pool, in id order (random). Reads
+    /// only the schedule's keys; a stale held entry (a crash in the middle
+    /// of [`release_held`](Self::release_held)) may be among them, and is
+    /// removed when a round picks it.
     pub fn held_ids(&self) -> Result<Vec<ItemId>> {
         let mut out = Vec::new();
-        for kv in self.schedule.range(schedule_key(HELD, &ItemId([0; 16]))..) {
-            let (k, _) = kv.map_err(db_err("scanning held items"))?;
+        for k in self
+            .schedule
+            .range(schedule_key(HELD, &ItemId([0; 16]))..)
+            .keys()
+        {
+            let k = k.map_err(db_err("scanning held items"))?;
             let mut id = [0u8; 16];
             id.copy_from_slice(&k[8..24]);
-            let id = ItemId(id);
-            match self.get(&id)? {
-                Some(item) if item.release_ms == HELD && item.state == ItemState::Queued => {
-                    out.push(id)
-                }
-                _ => {
-                    self.schedule
-                        .remove(k)
-                        .map_err(db_err("removing a stale held entry"))?;
-                }
-            }
+            out.push(ItemId(id));
         }
         Ok(out)
+    }
+
+    /// Items waiting (scheduled or held): the schedule's size, without
+    /// reading the items.
+    pub fn queued_count(&self) -> u64 {
+        self.schedule.len() as u64
     }
 
     /// Give a held item its release time. Not flushed by itself: a crash
@@ -483,11 +485,17 @@ impl Store {
     /// entry is dropped; a crash in between leaves a stale held entry, which
     /// [`held_ids`](Self::held_ids) removes.
     pub fn release_held(&self, id: &ItemId, release_ms: u64) -> Result<bool> {
+        let stale = || {
+            self.schedule
+                .remove(schedule_key(HELD, id))
+                .map(|_| false)
+                .map_err(db_err("removing a stale held entry"))
+        };
         let Some(mut item) = self.get(id)? else {
-            return Ok(false);
+            return stale();
         };
         if item.release_ms != HELD || item.state != ItemState::Queued {
-            return Ok(false);
+            return stale();
         }
         item.release_ms = release_ms;
         self.put(&item)?;

@@ -1,9 +1,9 @@
-//! The mixer's runtime on tokio.
+//! The mixer's runtime on tokio (the binary's, and the benchmarks').
 //!
-//! `dust-mixer` is generic over tor-rtcompat's `SleepProvider + Spawn +
+//! The mixer is generic over tor-rtcompat's `SleepProvider + Spawn +
 //! Blocking`. tor-rtcompat's own tokio runtime type is only reachable through
-//! its TLS-carrying `PreferredRuntime`, which this binary does not need yet,
-//! so this is the small adapter over the current tokio runtime.
+//! its TLS-carrying `PreferredRuntime`, which the mixer does not need, so
+//! this is the small adapter over a tokio runtime handle.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,7 +13,7 @@ use std::time::Duration;
 use futures::task::{FutureObj, Spawn, SpawnError};
 use tor_rtcompat::{Blocking, SleepProvider};
 
-/// A handle to the tokio runtime the binary runs on.
+/// A handle to a tokio runtime.
 #[derive(Clone, Debug)]
 pub struct TokioRt(pub tokio::runtime::Handle);
 
