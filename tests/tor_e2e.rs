@@ -22,11 +22,7 @@ fn socks_mote(net: &TorNet, sink_port: u16) -> Mote {
 }
 
 fn status(mote: &Mote) -> String {
-    let out = std::process::Command::new(bin())
-        .args(["status", "--config"])
-        .arg(&mote.config)
-        .output()
-        .unwrap();
+    let out = mote.cli("status");
     assert!(
         out.status.success(),
         "{}",

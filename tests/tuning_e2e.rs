@@ -22,11 +22,7 @@ fn set_delay(mote: &Mote, delay: &str) {
 }
 
 fn reload(mote: &Mote) -> (bool, String) {
-    let out = Command::new(bin())
-        .args(["reload", "--config"])
-        .arg(&mote.config)
-        .output()
-        .unwrap();
+    let out = mote.cli("reload");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
@@ -235,11 +231,7 @@ fn metrics_and_status_show_the_mix() {
         m.contains("dustmote_mix_latency_seconds_bucket{le=\"5.0\"} 3"),
         "{m}"
     );
-    let st = Command::new(bin())
-        .args(["status", "--config"])
-        .arg(&mote.config)
-        .output()
-        .unwrap();
+    let st = mote.cli("status");
     let text = String::from_utf8_lossy(&st.stdout);
     assert!(text.contains("mix:       poisson"), "{text}");
     assert!(text.contains("over 3 outputs"), "{text}");
@@ -338,16 +330,8 @@ fn cover_traffic_goes_out_like_real_traffic() {
     let text = std::fs::read_to_string(&mote.config).unwrap();
     let start = text.find("[cover]").unwrap();
     std::fs::write(&mote.config, &text[..start]).unwrap();
-    let out = Command::new(bin())
-        .args(["reload", "--config"])
-        .arg(&mote.config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, text) = reload(&mote);
+    assert!(ok, "{text}");
     let settled = wait_for(Duration::from_secs(30), || {
         let s = mote.status_json();
         let fetch_jobs: u64 = ["queued", "fetching", "ready", "failed"]

@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use common::*;
@@ -25,6 +26,24 @@ fn pool(interval: Duration, min_pool: u64, rate: f64) -> MixerConfig {
         rate,
     };
     c
+}
+
+/// A mixer on `rt` with a fresh temporary store, answering `Ok`.
+fn start(
+    rt: &MockRuntime,
+    c: MixerConfig,
+    seed: u64,
+) -> (Arc<Recorder>, Mixer<MockRuntime, Recorder>) {
+    let rec = Recorder::new(rt, Answer::Ok);
+    let mixer = Mixer::start_with_rng(
+        rt.clone(),
+        Store::temporary().unwrap(),
+        rec.clone(),
+        c,
+        StdRng::seed_from_u64(seed),
+    )
+    .unwrap();
+    (rec, mixer)
 }
 
 /// Deliveries per distinct time, in time order: (seconds after t0, count).
@@ -48,15 +67,7 @@ fn per_time(rec: &Recorder, t0: SystemTime) -> Vec<(u64, usize)> {
 #[test]
 fn pool_rounds_send_exactly_min_of_size_minus_kept_and_rate_share() {
     each_runtime(|rt| async move {
-        let rec = Recorder::new(&rt, Answer::Ok);
-        let mixer = Mixer::start_with_rng(
-            rt.clone(),
-            Store::temporary().unwrap(),
-            rec.clone(),
-            pool(15 * MIN, 3, 0.5),
-            StdRng::seed_from_u64(1),
-        )
-        .unwrap();
+        let (rec, mixer) = start(&rt, pool(15 * MIN, 3, 0.5), 1);
         let t0 = rt.wallclock();
         for _ in 0..10 {
             let (_, at) = mixer.admit(ItemKind::Mail, b"m".to_vec()).await.unwrap();
@@ -88,20 +99,12 @@ fn pool_rounds_send_exactly_min_of_size_minus_kept_and_rate_share() {
 #[test]
 fn binomial_rounds_send_each_item_with_probability_rate() {
     each_runtime(|rt| async move {
-        let rec = Recorder::new(&rt, Answer::Ok);
         let mut c = cfg(DelaySpec::Constant { value: MIN });
         c.strategy = Strategy::Binomial {
             interval: 10 * MIN,
             rate: 0.3,
         };
-        let mixer = Mixer::start_with_rng(
-            rt.clone(),
-            Store::temporary().unwrap(),
-            rec.clone(),
-            c,
-            StdRng::seed_from_u64(2),
-        )
-        .unwrap();
+        let (rec, mixer) = start(&rt, c, 2);
         let t0 = rt.wallclock();
         const N: usize = 2000;
         for _ in 0..N {
@@ -307,15 +310,7 @@ fn invalid_settings_name_their_key() {
 #[test]
 fn reconfiguring_keeps_scheduled_times_and_refuses_invalid_settings() {
     each_runtime(|rt| async move {
-        let rec = Recorder::new(&rt, Answer::Ok);
-        let mixer = Mixer::start_with_rng(
-            rt.clone(),
-            Store::temporary().unwrap(),
-            rec.clone(),
-            cfg(DelaySpec::Constant { value: 60 * MIN }),
-            StdRng::seed_from_u64(3),
-        )
-        .unwrap();
+        let (rec, mixer) = start(&rt, cfg(DelaySpec::Constant { value: 60 * MIN }), 3);
         let t0 = rt.wallclock();
         let (old, _) = mixer.admit(ItemKind::Mail, b"old".to_vec()).await.unwrap();
         // An invalid change is refused; the old settings stay.

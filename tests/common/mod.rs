@@ -436,6 +436,15 @@ delivery_grace = "2s"
         status
     }
 
+    /// Run `dustmote SUBCOMMAND --config FILE` against this mote.
+    pub fn cli(&self, subcommand: &str) -> Output {
+        Command::new(bin())
+            .args([subcommand, "--config"])
+            .arg(&self.config)
+            .output()
+            .unwrap()
+    }
+
     /// `GET /status` of the HTTP API, parsed.
     pub fn status_json(&self) -> serde_json::Value {
         let out = Command::new("curl")
