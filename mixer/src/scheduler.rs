@@ -498,7 +498,10 @@ where
             .spawn_blocking(move || store.admit_blocking(&item))
             .await?;
         self.counters.admitted.fetch_add(1, Ordering::Relaxed);
-        self.entered(id, rounds)?;
+        // The item is on disk: whatever happens now, the admission stands.
+        if let Err(e) = self.entered(id, rounds) {
+            tracing::warn!(error = %e, "storage error after an admission; the item waits for the next start");
+        }
         self.wake.notify_one();
         Ok((id, (!rounds).then(|| from_wall_ms(release_ms))))
     }
