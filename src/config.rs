@@ -321,6 +321,9 @@ pub struct HttpUser {
     pub name: String,
     /// argon2 PHC string of the user's bearer token (`dustmote passwd`).
     pub token_hash: String,
+    /// May see the queue and mix counts (`/metrics`, the full `/status`).
+    #[serde(default)]
+    pub operator: bool,
 }
 
 /// `[http]`
@@ -584,6 +587,8 @@ pub struct Checked {
     pub route: Option<(Route, Duration)>,
     /// HTTP API users (token hashes).
     pub http_users: Users,
+    /// The `[[http.users]]` with `operator = true`.
+    pub http_operators: Vec<String>,
     /// Fetcher settings.
     pub fetch: FetchConfig,
     /// Things the operator should know (printed as warnings at startup).
@@ -720,6 +725,13 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
             .map(|u| (u.name.clone(), u.token_hash.clone())),
     )
     .map_err(|e| err("http.users.token_hash", &e.to_string()))?;
+    let http_operators = config
+        .http
+        .users
+        .iter()
+        .filter(|u| u.operator)
+        .map(|u| u.name.clone())
+        .collect();
     let f = &config.fetch;
     f.delay
         .validate()
@@ -1014,6 +1026,7 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
         mixer,
         route,
         http_users,
+        http_operators,
         fetch,
         warnings,
     })
@@ -1170,6 +1183,7 @@ arti_config = "arti.toml"     # optional: a file in Arti's own configuration for
             c.http_users.find(b"alice-example-token").as_deref(),
             Some("alice")
         );
+        assert_eq!(c.http_operators, ["alice"]);
         assert_eq!((c.fetch.chunk_min, c.fetch.chunk_max), (64 << 10, 1 << 20));
         assert!(c.fetch.allow_private_addresses);
         assert_eq!(

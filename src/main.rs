@@ -433,6 +433,7 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> Result<(), Strin
         mixer: mut mixer_cfg,
         route,
         http_users,
+        http_operators,
         fetch,
         lifetime_from_first_start,
         cover: cover_targets,
@@ -615,7 +616,13 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> Result<(), Strin
             })
         })
     };
-    let api = dust_proxies::http::Api::new(Arc::clone(&store), http_users, status, schedule);
+    let api = dust_proxies::http::Api::new(
+        Arc::clone(&store),
+        http_users,
+        http_operators,
+        status,
+        schedule,
+    );
     let http_task = tokio::spawn(api.serve(http_listener, stop_rx.clone()));
     tracing::info!(smtp = %config.smtp.listen, http = %config.http.listen, "dustmote is running");
     let stop_on_signal = Arc::clone(&stop_tx);

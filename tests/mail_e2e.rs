@@ -619,14 +619,22 @@ fn the_http_api_runs_beside_smtp_with_status_and_durable_jobs() {
         (code.parse::<u16>().unwrap(), body.to_string())
     };
     submit(mote.port, "bob@example.net", "queued");
+    let auth = format!("Authorization: Bearer {PASSWORD}");
+    // Without a token only the end time is public.
     let (code, body) = curl(&[&format!("{base}/status")]);
+    assert_eq!(code, 200);
+    let public: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        public.get("queue").is_none() && public.get("transport").is_none(),
+        "{body}"
+    );
+    let (code, body) = curl(&["-H", &auth, &format!("{base}/status")]);
     assert_eq!(code, 200);
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["queue"]["queued"], 1, "{v}");
     assert_eq!(v["transport"]["mode"], "direct", "{v}");
     assert!(!body.contains("bob@"), "no addresses in /status");
     // The bearer token is checked against the hash from `dustmote passwd`.
-    let auth = format!("Authorization: Bearer {PASSWORD}");
     let (code, body) = curl(&[
         "-H",
         &auth,
@@ -652,7 +660,9 @@ fn the_http_api_runs_beside_smtp_with_status_and_durable_jobs() {
     let shown = mote.queue_text(&["--show-addresses"]);
     assert!(shown.contains(" fetch queued "), "{shown}");
     assert!(shown.contains("to=bob@example.net"), "{shown}");
-    let (code, body) = curl(&[&format!("{base}/metrics")]);
+    let (code, _) = curl(&[&format!("{base}/metrics")]);
+    assert_eq!(code, 401);
+    let (code, body) = curl(&["-H", &auth, &format!("{base}/metrics")]);
     assert_eq!(code, 200);
     assert!(
         body.contains("dustmote_queue_items{state=\"queued\"} 2"),
@@ -675,11 +685,7 @@ fn an_expiring_mote_says_so_and_takes_no_new_mail() {
         &["--to", "bob@example.net", "--body", "too late"],
     );
     assert!(!ok && t.contains("452 4.3.1"), "{t}");
-    let out = std::process::Command::new(bin())
-        .args(["status", "--config"])
-        .arg(&mote.config)
-        .output()
-        .unwrap();
+    let out = mote.cli("status");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&format!("expires at: {soon}")), "{text}");
     assert!(sink.messages().is_empty());

@@ -202,6 +202,8 @@ fn metrics_and_status_show_the_mix() {
     let out = Command::new("curl")
         .args([
             "-s",
+            "-H",
+            &format!("Authorization: Bearer {PASSWORD}"),
             &format!("http://127.0.0.1:{}/metrics", mote.http_port),
         ])
         .output()

@@ -132,6 +132,8 @@ impl std::fmt::Display for ScheduleError {
 pub struct Api {
     store: Arc<Store>,
     users: Users,
+    /// Users who see the mix's counts (`/metrics`, the full `/status`).
+    operators: Vec<String>,
     /// Tokens already verified (argon2 is slow on purpose): token → user.
     verified: Mutex<HashMap<String, String>>,
     status: StatusFn,
@@ -267,16 +269,19 @@ fn parse_ranges(h: &str, len: u64) -> Option<Vec<ByteRange>> {
 }
 
 impl Api {
-    /// An API over `store` for `users` (name, token hash).
+    /// An API over `store` for `users` (name, token hash); the users named
+    /// in `operators` also see the full `/status` and `/metrics`.
     pub fn new(
         store: Arc<Store>,
         users: Users,
+        operators: Vec<String>,
         status: StatusFn,
         schedule: ScheduleFn,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
             users,
+            operators,
             verified: Mutex::new(HashMap::new()),
             status,
             schedule,
@@ -353,8 +358,23 @@ impl Api {
         let method = req.method().clone();
         let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
         match (method.clone(), segs.as_slice()) {
-            (Method::GET, ["status"]) => return self.status_page(),
-            (Method::GET, ["metrics"]) => return self.metrics(),
+            (Method::GET, ["status"]) => {
+                let operator = self.operator(req.headers()).await;
+                return self.status_page(operator);
+            }
+            (Method::GET, ["metrics"]) => {
+                if !self.operator(req.headers()).await {
+                    let mut r = error(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized",
+                        "/metrics needs an operator's bearer token",
+                    );
+                    r.headers_mut()
+                        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                    return r;
+                }
+                return self.metrics();
+            }
             (_, ["v1", "fetches", ..]) => {}
             _ => return error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
         }
@@ -680,8 +700,26 @@ impl Api {
         (q, f, r, x)
     }
 
-    fn status_page(&self) -> Resp {
+    /// Whether the request carries an operator's token.
+    async fn operator(&self, headers: &HeaderMap) -> bool {
+        match self.user(headers).await {
+            Some(u) => self.operators.contains(&u),
+            None => false,
+        }
+    }
+
+    /// `/status`. Queue sizes and the mix's counts change when a user
+    /// submits and when an item leaves: anyone who could poll them could
+    /// link the two, which is what the mix exists to prevent. So without an
+    /// operator's token only the mote's end time is shown.
+    fn status_page(&self, operator: bool) -> Resp {
         let mut v = (self.status)();
+        if !operator {
+            return json_response(
+                StatusCode::OK,
+                &json!({ "expires_at": v["expires_at"], "detail": "queue and mix counts need an operator's bearer token" }),
+            );
+        }
         let (q, f, r, x) = self.counts();
         v["fetches"] = json!({ "queued": q, "fetching": f, "ready": r, "failed": x });
         json_response(StatusCode::OK, &v)

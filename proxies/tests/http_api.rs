@@ -36,6 +36,8 @@ async fn start() -> Server {
     let api = Api::new(
         Arc::clone(&store),
         users,
+        // alice runs the mote; bob only downloads.
+        vec!["alice".to_string()],
         Arc::new(
             || json!({ "queue": { "queued": 0, "in_flight": 0 }, "transport": { "ready": true } }),
         ),
@@ -179,14 +181,31 @@ async fn jobs_are_created_durably_shown_only_to_their_owner_and_deleted() {
     assert_eq!(code, 204);
     let (code, _, _) = curl([auth(TOKEN), args(&[&format!("{url}/{id}")])].concat()).await;
     assert_eq!(code, 404);
-    // Operator endpoints.
-    let (code, _, body) = curl(args(&[&format!("{}/status", s.base)])).await;
+    // Operator endpoints: queue counts only for an operator (anyone who
+    // could poll them could link a submission to a release).
+    let status = format!("{}/status", s.base);
+    for who in [vec![], auth(OTHER)] {
+        let (code, _, body) = curl([who, args(&[&status])].concat()).await;
+        assert_eq!(code, 200);
+        let v = serde_json::from_slice::<Value>(&body).unwrap();
+        assert!(v.get("expires_at").is_some(), "{v}");
+        assert!(
+            v.get("queue").is_none() && v.get("fetches").is_none(),
+            "{v}"
+        );
+    }
+    let (code, _, body) = curl([auth(TOKEN), args(&[&status])].concat()).await;
     assert_eq!(code, 200);
     assert_eq!(
         serde_json::from_slice::<Value>(&body).unwrap()["fetches"]["queued"],
         0
     );
-    let (code, _, body) = curl(args(&[&format!("{}/metrics", s.base)])).await;
+    let metrics = format!("{}/metrics", s.base);
+    for who in [vec![], auth(OTHER)] {
+        let (code, _, body) = curl([who, args(&[&metrics])].concat()).await;
+        assert_eq!(code, 401, "{}", String::from_utf8_lossy(&body));
+    }
+    let (code, _, body) = curl([auth(TOKEN), args(&[&metrics])].concat()).await;
     assert_eq!(code, 200);
     assert!(String::from_utf8_lossy(&body).contains("dustmote_fetch_jobs{state=\"queued\"} 0"));
     let (code, _, _) = curl(args(&[&format!("{}/nothing", s.base)])).await;

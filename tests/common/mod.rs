@@ -331,6 +331,7 @@ listen = "127.0.0.1:{http_port}"
 [[http.users]]
 name = "{USER}"
 token_hash = "{hash}"
+operator = true
 [shutdown]
 session_grace = "2s"
 delivery_grace = "2s"
@@ -445,10 +446,15 @@ delivery_grace = "2s"
             .unwrap()
     }
 
-    /// `GET /status` of the HTTP API, parsed.
+    /// `GET /status` of the HTTP API as the operator, parsed.
     pub fn status_json(&self) -> serde_json::Value {
         let out = Command::new("curl")
-            .args(["-s", &format!("http://127.0.0.1:{}/status", self.http_port)])
+            .args([
+                "-s",
+                "-H",
+                &format!("Authorization: Bearer {PASSWORD}"),
+                &format!("http://127.0.0.1:{}/status", self.http_port),
+            ])
             .output()
             .unwrap();
         serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
