@@ -717,6 +717,10 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
                 .into(),
         );
     }
+    if config.http.users.iter().any(|u| u.name.is_empty()) {
+        // Jobs without a user are the mote's own (cover traffic).
+        return Err(err("http.users.name", "a user needs a name"));
+    }
     let http_users = Users::new(
         config
             .http
@@ -1234,6 +1238,10 @@ arti_config = "arti.toml"     # optional: a file in Arti's own configuration for
         );
         assert_eq!(key("[mote]\nlifetime = \"5m\"\n"), "mote.lifetime");
         assert_eq!(key("[cover]\nrate = \"5/h\"\n"), "cover.rate");
+        assert_eq!(
+            key("[[http.users]]\nname = \"\"\ntoken_hash = \"x\"\n"),
+            "http.users.name"
+        );
         assert_eq!(key("[cover]\nrate = \"5/fortnight\"\n"), "cover.rate");
         assert_eq!(
             key("[cover]\nrate = \"5/h\"\nmail_to = \"a@b.example\"\n"),
