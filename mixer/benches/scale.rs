@@ -118,13 +118,19 @@ fn child(phase: &str, dir: &std::path::Path) {
     };
     let secs = t0.elapsed().as_secs_f64();
     let after = rss_mib();
-    if let Some(m) = &keep {
-        assert!(m.store().queued_count() > 1);
-    }
-    println!("{secs} {before} {after}");
+    // What one `/status` or `dustmote queue` costs at this size.
+    let stats_s = match &keep {
+        Some(m) => {
+            let t = Instant::now();
+            assert!(m.store().stats(10).unwrap().queued > 1);
+            t.elapsed().as_secs_f64()
+        }
+        None => 0.0,
+    };
+    println!("{secs} {before} {after} {stats_s}");
 }
 
-fn run_child(phase: &str, dir: &std::path::Path) -> (f64, f64, f64) {
+fn run_child(phase: &str, dir: &std::path::Path) -> (f64, f64, f64, f64) {
     let out = std::process::Command::new(std::env::current_exe().unwrap())
         .env("DUST_SCALE_PHASE", phase)
         .env("DUST_SCALE_DIR", dir)
@@ -143,7 +149,7 @@ fn run_child(phase: &str, dir: &std::path::Path) -> (f64, f64, f64) {
         .split(' ')
         .map(|x| x.parse().unwrap())
         .collect();
-    (v[0], v[1], v[2])
+    (v[0], v[1], v[2], v[3])
 }
 
 fn main() {
@@ -169,8 +175,8 @@ fn main() {
         let fill_s = fill(dir.path(), n, held, &rt);
         // sled releases its lock a moment after the last handle goes.
         std::thread::sleep(Duration::from_secs(2));
-        let (sled_s, sled_before, sled_after) = run_child("sled", dir.path());
-        let (serve_s, before, after) = run_child(name, dir.path());
+        let (sled_s, sled_before, sled_after, _) = run_child("sled", dir.path());
+        let (serve_s, before, after, stats_s) = run_child(name, dir.path());
         println!("{name}: {n} items queued (held: {held}), filled in {fill_s:.1} s");
         println!(
             "  restart to serving {serve_s:.2} s; sled alone opening and reading every item {sled_s:.2} s; ratio {:.2}",
@@ -181,6 +187,10 @@ fn main() {
             (after - before) * 1024.0 * 1024.0 / n as f64,
             sled_after - sled_before,
             CACHE >> 20
+        );
+        println!(
+            "  one status query (queue counts, next releases): {:.3} ms",
+            stats_s * 1000.0
         );
     }
 }

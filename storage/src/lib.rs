@@ -5,6 +5,7 @@ pub mod flusher;
 mod record;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 pub use fetch::ContentWriter;
@@ -114,7 +115,18 @@ pub struct Store {
     content_dir: PathBuf,
     /// For a temporary store: its content directory, removed on drop.
     temporary_content: bool,
+    /// Entry counts, kept exact from sled's own answers to each insert and
+    /// remove (so that `stats` does not scan a million items).
+    counts: Counts,
     flusher: Flusher,
+}
+
+/// See [`Store::stats`].
+#[derive(Default)]
+struct Counts {
+    items: AtomicI64,
+    scheduled: AtomicI64,
+    held: AtomicI64,
 }
 
 impl Drop for Store {
@@ -234,18 +246,71 @@ impl Store {
             chunks,
             content_dir,
             temporary_content,
+            counts: Counts::default(),
             flusher,
         };
+        store.count_schedule()?;
         store.recover()?;
         store.remove_orphan_content()?;
         Ok(Arc::new(store))
     }
 
+    /// Count the schedule's entries (keys only). Runs once at open.
+    fn count_schedule(&self) -> Result<()> {
+        let (mut all, mut held) = (0, 0);
+        for k in self.schedule.iter().keys() {
+            let k = k.map_err(db_err("counting the schedule"))?;
+            all += 1;
+            if release_of(&k) == HELD {
+                held += 1;
+            }
+        }
+        self.counts.scheduled.store(all, Ordering::Relaxed);
+        self.counts.held.store(held, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn insert_item(&self, item: &Item, doing: &'static str) -> Result<()> {
+        let old = self
+            .items
+            .insert(item.id.0, item.encode())
+            .map_err(db_err(doing))?;
+        if old.is_none() {
+            self.counts.items.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn insert_schedule(&self, key: [u8; 24], doing: &'static str) -> Result<()> {
+        let old = self.schedule.insert(key, &[]).map_err(db_err(doing))?;
+        if old.is_none() {
+            self.counts.scheduled.fetch_add(1, Ordering::Relaxed);
+            if release_of(&key) == HELD {
+                self.counts.held.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    fn remove_schedule(&self, key: &[u8], doing: &'static str) -> Result<()> {
+        let old = self.schedule.remove(key).map_err(db_err(doing))?;
+        if old.is_some() {
+            self.counts.scheduled.fetch_sub(1, Ordering::Relaxed);
+            if release_of(key) == HELD {
+                self.counts.held.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
     /// Put in-flight items back on the schedule, and repair any queued item
-    /// whose schedule entry is missing. Runs once at open.
+    /// whose schedule entry is missing. Runs once at open; counts the items.
     fn recover(&self) -> Result<()> {
+        let mut count = 0;
         for kv in self.items.iter() {
             let (k, v) = kv.map_err(db_err("scanning items at recovery"))?;
+            count += 1;
+            self.counts.items.store(count, Ordering::Relaxed);
             let item = Item::decode(&k, &v)?;
             let key = schedule_key(item.release_ms, &item.id);
             if item.state == ItemState::InFlight {
@@ -257,9 +322,7 @@ impl Store {
                 .contains_key(key)
                 .map_err(db_err("checking the schedule at recovery"))?
             {
-                self.schedule
-                    .insert(key, &[])
-                    .map_err(db_err("repairing the schedule"))?;
+                self.insert_schedule(key, "repairing the schedule")?;
             }
         }
         Ok(())
@@ -271,13 +334,8 @@ impl Store {
     /// a schedule entry, which `recover` repairs at the next open.
     fn put(&self, item: &Item) -> Result<()> {
         let key = schedule_key(item.release_ms, &item.id);
-        self.items
-            .insert(item.id.0, item.encode())
-            .map_err(db_err("writing an item"))?;
-        self.schedule
-            .insert(key, &[])
-            .map_err(db_err("writing a schedule entry"))?;
-        Ok(())
+        self.insert_item(item, "writing an item")?;
+        self.insert_schedule(key, "writing a schedule entry")
     }
 
     /// Store a new item and return once it is on disk (fsynced).
@@ -403,16 +461,12 @@ impl Store {
                         None // a stale entry: the item is elsewhere on the schedule or in flight
                     } else {
                         item.state = ItemState::InFlight;
-                        self.items
-                            .insert(id.0, item.encode())
-                            .map_err(db_err("marking an item in flight"))?;
+                        self.insert_item(&item, "marking an item in flight")?;
                         Some(item)
                     }
                 }
             };
-            self.schedule
-                .remove(k.as_ref())
-                .map_err(db_err("removing a schedule entry"))?;
+            self.remove_schedule(&k, "removing a schedule entry")?;
             out.extend(taken);
         }
         Ok(out)
@@ -424,9 +478,13 @@ impl Store {
     /// Crash behaviour: not flushed by itself; a crash before the next flush
     /// delivers the item again (at-least-once).
     pub fn complete(&self, id: &ItemId) -> Result<()> {
-        self.items
+        let old = self
+            .items
             .remove(id.0)
             .map_err(db_err("removing a delivered item"))?;
+        if old.is_some() {
+            self.counts.items.fetch_sub(1, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -475,7 +533,7 @@ impl Store {
     /// Items waiting (scheduled or held): the schedule's size, without
     /// reading the items.
     pub fn queued_count(&self) -> u64 {
-        self.schedule.len() as u64
+        self.counts.scheduled.load(Ordering::Relaxed).max(0) as u64
     }
 
     /// Give a held item its release time. Not flushed by itself: a crash
@@ -486,10 +544,8 @@ impl Store {
     /// [`held_ids`](Self::held_ids) removes.
     pub fn release_held(&self, id: &ItemId, release_ms: u64) -> Result<bool> {
         let stale = || {
-            self.schedule
-                .remove(schedule_key(HELD, id))
+            self.remove_schedule(&schedule_key(HELD, id), "removing a stale held entry")
                 .map(|_| false)
-                .map_err(db_err("removing a stale held entry"))
         };
         let Some(mut item) = self.get(id)? else {
             return stale();
@@ -499,9 +555,7 @@ impl Store {
         }
         item.release_ms = release_ms;
         self.put(&item)?;
-        self.schedule
-            .remove(schedule_key(HELD, id))
-            .map_err(db_err("removing a held entry"))?;
+        self.remove_schedule(&schedule_key(HELD, id), "removing a held entry")?;
         Ok(true)
     }
 
@@ -521,12 +575,10 @@ impl Store {
 
     /// Counts and the `next` earliest release times.
     pub fn stats(&self, next: usize) -> Result<QueueStats> {
-        let queued = self.schedule.len() as u64;
-        let held = self
-            .schedule
-            .range(schedule_key(HELD, &ItemId([0; 16]))..)
-            .count() as u64;
-        let total = self.items.len() as u64;
+        let load = |c: &AtomicI64| c.load(Ordering::Relaxed).max(0) as u64;
+        let queued = load(&self.counts.scheduled);
+        let held = load(&self.counts.held);
+        let total = load(&self.counts.items);
         let mut next_releases = Vec::new();
         for kv in self.schedule.iter().take(next) {
             let (k, _) = kv.map_err(db_err("scanning the schedule"))?;

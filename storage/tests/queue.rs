@@ -114,11 +114,16 @@ async fn model_test_random_operations() {
     let mut store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
     let mut now = 0u64;
     for step in 0..600 {
-        match rng.random_range(0..6) {
+        match rng.random_range(0..7) {
             0 | 1 => {
                 let n: u8 = rng.random_range(0..64);
                 if let std::collections::btree_map::Entry::Vacant(e) = model.entry(n) {
-                    let r = now + rng.random_range(0..1000);
+                    // A quarter are held for a pool round.
+                    let r = if rng.random_bool(0.25) {
+                        HELD
+                    } else {
+                        now + rng.random_range(0..1000)
+                    };
                     store.admit(&item(n, r)).await.unwrap();
                     e.insert((r, false));
                 }
@@ -154,6 +159,12 @@ async fn model_test_random_operations() {
                     model.insert(n, (r, false));
                 }
             }
+            5 => {
+                if let Some((&n, _)) = model.iter().find(|(_, (r, f))| *r == HELD && !f) {
+                    assert!(store.release_held(&ItemId([n; 16]), now).unwrap());
+                    model.insert(n, (now, false));
+                }
+            }
             _ => {
                 store.sync().await.unwrap();
                 drop(store);
@@ -167,7 +178,14 @@ async fn model_test_random_operations() {
         let in_flight = model.values().filter(|v| v.1).count() as u64;
         assert_eq!(s.in_flight, in_flight, "step {step}");
         assert_eq!(s.queued, model.len() as u64 - in_flight, "step {step}");
-        let mut want: Vec<u64> = model.values().filter(|v| !v.1).map(|v| v.0).collect();
+        let held = model.values().filter(|v| v.0 == HELD && !v.1).count() as u64;
+        assert_eq!(s.held, held, "step {step}");
+        assert_eq!(store.queued_count(), s.queued, "step {step}");
+        let mut want: Vec<u64> = model
+            .values()
+            .filter(|v| !v.1 && v.0 != HELD)
+            .map(|v| v.0)
+            .collect();
         want.sort();
         assert_eq!(s.next_releases, want, "step {step}");
     }
