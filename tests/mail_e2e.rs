@@ -467,12 +467,10 @@ fn sigterm_keeps_the_queue_and_a_restart_delivers_it() {
     assert!(q.contains("queued:    3"), "{q}");
     mote.spawn();
     let msgs = sink.wait_messages(3, Duration::from_secs(30));
-    let mut bodies: Vec<String> = msgs
-        .iter()
-        .map(|m| String::from_utf8_lossy(m.split().1).trim().to_string())
-        .collect();
-    bodies.sort();
-    assert_eq!(bodies, ["message 0", "message 1", "message 2"]);
+    assert_eq!(
+        sorted_bodies(&msgs),
+        ["message 0", "message 1", "message 2"]
+    );
 }
 
 #[test]

@@ -40,12 +40,7 @@ fn socks5_delivery_on_isolated_circuits(net: &TorNet) {
         submit(mote.port, "bob@example.net", &format!("through tor {i}"));
     }
     let msgs = sink.wait_messages(2, Duration::from_secs(90));
-    let mut bodies: Vec<String> = msgs
-        .iter()
-        .map(|m| String::from_utf8_lossy(m.split().1).trim().to_string())
-        .collect();
-    bodies.sort();
-    assert_eq!(bodies, ["through tor 0", "through tor 1"]);
+    assert_eq!(sorted_bodies(&msgs), ["through tor 0", "through tor 1"]);
     // The sink saw the exit (127.0.0.1), never the mote's own connection:
     // every stream to its port went through the client tor.
     let target = format!("127.0.0.1:{}", sink.port);
@@ -125,12 +120,7 @@ fn arti_delivery(net: &TorNet) {
             mote.log()
         )
     });
-    let mut bodies: Vec<String> = msgs
-        .iter()
-        .map(|m| String::from_utf8_lossy(m.split().1).trim().to_string())
-        .collect();
-    bodies.sort();
-    assert_eq!(bodies, ["through arti 0", "through arti 1"]);
+    assert_eq!(sorted_bodies(&msgs), ["through arti 0", "through arti 1"]);
     assert!(status(&mote).contains("transport: arti (ready)"));
     // Each message left on a circuit of its own (Arti's circuit ids, logged
     // at debug level by the connector).

@@ -145,7 +145,8 @@ impl Tracker {
         }
     }
 
-    fn pool(&self) -> u64 {
+    /// Items in the pool now.
+    pub fn pool(&self) -> u64 {
         self.mixed + self.fresh
     }
 

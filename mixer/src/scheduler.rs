@@ -600,8 +600,7 @@ where
                 .tracker
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .stats(self.rt.wallclock())
-                .pool;
+                .pool();
             if pool >= cover.target_pool {
                 continue;
             }

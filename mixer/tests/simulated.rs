@@ -10,8 +10,6 @@ mod common;
 
 use common::*;
 use dust_mixer::{DelaySpec, ItemId, ItemKind, Lifetime, Mixer, MixerError, Store};
-use rand::rngs::StdRng;
-use rand::SeedableRng;
 use tor_rtcompat::{SleepProvider, ToplevelBlockOn};
 use tor_rtmock::MockRuntime;
 
@@ -50,16 +48,7 @@ fn clamped_exp_cdf_left(x: f64, mean: f64, min: f64, max: f64) -> f64 {
 fn delays_follow_the_configured_exponential() {
     each_runtime(|rt| async move {
         const N: usize = 2000;
-        let store = Store::temporary().unwrap();
-        let rec = Recorder::new(&rt, Answer::Ok);
-        let mixer = Mixer::start_with_rng(
-            rt.clone(),
-            store,
-            rec.clone(),
-            cfg(exp(2000, 100, 10_000)),
-            StdRng::seed_from_u64(7),
-        )
-        .unwrap();
+        let (rec, mixer) = start(&rt, Answer::Ok, cfg(exp(2000, 100, 10_000)), 7);
         let t0 = rt.wallclock();
         let mut release = HashMap::new();
         for _ in 0..N {
@@ -109,19 +98,10 @@ fn delays_follow_the_configured_exponential() {
 #[test]
 fn temporary_failures_are_retried_with_randomised_exponential_backoff() {
     each_runtime(|rt| async move {
-        let store = Store::temporary().unwrap();
-        let rec = Recorder::new(&rt, Answer::FailTimes(4));
         let config = cfg(DelaySpec::Constant {
             value: Duration::from_secs(5),
         });
-        let mixer = Mixer::start_with_rng(
-            rt.clone(),
-            store,
-            rec.clone(),
-            config,
-            StdRng::seed_from_u64(1),
-        )
-        .unwrap();
+        let (rec, mixer) = start(&rt, Answer::FailTimes(4), config, 1);
         let t0 = rt.wallclock();
         mixer.admit(ItemKind::Mail, b"m".to_vec()).await.unwrap();
         rt.advance_until_stalled().await;
@@ -241,8 +221,6 @@ fn restart_releases_overdue_and_in_flight_items_promptly() {
 #[test]
 fn multi_step_items_are_released_again_with_their_kinds_delay() {
     each_runtime(|rt| async move {
-        let store = Store::temporary().unwrap();
-        let rec = Recorder::new(&rt, Answer::Steps(3));
         let mut config = cfg(DelaySpec::Constant {
             value: Duration::from_secs(60),
         });
@@ -253,14 +231,7 @@ fn multi_step_items_are_released_again_with_their_kinds_delay() {
                 value: Duration::from_secs(7),
             },
         )];
-        let mixer = Mixer::start_with_rng(
-            rt.clone(),
-            store,
-            rec.clone(),
-            config,
-            StdRng::seed_from_u64(5),
-        )
-        .unwrap();
+        let (rec, mixer) = start(&rt, Answer::Steps(3), config, 5);
         let t0 = rt.wallclock();
         let (fetch, _) = mixer.admit(ItemKind::Fetch, b"job".to_vec()).await.unwrap();
         let (mail, _) = mixer.admit(ItemKind::Mail, b"mail".to_vec()).await.unwrap();
@@ -286,8 +257,6 @@ fn multi_step_items_are_released_again_with_their_kinds_delay() {
 #[test]
 fn nothing_is_released_after_the_drain_point_and_late_admissions_are_refused() {
     each_runtime(|rt| async move {
-        let store = Store::temporary().unwrap();
-        let rec = Recorder::new(&rt, Answer::Ok);
         let t0 = rt.wallclock();
         let mut config = cfg(DelaySpec::Constant {
             value: Duration::from_secs(500),
@@ -296,14 +265,7 @@ fn nothing_is_released_after_the_drain_point_and_late_admissions_are_refused() {
             expires_at: t0 + Duration::from_secs(100),
             drain_margin: Duration::from_secs(10),
         });
-        let mixer = Mixer::start_with_rng(
-            rt.clone(),
-            store,
-            rec.clone(),
-            config,
-            StdRng::seed_from_u64(2),
-        )
-        .unwrap();
+        let (rec, mixer) = start(&rt, Answer::Ok, config, 2);
         let (_, at) = mixer.admit(ItemKind::Mail, b"m".to_vec()).await.unwrap();
         // A 500 s delay would outlive the mote: it leaves at the drain point.
         assert_eq!(
@@ -327,18 +289,14 @@ fn nothing_is_released_after_the_drain_point_and_late_admissions_are_refused() {
 #[test]
 fn a_not_before_time_delays_the_first_release() {
     each_runtime(|rt| async move {
-        let store = Store::temporary().unwrap();
-        let rec = Recorder::new(&rt, Answer::Ok);
-        let mixer = Mixer::start_with_rng(
-            rt.clone(),
-            store,
-            rec.clone(),
+        let (rec, mixer) = start(
+            &rt,
+            Answer::Ok,
             cfg(DelaySpec::Constant {
                 value: Duration::from_secs(3),
             }),
-            StdRng::seed_from_u64(3),
-        )
-        .unwrap();
+            3,
+        );
         let t0 = rt.wallclock();
         let later = t0 + Duration::from_secs(3600);
         let (_, at) = mixer

@@ -6,7 +6,6 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use common::*;
@@ -26,24 +25,6 @@ fn pool(interval: Duration, min_pool: u64, rate: f64) -> MixerConfig {
         rate,
     };
     c
-}
-
-/// A mixer on `rt` with a fresh temporary store, answering `Ok`.
-fn start(
-    rt: &MockRuntime,
-    c: MixerConfig,
-    seed: u64,
-) -> (Arc<Recorder>, Mixer<MockRuntime, Recorder>) {
-    let rec = Recorder::new(rt, Answer::Ok);
-    let mixer = Mixer::start_with_rng(
-        rt.clone(),
-        Store::temporary().unwrap(),
-        rec.clone(),
-        c,
-        StdRng::seed_from_u64(seed),
-    )
-    .unwrap();
-    (rec, mixer)
 }
 
 /// Deliveries per distinct time, in time order: (seconds after t0, count).
@@ -67,7 +48,7 @@ fn per_time(rec: &Recorder, t0: SystemTime) -> Vec<(u64, usize)> {
 #[test]
 fn pool_rounds_send_exactly_min_of_size_minus_kept_and_rate_share() {
     each_runtime(|rt| async move {
-        let (rec, mixer) = start(&rt, pool(15 * MIN, 3, 0.5), 1);
+        let (rec, mixer) = start(&rt, Answer::Ok, pool(15 * MIN, 3, 0.5), 1);
         let t0 = rt.wallclock();
         for _ in 0..10 {
             let (_, at) = mixer.admit(ItemKind::Mail, b"m".to_vec()).await.unwrap();
@@ -104,7 +85,7 @@ fn binomial_rounds_send_each_item_with_probability_rate() {
             interval: 10 * MIN,
             rate: 0.3,
         };
-        let (rec, mixer) = start(&rt, c, 2);
+        let (rec, mixer) = start(&rt, Answer::Ok, c, 2);
         let t0 = rt.wallclock();
         const N: usize = 2000;
         for _ in 0..N {
@@ -137,17 +118,9 @@ fn delays_through_the_mixer(delay: DelaySpec, n: usize, seed: u64) -> Vec<f64> {
     let rt = MockRuntime::builder()
         .starting_wallclock(SystemTime::UNIX_EPOCH + Duration::from_secs(START_SECS))
         .build();
-    let rec = Recorder::new(&rt, Answer::Ok);
     let rt2 = rt.clone();
     rt.block_on(async move {
-        let mixer = Mixer::start_with_rng(
-            rt2.clone(),
-            Store::temporary().unwrap(),
-            rec.clone(),
-            cfg(delay),
-            StdRng::seed_from_u64(seed),
-        )
-        .unwrap();
+        let (rec, mixer) = start(&rt2, Answer::Ok, cfg(delay), seed);
         let t0 = rt2.wallclock();
         for _ in 0..n {
             mixer.admit(ItemKind::Mail, b"x".to_vec()).await.unwrap();
@@ -310,7 +283,12 @@ fn invalid_settings_name_their_key() {
 #[test]
 fn reconfiguring_keeps_scheduled_times_and_refuses_invalid_settings() {
     each_runtime(|rt| async move {
-        let (rec, mixer) = start(&rt, cfg(DelaySpec::Constant { value: 60 * MIN }), 3);
+        let (rec, mixer) = start(
+            &rt,
+            Answer::Ok,
+            cfg(DelaySpec::Constant { value: 60 * MIN }),
+            3,
+        );
         let t0 = rt.wallclock();
         let (old, _) = mixer.admit(ItemKind::Mail, b"old".to_vec()).await.unwrap();
         // An invalid change is refused; the old settings stay.
@@ -380,7 +358,6 @@ fn a_day_long_life_ends_with_an_empty_queue() {
         let rt = MockRuntime::builder()
             .starting_wallclock(SystemTime::UNIX_EPOCH + Duration::from_secs(START_SECS))
             .build();
-        let rec = Recorder::new(&rt, Answer::Ok);
         let rt2 = rt.clone();
         let name = format!("{strategy:?}");
         rt.block_on(async move {
@@ -398,14 +375,7 @@ fn a_day_long_life_ends_with_an_empty_queue() {
                 expires_at: expires,
                 drain_margin: margin,
             });
-            let mixer = Mixer::start_with_rng(
-                rt.clone(),
-                Store::temporary().unwrap(),
-                rec.clone(),
-                c,
-                StdRng::seed_from_u64(4),
-            )
-            .unwrap();
+            let (rec, mixer) = start(&rt, Answer::Ok, c, 4);
             // One item every 2 minutes on average, until the mote refuses.
             let mut rng = StdRng::seed_from_u64(5);
             let (mut admitted, mut refused) = (0, 0);

@@ -140,6 +140,16 @@ impl Delivered {
     }
 }
 
+/// The messages' bodies as trimmed text, sorted (delivery order is random).
+pub fn sorted_bodies(msgs: &[Delivered]) -> Vec<String> {
+    let mut bodies: Vec<String> = msgs
+        .iter()
+        .map(|m| String::from_utf8_lossy(m.split().1).trim().to_string())
+        .collect();
+    bodies.sort();
+    bodies
+}
+
 /// aiosmtpd as the next hop.
 pub struct Sink {
     pub port: u16,

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use dust_mixer::{
     DelaySpec, Deliver, DeliveryError, Item, ItemId, MixerConfig, Outcome, RetryPolicy, Strategy,
 };
+use rand::SeedableRng;
 use tor_rtcompat::{SleepProvider, ToplevelBlockOn};
 use tor_rtmock::task::SchedulingPolicy;
 use tor_rtmock::MockRuntime;
@@ -135,4 +136,24 @@ pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
             std::fs::copy(e.path(), dest).unwrap();
         }
     }
+}
+
+/// A mixer on `rt` with a fresh temporary store, a recorder answering
+/// `answer`, and a seeded RNG.
+pub fn start(
+    rt: &MockRuntime,
+    answer: Answer,
+    c: MixerConfig,
+    seed: u64,
+) -> (Arc<Recorder>, dust_mixer::Mixer<MockRuntime, Recorder>) {
+    let rec = Recorder::new(rt, answer);
+    let mixer = dust_mixer::Mixer::start_with_rng(
+        rt.clone(),
+        dust_mixer::Store::temporary().unwrap(),
+        rec.clone(),
+        c,
+        rand::rngs::StdRng::seed_from_u64(seed),
+    )
+    .unwrap();
+    (rec, mixer)
 }
