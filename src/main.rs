@@ -180,47 +180,33 @@ enum ConfigCommand {
 
 fn simulate(a: SimulateArgs) -> Result<(), String> {
     let checked = config::load(a.config.as_deref()).map_err(|e| e.to_string())?;
-    let mut cfg = checked.mixer;
-    let strategy = a.strategy.as_deref().map(str::to_ascii_lowercase);
-    let (interval, rate) = match &cfg.strategy {
-        dust_mixer::Strategy::Pool { interval, rate, .. }
-        | dust_mixer::Strategy::Binomial { interval, rate } => (*interval, *rate),
-        dust_mixer::Strategy::Poisson => (std::time::Duration::from_secs(900), 0.65),
+    // The flags override the file's (or the embedded) settings.
+    let m = &checked.config.mixer;
+    let name = match (a.strategy.as_deref(), m.strategy) {
+        (Some(s), _) => s.to_ascii_lowercase(),
+        (None, config::Strategy::Poisson) => "poisson".into(),
+        (None, config::Strategy::Pool) => "pool".into(),
+        (None, config::Strategy::Binomial) => "binomial".into(),
     };
-    let min_pool = match &cfg.strategy {
-        dust_mixer::Strategy::Pool { min_pool, .. } => *min_pool,
-        _ => 45,
-    };
-    let (interval, rate, min_pool) = (
-        a.interval.unwrap_or(interval),
-        a.pool_rate.unwrap_or(rate),
-        a.min_pool.unwrap_or(min_pool),
-    );
-    cfg.strategy = match strategy.as_deref() {
-        None => match cfg.strategy {
-            dust_mixer::Strategy::Poisson => dust_mixer::Strategy::Poisson,
-            dust_mixer::Strategy::Pool { .. } => dust_mixer::Strategy::Pool {
-                interval,
-                min_pool,
-                rate,
-            },
-            dust_mixer::Strategy::Binomial { .. } => {
-                dust_mixer::Strategy::Binomial { interval, rate }
-            }
+    let strategy = match name.as_str() {
+        "poisson" => dust_mixer::Strategy::Poisson,
+        "pool" => dust_mixer::Strategy::Pool {
+            interval: a.interval.unwrap_or(m.pool.interval),
+            min_pool: a.min_pool.unwrap_or(m.pool.min_pool),
+            rate: a.pool_rate.unwrap_or(m.pool.rate),
         },
-        Some("poisson") => dust_mixer::Strategy::Poisson,
-        Some("pool") => dust_mixer::Strategy::Pool {
-            interval,
-            min_pool,
-            rate,
+        "binomial" => dust_mixer::Strategy::Binomial {
+            interval: a.interval.unwrap_or(m.binomial.interval),
+            rate: a.pool_rate.unwrap_or(m.binomial.rate),
         },
-        Some("binomial") => dust_mixer::Strategy::Binomial { interval, rate },
-        Some(other) => {
+        other => {
             return Err(format!(
                 "unknown strategy {other:?} (poisson, pool, binomial)"
             ))
         }
     };
+    let mut cfg = checked.mixer;
+    cfg.strategy = strategy;
     if let Some(mean) = a.mean {
         cfg.delay = dust_mixer::DelaySpec::Exponential {
             mean,
