@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use dust_mixer::{CoverSource, ItemId, ItemKind, Store};
-use dust_proxies::http::{Job, JobState};
+use dust_proxies::job::Job;
 use dust_proxies::mail::{sanitize, SanitizeOptions, StoredMail};
 use rand::Rng;
 
@@ -49,20 +49,7 @@ fn make(
     }
     let url = targets.fetch_urls[rng.random_range(0..targets.fetch_urls.len())].clone();
     let id = ItemId(rng.random());
-    let job = Job {
-        url,
-        user: String::new(),
-        state: JobState::Queued,
-        reason: None,
-        created_ms: dust_mixer::wall_ms(std::time::SystemTime::now()),
-        not_before_ms: None,
-        deadline_ms: None,
-        total: None,
-        etag: None,
-        expected_ready_ms: None,
-        redirects: 0,
-        cover: true,
-    };
+    let job = Job::cover(url, std::time::SystemTime::now());
     // Not synced: a dummy lost in a crash costs nothing.
     store.put_job(&id, &job.encode()).ok()?;
     Some((ItemKind::Fetch, id.0.to_vec()))

@@ -5,10 +5,13 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use anyhow::{anyhow, bail, Context};
 use bytes::Bytes;
 use http::{header, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+
+use crate::cli::FetchCommand;
 
 /// Where the API is and how to authenticate.
 pub struct Api {
@@ -18,11 +21,11 @@ pub struct Api {
 
 impl Api {
     /// From `--api` (or the config's `[http] listen`) and the token.
-    pub fn new(addr: SocketAddr, token_file: Option<&Path>) -> Result<Self, String> {
+    pub fn new(addr: SocketAddr, token_file: Option<&Path>) -> anyhow::Result<Self> {
         let token = match token_file {
-            Some(p) => std::fs::read_to_string(p).map_err(|e| format!("{}: {e}", p.display()))?,
+            Some(p) => std::fs::read_to_string(p).with_context(|| p.display().to_string())?,
             None => std::env::var("DUSTMOTE_TOKEN")
-                .map_err(|_| "no token: set DUSTMOTE_TOKEN or give --token-file".to_string())?,
+                .map_err(|_| anyhow!("no token: set DUSTMOTE_TOKEN or give --token-file"))?,
         };
         Ok(Self {
             addr,
@@ -33,17 +36,16 @@ impl Api {
     async fn send(
         &self,
         req: Request<Full<Bytes>>,
-    ) -> Result<http::Response<hyper::body::Incoming>, String> {
+    ) -> anyhow::Result<http::Response<hyper::body::Incoming>> {
         let stream = tokio::net::TcpStream::connect(self.addr)
             .await
-            .map_err(|e| format!("connecting to {}: {e}", self.addr))?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| e.to_string())?;
+            .with_context(|| format!("connecting to {}", self.addr))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        sender.send_request(req).await.map_err(|e| e.to_string())
+        Ok(sender.send_request(req).await?)
     }
 
     fn request(&self, method: &str, path: &str) -> http::request::Builder {
@@ -59,42 +61,37 @@ impl Api {
         method: &str,
         path: &str,
         body: String,
-    ) -> Result<serde_json::Value, String> {
+    ) -> anyhow::Result<serde_json::Value> {
         let req = self
             .request(method, path)
             .header(header::CONTENT_TYPE, "application/json")
-            .body(Full::new(Bytes::from(body)))
-            .map_err(|e| e.to_string())?;
+            .body(Full::new(Bytes::from(body)))?;
         let resp = self.send(req).await?;
         let status = resp.status();
-        let bytes = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
+        let bytes = resp.into_body().collect().await?.to_bytes();
         let v: serde_json::Value =
             serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
         if !status.is_success() {
-            return Err(format!(
+            bail!(
                 "{status}: {}",
                 v["message"].as_str().unwrap_or("request failed")
-            ));
+            );
         }
         Ok(v)
     }
 }
 
 /// `dustmote fetch add URL`: prints the job id.
-pub async fn add(api: &Api, url: &str) -> Result<(), String> {
+pub async fn add(api: &Api, url: &str) -> anyhow::Result<()> {
     let body = serde_json::json!({ "url": url }).to_string();
     let v = api.json("POST", "/v1/fetches", body).await?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", v["id"].as_str().unwrap_or_default()).map_err(|e| e.to_string())
+    writeln!(out, "{}", v["id"].as_str().unwrap_or_default())?;
+    Ok(())
 }
 
 /// `dustmote fetch status ID`.
-pub async fn status(api: &Api, id: &str) -> Result<(), String> {
+pub async fn status(api: &Api, id: &str) -> anyhow::Result<()> {
     let v = api
         .json("GET", &format!("/v1/fetches/{id}"), String::new())
         .await?;
@@ -113,32 +110,27 @@ pub async fn status(api: &Api, id: &str) -> Result<(), String> {
             .as_str()
             .map(|r| format!("  ({r})"))
             .unwrap_or_default()
-    )
-    .map_err(|e| e.to_string())
+    )?;
+    Ok(())
 }
 
 /// `dustmote fetch get ID -o FILE`: download the content; if FILE already
 /// holds a prefix of it, ask only for the rest (Range + If-Range), so an
 /// interrupted retrieval resumes.
-pub async fn get(api: &Api, id: &str, out: &PathBuf) -> Result<(), String> {
+pub async fn get(api: &Api, id: &str, out: &PathBuf) -> anyhow::Result<()> {
     let path = format!("/v1/fetches/{id}/content");
     // HEAD: length and validator of the current content.
-    let head = api
-        .request("HEAD", &path)
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| e.to_string())?;
+    let head = api.request("HEAD", &path).body(Full::new(Bytes::new()))?;
     let resp = api.send(head).await?;
     if resp.status() != StatusCode::OK {
         let status = resp.status();
-        return Err(format!(
-            "{status}: the download is not ready (see `dustmote fetch status {id}`)"
-        ));
+        bail!("{status}: the download is not ready (see `dustmote fetch status {id}`)");
     }
     let total: u64 = resp
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse().ok())
-        .ok_or("no Content-Length")?;
+        .context("no Content-Length")?;
     let etag = resp.headers().get(header::ETAG).cloned();
     let have = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
     if have == total {
@@ -153,16 +145,11 @@ pub async fn get(api: &Api, id: &str, out: &PathBuf) -> Result<(), String> {
             req = req.header(header::IF_RANGE, e);
         }
     }
-    let resp = api
-        .send(
-            req.body(Full::new(Bytes::new()))
-                .map_err(|e| e.to_string())?,
-        )
-        .await?;
+    let resp = api.send(req.body(Full::new(Bytes::new()))?).await?;
     let (append, start) = match resp.status() {
         StatusCode::PARTIAL_CONTENT if resuming => (true, have),
         StatusCode::OK => (false, 0),
-        s => return Err(format!("{s}: unexpected answer")),
+        s => bail!("{s}: unexpected answer"),
     };
     let mut file = std::fs::OpenOptions::new()
         .create(true)
@@ -170,7 +157,7 @@ pub async fn get(api: &Api, id: &str, out: &PathBuf) -> Result<(), String> {
         .append(append)
         .truncate(!append)
         .open(out)
-        .map_err(|e| format!("{}: {e}", out.display()))?;
+        .with_context(|| out.display().to_string())?;
     let bar = indicatif::ProgressBar::new(total);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -181,22 +168,18 @@ pub async fn get(api: &Api, id: &str, out: &PathBuf) -> Result<(), String> {
     bar.set_position(start);
     let mut body = resp.into_body();
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            format!("download interrupted: {e} (run the same command again to resume)")
-        })?;
+        let frame = frame.context("download interrupted (run the same command again to resume)")?;
         if let Some(data) = frame.data_ref() {
             file.write_all(data)
-                .map_err(|e| format!("{}: {e}", out.display()))?;
+                .with_context(|| out.display().to_string())?;
             bar.inc(data.len() as u64);
         }
     }
-    file.sync_all().map_err(|e| e.to_string())?;
+    file.sync_all()?;
     bar.finish_and_clear();
     let got = std::fs::metadata(out).map(|m| m.len()).unwrap_or(0);
     if got != total {
-        return Err(format!(
-            "got {got} of {total} bytes (run the same command again to resume)"
-        ));
+        bail!("got {got} of {total} bytes (run the same command again to resume)");
     }
     eprintln!(
         "{}: {total} bytes{}",
@@ -208,4 +191,29 @@ pub async fn get(api: &Api, id: &str, out: &PathBuf) -> Result<(), String> {
         }
     );
     Ok(())
+}
+
+/// `dustmote fetch …`: the API address from `--api` or the config's
+/// `[http] listen`.
+pub fn run(
+    config: Option<PathBuf>,
+    api: Option<SocketAddr>,
+    token_file: Option<PathBuf>,
+    command: FetchCommand,
+) -> anyhow::Result<()> {
+    let addr = match api {
+        Some(a) => a,
+        None => crate::config::load(config.as_deref())?.config.http.listen,
+    };
+    let api = Api::new(addr, token_file.as_deref())?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        match command {
+            FetchCommand::Add { url } => add(&api, &url).await,
+            FetchCommand::Status { id } => status(&api, &id).await,
+            FetchCommand::Get { id, output } => get(&api, &id, &output).await,
+        }
+    })
 }

@@ -5,6 +5,7 @@
 //! seconds: nothing sleeps, and the throw-away store skips fsyncs.
 
 use std::collections::HashSet;
+use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -17,6 +18,9 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use tor_rtcompat::ToplevelBlockOn;
 use tor_rtmock::MockRuntime;
+
+use crate::cli::SimulateArgs;
+use crate::config::{self, StrategyName};
 
 /// What to simulate.
 #[derive(Debug, Clone)]
@@ -84,12 +88,12 @@ const START: Duration = Duration::from_secs(1_800_000_000);
 
 /// Run one simulation: the report and the measured outputs' latencies
 /// (seconds, sorted).
-pub fn run(p: &Params) -> Result<(Report, Vec<f64>), String> {
+pub fn run(p: &Params) -> anyhow::Result<(Report, Vec<f64>)> {
     if !(p.rate_per_s.is_finite() && p.rate_per_s > 0.0) {
-        return Err("the arrival rate must be > 0".into());
+        anyhow::bail!("the arrival rate must be > 0");
     }
     if p.warmup >= p.duration {
-        return Err("the warm-up must be shorter than the duration".into());
+        anyhow::bail!("the warm-up must be shorter than the duration");
     }
     let started = Instant::now();
     let rt = MockRuntime::builder()
@@ -100,24 +104,19 @@ pub fn run(p: &Params) -> Result<(Report, Vec<f64>), String> {
     // Deliveries are instant: do not let the in-flight bound turn a round
     // into a queue.
     cfg.max_in_flight = usize::MAX / 2;
-    let strategy = match cfg.strategy {
-        Strategy::Poisson => "poisson",
-        Strategy::Pool { .. } => "pool",
-        Strategy::Binomial { .. } => "binomial",
-    };
+    let strategy = cfg.strategy.name();
     let params = p.clone();
     let rt2 = rt.clone();
     let (stats, samples, real, items, cover_items) = rt.block_on(async move {
         let rt = rt2;
-        let store = Store::temporary().map_err(|e| e.to_string())?;
+        let store = Store::temporary()?;
         let mixer = Mixer::start_with_rng(
             rt.clone(),
             store,
             Arc::new(Instant0),
             cfg,
             StdRng::seed_from_u64(params.seed),
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
         // Cover items (when `cfg.cover` is set) are empty mail items: the
         // simulation is about timing.
         mixer.set_cover_source(Arc::new(|| {
@@ -150,17 +149,14 @@ pub fn run(p: &Params) -> Result<(Report, Vec<f64>), String> {
             }
             rt.advance_until(t0 + Duration::from_secs_f64(next)).await;
             t = next;
-            let (id, _) = mixer
-                .admit(ItemKind::Mail, Vec::new())
-                .await
-                .map_err(|e| e.to_string())?;
+            let (id, _) = mixer.admit(ItemKind::Mail, Vec::new()).await?;
             items += 1;
             if measuring {
                 real.insert(id);
             }
         }
         rt.advance_until(t0 + params.duration).await;
-        Ok::<_, String>((
+        Ok::<_, anyhow::Error>((
             mixer.anonymity(),
             mixer.samples().unwrap_or_default(),
             real,
@@ -227,9 +223,9 @@ pub fn scaled(cfg: &MixerConfig, k: f64) -> MixerConfig {
 
 /// Draw the latency histogram of `report`'s run and the entropy-vs-latency
 /// curve (`curve`: one report per time scale) into an SVG file.
-pub fn plot(path: &Path, lat: &[f64], curve: &[Report], current: &Report) -> Result<(), String> {
+pub fn plot(path: &Path, lat: &[f64], curve: &[Report], current: &Report) -> anyhow::Result<()> {
     use plotters::prelude::*;
-    let e = |e: &dyn std::fmt::Display| format!("plotting: {e}");
+    let e = |e: &dyn std::fmt::Display| anyhow::anyhow!("plotting: {e}");
     let root = SVGBackend::new(path, (1000, 420)).into_drawing_area();
     root.fill(&WHITE).map_err(|x| e(&x))?;
     let (left, right) = root.split_horizontally(500);
@@ -310,4 +306,99 @@ pub fn plot(path: &Path, lat: &[f64], curve: &[Report], current: &Report) -> Res
         .map_err(|x| e(&x))?;
     root.present().map_err(|x| e(&x))?;
     Ok(())
+}
+
+/// `dustmote simulate`: the flags override the file's (or the embedded)
+/// `[mixer]` settings.
+pub fn command(a: SimulateArgs) -> anyhow::Result<()> {
+    let checked = config::load(a.config.as_deref())?;
+    let m = &checked.config.mixer;
+    let strategy = match a.strategy.unwrap_or(m.strategy) {
+        StrategyName::Poisson => Strategy::Poisson,
+        StrategyName::Pool => Strategy::Pool {
+            interval: a.interval.unwrap_or(m.pool.interval),
+            min_pool: a.min_pool.unwrap_or(m.pool.min_pool),
+            rate: a.pool_rate.unwrap_or(m.pool.rate),
+        },
+        StrategyName::Binomial => Strategy::Binomial {
+            interval: a.interval.unwrap_or(m.binomial.interval),
+            rate: a.pool_rate.unwrap_or(m.binomial.rate),
+        },
+    };
+    let mut cfg = checked.mixer;
+    cfg.strategy = strategy;
+    if let Some(mean) = a.mean {
+        cfg.delay = dust_mixer::DelaySpec::Exponential {
+            mean,
+            min: None,
+            max: None,
+        };
+    }
+    if a.cover_rate.is_some() || a.cover_target.is_some() {
+        let base = cfg.cover.unwrap_or(dust_mixer::CoverConfig {
+            rate_per_s: 20.0 / 3600.0,
+            target_pool: 4,
+        });
+        cfg.cover = Some(dust_mixer::CoverConfig {
+            rate_per_s: match &a.cover_rate {
+                Some(r) => config::parse_rate(r)?,
+                None => base.rate_per_s,
+            },
+            target_pool: a.cover_target.unwrap_or(base.target_pool),
+        });
+    }
+    cfg.validate()?;
+    let params = Params {
+        cfg,
+        rate_per_s: config::parse_rate(&a.rate)?,
+        duration: a.duration,
+        warmup: a.warmup.unwrap_or(a.duration / 10),
+        constant_arrivals: a.constant_arrivals,
+        seed: a.seed,
+    };
+    let (report, latencies) = run(&params)?;
+    if let Some(path) = &a.plot {
+        // The curve: the same arrivals at time scales from 1/8 to 8 times
+        // the chosen one.
+        let mut curve = Vec::new();
+        for k in [0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0] {
+            let p = Params {
+                cfg: scaled(&params.cfg, k),
+                ..params.clone()
+            };
+            curve.push(run(&p)?.0);
+        }
+        plot(path, &latencies, &curve, &report)?;
+    }
+    let mut out = std::io::stdout().lock();
+    let text = if a.json {
+        serde_json::to_string(&report)?
+    } else {
+        format!(
+            "strategy {}: {} items at {} over {} (measured {}; simulated in {:.1} s)\n\
+             latency p50 {} p90 {} p99 {} max {}\n\
+             mean pool {:.2}, entropy {:.2} bits, unmixed {:.3} %, cover {:.1}/h",
+            report.strategy,
+            report.items,
+            a.rate,
+            humantime::format_duration(a.duration),
+            humantime::format_duration(Duration::from_secs(report.measured_s as u64)),
+            report.wall_s,
+            fmt_secs(report.latency_p50_s),
+            fmt_secs(report.latency_p90_s),
+            fmt_secs(report.latency_p99_s),
+            fmt_secs(report.latency_max_s),
+            report.mean_pool,
+            report.entropy_bits,
+            report.p_unmixed * 100.0,
+            report.cover_per_hour,
+        )
+    };
+    writeln!(out, "{text}")?;
+    Ok(())
+}
+
+/// Seconds, rounded to whole seconds, as "1h 2m 3s".
+fn fmt_secs(s: f64) -> String {
+    humantime::format_duration(Duration::from_secs(s.round() as u64)).to_string()
 }

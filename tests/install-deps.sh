@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs the real peers the test suite runs against (Debian packages and one
-# Python package) and the one C library the build links (SQLite, for Arti).
+# Installs the real peers the test suite runs against (Debian packages and two
+# Python packages) and the one C library the build links (SQLite, for Arti).
 # Idempotent; needs root or passwordless sudo.
 set -euo pipefail
 
@@ -32,3 +32,5 @@ for svc in postfix nginx tor; do
 done
 
 python3 -c "import aiosmtpd" 2>/dev/null || python3 -m pip install -q "aiosmtpd==1.4.6"
+# The OpenMetrics parser that checks /metrics (tests/peers/parse_metrics.py).
+python3 -c "import prometheus_client" 2>/dev/null || python3 -m pip install -q "prometheus_client==0.26.0"

@@ -240,6 +240,129 @@ fn metrics_and_status_show_the_mix() {
     assert!(text.contains("latency:   median <= 5s"), "{text}");
 }
 
+/// `/metrics` is OpenMetrics that a real parser (prometheus_client's, strict)
+/// accepts, every family has HELP and TYPE, counters are counters and the
+/// latency is a real histogram, and the values match what happened.
+#[test]
+fn metrics_parse_as_openmetrics_with_help_and_type() {
+    let sink = Sink::start();
+    let mut cfg = MoteConfig::new(sink.port);
+    cfg.delay = r#"{ distribution = "constant", value = "1s" }"#.into();
+    let mote = Mote::start(&cfg);
+    for i in 0..2 {
+        submit(mote.port, "m@example.net", &format!("openmetrics {i}"));
+    }
+    sink.wait_messages(2, Duration::from_secs(30));
+    let scrape = Command::new("curl")
+        .args([
+            "-s",
+            "-D",
+            "/dev/stderr",
+            "-H",
+            &format!("Authorization: Bearer {PASSWORD}"),
+            &format!("http://127.0.0.1:{}/metrics", mote.http_port),
+        ])
+        .output()
+        .unwrap();
+    let headers = String::from_utf8_lossy(&scrape.stderr).to_ascii_lowercase();
+    assert!(
+        headers.contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{headers}"
+    );
+    let mut parser = Command::new("python3")
+        .arg(peer("parse_metrics.py"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    parser
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(&scrape.stdout)
+        .unwrap();
+    let parsed = parser.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&scrape.stdout);
+    assert!(
+        parsed.status.success(),
+        "{}\n{text}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
+    let families: serde_json::Value = serde_json::from_slice(&parsed.stdout).unwrap();
+    let mut names: Vec<&str> = families
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "dustmote_fetch_jobs",
+            "dustmote_mix_cover_items",
+            "dustmote_mix_entropy_bits",
+            "dustmote_mix_entropy_bits_mean",
+            "dustmote_mix_held_items",
+            "dustmote_mix_latency_seconds",
+            "dustmote_mix_outputs",
+            "dustmote_mix_pool_items",
+            "dustmote_mix_pool_mean",
+            "dustmote_mix_unmixed",
+            "dustmote_mix_unmixed_ratio",
+            "dustmote_queue_items",
+            "dustmote_transport_ready",
+        ],
+        "{text}"
+    );
+    let family = |name: &str| &families[name];
+    let sample = |name: &str, sample: &str| -> f64 {
+        family(name)["samples"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s[0] == sample)
+            .unwrap_or_else(|| panic!("{sample} missing:\n{text}"))[2]
+            .as_f64()
+            .unwrap()
+    };
+    for (name, kind) in [
+        ("dustmote_mix_outputs", "counter"),
+        ("dustmote_mix_unmixed", "counter"),
+        ("dustmote_mix_cover_items", "counter"),
+        ("dustmote_mix_latency_seconds", "histogram"),
+        ("dustmote_mix_pool_items", "gauge"),
+        ("dustmote_queue_items", "gauge"),
+    ] {
+        assert_eq!(family(name)["type"], kind, "{name}");
+    }
+    assert_eq!(
+        sample("dustmote_mix_outputs", "dustmote_mix_outputs_total"),
+        2.0
+    );
+    assert_eq!(
+        sample(
+            "dustmote_mix_latency_seconds",
+            "dustmote_mix_latency_seconds_count"
+        ),
+        2.0
+    );
+    // Each waited its 1 s (the bucket bounds are inclusive).
+    assert!(
+        sample(
+            "dustmote_mix_latency_seconds",
+            "dustmote_mix_latency_seconds_sum"
+        ) >= 2.0,
+        "{text}"
+    );
+    assert_eq!(
+        sample("dustmote_transport_ready", "dustmote_transport_ready"),
+        1.0
+    );
+}
+
 /// Cover traffic: with no real traffic the mote sends dummy messages to the
 /// configured sink and dummy Range requests to the configured URL, through
 /// the same paths as real items; a dummy message has exactly the header

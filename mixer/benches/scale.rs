@@ -22,7 +22,7 @@ struct Never;
 
 impl Deliver for Never {
     async fn deliver(&self, _item: &Item) -> Result<Outcome, DeliveryError> {
-        Err(DeliveryError::Temporary("benchmark".into()))
+        Err(DeliveryError::temporary("benchmark"))
     }
 }
 

@@ -1,17 +1,23 @@
 #![doc = include_str!("../README.md")]
 
 pub mod anonymity;
+mod config;
 pub mod cover;
 pub mod delay;
+mod error;
+pub mod metrics;
 mod scheduler;
 pub mod strategy;
 pub mod tokio_rt;
 
 pub use anonymity::{AnonymityStats, Output, Samples};
+pub use config::{Lifetime, MixerConfig, RetryPolicy};
 pub use cover::{CoverConfig, CoverSource};
 pub use delay::{DelayError, DelaySpec};
-pub use dust_storage::{ContentWriter, Item, ItemId, StorageError, Store, HELD};
-pub use scheduler::{Lifetime, Metrics, Mixer, MixerConfig, RetryPolicy};
+pub use dust_storage::{ContentWriter, Item, ItemId, QueueStats, StorageError, Store, HELD};
+pub use error::{DeliveryError, ErrorKind, HasKind, MixerError};
+pub use metrics::{Metrics, MixStatus};
+pub use scheduler::Mixer;
 pub use strategy::Strategy;
 
 use std::future::Future;
@@ -38,40 +44,11 @@ pub enum Outcome {
     Again,
 }
 
-/// Why a delivery attempt failed, which decides what happens next.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum DeliveryError {
-    /// Try again later (connection failed, 4xx, Tor not ready, ...).
-    #[error("temporary delivery failure: {0}")]
-    Temporary(String),
-    /// The next hop refused for good (5xx): drop and count, never bounce.
-    #[error("permanent delivery failure: {0}")]
-    Permanent(String),
-}
-
 /// Sends one item onward. Implemented in `dust-proxies`; the mixer calls it
 /// for each due item, with at most `MixerConfig::max_in_flight` calls at once.
 pub trait Deliver: Send + Sync + 'static {
     /// Deliver `item`. Must not log addresses or content at info or above.
     fn deliver(&self, item: &Item) -> impl Future<Output = Result<Outcome, DeliveryError>> + Send;
-}
-
-/// Errors of admission.
-#[derive(Debug, thiserror::Error)]
-pub enum MixerError {
-    /// Storage failed; nothing was acknowledged (SMTP 451).
-    #[error(transparent)]
-    Storage(#[from] dust_storage::StorageError),
-    /// The mixer is shutting down and accepts nothing new (SMTP 421).
-    #[error("the mixer is shutting down")]
-    ShuttingDown,
-    /// The mote expires too soon for a new item to leave in time
-    /// (SMTP 452, HTTP 503).
-    #[error("the mote expires too soon to accept new items")]
-    Expiring,
-    /// A configuration was refused (the key and the reason).
-    #[error("invalid mixer setting {0}")]
-    Invalid(String),
 }
 
 /// Milliseconds since the Unix epoch (0 for times before it).

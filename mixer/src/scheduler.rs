@@ -1,13 +1,14 @@
 //! The schedule loop: one task owns "what is due next"; deliveries run as
 //! separate tasks, at most `max_in_flight` at once.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use dust_storage::{Item, ItemId, ItemState, StorageError, Store, HELD};
 use futures::future::select;
 use futures::task::{Spawn, SpawnExt};
+use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -15,10 +16,11 @@ use tokio::sync::Notify;
 use tor_rtcompat::{Blocking, SleepProvider, SleepProviderExt};
 
 use crate::anonymity::{AnonymityStats, Samples, Tracker};
-use crate::cover::{CoverConfig, CoverSource};
+use crate::cover::CoverSource;
+use crate::metrics::{Counters, Metrics, MixStatus};
 use crate::{
-    from_wall_ms, wall_ms, wall_ms_ceil, DelaySpec, Deliver, DeliveryError, MixerError, Outcome,
-    Strategy,
+    from_wall_ms, wall_ms, wall_ms_ceil, Deliver, DeliveryError, ErrorKind, HasKind, MixerConfig,
+    MixerError, Outcome,
 };
 
 /// Items taken from the schedule per scan. Bounds the work done between two
@@ -29,161 +31,6 @@ const RELEASE_BATCH: usize = 64;
 /// (a full disk does not heal in microseconds; nothing is lost meanwhile).
 const STORAGE_RETRY: Duration = Duration::from_secs(1);
 
-/// Randomised exponential backoff for temporary failures.
-#[derive(Debug, Clone, PartialEq)]
-pub struct RetryPolicy {
-    /// Backoff after the first failure (before the ±50 % jitter).
-    pub base: Duration,
-    /// Upper bound of the backoff (before jitter).
-    pub max: Duration,
-}
-
-impl Default for RetryPolicy {
-    fn default() -> Self {
-        Self {
-            base: Duration::from_secs(30),
-            max: Duration::from_secs(30 * 60),
-        }
-    }
-}
-
-impl RetryPolicy {
-    /// Backoff before attempt `attempts + 1`, given `attempts` failures so far
-    /// (≥ 1): `min(max, base·2^(attempts−1))` times a uniform factor in
-    /// [0.5, 1.5), so that retries of items that failed together spread out.
-    pub fn backoff<G: Rng + ?Sized>(&self, attempts: u32, rng: &mut G) -> Duration {
-        let exp = attempts.saturating_sub(1).min(30);
-        let raw = self.base.saturating_mul(1u32 << exp).min(self.max);
-        raw.mul_f64(rng.random_range(0.5..1.5))
-    }
-}
-
-/// When the mote dies, and how long before that everything must have left.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Lifetime {
-    /// The mote's end.
-    pub expires_at: SystemTime,
-    /// No release time falls later than `expires_at - drain_margin`, and no
-    /// item is admitted once that point has passed.
-    pub drain_margin: Duration,
-}
-
-impl Lifetime {
-    /// The last release time allowed.
-    pub fn last_release(&self) -> SystemTime {
-        self.expires_at
-            .checked_sub(self.drain_margin)
-            .unwrap_or(SystemTime::UNIX_EPOCH)
-    }
-}
-
-/// Mixer settings (from `[mixer]` in the config).
-#[derive(Debug, Clone)]
-pub struct MixerConfig {
-    /// When items leave: per-item delays, or pool/binomial rounds.
-    pub strategy: Strategy,
-    /// Cover traffic, if any.
-    pub cover: Option<CoverConfig>,
-    /// Delay distribution for new items (`Poisson` strategy).
-    pub delay: DelaySpec,
-    /// Distributions for particular item kinds (by kind byte), e.g. the gaps
-    /// between a download's chunks; other kinds use `delay`.
-    pub kind_delays: Vec<(u8, DelaySpec)>,
-    /// Retry policy for temporary failures.
-    pub retry: RetryPolicy,
-    /// The mote's lifetime, if it has one: release times are clamped to
-    /// leave everything out before it ends.
-    pub lifetime: Option<Lifetime>,
-    /// Deliveries running at once. Each holds an outbound connection; more
-    /// would not speed up a Tor-bound mote and would make a burst of releases
-    /// visible as a burst of circuits.
-    pub max_in_flight: usize,
-}
-
-impl MixerConfig {
-    /// `t`, or the last release time the lifetime allows if that is earlier.
-    pub fn clamp(&self, t: SystemTime) -> SystemTime {
-        match &self.lifetime {
-            Some(l) => t.min(l.last_release()),
-            None => t,
-        }
-    }
-
-    /// The delay distribution of items of `kind`.
-    pub fn delay_for(&self, kind: u8) -> &DelaySpec {
-        self.kind_delays
-            .iter()
-            .find(|(k, _)| *k == kind)
-            .map(|(_, d)| d)
-            .unwrap_or(&self.delay)
-    }
-}
-
-impl MixerConfig {
-    /// Check the strategy and every distribution; the error names the key
-    /// (`strategy.rate`, `delay.mean`, `kind_delays.2.min`, ...).
-    pub fn validate(&self) -> Result<(), MixerError> {
-        let invalid = |what: &str, e: crate::DelayError| MixerError::Invalid(format!("{what}.{e}"));
-        self.strategy
-            .validate()
-            .map_err(|e| invalid("strategy", e))?;
-        if let Some(c) = &self.cover {
-            c.validate().map_err(|e| invalid("cover", e))?;
-        }
-        self.delay.validate().map_err(|e| invalid("delay", e))?;
-        for (kind, d) in &self.kind_delays {
-            d.validate()
-                .map_err(|e| invalid(&format!("kind_delays.{kind}"), e))?;
-        }
-        Ok(())
-    }
-}
-
-impl Default for MixerConfig {
-    fn default() -> Self {
-        Self {
-            strategy: Strategy::Poisson,
-            cover: None,
-            delay: DelaySpec::Exponential {
-                mean: Duration::from_secs(30 * 60),
-                min: Some(Duration::from_secs(60)),
-                max: Some(Duration::from_secs(6 * 3600)),
-            },
-            kind_delays: Vec::new(),
-            retry: RetryPolicy::default(),
-            lifetime: None,
-            max_in_flight: 16,
-        }
-    }
-}
-
-/// Counters since start (exported in `/metrics` and `dustmote queue`).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Metrics {
-    /// Items durably admitted.
-    pub admitted: u64,
-    /// Items delivered.
-    pub delivered: u64,
-    /// Items dropped after a permanent failure (not bounced).
-    pub dropped_permanent: u64,
-    /// Temporary failures (each one rescheduled).
-    pub retries: u64,
-    /// Steps of multi-step items ([`Outcome::Again`]).
-    pub steps: u64,
-    /// Cover (dummy) items added.
-    pub cover: u64,
-}
-
-#[derive(Default)]
-struct Counters {
-    admitted: AtomicU64,
-    delivered: AtomicU64,
-    dropped_permanent: AtomicU64,
-    retries: AtomicU64,
-    steps: AtomicU64,
-    cover: AtomicU64,
-}
-
 /// Items held for rounds (`pool` and `binomial`), and when the next round is
 /// (monotonic time: a wall-clock jump neither skips nor bunches rounds).
 #[derive(Default)]
@@ -192,25 +39,25 @@ struct Pool {
     next_round: Option<std::time::Instant>,
 }
 
-struct Inner<R, D> {
-    rt: R,
-    store: Arc<Store>,
-    deliver: Arc<D>,
+pub(crate) struct Inner<R, D> {
+    pub(crate) rt: R,
+    pub(crate) store: Arc<Store>,
+    pub(crate) deliver: Arc<D>,
     /// Replaced as a whole by [`Mixer::reconfigure`].
-    cfg: Mutex<Arc<MixerConfig>>,
+    pub(crate) cfg: Mutex<Arc<MixerConfig>>,
     pool: Mutex<Pool>,
-    tracker: Mutex<Tracker>,
+    pub(crate) tracker: Mutex<Tracker>,
     /// Makes dummy items (set by the owner; see [`Mixer::set_cover_source`]).
-    cover_source: Mutex<Option<CoverSource>>,
-    cover_running: AtomicBool,
-    rng: Mutex<StdRng>,
+    pub(crate) cover_source: Mutex<Option<CoverSource>>,
+    pub(crate) cover_running: AtomicBool,
+    pub(crate) rng: Mutex<StdRng>,
     /// Something changed: an item was admitted or a delivery finished.
-    wake: Notify,
+    pub(crate) wake: Notify,
     /// A delivery finished (for shutdown).
-    idle: Notify,
-    in_flight: AtomicUsize,
-    stopping: AtomicBool,
-    counters: Counters,
+    pub(crate) idle: Notify,
+    pub(crate) in_flight: AtomicUsize,
+    pub(crate) stopping: AtomicBool,
+    pub(crate) counters: Counters,
 }
 
 /// The mixer. Cheap to clone; all clones share one schedule loop.
@@ -305,9 +152,9 @@ where
         cfg.lifetime = old.lifetime;
         let interval = cfg.strategy.interval();
         let changed_rounds = interval != old.strategy.interval();
-        *inner.cfg.lock().unwrap_or_else(PoisonError::into_inner) = Arc::new(cfg);
+        *inner.cfg.lock() = Arc::new(cfg);
         let released = {
-            let mut pool = inner.pool.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut pool = inner.pool.lock();
             match interval {
                 None => {
                     pool.next_round = None;
@@ -331,11 +178,7 @@ where
     /// dummy message to the configured sink, a dummy download). Cover runs
     /// while `MixerConfig::cover` is set.
     pub fn set_cover_source(&self, source: CoverSource) {
-        *self
-            .inner
-            .cover_source
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(source);
+        *self.inner.cover_source.lock() = Some(source);
         self.inner.ensure_cover();
     }
 
@@ -347,51 +190,29 @@ where
     /// Anonymity metrics now (pool size, entropy, unmixed, latency).
     pub fn anonymity(&self) -> AnonymityStats {
         let now = self.inner.rt.wallclock();
-        self.inner
-            .tracker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .stats(now)
+        self.inner.tracker.lock().stats(now)
     }
 
     /// Start the anonymity statistics afresh (the simulator drops its
     /// warm-up).
     pub fn reset_anonymity_stats(&self) {
         let now = self.inner.rt.wallclock();
-        self.inner
-            .tracker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .reset_stats(now);
+        self.inner.tracker.lock().reset_stats(now);
     }
 
     /// Keep every output's latency and entropy (the simulator).
     pub fn keep_samples(&self) {
-        self.inner
-            .tracker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .keep_samples();
+        self.inner.tracker.lock().keep_samples();
     }
 
     /// The samples kept since [`keep_samples`](Self::keep_samples).
     pub fn samples(&self) -> Option<Samples> {
-        self.inner
-            .tracker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .samples()
-            .cloned()
+        self.inner.tracker.lock().samples().cloned()
     }
 
     /// Items held for the next rounds.
     pub fn held(&self) -> usize {
-        self.inner
-            .pool
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .held
-            .len()
+        self.inner.pool.lock().held.len()
     }
 
     /// Durably admit an item: draw its release time (or hold it for the
@@ -424,15 +245,17 @@ where
 
     /// Counters since start.
     pub fn metrics(&self) -> Metrics {
-        let c = &self.inner.counters;
-        Metrics {
-            admitted: c.admitted.load(Ordering::Relaxed),
-            delivered: c.delivered.load(Ordering::Relaxed),
-            dropped_permanent: c.dropped_permanent.load(Ordering::Relaxed),
-            retries: c.retries.load(Ordering::Relaxed),
-            steps: c.steps.load(Ordering::Relaxed),
-            cover: c.cover.load(Ordering::Relaxed),
-        }
+        self.inner.counters.snapshot()
+    }
+
+    /// The mix now, for `dustmote status`, `/status` and `/metrics`.
+    pub fn status(&self) -> MixStatus {
+        MixStatus::new(
+            &self.config(),
+            self.held(),
+            self.metrics().cover,
+            &self.anonymity(),
+        )
     }
 
     /// Deliveries running now.
@@ -497,7 +320,7 @@ where
         self.rt
             .spawn_blocking(move || store.admit_blocking(&item))
             .await?;
-        self.counters.admitted.fetch_add(1, Ordering::Relaxed);
+        Counters::bump(&self.counters.admitted);
         // The item is on disk: whatever happens now, the admission stands.
         if let Err(e) = self.entered(id, rounds) {
             tracing::warn!(error = %e, "storage error after an admission; the item waits for the next start");
@@ -508,7 +331,7 @@ where
 
     /// A new item of `kind`: its id and release time (or held), checked
     /// against shutdown and the lifetime. Returns it and whether it is held.
-    fn new_item(
+    pub(crate) fn new_item(
         &self,
         kind: crate::ItemKind,
         payload: Vec<u8>,
@@ -524,7 +347,7 @@ where
         }
         let rounds = cfg.strategy.interval().is_some();
         let (id, delay) = {
-            let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut rng = self.rng.lock();
             (
                 ItemId(rng.random()),
                 cfg.delay_for(kind as u8).sample(&mut *rng),
@@ -548,95 +371,16 @@ where
         Ok((item, rounds))
     }
 
-    /// Add a cover item. Not waited for on disk: losing a dummy in a crash
-    /// loses nothing, and the cover task must not block on the blocking
-    /// pool (it is a spawned task).
-    fn admit_cover(&self, kind: crate::ItemKind, payload: Vec<u8>) -> Result<(), MixerError> {
-        let (item, rounds) = self.new_item(kind, payload, None)?;
-        self.store.enqueue_unsynced(&item)?;
-        self.counters.cover.fetch_add(1, Ordering::Relaxed);
-        self.entered(item.id, rounds)?;
-        self.wake.notify_one();
-        Ok(())
-    }
-
-    /// Start the cover-traffic task if cover is configured, a source is
-    /// set, and it is not running yet.
-    fn ensure_cover(self: &Arc<Self>) {
-        if self.cfg().cover.is_none()
-            || self
-                .cover_source
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .is_none()
-            || self.cover_running.swap(true, Ordering::SeqCst)
-        {
-            return;
-        }
-        let me = Arc::clone(self);
-        if self.rt.spawn(async move { me.cover_loop().await }).is_err() {
-            self.cover_running.store(false, Ordering::SeqCst);
-        }
-    }
-
-    /// Cover traffic: candidate dummies at Poisson times (`rate`); each one
-    /// is admitted only while fewer than `target_pool` items are in the
-    /// mix, so dummies fill in when real traffic is low and stop when it is
-    /// not. Ends when cover is switched off or the mixer stops.
-    async fn cover_loop(self: Arc<Self>) {
-        while let Some(cover) = self.cfg().cover {
-            let gap = {
-                let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
-                cover.gap(&mut *rng)
-            };
-            self.rt.sleep(gap).await;
-            if self.stopping.load(Ordering::SeqCst) {
-                break;
-            }
-            let Some(cover) = self.cfg().cover else {
-                break;
-            };
-            let pool = self
-                .tracker
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .pool();
-            if pool >= cover.target_pool {
-                continue;
-            }
-            let source = self
-                .cover_source
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
-            let Some(source) = source else {
-                break;
-            };
-            let Some((kind, payload)) = source().await else {
-                continue;
-            };
-            match self.admit_cover(kind, payload) {
-                Ok(()) => tracing::debug!(pool, "cover item added"),
-                Err(MixerError::ShuttingDown | MixerError::Expiring) => break,
-                Err(e) => tracing::warn!(error = %e, "could not add a cover item"),
-            }
-        }
-        self.cover_running.store(false, Ordering::SeqCst);
-    }
-
-    fn cfg(&self) -> Arc<MixerConfig> {
-        Arc::clone(&self.cfg.lock().unwrap_or_else(PoisonError::into_inner))
+    pub(crate) fn cfg(&self) -> Arc<MixerConfig> {
+        Arc::clone(&self.cfg.lock())
     }
 
     /// An item entered the pool (admitted, or back after a step or a
     /// failure); `held` if it was stored as held for the rounds.
-    fn entered(&self, id: ItemId, held: bool) -> Result<(), StorageError> {
-        self.tracker
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .arrive(id, self.rt.wallclock());
+    pub(crate) fn entered(&self, id: ItemId, held: bool) -> Result<(), StorageError> {
+        self.tracker.lock().arrive(id, self.rt.wallclock());
         if held {
-            let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut pool = self.pool.lock();
             if self.cfg().strategy.interval().is_some() {
                 pool.held.push(id);
             } else {
@@ -657,7 +401,7 @@ where
                 continue;
             };
             let delay = {
-                let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut rng = self.rng.lock();
                 cfg.delay_for(item.kind).sample(&mut *rng)
             };
             self.store
@@ -674,7 +418,7 @@ where
         let now = self.rt.wallclock();
         let mono = self.rt.now();
         let drain = cfg.lifetime.map(|l| l.last_release());
-        let mut pool = self.pool.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut pool = self.pool.lock();
         let draining = drain.is_some_and(|d| now >= d);
         let mut round_due = false;
         if let (Some(interval), Some(next)) = (cfg.strategy.interval(), pool.next_round) {
@@ -693,7 +437,7 @@ where
             // The lifetime's drain point: everything held leaves now.
             out = std::mem::take(&mut pool.held);
         } else if round_due {
-            let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut rng = self.rng.lock();
             let mut picks = cfg.strategy.pick(pool.held.len(), &mut *rng);
             // Descending, so each swap_remove moves an unpicked item.
             picks.sort_unstable_by(|a, b| b.cmp(a));
@@ -780,11 +524,7 @@ where
                 .iter()
                 .map(|i| (i.id, now_ms.saturating_sub(i.entered_ms) as f64 / 1000.0))
                 .collect();
-            let entropy = self
-                .tracker
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .depart(&leaving, now);
+            let entropy = self.tracker.lock().depart(&leaving, now);
             tracing::debug!(
                 items = leaving.len(),
                 entropy_bits = entropy,
@@ -792,7 +532,7 @@ where
             );
             // Overdue items (after a restart or a stall) leave in random
             // order, not in arrival order.
-            due.shuffle(&mut *self.rng.lock().unwrap_or_else(PoisonError::into_inner));
+            due.shuffle(&mut *self.rng.lock());
             for item in due {
                 self.in_flight.fetch_add(1, Ordering::SeqCst);
                 let me = Arc::clone(self);
@@ -840,46 +580,49 @@ where
                     HELD
                 } else {
                     let delay = {
-                        let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+                        let mut rng = self.rng.lock();
                         cfg.delay_for(item.kind).sample(&mut *rng)
                     };
                     wall_ms_ceil(cfg.clamp(now + delay))
                 };
                 self.store.reschedule(&item.id, at, 0, Some(wall_ms(now)))?;
                 self.entered(item.id, rounds)?;
-                self.counters.steps.fetch_add(1, Ordering::Relaxed);
+                Counters::bump(&self.counters.steps);
                 tracing::debug!("item step done; released again later");
             }
             Ok(Outcome::Done) => {
                 self.store.complete(&item.id)?;
-                self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                Counters::bump(&self.counters.delivered);
                 tracing::debug!("item delivered");
             }
-            Err(DeliveryError::Permanent(reason)) => {
+            Err(e) if !e.kind().retry() => {
                 self.store.complete(&item.id)?;
-                self.counters
-                    .dropped_permanent
-                    .fetch_add(1, Ordering::Relaxed);
+                Counters::bump(&self.counters.dropped_permanent);
                 // The reason is the next hop's reply text, which may quote an
                 // address: keep it at debug.
                 tracing::warn!(
                     "item dropped after a permanent delivery failure (no bounce is sent)"
                 );
-                tracing::debug!(%reason, "permanent failure reason");
+                tracing::debug!(reason = %e, "permanent failure reason");
             }
-            Err(DeliveryError::Temporary(reason)) => {
+            Err(e) => {
                 let attempts = item.attempts.saturating_add(1);
                 let backoff = {
-                    let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
+                    let mut rng = self.rng.lock();
                     cfg.retry.backoff(attempts, &mut *rng)
                 };
                 let at = wall_ms_ceil(cfg.clamp(now + backoff));
                 self.store
                     .reschedule(&item.id, at, attempts, Some(wall_ms(now)))?;
                 self.entered(item.id, false)?;
-                self.counters.retries.fetch_add(1, Ordering::Relaxed);
-                tracing::info!(attempts, "temporary delivery failure; rescheduled");
-                tracing::debug!(%reason, "temporary failure reason");
+                Counters::bump(&self.counters.retries);
+                match e.kind() {
+                    ErrorKind::Temporary => {
+                        tracing::info!(attempts, "temporary delivery failure; rescheduled")
+                    }
+                    kind => tracing::warn!(attempts, %kind, "delivery failure; rescheduled"),
+                }
+                tracing::debug!(reason = %e, "failure reason");
             }
         }
         Ok(())

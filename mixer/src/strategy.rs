@@ -43,13 +43,29 @@ pub enum Strategy {
     },
 }
 
+/// Mixmaster's pool round interval: 15 min.
+pub const MIXMASTER_INTERVAL: Duration = Duration::from_secs(15 * 60);
+/// Mixmaster's pool: items always kept back.
+pub const MIXMASTER_MIN_POOL: u64 = 45;
+/// Mixmaster's pool: largest fraction sent per round.
+pub const MIXMASTER_RATE: f64 = 0.65;
+
 impl Strategy {
     /// Mixmaster's pool defaults: 15 min rounds, 45 kept back, 65 %.
     pub fn mixmaster() -> Self {
         Strategy::Pool {
-            interval: Duration::from_secs(15 * 60),
-            min_pool: 45,
-            rate: 0.65,
+            interval: MIXMASTER_INTERVAL,
+            min_pool: MIXMASTER_MIN_POOL,
+            rate: MIXMASTER_RATE,
+        }
+    }
+
+    /// The strategy's name, as in the configuration.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Strategy::Poisson => "poisson",
+            Strategy::Pool { .. } => "pool",
+            Strategy::Binomial { .. } => "binomial",
         }
     }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use dust_mixer::{Deliver, DeliveryError, Item, Outcome};
+use dust_mixer::{Deliver, DeliveryError, ErrorKind, HasKind, Item, Outcome};
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{
@@ -19,7 +19,8 @@ use lettre::Address;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::mail::{with_date, StoredMail};
-use crate::mx::{addresses, mail_hosts, LookupError, MxConfig};
+use crate::mx::{addresses, mail_hosts, MxConfig};
+use crate::tls::TlsClient;
 use crate::tor::{BoxStream, Connector, Target};
 
 /// The EHLO name on egress: an address literal that is the same for every
@@ -28,12 +29,14 @@ pub fn hello_name() -> ClientId {
     ClientId::Ipv4(std::net::Ipv4Addr::LOCALHOST)
 }
 
-/// TLS towards the next hop.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// TLS towards the next hop (`[delivery.mail] tls`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum TlsMode {
     /// Plain text (loopback tests, or a relay reached as an onion service).
     None,
     /// STARTTLS after EHLO (submission port 587).
+    #[default]
     Starttls,
     /// TLS from the first byte (submission port 465).
     Implicit,
@@ -139,7 +142,7 @@ impl MailDelivery {
         } else {
             Some(
                 Address::from_str(&mail.from)
-                    .map_err(|e| DeliveryError::Permanent(format!("bad sender: {e}")))?,
+                    .map_err(|e| DeliveryError::permanent(format!("bad sender: {e}")))?,
             )
         };
         let rcpts = mail
@@ -147,7 +150,7 @@ impl MailDelivery {
             .iter()
             .map(|r| Address::from_str(r))
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| DeliveryError::Permanent(format!("bad recipient: {e}")))?;
+            .map_err(|e| DeliveryError::permanent(format!("bad recipient: {e}")))?;
         let message = with_date(&mail.message, SystemTime::now());
         // lettre always ends DATA with CRLF "." CRLF; the stored message
         // already ends with the CRLF of its last line, so leave that out or
@@ -156,7 +159,7 @@ impl MailDelivery {
         match &self.route {
             Route::Relay(relay) => {
                 let envelope = Envelope::new(from, rcpts)
-                    .map_err(|e| DeliveryError::Permanent(format!("bad envelope: {e}")))?;
+                    .map_err(|e| DeliveryError::permanent(format!("bad envelope: {e}")))?;
                 let hop = Hop {
                     target: Target {
                         host: relay.host.clone(),
@@ -196,21 +199,21 @@ impl MailDelivery {
         let (mut temporary, mut permanent) = (Vec::new(), Vec::new());
         for (domain, rcpts) in by_domain {
             let envelope = Envelope::new(from.clone(), rcpts)
-                .map_err(|e| DeliveryError::Permanent(format!("bad envelope: {e}")))?;
+                .map_err(|e| DeliveryError::permanent(format!("bad envelope: {e}")))?;
             match self
                 .deliver_domain(route, &domain, &envelope, message)
                 .await
             {
                 Ok(()) => {}
-                Err(DeliveryError::Temporary(e)) => temporary.push(e),
-                Err(DeliveryError::Permanent(e)) => permanent.push(e),
+                Err(e) if e.kind().retry() => temporary.push(e.reason()),
+                Err(e) => permanent.push(e.reason()),
             }
         }
         if !temporary.is_empty() {
-            return Err(DeliveryError::Temporary(temporary.join("; ")));
+            return Err(DeliveryError::temporary(temporary.join("; ")));
         }
         if !permanent.is_empty() {
-            return Err(DeliveryError::Permanent(permanent.join("; ")));
+            return Err(DeliveryError::permanent(permanent.join("; ")));
         }
         Ok(())
     }
@@ -222,20 +225,16 @@ impl MailDelivery {
         envelope: &Envelope,
         message: &[u8],
     ) -> Result<(), DeliveryError> {
-        let lookup = |e: LookupError| match e {
-            LookupError::Permanent(e) => DeliveryError::Permanent(e),
-            LookupError::Temporary(e) => DeliveryError::Temporary(e),
-        };
         let hosts = mail_hosts(&*self.connector, &route.mx, self.next_isolation(), domain)
             .await
-            .map_err(lookup)?;
-        let mut last = DeliveryError::Temporary(format!("no mail host for {domain}"));
+            .map_err(DeliveryError::wrap)?;
+        let mut last = DeliveryError::temporary(format!("no mail host for {domain}"));
         for host in &hosts {
             let addrs =
                 match addresses(&*self.connector, &route.mx, self.next_isolation(), host).await {
                     Ok(a) => a,
                     Err(e) => {
-                        last = lookup(e);
+                        last = DeliveryError::wrap(e);
                         continue;
                     }
                 };
@@ -254,18 +253,16 @@ impl MailDelivery {
                 match self.session(&hop, envelope, message).await {
                     Ok(()) => return Ok(()),
                     // A 5xx is the domain's answer: do not ask the next MX.
-                    Err(e @ DeliveryError::Permanent(_)) => return Err(e),
+                    Err(e) if e.kind() == ErrorKind::Permanent => return Err(e),
                     Err(e) => last = e,
                 }
             }
         }
         // Only unreachable or temporarily failing hosts: try again later
         // (when no exit allows port 25, this is where it ends up).
-        match last {
-            DeliveryError::Permanent(e) if hosts.len() == 1 => Err(DeliveryError::Permanent(e)),
-            DeliveryError::Permanent(e) | DeliveryError::Temporary(e) => {
-                Err(DeliveryError::Temporary(e))
-            }
+        match last.kind() {
+            ErrorKind::Permanent if hosts.len() > 1 => Err(last.with_kind(ErrorKind::Temporary)),
+            _ => Err(last),
         }
     }
 
@@ -280,13 +277,14 @@ impl MailDelivery {
             .connector
             .connect(&hop.target)
             .await
-            .map_err(|e| DeliveryError::Temporary(e.to_string()))?;
+            .map_err(DeliveryError::wrap)?;
         let hello = hello_name();
         let stream: BoxStream = match hop.tls {
             TlsMode::Implicit => Box::new(
                 self.tls
                     .connect(stream, hop.tls_name, hop.extra_ca_pem)
-                    .await?,
+                    .await
+                    .map_err(DeliveryError::wrap)?,
             ),
             _ => stream,
         };
@@ -298,12 +296,12 @@ impl MailDelivery {
             let mut builder = TlsParameters::builder(hop.tls_name.to_string());
             if let Some(pem) = hop.extra_ca_pem {
                 let cert = Certificate::from_pem(pem)
-                    .map_err(|e| DeliveryError::Temporary(format!("extra CA certificate: {e}")))?;
+                    .map_err(|e| DeliveryError::config(format!("extra CA certificate: {e}")))?;
                 builder = builder.add_root_certificate(cert);
             }
             let params = builder
                 .build_rustls()
-                .map_err(|e| DeliveryError::Temporary(format!("TLS setup: {e}")))?;
+                .map_err(|e| DeliveryError::config(format!("TLS setup: {e}")))?;
             conn.starttls(params, &hello).await.map_err(smtp_error)?;
         }
         if let Some((user, pass)) = hop.auth {
@@ -322,10 +320,10 @@ impl MailDelivery {
 impl Deliver for MailDelivery {
     async fn deliver(&self, item: &Item) -> Result<Outcome, DeliveryError> {
         let mail = StoredMail::decode(&item.payload)
-            .map_err(|e| DeliveryError::Permanent(e.to_string()))?;
+            .map_err(|e| DeliveryError::permanent(format!("unreadable mail item: {e}")))?;
         match tokio::time::timeout(self.timeout, self.attempt(&mail)).await {
             Ok(r) => r.map(|()| Outcome::Done),
-            Err(_) => Err(DeliveryError::Temporary(format!(
+            Err(_) => Err(DeliveryError::temporary(format!(
                 "delivery timed out after {:?}",
                 self.timeout
             ))),
@@ -336,71 +334,12 @@ impl Deliver for MailDelivery {
 /// 5xx from the next hop is permanent; everything else (4xx, I/O, TLS,
 /// protocol confusion) is worth another try later.
 fn smtp_error(e: lettre::transport::smtp::Error) -> DeliveryError {
-    if e.is_permanent() {
-        DeliveryError::Permanent(e.to_string())
+    let kind = if e.is_permanent() {
+        ErrorKind::Permanent
     } else {
-        DeliveryError::Temporary(e.to_string())
-    }
-}
-
-/// The rustls client configuration for implicit TLS (Web PKI roots plus an
-/// optional extra CA), built on first use and then shared by every
-/// connection of its owner, instead of rebuilding the root store per
-/// connection.
-#[derive(Debug, Default)]
-pub(crate) struct TlsClient(
-    std::sync::OnceLock<Result<Arc<tokio_rustls::rustls::ClientConfig>, String>>,
-);
-
-impl TlsClient {
-    fn build(
-        extra_ca_pem: Option<&[u8]>,
-    ) -> Result<Arc<tokio_rustls::rustls::ClientConfig>, String> {
-        use tokio_rustls::rustls::pki_types::pem::PemObject;
-        use tokio_rustls::rustls::pki_types::CertificateDer;
-        use tokio_rustls::rustls::{self};
-        let mut roots = rustls::RootCertStore::empty();
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-        if let Some(pem) = extra_ca_pem {
-            for cert in CertificateDer::pem_slice_iter(pem) {
-                let cert = cert.map_err(|e| format!("extra CA certificate: {e}"))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("extra CA certificate: {e}"))?;
-            }
-        }
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| format!("TLS setup: {e}"))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        Ok(Arc::new(config))
-    }
-
-    /// TLS from the first byte on `stream`, checking `host`'s certificate.
-    /// `extra_ca_pem` is read on the first call only (it is fixed per owner).
-    pub(crate) async fn connect(
-        &self,
-        stream: BoxStream,
-        host: &str,
-        extra_ca_pem: Option<&[u8]>,
-    ) -> Result<tokio_rustls::client::TlsStream<BoxStream>, DeliveryError> {
-        use tokio_rustls::rustls::pki_types::ServerName;
-        let config = self
-            .0
-            .get_or_init(|| Self::build(extra_ca_pem))
-            .clone()
-            .map_err(DeliveryError::Temporary)?;
-        let name = ServerName::try_from(host.to_string()).map_err(|e| {
-            DeliveryError::Permanent(format!("{host:?} is not a TLS server name: {e}"))
-        })?;
-        tokio_rustls::TlsConnector::from(config)
-            .connect(name, stream)
-            .await
-            .map_err(|e| DeliveryError::Temporary(format!("TLS handshake: {e}")))
-    }
+        ErrorKind::Temporary
+    };
+    DeliveryError::new(kind, e)
 }
 
 /// Adapts a [`BoxStream`] to lettre's stream trait.

@@ -16,7 +16,8 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use dust_mixer::{
-    wall_ms, ContentWriter, DeliveryError, Item, ItemId, Outcome, StorageError, Store,
+    wall_ms, ContentWriter, DeliveryError, ErrorKind, HasKind, Item, ItemId, Outcome, StorageError,
+    Store,
 };
 use http::{header, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty};
@@ -24,39 +25,91 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use rand::Rng;
 
-use crate::delivery::TlsClient;
-use crate::http::{Job, JobState};
-use crate::tor::{BoxStream, Connector, Target};
+use crate::job::{Job, JobState};
+use crate::tls::{TlsClient, TlsError};
+use crate::tor::{BoxStream, ConnectError, Connector, Target};
 
 /// The reason a job fails when its user's downloads would be too large.
 const USER_CAP: &str = "the user's downloads would exceed the per-user limit";
+
+/// The reason a job fails when its object is larger than `max_job_bytes`.
+const JOB_CAP: &str = "object larger than the per-job limit";
 
 /// Bytes of a response body collected before they are written to the
 /// content file (one blocking write each).
 const WRITE_BATCH: usize = 1 << 20;
 
-/// Why a body could not be stored.
-enum BodyError {
-    /// More bytes than allowed.
-    TooLarge,
-    /// The connection or the store failed.
-    Other(DeliveryError),
+/// Why a chunk could not be fetched or stored. A [`ErrorKind::Permanent`]
+/// one ends the job, with this error as the reason its user sees.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The job cannot succeed (a refused address, a bad URL, too large, an
+    /// origin's 4xx, too many redirects, its deadline).
+    #[error("{0}")]
+    Refused(String),
+    /// The origin's answer was unusable this time (a 5xx, a wrong range, a
+    /// short body).
+    #[error("{0}")]
+    Origin(String),
+    /// No stream to the origin.
+    #[error("connecting to the origin: {0}")]
+    Connect(#[from] ConnectError),
+    /// No TLS session with the origin.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The HTTP exchange failed.
+    #[error("HTTP: {0}")]
+    Http(#[from] hyper::Error),
+    /// The request could not be built (an unusable stored validator).
+    #[error("building the request: {0}")]
+    Request(#[from] http::Error),
+    /// The origin's name did not resolve (clearnet mode only).
+    #[error("looking up the origin: {0}")]
+    Resolve(std::io::Error),
+    /// The request or its body took longer than `[fetch] timeout`.
+    #[error("chunk request timed out after {0:?}")]
+    Timeout(Duration),
+    /// Storing the content or the job failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// A blocking storage task did not finish.
+    #[error("storage task: {0}")]
+    Task(#[from] tokio::task::JoinError),
 }
 
-impl From<DeliveryError> for BodyError {
-    fn from(e: DeliveryError) -> Self {
-        BodyError::Other(e)
+impl HasKind for FetchError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            FetchError::Refused(_) => ErrorKind::Permanent,
+            FetchError::Connect(e) => e.kind(),
+            FetchError::Tls(e) => e.kind(),
+            FetchError::Origin(_)
+            | FetchError::Http(_)
+            | FetchError::Request(_)
+            | FetchError::Resolve(_)
+            | FetchError::Timeout(_) => ErrorKind::Temporary,
+            FetchError::Storage(_) | FetchError::Task(_) => ErrorKind::Storage,
+        }
     }
 }
 
 /// Run blocking storage I/O on tokio's blocking pool.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StorageError> + Send + 'static,
-) -> Result<T, DeliveryError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| temp(format!("storage task: {e}")))?
-        .map_err(temp)
+) -> Result<T, FetchError> {
+    Ok(tokio::task::spawn_blocking(f).await??)
+}
+
+/// One chunk request in progress.
+struct Chunk {
+    /// The job's id.
+    id: ItemId,
+    /// Bytes already stored (the chunk starts here).
+    have: u64,
+    /// The last byte asked for.
+    last: u64,
+    /// The bound on the request and its body.
+    deadline: tokio::time::Instant,
 }
 
 /// `[fetch]` settings.
@@ -117,10 +170,6 @@ pub fn is_private(ip: IpAddr) -> bool {
     }
 }
 
-fn temp(e: impl std::fmt::Display) -> DeliveryError {
-    DeliveryError::Temporary(e.to_string())
-}
-
 /// `bytes a-b/total` → (a, b inclusive, total).
 fn content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
     let rest = v.trim().strip_prefix("bytes ")?;
@@ -151,234 +200,250 @@ impl Fetcher {
     /// Write the job record and wait until it (and every chunk stored
     /// before it) is on disk: a chunk once stored is never fetched again,
     /// even after kill -9.
-    async fn save(&self, id: &ItemId, job: &Job) -> Result<(), DeliveryError> {
-        self.store.put_job(id, &job.encode()).map_err(temp)?;
-        self.store.sync().await.map_err(temp)
+    async fn save(&self, id: &ItemId, job: &Job) -> Result<(), FetchError> {
+        self.store.put_job(id, &job.encode())?;
+        Ok(self.store.sync().await?)
     }
 
-    async fn fail(
-        &self,
-        id: &ItemId,
-        job: &mut Job,
-        reason: String,
-    ) -> Result<Outcome, DeliveryError> {
-        job.state = JobState::Failed;
-        job.reason = Some(reason.clone());
-        self.save(id, job).await?;
-        Err(DeliveryError::Permanent(reason))
-    }
-
-    /// One release of a fetch item: fetch and store the next chunk.
+    /// One release of a fetch item: fetch and store the next chunk. A
+    /// permanent failure ends the job, with its reason.
     pub async fn step(&self, item: &Item) -> Result<Outcome, DeliveryError> {
         let id = ItemId(
             item.payload
                 .as_slice()
                 .try_into()
-                .map_err(|_| DeliveryError::Permanent("fetch item without a job id".into()))?,
+                .map_err(|_| DeliveryError::permanent("fetch item without a job id"))?,
         );
-        let Some(rec) = self.store.job(&id).map_err(temp)? else {
+        let Some(rec) = self.store.job(&id)? else {
             return Ok(Outcome::Done); // deleted meanwhile
         };
         let Some(mut job) = Job::decode(&rec) else {
-            return Err(DeliveryError::Permanent("unreadable job".into()));
+            return Err(DeliveryError::permanent("unreadable job"));
         };
+        match self.advance(id, &mut job).await {
+            Ok(outcome) => Ok(outcome),
+            Err(e) if e.kind() == ErrorKind::Permanent => {
+                job.state = JobState::Failed;
+                job.reason = Some(e.to_string());
+                self.save(&id, &job).await.map_err(DeliveryError::wrap)?;
+                Err(DeliveryError::wrap(e))
+            }
+            Err(e) => Err(DeliveryError::wrap(e)),
+        }
+    }
+
+    /// Ask for the next chunk of `job` and handle the answer by its status.
+    async fn advance(&self, id: ItemId, job: &mut Job) -> Result<Outcome, FetchError> {
         if matches!(job.state, JobState::Ready | JobState::Failed) {
             return Ok(Outcome::Done);
         }
         let now = wall_ms(SystemTime::now());
         if job.deadline_ms.is_some_and(|d| now > d) {
-            return self.fail(&id, &mut job, "deadline passed".into()).await;
+            return Err(FetchError::Refused("deadline passed".into()));
         }
         if job.not_before_ms.is_some_and(|t| now < t) {
             return Ok(Outcome::Again);
         }
         // The content so far is one contiguous prefix (stored front to back).
-        let have = self.store.content_len(&id).map_err(temp)?;
+        let have = self.store.content_len(&id)?;
         if job.total.is_some_and(|t| have >= t) {
-            job.state = JobState::Ready;
-            self.save(&id, &job).await?;
-            return Ok(Outcome::Done);
+            return self.ready(id, job, have).await;
         }
         let size = rand::rng()
             .random_range(self.cfg.chunk_min..=self.cfg.chunk_max.max(self.cfg.chunk_min));
-        let last = have + size - 1;
-        // One bound for the request and its body.
-        let deadline = tokio::time::Instant::now() + self.cfg.timeout;
-        let timed_out = || {
-            temp(format!(
-                "chunk request timed out after {:?}",
-                self.cfg.timeout
-            ))
+        let chunk = Chunk {
+            id,
+            have,
+            last: have + size - 1,
+            deadline: tokio::time::Instant::now() + self.cfg.timeout,
         };
-        let resp = tokio::time::timeout_at(deadline, self.request(&job, have, last))
-            .await
-            .map_err(|_| timed_out())?;
-        let (status, headers, body) = match resp {
-            Ok(r) => r,
-            // A permanent problem (a refused address, a bad URL) ends the
-            // job with its reason.
-            Err(DeliveryError::Permanent(reason)) => return self.fail(&id, &mut job, reason).await,
-            Err(e) => return Err(e),
-        };
+        let (status, headers, body) = self
+            .timed(&chunk, self.request(job, chunk.have, chunk.last))
+            .await??;
         // Deleted while we were asking: store nothing (and do not bring
         // the job record back).
-        if self.store.job(&id).map_err(temp)?.is_none() {
+        if self.store.job(&id)?.is_none() {
             return Ok(Outcome::Done);
         }
         if job.cover {
             // A dummy download: the request was the point. Read (at most a
             // chunk of) the answer like a real one, keep nothing.
-            let _ = tokio::time::timeout_at(deadline, discard(body, size)).await;
-            self.store.delete_job(&id).await.map_err(temp)?;
+            let _ = tokio::time::timeout_at(chunk.deadline, discard(body, size)).await;
+            self.store.delete_job(&id).await?;
             return Ok(Outcome::Done);
         }
         match status {
-            StatusCode::PARTIAL_CONTENT => {
-                let (a, b, total) = headers
-                    .get(header::CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(content_range)
-                    .ok_or_else(|| temp("206 without a usable Content-Range"))?;
-                if a != have || b < a || b > last {
-                    return Err(temp("206 for a range we did not ask for"));
-                }
-                if total.is_some_and(|t| t > self.cfg.max_job_bytes) {
-                    return self
-                        .fail(&id, &mut job, "object larger than the per-job limit".into())
-                        .await;
-                }
-                if have == 0 && total.is_some_and(|t| self.over_user_cap(&job, &id, t)) {
-                    return self.fail(&id, &mut job, USER_CAP.into()).await;
-                }
-                let want = b + 1 - a;
-                let (writer, got) =
-                    tokio::time::timeout_at(deadline, self.store_body(&id, have, body, want))
-                        .await
-                        .map_err(|_| timed_out())?
-                        .map_err(|e| match e {
-                            BodyError::TooLarge => temp("206 body longer than its Content-Range"),
-                            BodyError::Other(e) => e,
-                        })?;
-                if got != want {
-                    return Err(temp(format!(
-                        "206 body of {got} bytes for a range of {want}"
-                    )));
-                }
-                if have == 0 {
-                    job.etag = validator(&headers);
-                }
-                if !self.commit(&id, writer).await? {
-                    return Ok(Outcome::Done);
-                }
-                job.total = total.or(job.total);
-                let stored = have + want;
-                let done = job.total.is_some_and(|t| stored >= t);
-                if let Some(t) = job.total {
-                    let avg = (self.cfg.chunk_min + self.cfg.chunk_max.max(self.cfg.chunk_min)) / 2;
-                    let chunks_left = t.saturating_sub(stored).div_ceil(avg.max(1));
-                    let wait = self
-                        .cfg
-                        .typical_delay
-                        .saturating_mul(chunks_left.min(u32::MAX as u64) as u32);
-                    job.expected_ready_ms = Some(wall_ms(SystemTime::now() + wait));
-                }
-                job.state = if done {
-                    JobState::Ready
-                } else {
-                    JobState::Fetching
-                };
-                self.save(&id, &job).await?;
-                Ok(if done { Outcome::Done } else { Outcome::Again })
-            }
-            StatusCode::OK => {
-                // The whole object: the origin ignores Range, or (with our
-                // If-Range) the object changed. Either way it replaces what
-                // we have, as one chunk.
-                if have > 0 {
-                    tracing::info!("origin object changed or Range ignored; download restarted from the full response");
-                }
-                let user_room = self.user_room(&job, &id);
-                let limit = self.cfg.max_job_bytes.min(user_room);
-                let too_large = |n: u64| {
-                    if n > self.cfg.max_job_bytes {
-                        "object larger than the per-job limit".to_string()
-                    } else {
-                        USER_CAP.to_string()
-                    }
-                };
-                let announced = headers
-                    .get(header::CONTENT_LENGTH)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.parse::<u64>().ok());
-                if let Some(n) = announced.filter(|n| *n > limit) {
-                    return self.fail(&id, &mut job, too_large(n)).await;
-                }
-                // The old content's index goes first (durably), so a crash
-                // while the new object is written cannot mix the two.
-                self.store.clear_chunks(&id).await.map_err(temp)?;
-                let (writer, got) =
-                    match tokio::time::timeout_at(deadline, self.store_body(&id, 0, body, limit))
-                        .await
-                        .map_err(|_| timed_out())?
-                    {
-                        Ok(r) => r,
-                        Err(BodyError::TooLarge) => {
-                            return self.fail(&id, &mut job, too_large(limit + 1)).await
-                        }
-                        Err(BodyError::Other(e)) => return Err(e),
-                    };
-                if !self.commit(&id, writer).await? {
-                    return Ok(Outcome::Done);
-                }
-                job.total = Some(got);
-                job.etag = validator(&headers);
-                job.state = JobState::Ready;
-                self.save(&id, &job).await?;
-                Ok(Outcome::Done)
-            }
+            StatusCode::PARTIAL_CONTENT => self.partial(&chunk, job, &headers, body).await,
+            StatusCode::OK => self.full(&chunk, job, &headers, body).await,
             StatusCode::RANGE_NOT_SATISFIABLE
-                if headers
-                    .get(header::CONTENT_RANGE)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().strip_prefix("bytes */"))
-                    .and_then(|n| n.parse::<u64>().ok())
-                    == Some(have) =>
+                if unsatisfiable_length(&headers) == Some(chunk.have) =>
             {
                 // We asked from the end (an empty object, or one whose size
                 // is a multiple of our chunks): what we have is everything.
-                job.total = Some(have);
-                job.state = JobState::Ready;
-                self.save(&id, &job).await?;
-                Ok(Outcome::Done)
+                self.ready(id, job, chunk.have).await
             }
-            s if s.is_redirection() => {
-                let loc = headers
-                    .get(header::LOCATION)
-                    .and_then(|v| v.to_str().ok())
-                    .ok_or_else(|| temp("redirect without Location"))?;
-                let base: Uri = job.url.parse().map_err(temp)?;
-                let next = resolve(&base, loc).ok_or_else(|| temp("unusable redirect"))?;
-                let redirects = job.redirects + 1;
-                if redirects > self.cfg.max_redirects || have > 0 {
-                    return self
-                        .fail(
-                            &id,
-                            &mut job,
-                            format!("too many redirects or a redirect mid-download ({s})"),
-                        )
-                        .await;
-                }
-                job.url = next;
-                job.redirects = redirects;
-                self.save(&id, &job).await?;
-                Ok(Outcome::Again)
-            }
-            s if s.is_client_error() => {
-                self.fail(&id, &mut job, format!("origin answered {s}"))
-                    .await
-            }
-            s => Err(temp(format!("origin answered {s}"))),
+            s if s.is_redirection() => self.redirect(&chunk, job, s, &headers).await,
+            s if s.is_client_error() => Err(FetchError::Refused(format!("origin answered {s}"))),
+            s => Err(FetchError::Origin(format!("origin answered {s}"))),
         }
+    }
+
+    /// `f` within the chunk's time bound.
+    async fn timed<T>(
+        &self,
+        chunk: &Chunk,
+        f: impl std::future::Future<Output = T>,
+    ) -> Result<T, FetchError> {
+        tokio::time::timeout_at(chunk.deadline, f)
+            .await
+            .map_err(|_| FetchError::Timeout(self.cfg.timeout))
+    }
+
+    /// The job is complete at `total` bytes.
+    async fn ready(&self, id: ItemId, job: &mut Job, total: u64) -> Result<Outcome, FetchError> {
+        job.total = Some(total);
+        job.state = JobState::Ready;
+        self.save(&id, job).await?;
+        Ok(Outcome::Done)
+    }
+
+    /// `206`: the chunk we asked for; store it and go on.
+    async fn partial(
+        &self,
+        chunk: &Chunk,
+        job: &mut Job,
+        headers: &http::HeaderMap,
+        body: Incoming,
+    ) -> Result<Outcome, FetchError> {
+        let (id, have) = (chunk.id, chunk.have);
+        let (a, b, total) = headers
+            .get(header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(content_range)
+            .ok_or_else(|| FetchError::Origin("206 without a usable Content-Range".into()))?;
+        if a != have || b < a || b > chunk.last {
+            return Err(FetchError::Origin(
+                "206 for a range we did not ask for".into(),
+            ));
+        }
+        if total.is_some_and(|t| t > self.cfg.max_job_bytes) {
+            return Err(FetchError::Refused(JOB_CAP.into()));
+        }
+        if have == 0 && total.is_some_and(|t| self.over_user_cap(job, &id, t)) {
+            return Err(FetchError::Refused(USER_CAP.into()));
+        }
+        let want = b + 1 - a;
+        let longer = || FetchError::Origin("206 body longer than its Content-Range".into());
+        let (writer, got) = self
+            .timed(chunk, self.store_body(&id, have, body, want, longer))
+            .await??;
+        if got != want {
+            return Err(FetchError::Origin(format!(
+                "206 body of {got} bytes for a range of {want}"
+            )));
+        }
+        if have == 0 {
+            job.etag = validator(headers);
+        }
+        if !self.commit(&id, writer).await? {
+            return Ok(Outcome::Done);
+        }
+        job.total = total.or(job.total);
+        let stored = have + want;
+        let done = job.total.is_some_and(|t| stored >= t);
+        if let Some(t) = job.total {
+            let avg = (self.cfg.chunk_min + self.cfg.chunk_max.max(self.cfg.chunk_min)) / 2;
+            let chunks_left = t.saturating_sub(stored).div_ceil(avg.max(1));
+            let wait = self
+                .cfg
+                .typical_delay
+                .saturating_mul(chunks_left.min(u32::MAX as u64) as u32);
+            job.expected_ready_ms = Some(wall_ms(SystemTime::now() + wait));
+        }
+        job.state = if done {
+            JobState::Ready
+        } else {
+            JobState::Fetching
+        };
+        self.save(&id, job).await?;
+        Ok(if done { Outcome::Done } else { Outcome::Again })
+    }
+
+    /// `200`: the whole object. The origin ignores Range, or (with our
+    /// If-Range) the object changed. Either way it replaces what we have,
+    /// as one chunk.
+    async fn full(
+        &self,
+        chunk: &Chunk,
+        job: &mut Job,
+        headers: &http::HeaderMap,
+        body: Incoming,
+    ) -> Result<Outcome, FetchError> {
+        let id = chunk.id;
+        if chunk.have > 0 {
+            tracing::info!(
+                "origin object changed or Range ignored; download restarted from the full response"
+            );
+        }
+        let limit = self.cfg.max_job_bytes.min(self.user_room(job, &id));
+        let too_large = |n: u64| {
+            FetchError::Refused(if n > self.cfg.max_job_bytes {
+                JOB_CAP.into()
+            } else {
+                USER_CAP.into()
+            })
+        };
+        let announced = headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if let Some(n) = announced.filter(|n| *n > limit) {
+            return Err(too_large(n));
+        }
+        // The old content's index goes first (durably), so a crash while
+        // the new object is written cannot mix the two.
+        self.store.clear_chunks(&id).await?;
+        let (writer, got) = self
+            .timed(
+                chunk,
+                self.store_body(&id, 0, body, limit, || too_large(limit + 1)),
+            )
+            .await??;
+        if !self.commit(&id, writer).await? {
+            return Ok(Outcome::Done);
+        }
+        job.etag = validator(headers);
+        self.ready(id, job, got).await
+    }
+
+    /// `3xx`: follow the redirect at the next release (before any content).
+    async fn redirect(
+        &self,
+        chunk: &Chunk,
+        job: &mut Job,
+        status: StatusCode,
+        headers: &http::HeaderMap,
+    ) -> Result<Outcome, FetchError> {
+        let loc = headers
+            .get(header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| FetchError::Origin("redirect without Location".into()))?;
+        let base: Uri = job
+            .url
+            .parse()
+            .map_err(|e| FetchError::Refused(format!("bad url: {e}")))?;
+        let next =
+            resolve(&base, loc).ok_or_else(|| FetchError::Origin("unusable redirect".into()))?;
+        let redirects = job.redirects + 1;
+        if redirects > self.cfg.max_redirects || chunk.have > 0 {
+            return Err(FetchError::Refused(format!(
+                "too many redirects or a redirect mid-download ({status})"
+            )));
+        }
+        job.url = next;
+        job.redirects = redirects;
+        self.save(&chunk.id, job).await?;
+        Ok(Outcome::Again)
     }
 
     /// How many bytes `job` (id `id`) may have before its user's downloads
@@ -404,30 +469,28 @@ impl Fetcher {
 
     /// Stream `body` into the job's content at `offset`, in batches of
     /// [`WRITE_BATCH`] bytes written on a blocking thread; at most `limit`
-    /// bytes. Returns the (uncommitted) writer and the byte count.
+    /// bytes, or the error `too_large` makes. Returns the (uncommitted)
+    /// writer and the byte count.
     async fn store_body(
         &self,
         id: &ItemId,
         offset: u64,
         mut body: Incoming,
         limit: u64,
-    ) -> Result<(ContentWriter, u64), BodyError> {
+        too_large: impl FnOnce() -> FetchError,
+    ) -> Result<(ContentWriter, u64), FetchError> {
         let store = Arc::clone(&self.store);
         let job = *id;
         let mut writer = blocking(move || store.content_writer(&job, offset)).await?;
         let mut buf = Vec::with_capacity(WRITE_BATCH);
         let mut got = 0u64;
         loop {
-            let frame = body
-                .frame()
-                .await
-                .transpose()
-                .map_err(|e| BodyError::Other(temp(format!("response body: {e}"))))?;
+            let frame = body.frame().await.transpose()?;
             let end = frame.is_none();
             if let Some(data) = frame.and_then(|f| f.into_data().ok()) {
                 got += data.len() as u64;
                 if got > limit {
-                    return Err(BodyError::TooLarge);
+                    return Err(too_large());
                 }
                 buf.extend_from_slice(&data);
             }
@@ -447,11 +510,11 @@ impl Fetcher {
 
     /// Sync a written chunk and enter it in the index. `false` if the job
     /// was deleted meanwhile (then its content is removed again).
-    async fn commit(&self, id: &ItemId, writer: ContentWriter) -> Result<bool, DeliveryError> {
+    async fn commit(&self, id: &ItemId, writer: ContentWriter) -> Result<bool, FetchError> {
         let store = Arc::clone(&self.store);
         blocking(move || store.commit_chunk(writer)).await?;
-        if self.store.job(id).map_err(temp)?.is_none() {
-            self.store.delete_job(id).await.map_err(temp)?;
+        if self.store.job(id)?.is_none() {
+            self.store.delete_job(id).await?;
             return Ok(false);
         }
         Ok(true)
@@ -463,15 +526,15 @@ impl Fetcher {
         job: &Job,
         first: u64,
         last: u64,
-    ) -> Result<(StatusCode, http::HeaderMap, Incoming), DeliveryError> {
+    ) -> Result<(StatusCode, http::HeaderMap, Incoming), FetchError> {
         let uri: Uri = job
             .url
             .parse()
-            .map_err(|e| DeliveryError::Permanent(format!("bad url: {e}")))?;
+            .map_err(|e| FetchError::Refused(format!("bad url: {e}")))?;
         let https = uri.scheme_str() == Some("https");
         let host = uri
             .host()
-            .ok_or_else(|| DeliveryError::Permanent("url without host".into()))?
+            .ok_or_else(|| FetchError::Refused("url without host".into()))?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
@@ -488,8 +551,7 @@ impl Fetcher {
                 port,
                 isolation: self.isolation.fetch_add(1, Ordering::Relaxed),
             })
-            .await
-            .map_err(temp)?;
+            .await?;
         let stream: BoxStream = if https {
             Box::new(
                 self.tls
@@ -499,9 +561,8 @@ impl Fetcher {
         } else {
             stream
         };
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(temp)?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
@@ -520,31 +581,44 @@ impl Fetcher {
                 req = req.header(header::IF_RANGE, v);
             }
         }
-        let req = req.body(Empty::<Bytes>::new()).map_err(temp)?;
-        let resp = sender.send_request(req).await.map_err(temp)?;
+        let req = req.body(Empty::<Bytes>::new())?;
+        let resp = sender.send_request(req).await?;
         let (parts, body) = resp.into_parts();
         Ok((parts.status, parts.headers, body))
     }
 
     /// In direct (clearnet) mode: resolve and refuse private addresses
     /// unless allowed; returns the address to connect to.
-    async fn check_direct(&self, host: &str, port: u16) -> Result<String, DeliveryError> {
+    async fn check_direct(&self, host: &str, port: u16) -> Result<String, FetchError> {
         let addrs: Vec<IpAddr> = match host.parse::<IpAddr>() {
             Ok(ip) => vec![ip],
             Err(_) => tokio::net::lookup_host((host, port))
                 .await
-                .map_err(temp)?
+                .map_err(FetchError::Resolve)?
                 .map(|a| a.ip())
                 .collect(),
         };
-        let ip = *addrs.first().ok_or_else(|| temp("no address"))?;
+        let ip = *addrs
+            .first()
+            .ok_or_else(|| FetchError::Resolve(std::io::Error::other("no address")))?;
         if !self.cfg.allow_private_addresses && addrs.iter().any(|a| is_private(*a)) {
-            return Err(DeliveryError::Permanent(format!(
+            return Err(FetchError::Refused(format!(
                 "{host} is a private address; set [fetch] allow_private_addresses to allow it"
             )));
         }
         Ok(ip.to_string())
     }
+}
+
+/// The length in a `416`'s `Content-Range: bytes */LENGTH`.
+fn unsatisfiable_length(h: &http::HeaderMap) -> Option<u64> {
+    h.get(header::CONTENT_RANGE)?
+        .to_str()
+        .ok()?
+        .trim()
+        .strip_prefix("bytes */")?
+        .parse()
+        .ok()
 }
 
 /// Read and drop up to `limit` bytes of `body`.

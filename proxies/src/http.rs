@@ -2,10 +2,9 @@
 //! the cached content (resumable, with `Range`), delete it; `/status` and
 //! `/metrics` for operators.
 //!
-//! Jobs and content live in the store (`fetches` and `chunks` trees). A
-//! `202` for a new job is sent only after the job record is fsynced. The
-//! fetcher that fills the content in random Range chunks through Tor is the
-//! next part of this module (not built yet): until then jobs stay `queued`.
+//! Jobs ([`crate::job`]) and content live in the store. A `202` for a new
+//! job is sent only after the job record is fsynced. The fetcher
+//! ([`crate::fetch`]) fills the content in random Range chunks through Tor.
 
 // Handlers return a ready error response as their `Err`; it is large, but
 // built once per failed request.
@@ -14,122 +13,34 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use dust_mixer::{wall_ms, ItemId, Store};
+use dust_mixer::{from_wall_ms, wall_ms, ItemId, Store};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use serde::{Deserialize, Serialize};
+use parking_lot::Mutex;
+use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::auth::Users;
+use crate::job::{Job, JobState, Schedule, ScheduleError};
+use crate::status::{StatusFn, OPENMETRICS_TYPE};
 
 /// Largest request body accepted (job requests are small JSON objects).
 const MAX_BODY: usize = 16 * 1024;
-/// Largest response body built in memory for one request (ranges beyond
-/// this get 416-like refusal until streaming is built).
+/// Largest part of a multi-range response, which is built in memory
+/// (single ranges and whole files are streamed); larger parts get 416.
 const MAX_RESPONSE: u64 = 256 << 20;
 
-/// State of a fetch job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum JobState {
-    /// Waiting for its chunks' release times.
-    Queued,
-    /// Some chunks are stored.
-    Fetching,
-    /// All content is stored.
-    Ready,
-    /// Gave up (see `reason`).
-    Failed,
-}
-
-/// A fetch job, as stored (JSON) in the `fetches` tree.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Job {
-    /// What to fetch.
-    pub url: String,
-    /// Who asked (only they can see it).
-    pub user: String,
-    /// Current state.
-    pub state: JobState,
-    /// Why it failed.
-    pub reason: Option<String>,
-    /// When it was queued (ms since the epoch).
-    pub created_ms: u64,
-    /// Do not start before (ms since the epoch).
-    pub not_before_ms: Option<u64>,
-    /// Give up after (ms since the epoch).
-    pub deadline_ms: Option<u64>,
-    /// Total size, once known.
-    pub total: Option<u64>,
-    /// The origin's ETag, once known.
-    pub etag: Option<String>,
-    /// Expected ready time (ms since the epoch), once scheduled.
-    pub expected_ready_ms: Option<u64>,
-    /// Redirects followed so far.
-    #[serde(default)]
-    pub redirects: u32,
-    /// A cover (dummy) download: one chunk is fetched, then the job is
-    /// dropped. It belongs to no user.
-    #[serde(default)]
-    pub cover: bool,
-}
-
-impl Job {
-    /// Serialize for the store.
-    pub fn encode(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
-    }
-
-    /// Inverse of [`Job::encode`].
-    pub fn decode(b: &[u8]) -> Option<Self> {
-        serde_json::from_slice(b).ok()
-    }
-}
-
-/// What `/status` reports besides fetch counts (queue, transport, expiry).
-pub type StatusFn = Arc<dyn Fn() -> Value + Send + Sync>;
-
-/// Puts a new job's fetch item into the mix; must return only once it is
-/// durably stored (the mixer's admission fsyncs).
-pub type ScheduleFn = Arc<
-    dyn Fn(ItemId, Option<u64>) -> futures::future::BoxFuture<'static, Result<(), ScheduleError>>
-        + Send
-        + Sync,
->;
-
-/// Why a job could not be put into the mix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ScheduleError {
-    /// The mote ends too soon for a new job (503 with `Retry-After`: the
-    /// seconds until it has ended).
-    Expiring {
-        /// Seconds until the mote has ended.
-        retry_after_s: u64,
-    },
-    /// Storage failed or the mixer is stopping (503).
-    Failed(String),
-}
-
-impl std::fmt::Display for ScheduleError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ScheduleError::Expiring { .. } => write!(f, "the mote expires too soon"),
-            ScheduleError::Failed(e) => write!(f, "{e}"),
-        }
-    }
-}
-
-/// The API server.
-pub struct Api {
+/// The API server; new jobs enter the mix through `S`.
+pub struct Api<S> {
     store: Arc<Store>,
     users: Users,
     /// Users who see the mix's counts (`/metrics`, the full `/status`).
@@ -137,7 +48,7 @@ pub struct Api {
     /// Tokens already verified (argon2 is slow on purpose): token → user.
     verified: Mutex<HashMap<String, String>>,
     status: StatusFn,
-    schedule: ScheduleFn,
+    schedule: Arc<S>,
 }
 
 /// Response bodies: small ones in memory, content streamed from the store.
@@ -268,7 +179,7 @@ fn parse_ranges(h: &str, len: u64) -> Option<Vec<ByteRange>> {
     Some(out)
 }
 
-impl Api {
+impl<S: Schedule> Api<S> {
     /// An API over `store` for `users` (name, token hash); the users named
     /// in `operators` also see the full `/status` and `/metrics`.
     pub fn new(
@@ -276,7 +187,7 @@ impl Api {
         users: Users,
         operators: Vec<String>,
         status: StatusFn,
-        schedule: ScheduleFn,
+        schedule: Arc<S>,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
@@ -332,12 +243,7 @@ impl Api {
             .strip_prefix("Bearer ")?
             .trim()
             .to_string();
-        if let Some(u) = self
-            .verified
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&token)
-        {
+        if let Some(u) = self.verified.lock().get(&token) {
             return Some(u.clone());
         }
         let users = self.users.clone();
@@ -345,10 +251,7 @@ impl Api {
         let user = tokio::task::spawn_blocking(move || users.find(t.as_bytes()))
             .await
             .ok()??;
-        self.verified
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(token, user.clone());
+        self.verified.lock().insert(token, user.clone());
         Some(user)
     }
 
@@ -459,20 +362,13 @@ impl Api {
             Err(r) => return r,
         };
         let id = ItemId(rand::random());
-        let job = Job {
-            url: url.to_string(),
-            user: user.to_string(),
-            state: JobState::Queued,
-            reason: None,
-            created_ms: wall_ms(SystemTime::now()),
+        let job = Job::new(
+            url.to_string(),
+            user.to_string(),
+            SystemTime::now(),
             not_before_ms,
             deadline_ms,
-            total: None,
-            etag: None,
-            expected_ready_ms: None,
-            redirects: 0,
-            cover: false,
-        };
+        );
         let refused = || {
             error(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -486,7 +382,11 @@ impl Api {
         }
         // 202 only once the job and its fetch item are on disk (the
         // admission's fsync covers the job record written before it).
-        match (self.schedule)(id, not_before_ms).await {
+        match self
+            .schedule
+            .schedule(id, not_before_ms.map(from_wall_ms))
+            .await
+        {
             Ok(()) => {}
             Err(ScheduleError::Expiring { retry_after_s }) => {
                 let _ = self.store.delete_job(&id).await;
@@ -687,19 +587,6 @@ impl Api {
         }
     }
 
-    fn counts(&self) -> (u64, u64, u64, u64) {
-        let (mut q, mut f, mut r, mut x) = (0, 0, 0, 0);
-        for j in self.store.jobs().flatten() {
-            match Job::decode(&j.1).map(|j| j.state) {
-                Some(JobState::Queued) => q += 1,
-                Some(JobState::Fetching) => f += 1,
-                Some(JobState::Ready) => r += 1,
-                Some(JobState::Failed) | None => x += 1,
-            }
-        }
-        (q, f, r, x)
-    }
-
     /// Whether the request carries an operator's token.
     async fn operator(&self, headers: &HeaderMap) -> bool {
         match self.user(headers).await {
@@ -713,123 +600,39 @@ impl Api {
     /// link the two, which is what the mix exists to prevent. So without an
     /// operator's token only the mote's end time is shown.
     fn status_page(&self, operator: bool) -> Resp {
-        let mut v = (self.status)();
+        let status = match (self.status)() {
+            Ok(s) => s,
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "storage", &e.to_string()),
+        };
         if !operator {
             return json_response(
                 StatusCode::OK,
-                &json!({ "expires_at": v["expires_at"], "detail": "queue and mix counts need an operator's bearer token" }),
+                &json!({ "expires_at": status.expires_at, "detail": "queue and mix counts need an operator's bearer token" }),
             );
         }
-        let (q, f, r, x) = self.counts();
-        v["fetches"] = json!({ "queued": q, "fetching": f, "ready": r, "failed": x });
-        json_response(StatusCode::OK, &v)
+        match serde_json::to_value(&status) {
+            Ok(v) => json_response(StatusCode::OK, &v),
+            Err(e) => error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                &e.to_string(),
+            ),
+        }
     }
 
+    /// `/metrics`: the status as OpenMetrics text.
     fn metrics(&self) -> Resp {
-        let v = (self.status)();
-        let (q, f, r, x) = self.counts();
-        let mut out = String::new();
-        out.push_str(
-            "# HELP dustmote_fetch_jobs Fetch jobs by state.\n# TYPE dustmote_fetch_jobs gauge\n",
-        );
-        for (s, n) in [("queued", q), ("fetching", f), ("ready", r), ("failed", x)] {
-            out.push_str(&format!("dustmote_fetch_jobs{{state=\"{s}\"}} {n}\n"));
-        }
-        out.push_str("# HELP dustmote_queue_items Items in the mix queue.\n# TYPE dustmote_queue_items gauge\n");
-        for s in ["queued", "in_flight"] {
-            let n = v["queue"][s].as_u64().unwrap_or(0);
-            out.push_str(&format!("dustmote_queue_items{{state=\"{s}\"}} {n}\n"));
-        }
-        let ready = u8::from(v["transport"]["ready"].as_bool() == Some(true));
-        out.push_str("# HELP dustmote_transport_ready Whether the last outbound connection worked.\n# TYPE dustmote_transport_ready gauge\n");
-        out.push_str(&format!("dustmote_transport_ready {ready}\n"));
-        mix_metrics(&v["mix"], &mut out);
-        let mut r = Response::new(full(out));
+        let status = match (self.status)() {
+            Ok(s) => s,
+            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "storage", &e.to_string()),
+        };
+        let mut r = Response::new(full(status.metrics_text()));
         r.headers_mut().insert(
             header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4"),
+            HeaderValue::from_static(OPENMETRICS_TYPE),
         );
         r
     }
-}
-
-/// The mix's anonymity metrics (the status's `mix` object) in the
-/// Prometheus text format.
-fn mix_metrics(m: &Value, out: &mut String) {
-    if !m.is_object() {
-        return;
-    }
-    let num = |k: &str| m[k].as_f64().unwrap_or(0.0);
-    for (name, help, kind, v) in [
-        (
-            "dustmote_mix_pool_items",
-            "Items in the mix now (rho).",
-            "gauge",
-            num("pool"),
-        ),
-        (
-            "dustmote_mix_held_items",
-            "Items held for the next pool/binomial round.",
-            "gauge",
-            num("held"),
-        ),
-        (
-            "dustmote_mix_pool_mean",
-            "Time-averaged pool size since start.",
-            "gauge",
-            num("mean_pool"),
-        ),
-        (
-            "dustmote_mix_entropy_bits",
-            "Sender-anonymity entropy of recent outputs (moving average), bits.",
-            "gauge",
-            num("entropy_bits_recent"),
-        ),
-        (
-            "dustmote_mix_entropy_bits_mean",
-            "Mean entropy of all outputs since start, bits.",
-            "gauge",
-            num("entropy_bits_mean"),
-        ),
-        (
-            "dustmote_mix_outputs_total",
-            "Items that left the mix.",
-            "counter",
-            num("outputs"),
-        ),
-        (
-            "dustmote_mix_unmixed_total",
-            "Items that left without ever sharing the pool with another.",
-            "counter",
-            num("unmixed"),
-        ),
-        (
-            "dustmote_mix_unmixed_ratio",
-            "Fraction of outputs that left unmixed.",
-            "gauge",
-            num("p_unmixed"),
-        ),
-    ] {
-        out.push_str(&format!(
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
-        ));
-    }
-    out.push_str("# HELP dustmote_mix_latency_seconds Time items spent in the mix.\n# TYPE dustmote_mix_latency_seconds histogram\n");
-    let mut count = 0;
-    for b in m["latency_buckets_s"].as_array().into_iter().flatten() {
-        let le = match &b[0] {
-            Value::String(s) => s.clone(),
-            v => v.to_string(),
-        };
-        count = b[1].as_u64().unwrap_or(0);
-        out.push_str(&format!(
-            "dustmote_mix_latency_seconds_bucket{{le=\"{le}\"}} {count}\n"
-        ));
-    }
-    out.push_str(&format!(
-        "dustmote_mix_latency_seconds_sum {}\ndustmote_mix_latency_seconds_count {count}\n",
-        num("latency_sum_s")
-    ));
 }
 
 #[cfg(test)]

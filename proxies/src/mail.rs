@@ -174,44 +174,15 @@ pub fn with_date(message: &[u8], now: SystemTime) -> Vec<u8> {
     out
 }
 
-/// `now` as an RFC 5322 date-time in UTC, e.g. `Wed, 25 Nov 2026 21:20:05 +0000`.
+/// `now` as an RFC 5322 date-time in UTC, e.g. `Wed, 25 Nov 2026 21:20:05 +0000`:
+/// the HTTP date form (RFC 9110's IMF-fixdate, the same fields) with the
+/// numeric zone RFC 5322 prefers over the obsolete `GMT`.
 pub fn rfc5322_date(now: SystemTime) -> String {
-    let secs = now
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let days = (secs / 86_400) as i64;
-    let tod = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    const WD: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MO: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    format!(
-        "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
-        WD[(days % 7) as usize],
-        d,
-        MO[(m - 1) as usize],
-        y,
-        tod / 3600,
-        tod / 60 % 60,
-        tod % 60
-    )
-}
-
-/// Gregorian (year, month 1–12, day 1–31) of a day count since 1970-01-01
-/// (valid for non-negative counts; Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
+    let http = httpdate::fmt_http_date(now.max(UNIX_EPOCH));
+    match http.strip_suffix(" GMT") {
+        Some(date) => format!("{date} +0000"),
+        None => http,
+    }
 }
 
 #[cfg(test)]

@@ -12,7 +12,9 @@ use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::tor::{Connector, Target};
+use dust_mixer::{ErrorKind, HasKind};
+
+use crate::tor::{ConnectError, Connector, Target};
 
 /// Settings of `[delivery.mail] mode = "mx"`.
 #[derive(Debug, Clone)]
@@ -28,15 +30,62 @@ pub struct MxConfig {
     pub dns_timeout: Duration,
 }
 
-/// What a lookup found out.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+/// Why a lookup found no mail host.
+#[derive(Debug, thiserror::Error)]
 pub enum LookupError {
-    /// The domain does not exist, or has no usable mail host: permanent.
-    #[error("{0}")]
-    Permanent(String),
-    /// The resolver could not be reached or answered with a failure: retry.
-    #[error("{0}")]
-    Temporary(String),
+    /// The name is not a DNS name.
+    #[error("bad name {name:?}: {source}")]
+    BadName {
+        /// The name.
+        name: String,
+        /// Why.
+        #[source]
+        source: hickory_proto::ProtoError,
+    },
+    /// The domain does not exist (NXDOMAIN).
+    #[error("no such domain: {0}")]
+    NoSuchDomain(String),
+    /// The domain says it accepts no mail (a null MX, RFC 7505).
+    #[error("{0} accepts no mail (null MX)")]
+    NullMx(String),
+    /// The mail host has no address.
+    #[error("mail host {0} has no address")]
+    NoAddress(String),
+    /// The resolver could not be reached.
+    #[error("DNS resolver: {0}")]
+    Connect(#[from] ConnectError),
+    /// The exchange with the resolver broke off.
+    #[error("DNS over TCP: {0}")]
+    Io(#[from] std::io::Error),
+    /// The query could not be encoded.
+    #[error("encoding a DNS query: {0}")]
+    Encode(hickory_proto::ProtoError),
+    /// The answer could not be decoded.
+    #[error("DNS answer: {0}")]
+    Decode(hickory_proto::serialize::binary::DecodeError),
+    /// The answer did not match the query, or reported a server failure.
+    #[error("DNS answer: {0}")]
+    Answer(String),
+    /// The resolver did not answer in time.
+    #[error("DNS query timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+impl HasKind for LookupError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            LookupError::BadName { .. }
+            | LookupError::NoSuchDomain(_)
+            | LookupError::NullMx(_)
+            | LookupError::NoAddress(_) => ErrorKind::Permanent,
+            LookupError::Connect(e) => e.kind(),
+            LookupError::Io(_)
+            | LookupError::Encode(_)
+            | LookupError::Decode(_)
+            | LookupError::Answer(_)
+            | LookupError::Timeout(_) => ErrorKind::Temporary,
+        }
+    }
 }
 
 /// One DNS exchange over a fresh stream (its own circuit).
@@ -50,45 +99,35 @@ async fn query(
     let mut msg = Message::query();
     msg.metadata.recursion_desired = true;
     msg.add_query(Query::query(name.clone(), rtype));
-    let bytes = msg
-        .to_vec()
-        .map_err(|e| LookupError::Temporary(format!("encoding a DNS query: {e}")))?;
+    let bytes = msg.to_vec().map_err(LookupError::Encode)?;
     let target = Target {
         host: cfg.resolver.0.clone(),
         port: cfg.resolver.1,
         isolation,
     };
     let exchange = async {
-        let mut s = connector
-            .connect(&target)
-            .await
-            .map_err(|e| LookupError::Temporary(format!("DNS resolver: {e}")))?;
+        let mut s = connector.connect(&target).await?;
         let mut framed = Vec::with_capacity(bytes.len() + 2);
         framed.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
         framed.extend_from_slice(&bytes);
-        let io = |e: std::io::Error| LookupError::Temporary(format!("DNS over TCP: {e}"));
-        s.write_all(&framed).await.map_err(io)?;
-        s.flush().await.map_err(io)?;
+        s.write_all(&framed).await?;
+        s.flush().await?;
         let mut len = [0u8; 2];
-        s.read_exact(&mut len).await.map_err(io)?;
+        s.read_exact(&mut len).await?;
         let mut answer = vec![0u8; u16::from_be_bytes(len) as usize];
-        s.read_exact(&mut answer).await.map_err(io)?;
-        Message::from_vec(&answer).map_err(|e| LookupError::Temporary(format!("DNS answer: {e}")))
+        s.read_exact(&mut answer).await?;
+        Message::from_vec(&answer).map_err(LookupError::Decode)
     };
     let answer = tokio::time::timeout(cfg.dns_timeout, exchange)
         .await
-        .map_err(|_| {
-            LookupError::Temporary(format!("DNS query timed out after {:?}", cfg.dns_timeout))
-        })??;
+        .map_err(|_| LookupError::Timeout(cfg.dns_timeout))??;
     if answer.metadata.id != msg.metadata.id {
-        return Err(LookupError::Temporary("DNS answer with a wrong id".into()));
+        return Err(LookupError::Answer("an answer with a wrong id".into()));
     }
     match answer.metadata.response_code {
         ResponseCode::NoError => Ok(answer),
-        ResponseCode::NXDomain => Err(LookupError::Permanent(format!("no such domain: {name}"))),
-        other => Err(LookupError::Temporary(format!(
-            "DNS error {other} for {name}"
-        ))),
+        ResponseCode::NXDomain => Err(LookupError::NoSuchDomain(name.to_string())),
+        other => Err(LookupError::Answer(format!("error {other} for {name}"))),
     }
 }
 
@@ -108,8 +147,10 @@ pub async fn mail_hosts(
     if domain.ends_with(".onion") {
         return Ok(vec![domain]);
     }
-    let name = Name::from_ascii(format!("{domain}."))
-        .map_err(|e| LookupError::Permanent(format!("bad domain {domain:?}: {e}")))?;
+    let name = Name::from_ascii(format!("{domain}.")).map_err(|source| LookupError::BadName {
+        name: domain.clone(),
+        source,
+    })?;
     let answer = query(connector, cfg, isolation, &name, RecordType::MX).await?;
     let mut mx: Vec<(u16, String)> = answer
         .answers
@@ -127,9 +168,7 @@ pub async fn mail_hosts(
     }
     if mx.len() == 1 && mx[0].1.is_empty() {
         // A "null MX" (RFC 7505): the domain accepts no mail.
-        return Err(LookupError::Permanent(format!(
-            "{domain} accepts no mail (null MX)"
-        )));
+        return Err(LookupError::NullMx(domain));
     }
     mx.sort_by_key(|(pref, _)| *pref);
     Ok(mx.into_iter().map(|(_, h)| h).collect())
@@ -146,8 +185,10 @@ pub async fn addresses(
     if host.parse::<IpAddr>().is_ok() || host.ends_with(".onion") {
         return Ok(vec![host.to_string()]);
     }
-    let name = Name::from_ascii(format!("{host}."))
-        .map_err(|e| LookupError::Permanent(format!("bad host {host:?}: {e}")))?;
+    let name = Name::from_ascii(format!("{host}.")).map_err(|source| LookupError::BadName {
+        name: host.to_string(),
+        source,
+    })?;
     let answer = query(connector, cfg, isolation, &name, RecordType::A).await?;
     let addrs: Vec<String> = answer
         .answers
@@ -158,9 +199,7 @@ pub async fn addresses(
         })
         .collect();
     if addrs.is_empty() {
-        return Err(LookupError::Permanent(format!(
-            "mail host {host} has no address"
-        )));
+        return Err(LookupError::NoAddress(host.to_string()));
     }
     Ok(addrs)
 }

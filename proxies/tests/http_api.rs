@@ -1,6 +1,6 @@
 //! The download API with real clients: curl for requests and resumed
 //! downloads, Python's `email` parser for `multipart/byteranges`. Content is
-//! written into the store directly here (the fetcher is not built yet).
+//! written into the store directly here (the fetcher has its own tests).
 
 #![allow(clippy::unwrap_used)]
 
@@ -9,9 +9,11 @@ use std::sync::Arc;
 
 use dust_mixer::{ItemId, Store};
 use dust_proxies::auth::{hash_password, Users};
-use dust_proxies::http::{Api, Job, JobState};
+use dust_proxies::http::Api;
+use dust_proxies::job::{FetchCounts, Job, JobState, Schedule, ScheduleError};
+use dust_proxies::status::Status;
 use rand::{Rng, SeedableRng};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::net::TcpListener;
 
 const TOKEN: &str = "alice-token-0123456789";
@@ -21,6 +23,22 @@ struct Server {
     base: String,
     store: Arc<Store>,
     _stop: tokio::sync::watch::Sender<bool>,
+}
+
+/// Scheduling here only makes the job durable (no mixer in this test).
+struct Durable(Arc<Store>);
+
+impl Schedule for Durable {
+    async fn schedule(
+        &self,
+        _id: ItemId,
+        _not_before: Option<std::time::SystemTime>,
+    ) -> Result<(), ScheduleError> {
+        self.0
+            .sync()
+            .await
+            .map_err(|e| ScheduleError::Mixer(e.into()))
+    }
 }
 
 async fn start() -> Server {
@@ -38,22 +56,17 @@ async fn start() -> Server {
         users,
         // alice runs the mote; bob only downloads.
         vec!["alice".to_string()],
-        Arc::new(
-            || json!({ "queue": { "queued": 0, "in_flight": 0 }, "transport": { "ready": true } }),
-        ),
-        // Scheduling here only makes the job durable (no mixer in this test).
         {
             let store = Arc::clone(&store);
-            Arc::new(move |_id, _not_before| {
-                let store = Arc::clone(&store);
-                Box::pin(async move {
-                    store
-                        .sync()
-                        .await
-                        .map_err(|e| dust_proxies::http::ScheduleError::Failed(e.to_string()))
+            Arc::new(move || {
+                Ok(Status {
+                    queue: store.stats(10)?,
+                    fetches: FetchCounts::count(&store),
+                    ..Status::default()
                 })
             })
         },
+        Arc::new(Durable(Arc::clone(&store))),
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
@@ -225,18 +238,15 @@ fn ready_job(store: &Store, data: &[u8], state: JobState) -> String {
         off += n;
     }
     let job = Job {
-        url: "http://origin.invalid/f".into(),
-        user: "alice".into(),
         state,
-        reason: None,
-        created_ms: 0,
-        not_before_ms: None,
-        deadline_ms: None,
         total: Some(data.len() as u64),
-        etag: None,
-        expected_ready_ms: None,
-        redirects: 0,
-        cover: false,
+        ..Job::new(
+            "http://origin.invalid/f".into(),
+            "alice".into(),
+            std::time::SystemTime::UNIX_EPOCH,
+            None,
+            None,
+        )
     };
     store.put_job(&id, &job.encode()).unwrap();
     id.to_string()

@@ -24,8 +24,10 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::path::PathBuf;
 
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::Arc;
 use std::thread::JoinHandle;
+
+use parking_lot::{Condvar, Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
 
@@ -99,11 +101,7 @@ impl Flusher {
     fn register(&self) -> Result<oneshot::Receiver<Result<(), String>>> {
         let (tx, rx) = oneshot::channel();
         {
-            let mut st = self
-                .shared
-                .state
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut st = self.shared.state.lock();
             if st.shutdown || self.thread.is_none() {
                 return Err(StorageError::Closed);
             }
@@ -128,19 +126,11 @@ impl Flusher {
     }
 
     pub(crate) fn pending(&self) -> usize {
-        self.shared
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .waiters
-            .len()
+        self.shared.state.lock().waiters.len()
     }
 
-    pub(crate) fn hold(&self) -> std::sync::MutexGuard<'_, ()> {
-        self.shared
-            .gate
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    pub(crate) fn hold(&self) -> MutexGuard<'_, ()> {
+        self.shared.gate.lock()
     }
 }
 
@@ -207,9 +197,9 @@ impl DiskSync {
 fn run(shared: &Shared, db: &sled::Db, disk: &mut DiskSync) {
     loop {
         let batch = {
-            let mut st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut st = shared.state.lock();
             while st.waiters.is_empty() && !st.shutdown {
-                st = shared.wake.wait(st).unwrap_or_else(PoisonError::into_inner);
+                shared.wake.wait(&mut st);
             }
             if st.waiters.is_empty() {
                 return; // shutdown and nothing pending
@@ -221,7 +211,7 @@ fn run(shared: &Shared, db: &sled::Db, disk: &mut DiskSync) {
             batch
         };
         let result = {
-            let _gate = shared.gate.lock().unwrap_or_else(PoisonError::into_inner);
+            let _gate = shared.gate.lock();
             if disk.dir.is_none() {
                 // A temporary database: nothing outlives the process, so
                 // there is nothing to make durable (simulations admit
@@ -248,11 +238,7 @@ fn run(shared: &Shared, db: &sled::Db, disk: &mut DiskSync) {
 
 impl Drop for Flusher {
     fn drop(&mut self) {
-        self.shared
-            .state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .shutdown = true;
+        self.shared.state.lock().shutdown = true;
         self.shared.wake.notify_all();
         if let Some(t) = self.thread.take() {
             let _ = t.join();

@@ -88,8 +88,9 @@ fn db_err(doing: &'static str) -> impl FnOnce(sled::Error) -> StorageError {
 /// Result alias of this crate.
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
-/// Counts and times of what is queued, for `dustmote queue` and `/status`.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Counts and times of what is queued, for `dustmote queue` and `/status`
+/// (serialized there as it is).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct QueueStats {
     /// Items waiting: for their release time, or held in a pool.
     pub queued: u64,
@@ -98,6 +99,7 @@ pub struct QueueStats {
     /// Items handed to a deliverer and not yet completed.
     pub in_flight: u64,
     /// The earliest release times (ms since the epoch), at most the number asked for.
+    #[serde(rename = "next_releases_ms")]
     pub next_releases: Vec<u64>,
 }
 
@@ -411,7 +413,7 @@ impl Store {
 
     /// Block the flusher while the guard lives (tests of group commit).
     #[doc(hidden)]
-    pub fn hold_flushes(&self) -> std::sync::MutexGuard<'_, ()> {
+    pub fn hold_flushes(&self) -> parking_lot::MutexGuard<'_, ()> {
         self.flusher.hold()
     }
 

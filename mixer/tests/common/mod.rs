@@ -54,11 +54,11 @@ impl Deliver for Recorder {
         };
         match self.answer {
             Answer::Ok => Ok(Outcome::Done),
-            Answer::FailTimes(k) if n <= k => Err(DeliveryError::Temporary("421 try later".into())),
+            Answer::FailTimes(k) if n <= k => Err(DeliveryError::temporary("421 try later")),
             Answer::FailTimes(_) => Ok(Outcome::Done),
             Answer::Steps(k) if n <= k => Ok(Outcome::Again),
             Answer::Steps(_) => Ok(Outcome::Done),
-            Answer::Permanent => Err(DeliveryError::Permanent("550 no such user".into())),
+            Answer::Permanent => Err(DeliveryError::permanent("550 no such user")),
             Answer::Hang => futures::future::pending().await,
         }
     }

@@ -2,12 +2,13 @@
 
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use arti_client::config::{CfgPath, TorClientConfigBuilder};
 use arti_client::{BootstrapBehavior, DataStream, IsolationToken, StreamPrefs, TorClient};
 use futures::future::BoxFuture;
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tor_proto::client::stream::ClientStreamCtrl;
 use tor_rtcompat::PreferredRuntime;
@@ -176,11 +177,7 @@ struct SyncStream(Mutex<DataStream>);
 
 impl SyncStream {
     fn inner(self: Pin<&mut Self>) -> Pin<&mut DataStream> {
-        let m = Pin::into_inner(self)
-            .0
-            .get_mut()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        Pin::new(m)
+        Pin::new(Pin::into_inner(self).0.get_mut())
     }
 }
 

@@ -10,10 +10,11 @@
 use std::fmt::Debug;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
+use dust_mixer::{ErrorKind, HasKind};
 use futures::future::BoxFuture;
+use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 /// A bidirectional byte stream to the next hop.
@@ -49,8 +50,18 @@ pub enum ConnectError {
     Timeout(Duration),
 }
 
+impl HasKind for ConnectError {
+    fn kind(&self) -> ErrorKind {
+        match self {
+            ConnectError::NotReady(_) | ConnectError::Io(_) | ConnectError::Timeout(_) => {
+                ErrorKind::Temporary
+            }
+        }
+    }
+}
+
 /// What `dustmote status` shows about the transport.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TransportStatus {
     /// `direct`, `socks5`, `arti`.
     pub mode: String,
@@ -60,8 +71,8 @@ pub struct TransportStatus {
     pub bootstrap_percent: Option<u8>,
     /// The last connection error, if the last attempt failed.
     pub last_error: Option<String>,
-    /// When a stream was last opened successfully.
-    pub last_success: Option<SystemTime>,
+    /// When a stream was last opened successfully (ms since the epoch).
+    pub last_success_ms: Option<u64>,
 }
 
 /// Opens streams to the next hop.
@@ -82,10 +93,7 @@ struct Outcomes {
 
 impl Outcomes {
     fn record<T>(&self, r: &Result<T, ConnectError>) {
-        let mut l = self
-            .last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut l = self.last.lock();
         match r {
             Ok(_) => *l = (Some(true), None, Some(SystemTime::now())),
             Err(e) => {
@@ -96,16 +104,13 @@ impl Outcomes {
     }
 
     fn status(&self, mode: &str) -> TransportStatus {
-        let l = self
-            .last
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let l = self.last.lock();
         TransportStatus {
             mode: mode.to_string(),
             ready: l.0,
             bootstrap_percent: None,
             last_error: l.1.clone(),
-            last_success: l.2,
+            last_success_ms: l.2.map(dust_mixer::wall_ms),
         }
     }
 }
@@ -250,11 +255,10 @@ impl Connector for Unavailable {
             ready: Some(false),
             bootstrap_percent: None,
             last_error: Some(self.reason.clone()),
-            last_success: None,
+            last_success_ms: None,
         }
     }
 }
 
-#[path = "tor_arti.rs"]
 mod arti;
 pub use arti::{arti_config, install_crypto_provider, Arti, ArtiSetupError};

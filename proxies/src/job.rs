@@ -1,0 +1,188 @@
+//! Download jobs: the record the HTTP API creates, the fetcher fills and
+//! cover traffic fakes, and the way a new job's fetch item enters the mix
+//! ([`Schedule`], implemented for the [`Mixer`] beside SMTP's
+//! [`Admission`](crate::smtp::Admission)).
+
+use std::future::Future;
+use std::time::SystemTime;
+
+use dust_mixer::{wall_ms, Deliver, ItemId, ItemKind, Mixer, MixerError, StorageError, Store};
+use futures::task::Spawn;
+use serde::{Deserialize, Serialize};
+use tor_rtcompat::{Blocking, SleepProvider};
+
+/// State of a fetch job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting for its chunks' release times.
+    Queued,
+    /// Some chunks are stored.
+    Fetching,
+    /// All content is stored.
+    Ready,
+    /// Gave up (see `reason`).
+    Failed,
+}
+
+/// A fetch job, as stored (JSON) in the `fetches` tree.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// What to fetch.
+    pub url: String,
+    /// Who asked (only they can see it).
+    pub user: String,
+    /// Current state.
+    pub state: JobState,
+    /// Why it failed.
+    pub reason: Option<String>,
+    /// When it was queued (ms since the epoch).
+    pub created_ms: u64,
+    /// Do not start before (ms since the epoch).
+    pub not_before_ms: Option<u64>,
+    /// Give up after (ms since the epoch).
+    pub deadline_ms: Option<u64>,
+    /// Total size, once known.
+    pub total: Option<u64>,
+    /// The origin's ETag, once known.
+    pub etag: Option<String>,
+    /// Expected ready time (ms since the epoch), once scheduled.
+    pub expected_ready_ms: Option<u64>,
+    /// Redirects followed so far.
+    #[serde(default)]
+    pub redirects: u32,
+    /// A cover (dummy) download: one chunk is fetched, then the job is
+    /// dropped. It belongs to no user.
+    #[serde(default)]
+    pub cover: bool,
+}
+
+impl Job {
+    /// A new, queued job of `user` for `url`, created `now`.
+    pub fn new(
+        url: String,
+        user: String,
+        now: SystemTime,
+        not_before_ms: Option<u64>,
+        deadline_ms: Option<u64>,
+    ) -> Self {
+        Job {
+            url,
+            user,
+            state: JobState::Queued,
+            reason: None,
+            created_ms: wall_ms(now),
+            not_before_ms,
+            deadline_ms,
+            total: None,
+            etag: None,
+            expected_ready_ms: None,
+            redirects: 0,
+            cover: false,
+        }
+    }
+
+    /// A cover (dummy) download of `url`, created `now`: it belongs to no
+    /// user.
+    pub fn cover(url: String, now: SystemTime) -> Self {
+        Job {
+            cover: true,
+            ..Job::new(url, String::new(), now, None, None)
+        }
+    }
+
+    /// Serialize for the store.
+    pub fn encode(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// Inverse of [`Job::encode`].
+    pub fn decode(b: &[u8]) -> Option<Self> {
+        serde_json::from_slice(b).ok()
+    }
+}
+
+/// Fetch jobs by state, for `/status` and `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchCounts {
+    /// Waiting for their first chunk.
+    pub queued: u64,
+    /// Some content stored.
+    pub fetching: u64,
+    /// Complete.
+    pub ready: u64,
+    /// Given up, or unreadable.
+    pub failed: u64,
+}
+
+impl FetchCounts {
+    /// Count the jobs in `store`.
+    pub fn count(store: &Store) -> Self {
+        let mut c = FetchCounts::default();
+        for (_, rec) in store.jobs().flatten() {
+            match Job::decode(&rec).map(|j| j.state) {
+                Some(JobState::Queued) => c.queued += 1,
+                Some(JobState::Fetching) => c.fetching += 1,
+                Some(JobState::Ready) => c.ready += 1,
+                Some(JobState::Failed) | None => c.failed += 1,
+            }
+        }
+        c
+    }
+}
+
+/// Why a job could not be put into the mix.
+#[derive(Debug, thiserror::Error)]
+pub enum ScheduleError {
+    /// The mote ends too soon for a new job (503 with `Retry-After`: the
+    /// seconds until it has ended).
+    #[error("the mote expires too soon")]
+    Expiring {
+        /// Seconds until the mote has ended.
+        retry_after_s: u64,
+    },
+    /// Storage failed or the mixer is stopping (503).
+    #[error(transparent)]
+    Mixer(MixerError),
+}
+
+/// Puts a new job's fetch item into the mix. Must return only once the
+/// item is durably stored (the mixer's admission fsyncs), which also makes
+/// the job record written before it durable.
+pub trait Schedule: Send + Sync + 'static {
+    /// Schedule job `id`, not to start before `not_before`.
+    fn schedule(
+        &self,
+        id: ItemId,
+        not_before: Option<SystemTime>,
+    ) -> impl Future<Output = Result<(), ScheduleError>> + Send;
+}
+
+impl<R, D> Schedule for Mixer<R, D>
+where
+    R: SleepProvider + Spawn + Blocking + Send + Sync + 'static,
+    R::ThreadHandle<Result<(), StorageError>>: Send,
+    D: Deliver,
+{
+    async fn schedule(
+        &self,
+        id: ItemId,
+        not_before: Option<SystemTime>,
+    ) -> Result<(), ScheduleError> {
+        match self
+            .admit_after(ItemKind::Fetch, id.0.to_vec(), not_before)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(MixerError::Expiring) => {
+                let retry_after_s = self.config().lifetime.map_or(1, |l| {
+                    l.expires_at
+                        .duration_since(SystemTime::now())
+                        .map_or(1, |d| d.as_secs() + 1)
+                });
+                Err(ScheduleError::Expiring { retry_after_s })
+            }
+            Err(e) => Err(ScheduleError::Mixer(e)),
+        }
+    }
+}

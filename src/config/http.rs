@@ -1,0 +1,63 @@
+//! `[http]`: the download API and its users.
+
+use std::net::SocketAddr;
+
+use dust_proxies::auth::Users;
+use serde::Deserialize;
+
+use super::{invalid, Invalid};
+
+/// One `[[http.users]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpUser {
+    /// Name (jobs belong to it).
+    pub name: String,
+    /// argon2 PHC string of the user's bearer token (`dustmote passwd`).
+    pub token_hash: String,
+    /// May see the queue and mix counts (`/metrics`, the full `/status`).
+    #[serde(default)]
+    pub operator: bool,
+}
+
+/// `[http]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Http {
+    /// Listen address of the download API, `/status` and `/metrics`.
+    pub listen: SocketAddr,
+    /// Who may queue and retrieve downloads.
+    pub users: Vec<HttpUser>,
+}
+
+impl Default for Http {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            users: Vec::new(),
+        }
+    }
+}
+
+impl Http {
+    /// Check the section: the users (token hashes) and the operators' names.
+    pub fn check(&self) -> Result<(Users, Vec<String>), Invalid> {
+        if self.users.iter().any(|u| u.name.is_empty()) {
+            // Jobs without a user are the mote's own (cover traffic).
+            return Err(invalid("http.users.name", "a user needs a name"));
+        }
+        let users = Users::new(
+            self.users
+                .iter()
+                .map(|u| (u.name.clone(), u.token_hash.clone())),
+        )
+        .map_err(|e| invalid("http.users.token_hash", e.to_string()))?;
+        let operators = self
+            .users
+            .iter()
+            .filter(|u| u.operator)
+            .map(|u| u.name.clone())
+            .collect();
+        Ok((users, operators))
+    }
+}

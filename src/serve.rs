@@ -1,0 +1,318 @@
+//! `dustmote serve`: wiring the parts together, signals, and the mote's
+//! lifetime. Order of start: store, lifetime, listeners (control socket
+//! first), transport, mixer, cover, control, HTTP API, SMTP; on a signal or
+//! at the end of the lifetime everything stops in reverse.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use dust_mixer::tokio_rt::TokioRt;
+use dust_mixer::{Deliver, DeliveryError, Item, ItemKind, Lifetime, Mixer, Outcome};
+use dust_proxies::delivery::MailDelivery;
+use dust_proxies::fetch::Fetcher;
+use dust_proxies::job::FetchCounts;
+use dust_proxies::smtp::Server;
+use dust_proxies::status::{Status, StatusFn};
+use dust_proxies::tor::{arti_config, install_crypto_provider, Arti, Connector, Direct, Socks5};
+use dust_storage::Store;
+use tokio::sync::watch;
+
+use crate::config::{self, Checked, TorMode};
+use crate::{control, cover};
+
+/// Bound on opening one outbound stream (a Tor circuit can take a while).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How often the lifetime watcher looks at the wall clock, so that a clock
+/// jump cannot postpone the end by much.
+const LIFETIME_CHECK: Duration = Duration::from_secs(30);
+
+/// The mote's mixer.
+type MoteMixer = Mixer<TokioRt, Egress>;
+
+/// What the mixer hands due items to, by kind.
+pub struct Egress {
+    /// `None`: no `[delivery.mail]`, mail stays queued.
+    mail: Option<MailDelivery>,
+    fetch: Fetcher,
+}
+
+impl Deliver for Egress {
+    async fn deliver(&self, item: &Item) -> Result<Outcome, DeliveryError> {
+        if item.kind == ItemKind::Fetch as u8 {
+            return self.fetch.step(item).await;
+        }
+        match &self.mail {
+            Some(m) => m.deliver(item).await,
+            None => Err(DeliveryError::config("no [delivery.mail] configured")),
+        }
+    }
+}
+
+/// Run the mote until SIGINT/SIGTERM or the end of its lifetime.
+pub fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let checked = config::load(config.as_deref())?;
+    for w in &checked.warnings {
+        tracing::warn!("{w}");
+    }
+    // Arti's TLS (rustls) needs a process-wide crypto provider.
+    install_crypto_provider();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(run(checked, config))
+}
+
+/// Open the queue in the data directory.
+fn open_store(dir: &std::path::Path, cache_bytes: u64) -> anyhow::Result<Arc<Store>> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    Store::open(&dir.join("queue"), cache_bytes).with_context(|| {
+        format!(
+            "opening the queue in {} (is another dustmote running on it?)",
+            dir.display()
+        )
+    })
+}
+
+/// The transport the configuration asks for.
+fn connector(config: &config::Config) -> anyhow::Result<Arc<dyn Connector>> {
+    Ok(match config.tor.mode {
+        TorMode::Direct => Arc::new(Direct::new(CONNECT_TIMEOUT)),
+        TorMode::Socks5 => Arc::new(Socks5::new(config.tor.socks_addr(), CONNECT_TIMEOUT)),
+        TorMode::Arti => {
+            let cfg = arti_config(&config.storage.dir, config.tor.arti_config.as_deref())?;
+            Arc::new(Arti::start(cfg)?)
+        }
+    })
+}
+
+/// The status, assembled from its owners' parts.
+fn status_source(
+    store: Arc<Store>,
+    connector: Arc<dyn Connector>,
+    mixer: MoteMixer,
+    expires_at: Option<String>,
+) -> StatusFn {
+    Arc::new(move || {
+        Ok(Status {
+            expires_at: expires_at.clone(),
+            queue: store.stats(control::NEXT_RELEASES)?,
+            transport: connector.status(),
+            mix: mixer.status(),
+            fetches: FetchCounts::count(&store),
+        })
+    })
+}
+
+/// Re-read the configuration and apply its mixer and cover settings.
+fn reloader(
+    config_path: Option<PathBuf>,
+    mixer: MoteMixer,
+    store: Arc<Store>,
+    sanitize: dust_proxies::mail::SanitizeOptions,
+) -> control::ReloadFn {
+    Arc::new(move || {
+        let checked = config::load(config_path.as_deref())?;
+        mixer.reconfigure(checked.mixer)?;
+        if let Some(targets) = checked.cover {
+            mixer.set_cover_source(cover::source(targets, Arc::clone(&store), sanitize));
+        }
+        tracing::info!("mixer settings reloaded");
+        Ok(
+            "mixer settings reloaded ([mixer] and [fetch] delay); items already scheduled \
+             keep their times; other sections apply at the next start"
+                .into(),
+        )
+    })
+}
+
+async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+    let Checked {
+        config,
+        smtp,
+        mixer: mut mixer_cfg,
+        route,
+        http_users,
+        http_operators,
+        fetch,
+        lifetime_from_first_start,
+        cover: cover_targets,
+        ..
+    } = checked;
+    let dir = config.storage.dir.clone();
+    let store = open_store(&dir, config.storage.cache_bytes)?;
+    let stats = store.stats(0)?;
+    tracing::info!(
+        queued = stats.queued,
+        in_flight = stats.in_flight,
+        "queue opened"
+    );
+    if let Some(lifetime) = lifetime_from_first_start {
+        // Counted from the first start, recorded in the store: a restart
+        // does not extend the mote's life.
+        let first = store
+            .first_start_ms(dust_mixer::wall_ms(SystemTime::now()))
+            .await?;
+        mixer_cfg.lifetime = Some(Lifetime {
+            expires_at: dust_mixer::from_wall_ms(first) + lifetime,
+            drain_margin: config.mote.drain_margin,
+        });
+    }
+    let lifetime = mixer_cfg.lifetime;
+    let expires_at = lifetime.map(|l| humantime::format_rfc3339_seconds(l.expires_at).to_string());
+    if let Some(e) = &expires_at {
+        tracing::info!(expires_at = %e, "the mote ends at this time");
+    }
+    if lifetime.is_some_and(|l| l.expires_at <= SystemTime::now()) {
+        tracing::info!(
+            queued = stats.queued,
+            "the mote's lifetime is over; not starting"
+        );
+        return Ok(());
+    }
+    // Listen first: a mote that cannot take its ports must not start
+    // delivering either. The control socket first of all, so that a mote
+    // whose SMTP port answers also answers `dustmote status`.
+    let control_listener = control::bind(&dir)?;
+    let listener = tokio::net::TcpListener::bind(config.smtp.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.smtp.listen))?;
+    let http_listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("listening on {}", config.http.listen))?;
+    let connector = connector(&config)?;
+    let egress = Egress {
+        mail: route
+            .map(|(r, timeout)| MailDelivery::with_route(Arc::clone(&connector), r, timeout)),
+        fetch: Fetcher::new(Arc::clone(&store), Arc::clone(&connector), fetch),
+    };
+    let mixer = Mixer::start(
+        TokioRt::current(),
+        Arc::clone(&store),
+        Arc::new(egress),
+        mixer_cfg,
+    )?;
+    if let Some(targets) = cover_targets {
+        mixer.set_cover_source(cover::source(targets, Arc::clone(&store), smtp.sanitize));
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let status = status_source(
+        Arc::clone(&store),
+        Arc::clone(&connector),
+        mixer.clone(),
+        expires_at,
+    );
+    let reload = reloader(
+        config_path,
+        mixer.clone(),
+        Arc::clone(&store),
+        smtp.sanitize,
+    );
+    let control = control::serve(
+        control_listener,
+        Arc::clone(&store),
+        Arc::clone(&status),
+        Arc::clone(&reload),
+        stop_rx.clone(),
+    );
+    tokio::spawn(reload_on_sighup(reload));
+    if let Some(l) = lifetime {
+        tokio::spawn(stop_at_end(l, Arc::clone(&store), Arc::clone(&stop_tx)));
+    }
+    let api = dust_proxies::http::Api::new(
+        Arc::clone(&store),
+        http_users,
+        http_operators,
+        status,
+        Arc::new(mixer.clone()),
+    );
+    let http_task = tokio::spawn(api.serve(http_listener, stop_rx.clone()));
+    tracing::info!(smtp = %config.smtp.listen, http = %config.http.listen, "dustmote is running");
+    let stop_on_signal = Arc::clone(&stop_tx);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!(
+            "stopping: no new connections; open sessions and deliveries get a grace period"
+        );
+        let _ = stop_on_signal.send(true);
+    });
+    let server = Server::new(smtp, Arc::new(mixer.clone()));
+    server
+        .serve(listener, stop_rx, config.shutdown.session_grace)
+        .await;
+    let left = mixer.shutdown(config.shutdown.delivery_grace).await;
+    let _ = http_task.await;
+    control.abort();
+    control::remove_socket(&dir);
+    let stats = store.stats(0)?;
+    tracing::info!(
+        queued = stats.queued,
+        in_flight_returned = left,
+        "stopped; everything not delivered stays queued for the next start"
+    );
+    Ok(())
+}
+
+/// SIGHUP: reload as `dustmote reload` does.
+async fn reload_on_sighup(reload: control::ReloadFn) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match reload() {
+            Ok(m) => tracing::info!("SIGHUP: {m}"),
+            Err(e) => {
+                tracing::error!("SIGHUP: reload refused, the old settings stay in force: {e:#}")
+            }
+        }
+    }
+}
+
+/// At the end of its life the mote stops by itself (the deploy layer then
+/// shuts the VM down). Checked against the wall clock every
+/// [`LIFETIME_CHECK`], so a clock jump cannot postpone it by much.
+async fn stop_at_end(l: Lifetime, store: Arc<Store>, stop: Arc<watch::Sender<bool>>) {
+    while let Ok(left) = l.expires_at.duration_since(SystemTime::now()) {
+        if left.is_zero() {
+            break;
+        }
+        tokio::time::sleep(left.min(LIFETIME_CHECK)).await;
+    }
+    let queued = store.stats(0).map(|s| s.queued).unwrap_or(0);
+    if queued > 0 {
+        tracing::warn!(
+            queued,
+            "the mote's lifetime is over with items still queued"
+        );
+    }
+    tracing::info!("the mote's lifetime is over; stopping");
+    let _ = stop.send(true);
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
