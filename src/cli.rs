@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::StrategyName;
+use crate::simulate::SimulateArgs;
 
 #[derive(Parser)]
 #[command(
@@ -74,59 +74,6 @@ pub enum Command {
         #[command(subcommand)]
         command: ConfigCommand,
     },
-}
-
-#[derive(clap::Args)]
-pub struct SimulateArgs {
-    /// Configuration file whose `[mixer]` settings are simulated (default:
-    /// the embedded defaults).
-    #[arg(long, short)]
-    pub config: Option<PathBuf>,
-    /// Arrival rate of real items: 1/min, 30/h, 0.5/s, 2/d.
-    #[arg(long, default_value = "1/min")]
-    pub rate: String,
-    /// Simulated time.
-    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
-    pub duration: std::time::Duration,
-    /// Simulated time before measuring starts (default: a tenth of the
-    /// duration).
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub warmup: Option<std::time::Duration>,
-    /// Strategy instead of the config's.
-    #[arg(long, value_enum, ignore_case = true)]
-    pub strategy: Option<StrategyName>,
-    /// Poisson strategy: exponential delays with this mean instead of the
-    /// config's distribution.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub mean: Option<std::time::Duration>,
-    /// Pool/binomial: time between rounds.
-    #[arg(long, value_parser = humantime::parse_duration)]
-    pub interval: Option<std::time::Duration>,
-    /// Pool: items always kept back.
-    #[arg(long)]
-    pub min_pool: Option<u64>,
-    /// Pool: largest fraction sent per round; binomial: probability of leaving.
-    #[arg(long)]
-    pub pool_rate: Option<f64>,
-    /// Arrivals at fixed intervals instead of a Poisson process.
-    #[arg(long)]
-    pub constant_arrivals: bool,
-    /// Seed (the same seed gives the same run).
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// Cover traffic: the most dummy items per time unit (e.g. 20/h),
-    /// instead of the config's `[cover] rate`.
-    #[arg(long)]
-    pub cover_rate: Option<String>,
-    /// Cover traffic: add dummies while fewer items than this are in the mix.
-    #[arg(long)]
-    pub cover_target: Option<u64>,
-    /// Print one JSON object instead of text.
-    #[arg(long)]
-    pub json: bool,
-    /// Draw the latency histogram and the entropy-vs-latency curve (SVG).
-    #[arg(long)]
-    pub plot: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]

@@ -6,7 +6,7 @@
 
 use std::collections::HashSet;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -19,7 +19,6 @@ use serde::Serialize;
 use tor_rtcompat::ToplevelBlockOn;
 use tor_rtmock::MockRuntime;
 
-use crate::cli::SimulateArgs;
 use crate::config::{self, StrategyName};
 
 /// What to simulate.
@@ -306,6 +305,60 @@ pub fn plot(path: &Path, lat: &[f64], curve: &[Report], current: &Report) -> any
         .map_err(|x| e(&x))?;
     root.present().map_err(|x| e(&x))?;
     Ok(())
+}
+
+/// `dustmote simulate`'s flags.
+#[derive(clap::Args)]
+pub struct SimulateArgs {
+    /// Configuration file whose `[mixer]` settings are simulated (default:
+    /// the embedded defaults).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Arrival rate of real items: 1/min, 30/h, 0.5/s, 2/d.
+    #[arg(long, default_value = "1/min")]
+    rate: String,
+    /// Simulated time.
+    #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+    duration: std::time::Duration,
+    /// Simulated time before measuring starts (default: a tenth of the
+    /// duration).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    warmup: Option<std::time::Duration>,
+    /// Strategy instead of the config's.
+    #[arg(long, value_enum, ignore_case = true)]
+    strategy: Option<StrategyName>,
+    /// Poisson strategy: exponential delays with this mean instead of the
+    /// config's distribution.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    mean: Option<std::time::Duration>,
+    /// Pool/binomial: time between rounds.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    interval: Option<std::time::Duration>,
+    /// Pool: items always kept back.
+    #[arg(long)]
+    min_pool: Option<u64>,
+    /// Pool: largest fraction sent per round; binomial: probability of leaving.
+    #[arg(long)]
+    pool_rate: Option<f64>,
+    /// Arrivals at fixed intervals instead of a Poisson process.
+    #[arg(long)]
+    constant_arrivals: bool,
+    /// Seed (the same seed gives the same run).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Cover traffic: the most dummy items per time unit (e.g. 20/h),
+    /// instead of the config's `[cover] rate`.
+    #[arg(long)]
+    cover_rate: Option<String>,
+    /// Cover traffic: add dummies while fewer items than this are in the mix.
+    #[arg(long)]
+    cover_target: Option<u64>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Draw the latency histogram and the entropy-vs-latency curve (SVG).
+    #[arg(long)]
+    plot: Option<PathBuf>,
 }
 
 /// `dustmote simulate`: the flags override the file's (or the embedded)

@@ -114,35 +114,42 @@ impl From<&MixerConfig> for StrategyStatus {
     }
 }
 
-/// A histogram bucket's upper bound in seconds; `+Inf` for the last one
-/// (serialized as the string `"+Inf"`, as JSON has no infinity).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Bound(pub f64);
+/// A histogram bucket's upper bound in seconds: a number, or `+Inf` for
+/// the last bucket (serialized as the string `"+Inf"`, as JSON has no
+/// infinity).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Bound {
+    /// A finite bound.
+    Finite(f64),
+    /// Above every finite bound.
+    Infinite(PlusInf),
+}
 
-impl Serialize for Bound {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if self.0.is_finite() {
-            s.serialize_f64(self.0)
-        } else {
-            s.serialize_str("+Inf")
+/// The `+Inf` of [`Bound::Infinite`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PlusInf {
+    /// `"+Inf"`.
+    #[serde(rename = "+Inf")]
+    PlusInf,
+}
+
+impl Bound {
+    /// The bound as a number (`f64::INFINITY` for `+Inf`).
+    pub fn seconds(self) -> f64 {
+        match self {
+            Bound::Finite(s) => s,
+            Bound::Infinite(_) => f64::INFINITY,
         }
     }
 }
 
-impl<'de> Deserialize<'de> for Bound {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(f64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(Bound(n)),
-            Raw::S(s) if s == "+Inf" => Ok(Bound(f64::INFINITY)),
-            Raw::S(s) => Err(serde::de::Error::custom(format!(
-                "bucket bound {s:?}: a number or \"+Inf\""
-            ))),
+impl From<f64> for Bound {
+    fn from(s: f64) -> Self {
+        if s.is_finite() {
+            Bound::Finite(s)
+        } else {
+            Bound::Infinite(PlusInf::PlusInf)
         }
     }
 }
@@ -188,7 +195,7 @@ impl MixStatus {
             .zip(a.latency_buckets)
             .scan(0, |cumulative, (le, n)| {
                 *cumulative += n;
-                Some((Bound(le), *cumulative))
+                Some((Bound::from(le), *cumulative))
             })
             .collect();
         MixStatus {
@@ -223,7 +230,7 @@ impl MixStatus {
         self.latency_buckets_s.iter().map(move |(le, cum)| {
             let n = cum.saturating_sub(before);
             before = *cum;
-            (le.0, n)
+            (le.seconds(), n)
         })
     }
 
@@ -237,7 +244,7 @@ impl MixStatus {
         self.latency_buckets_s
             .iter()
             .find(|(_, cum)| cum * 2 >= total)
-            .map(|(le, _)| le.0)
+            .map(|(le, _)| le.seconds())
     }
 }
 
@@ -263,9 +270,12 @@ mod tests {
             latency_sum_s: 1e6,
         };
         let s = MixStatus::new(&MixerConfig::default(), 0, 0, &a);
-        assert_eq!(s.latency_buckets_s[0], (Bound(1.0), 0));
-        assert_eq!(s.latency_buckets_s[1], (Bound(5.0), 2));
-        assert_eq!(s.latency_buckets_s.last(), Some(&(Bound(f64::INFINITY), 3)));
+        assert_eq!(s.latency_buckets_s[0], (Bound::Finite(1.0), 0));
+        assert_eq!(s.latency_buckets_s[1], (Bound::Finite(5.0), 2));
+        assert_eq!(
+            s.latency_buckets_s.last(),
+            Some(&(Bound::from(f64::INFINITY), 3))
+        );
         assert_eq!(s.median_bound(), Some(5.0));
         let counts: Vec<u64> = s.latency_counts().map(|(_, n)| n).collect();
         assert_eq!(counts.iter().sum::<u64>(), 3);

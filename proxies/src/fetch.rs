@@ -112,6 +112,14 @@ struct Chunk {
     deadline: tokio::time::Instant,
 }
 
+/// The origin's answer to a chunk request, before its status is looked at.
+struct Answer {
+    /// The request it answers.
+    chunk: Chunk,
+    headers: http::HeaderMap,
+    body: Incoming,
+}
+
 /// `[fetch]` settings.
 #[derive(Debug, Clone)]
 pub struct FetchConfig {
@@ -272,17 +280,22 @@ impl Fetcher {
             self.store.delete_job(&id).await?;
             return Ok(Outcome::Done);
         }
+        let answer = Answer {
+            chunk,
+            headers,
+            body,
+        };
         match status {
-            StatusCode::PARTIAL_CONTENT => self.partial(&chunk, job, &headers, body).await,
-            StatusCode::OK => self.full(&chunk, job, &headers, body).await,
+            StatusCode::PARTIAL_CONTENT => self.partial(job, answer).await,
+            StatusCode::OK => self.full(job, answer).await,
             StatusCode::RANGE_NOT_SATISFIABLE
-                if unsatisfiable_length(&headers) == Some(chunk.have) =>
+                if unsatisfiable_length(&answer.headers) == Some(answer.chunk.have) =>
             {
                 // We asked from the end (an empty object, or one whose size
                 // is a multiple of our chunks): what we have is everything.
-                self.ready(id, job, chunk.have).await
+                self.ready(id, job, answer.chunk.have).await
             }
-            s if s.is_redirection() => self.redirect(&chunk, job, s, &headers).await,
+            s if s.is_redirection() => self.redirect(job, s, &answer).await,
             s if s.is_client_error() => Err(FetchError::Refused(format!("origin answered {s}"))),
             s => Err(FetchError::Origin(format!("origin answered {s}"))),
         }
@@ -308,13 +321,8 @@ impl Fetcher {
     }
 
     /// `206`: the chunk we asked for; store it and go on.
-    async fn partial(
-        &self,
-        chunk: &Chunk,
-        job: &mut Job,
-        headers: &http::HeaderMap,
-        body: Incoming,
-    ) -> Result<Outcome, FetchError> {
+    async fn partial(&self, job: &mut Job, answer: Answer) -> Result<Outcome, FetchError> {
+        let (chunk, headers) = (&answer.chunk, &answer.headers);
         let (id, have) = (chunk.id, chunk.have);
         let (a, b, total) = headers
             .get(header::CONTENT_RANGE)
@@ -335,7 +343,7 @@ impl Fetcher {
         let want = b + 1 - a;
         let longer = || FetchError::Origin("206 body longer than its Content-Range".into());
         let (writer, got) = self
-            .timed(chunk, self.store_body(&id, have, body, want, longer))
+            .timed(chunk, self.store_body(&id, have, answer.body, want, longer))
             .await??;
         if got != want {
             return Err(FetchError::Origin(format!(
@@ -372,13 +380,8 @@ impl Fetcher {
     /// `200`: the whole object. The origin ignores Range, or (with our
     /// If-Range) the object changed. Either way it replaces what we have,
     /// as one chunk.
-    async fn full(
-        &self,
-        chunk: &Chunk,
-        job: &mut Job,
-        headers: &http::HeaderMap,
-        body: Incoming,
-    ) -> Result<Outcome, FetchError> {
+    async fn full(&self, job: &mut Job, answer: Answer) -> Result<Outcome, FetchError> {
+        let (chunk, headers) = (&answer.chunk, &answer.headers);
         let id = chunk.id;
         if chunk.have > 0 {
             tracing::info!(
@@ -406,7 +409,7 @@ impl Fetcher {
         let (writer, got) = self
             .timed(
                 chunk,
-                self.store_body(&id, 0, body, limit, || too_large(limit + 1)),
+                self.store_body(&id, 0, answer.body, limit, || too_large(limit + 1)),
             )
             .await??;
         if !self.commit(&id, writer).await? {
@@ -419,12 +422,12 @@ impl Fetcher {
     /// `3xx`: follow the redirect at the next release (before any content).
     async fn redirect(
         &self,
-        chunk: &Chunk,
         job: &mut Job,
         status: StatusCode,
-        headers: &http::HeaderMap,
+        answer: &Answer,
     ) -> Result<Outcome, FetchError> {
-        let loc = headers
+        let loc = answer
+            .headers
             .get(header::LOCATION)
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| FetchError::Origin("redirect without Location".into()))?;
@@ -435,14 +438,14 @@ impl Fetcher {
         let next =
             resolve(&base, loc).ok_or_else(|| FetchError::Origin("unusable redirect".into()))?;
         let redirects = job.redirects + 1;
-        if redirects > self.cfg.max_redirects || chunk.have > 0 {
+        if redirects > self.cfg.max_redirects || answer.chunk.have > 0 {
             return Err(FetchError::Refused(format!(
                 "too many redirects or a redirect mid-download ({status})"
             )));
         }
         job.url = next;
         job.redirects = redirects;
-        self.save(&chunk.id, job).await?;
+        self.save(&answer.chunk.id, job).await?;
         Ok(Outcome::Again)
     }
 

@@ -103,6 +103,11 @@ fn error(status: StatusCode, code: &str, message: &str) -> Resp {
     json_response(status, &json!({ "error": code, "message": message }))
 }
 
+/// `503` for a storage failure (the client may try again).
+fn unavailable(e: &dyn std::fmt::Display) -> Resp {
+    error(StatusCode::SERVICE_UNAVAILABLE, "storage", &e.to_string())
+}
+
 fn parse_id(s: &str) -> Option<ItemId> {
     s.parse().ok()
 }
@@ -312,7 +317,7 @@ impl<S: Schedule> Api<S> {
         let rec = self
             .store
             .job(&id)
-            .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, "storage", &e.to_string()))?
+            .map_err(|e| unavailable(&e))?
             .ok_or_else(not_found)?;
         let job = Job::decode(&rec).ok_or_else(|| {
             error(
@@ -421,7 +426,7 @@ impl<S: Schedule> Api<S> {
         };
         let stored = match self.store.content_len(&id) {
             Ok(n) => n,
-            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "storage", &e.to_string()),
+            Err(e) => return unavailable(&e),
         };
         json_response(
             StatusCode::OK,
@@ -444,7 +449,7 @@ impl<S: Schedule> Api<S> {
         };
         // 204 once the removal is on disk (and the content file gone).
         if let Err(e) = self.store.delete_job(&id).await {
-            return error(StatusCode::SERVICE_UNAVAILABLE, "storage", &e.to_string());
+            return unavailable(&e);
         }
         let mut r = Response::new(full(Bytes::new()));
         *r.status_mut() = StatusCode::NO_CONTENT;
@@ -475,18 +480,6 @@ impl<S: Schedule> Api<S> {
             Some(h) if if_range_ok => parse_ranges(h, total),
             _ => None,
         };
-        let read = |a: u64, b: u64| -> Result<Option<Vec<u8>>, Resp> {
-            if b - a > MAX_RESPONSE {
-                return Err(error(
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    "too_large",
-                    "ask for smaller ranges",
-                ));
-            }
-            self.store
-                .read_content(&id, a, b)
-                .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, "storage", &e.to_string()))
-        };
         let with_headers = |status: StatusCode, body: Body, len: u64| {
             let mut r = Response::new(if head { full(Bytes::new()) } else { body });
             *r.status_mut() = status;
@@ -509,7 +502,7 @@ impl<S: Schedule> Api<S> {
             }
             self.store
                 .content_stored(&id, a, b)
-                .map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, "storage", &e.to_string()))
+                .map_err(|e| unavailable(&e))
         };
         match ranges {
             Some(r) if r.is_empty() => {
@@ -546,29 +539,10 @@ impl<S: Schedule> Api<S> {
             }
             Some(r) => {
                 let boundary = format!("dustmote-{:016x}", rand::random::<u64>());
-                let mut body = Vec::new();
-                for ByteRange { start, end } in r {
-                    let part = match read(start, end) {
-                        Ok(Some(b)) => b,
-                        Ok(None) => {
-                            return error(
-                                StatusCode::CONFLICT,
-                                "not_ready",
-                                "a requested range is not stored yet",
-                            )
-                        }
-                        Err(resp) => return resp,
-                    };
-                    body.extend_from_slice(
-                        format!(
-                            "\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes {start}-{}/{total}\r\n\r\n",
-                            end - 1
-                        )
-                        .as_bytes(),
-                    );
-                    body.extend_from_slice(&part);
-                }
-                body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+                let body = match self.multipart(id, total, &r, &boundary) {
+                    Ok(b) => b,
+                    Err(resp) => return resp,
+                };
                 let mut resp = base(StatusCode::PARTIAL_CONTENT, body);
                 if let Ok(v) =
                     HeaderValue::from_str(&format!("multipart/byteranges; boundary={boundary}"))
@@ -587,6 +561,48 @@ impl<S: Schedule> Api<S> {
         }
     }
 
+    /// The body of a `multipart/byteranges` answer (built in memory, each
+    /// part at most [`MAX_RESPONSE`] bytes).
+    fn multipart(
+        &self,
+        id: ItemId,
+        total: u64,
+        ranges: &[ByteRange],
+        boundary: &str,
+    ) -> Result<Vec<u8>, Resp> {
+        let mut body = Vec::new();
+        for &ByteRange { start, end } in ranges {
+            if end - start > MAX_RESPONSE {
+                return Err(error(
+                    StatusCode::RANGE_NOT_SATISFIABLE,
+                    "too_large",
+                    "ask for smaller ranges",
+                ));
+            }
+            let part = self
+                .store
+                .read_content(&id, start, end)
+                .map_err(|e| unavailable(&e))?
+                .ok_or_else(|| {
+                    error(
+                        StatusCode::CONFLICT,
+                        "not_ready",
+                        "a requested range is not stored yet",
+                    )
+                })?;
+            body.extend_from_slice(
+                format!(
+                    "\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes {start}-{}/{total}\r\n\r\n",
+                    end - 1
+                )
+                .as_bytes(),
+            );
+            body.extend_from_slice(&part);
+        }
+        body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+        Ok(body)
+    }
+
     /// Whether the request carries an operator's token.
     async fn operator(&self, headers: &HeaderMap) -> bool {
         match self.user(headers).await {
@@ -602,7 +618,7 @@ impl<S: Schedule> Api<S> {
     fn status_page(&self, operator: bool) -> Resp {
         let status = match (self.status)() {
             Ok(s) => s,
-            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "storage", &e.to_string()),
+            Err(e) => return unavailable(&e),
         };
         if !operator {
             return json_response(
@@ -624,7 +640,7 @@ impl<S: Schedule> Api<S> {
     fn metrics(&self) -> Resp {
         let status = match (self.status)() {
             Ok(s) => s,
-            Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, "storage", &e.to_string()),
+            Err(e) => return unavailable(&e),
         };
         let mut r = Response::new(full(status.metrics_text()));
         r.headers_mut().insert(

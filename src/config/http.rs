@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use dust_proxies::auth::Users;
 use serde::Deserialize;
 
+use super::units::users;
 use super::{invalid, Invalid};
 
 /// One `[[http.users]]` entry.
@@ -46,12 +47,10 @@ impl Http {
             // Jobs without a user are the mote's own (cover traffic).
             return Err(invalid("http.users.name", "a user needs a name"));
         }
-        let users = Users::new(
-            self.users
-                .iter()
-                .map(|u| (u.name.clone(), u.token_hash.clone())),
-        )
-        .map_err(|e| invalid("http.users.token_hash", e.to_string()))?;
+        let users = users(
+            "http.users.token_hash",
+            self.users.iter().map(|u| (&u.name, &u.token_hash)),
+        )?;
         let operators = self
             .users
             .iter()

@@ -5,11 +5,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use dust_mixer::delay::humantime_serde_compat as hts;
-use dust_proxies::auth::Users;
 use dust_proxies::mail::SanitizeOptions;
 use dust_proxies::smtp::SmtpConfig;
 use serde::Deserialize;
 
+use super::units::users;
 use super::{invalid, Invalid};
 
 /// One `[[smtp.users]]` entry.
@@ -92,12 +92,10 @@ impl Smtp {
         if self.command_timeout.is_zero() || self.data_timeout.is_zero() {
             return Err(invalid("smtp.command_timeout", "timeouts must be positive"));
         }
-        let users = Users::new(
-            self.users
-                .iter()
-                .map(|u| (u.name.clone(), u.password_hash.clone())),
-        )
-        .map_err(|e| invalid("smtp.users.password_hash", e.to_string()))?;
+        let users = users(
+            "smtp.users.password_hash",
+            self.users.iter().map(|u| (&u.name, &u.password_hash)),
+        )?;
         if self.require_auth && users.is_empty() {
             warnings.push(
                 "no [[smtp.users]] configured: every submission is refused (530); add a user with `dustmote passwd`"

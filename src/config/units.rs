@@ -1,9 +1,12 @@
 //! Values that several sections share: sizes, rates, `host:port`, CA
-//! files.
+//! files, user lists.
 
 use std::path::Path;
 
+use dust_proxies::auth::Users;
 use serde::Deserialize;
+
+use super::{invalid, Invalid};
 
 /// A size in bytes: an integer, or a string like `"64KiB"`, `"1MiB"`,
 /// `"2GiB"`, `"500kB"`.
@@ -98,6 +101,16 @@ pub fn read_ca(path: Option<&Path>) -> Result<Option<Vec<u8>>, String> {
         return Err(format!("{}: no PEM certificate in it", p.display()));
     }
     Ok(Some(pem))
+}
+
+/// Users from (name, argon2 PHC string) pairs; a bad hash is reported
+/// under `key`.
+pub fn users<'a>(
+    key: &str,
+    entries: impl Iterator<Item = (&'a String, &'a String)>,
+) -> Result<Users, Invalid> {
+    Users::new(entries.map(|(name, hash)| (name.clone(), hash.clone())))
+        .map_err(|e| invalid(key, e.to_string()))
 }
 
 /// Whether `u` is an absolute `http` or `https` URL with a host.
