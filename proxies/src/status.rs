@@ -7,8 +7,8 @@
 //! to: [`MixStatus`] in the mixer, [`QueueStats`] in storage,
 //! [`TransportStatus`] with the connectors, [`FetchCounts`] with the jobs),
 //! fill it where the binary assembles the status (`src/serve.rs`), and, if
-//! it is a number an operator would graph, add one line to
-//! [`Snapshot::encode`].
+//! it is a number an operator would graph, add one `put(...)` line to
+//! `Snapshot::encode` below.
 
 use std::fmt;
 use std::sync::Arc;
