@@ -688,3 +688,143 @@ fn an_expiring_mote_says_so_and_takes_no_new_mail() {
     assert!(text.contains(&format!("expires at: {soon}")), "{text}");
     assert!(sink.messages().is_empty());
 }
+
+/// The leaf parts of a message as Python's `email` package (a MIME parser we
+/// did not write) reads them: (content type, decoded payload) in order.
+fn mime_leaves(raw: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let script = r#"
+import email, email.policy, json, sys
+m = email.message_from_bytes(sys.stdin.buffer.read(), policy=email.policy.compat32)
+out = []
+for p in m.walk():
+    if p.is_multipart():
+        continue
+    payload = p.get_payload(decode=True)
+    if payload is None:
+        payload = p.as_bytes()
+    out.append([p.get_content_type(), payload.hex()])
+print(json.dumps(out))
+"#;
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(raw).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let v: Vec<(String, String)> = serde_json::from_slice(&out.stdout).unwrap();
+    v.into_iter()
+        .map(|(t, hex)| {
+            let bytes = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                .collect();
+            (t, bytes)
+        })
+        .collect()
+}
+
+/// Hostile or odd messages through smtplib to a real sink: a client's
+/// multipart comes out with fresh boundaries and no preamble or epilogue but
+/// the same parts (as Python's email parser reads them), top-level
+/// `Content-*` fields other than type, encoding and disposition are dropped;
+/// a bare CR in a header, a NUL, and a non-ASCII field name are refused with
+/// 550 5.6.0 and reach nobody; a message without a header keeps its body.
+#[test]
+fn hostile_messages_are_sanitized_or_refused_on_the_wire() {
+    let sink = Sink::start();
+    let mut cfg = MoteConfig::new(sink.port);
+    cfg.delay = r#"{ distribution = "constant", value = "200ms" }"#.into();
+    let mote = Mote::start(&cfg);
+    let dir = mote.dir.path();
+    let send = |name: &str, raw: &[u8]| {
+        let p = dir.join(name);
+        std::fs::write(&p, raw).unwrap();
+        smtplib_send(
+            mote.port,
+            Some("plain"),
+            PASSWORD,
+            "alice@example.org",
+            &["bob@example.net"],
+            &p,
+        )
+    };
+    let multipart: &[u8] = b"From: Alice <alice@example.org>\r\n\
+To: bob@example.net\r\n\
+Subject: multipart\r\n\
+Content-ID: <part1.ABC@laptop.home>\r\n\
+Content-Language: de-CH\r\n\
+Content-X-Originating-IP: 192.0.2.7\r\n\
+MIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed;\r\n boundary=\"------------t8M0mVqk0XyZ\"\r\n\
+\r\n\
+This is a multi-part message in MIME format.\r\n\
+--------------t8M0mVqk0XyZ\r\n\
+Content-Type: multipart/alternative;\r\n boundary=\"------------alt7Q\"\r\n\
+\r\n\
+--------------alt7Q\r\n\
+Content-Type: text/plain; charset=UTF-8; format=flowed\r\n\
+Content-Transfer-Encoding: 7bit\r\n\
+\r\n\
+plain text\r\n\
+--------------alt7Q\r\n\
+Content-Type: text/html; charset=UTF-8\r\n\
+Content-Transfer-Encoding: 7bit\r\n\
+\r\n\
+<p>html</p>\r\n\
+--------------alt7Q--\r\n\
+--------------t8M0mVqk0XyZ\r\n\
+Content-Type: application/octet-stream; name=\"a.bin\"\r\n\
+Content-Disposition: attachment; filename=\"a.bin\"\r\n\
+Content-Transfer-Encoding: base64\r\n\
+\r\n\
+AAECAwQFBgcICQ==\r\n\
+--------------t8M0mVqk0XyZ--\r\n\
+epilogue\r\n";
+    assert_eq!(send("multipart.eml", multipart)["ok"], true);
+    for (name, raw) in [
+        ("cr.eml", &b"Subject: a\rX-Injected: 1\r\n\r\nbody\r\n"[..]),
+        ("nul.eml", b"Subject: n\r\n\r\nbo\x00dy\r\n"),
+        (
+            "name.eml",
+            b"Subj\xc3\xa9ct: x\r\nSubject: y\r\n\r\nbody\r\n",
+        ),
+    ] {
+        let r = send(name, raw);
+        assert_refused(&r, "data", 550);
+        assert!(r["text"].as_str().unwrap().starts_with("5.6.0"), "{r}");
+    }
+    assert_eq!(
+        send("noheader.eml", b"just text, no header\r\n")["ok"],
+        true
+    );
+    let got = sink.wait_messages(2, Duration::from_secs(30));
+    let find = |needle: &[u8]| {
+        got.iter()
+            .find(|m| m.raw.windows(needle.len()).any(|w| w == needle))
+            .unwrap_or_else(|| panic!("no message with {:?}", String::from_utf8_lossy(needle)))
+    };
+    let m = find(b"Subject: multipart");
+    let text = String::from_utf8_lossy(&m.raw);
+    for gone in [
+        "t8M0mVqk0XyZ",
+        "alt7Q",
+        "laptop",
+        "de-CH",
+        "192.0.2.7",
+        "multi-part message",
+        "epilogue",
+    ] {
+        assert!(!text.contains(gone), "{gone:?} reached the sink:\n{text}");
+    }
+    assert_eq!(mime_leaves(&m.raw), mime_leaves(multipart));
+    assert_eq!(mime_leaves(&m.raw).len(), 3);
+    let m = find(b"just text, no header");
+    assert_eq!(m.split().1, b"just text, no header\r\n");
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(sink.messages().len(), 2, "nothing refused was delivered");
+    assert!(!mote.log().contains("panicked"), "{}", mote.log());
+}

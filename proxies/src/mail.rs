@@ -7,16 +7,23 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use mail_parser::MessageParser;
+use mail_parser::{MessageParser, MimeHeaders};
 use rand::Rng;
 
 /// The domain of generated Message-IDs: the same on every mote, so it says
 /// nothing about which mote (or machine) a message passed.
 pub const MESSAGE_ID_DOMAIN: &str = "dustmote.invalid";
 
-/// Header fields kept when `keep_threading` is off (compared ignoring case);
-/// every `Content-*` field is kept as well.
+/// Header fields kept when `keep_threading` is off (compared ignoring case).
 const ALLOWED: &[&str] = &["from", "to", "cc", "subject", "reply-to", "mime-version"];
+/// The `Content-*` fields kept: what a reader needs to decode and show the
+/// body. Others (`Content-ID`, `Content-Language`, invented ones) are
+/// dropped: they can name the sender's machine or locale.
+const CONTENT: &[&str] = &[
+    "content-type",
+    "content-transfer-encoding",
+    "content-disposition",
+];
 /// Kept only with `keep_threading`: they link a reply to its thread.
 const THREADING: &[&str] = &["in-reply-to", "references"];
 
@@ -96,12 +103,17 @@ fn take_str(rest: &mut &[u8]) -> Result<String, DecodeError> {
     String::from_utf8(b.to_vec()).map_err(|_| DecodeError)
 }
 
-/// Why a message was refused at sanitizing.
+/// Why a message was refused at sanitizing (SMTP `550 5.6.0`).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SanitizeError {
-    /// No header could be parsed at all.
-    #[error("the message has no parseable header")]
-    NoHeader,
+    /// A header field's name is not printable US-ASCII (RFC 5322 2.2).
+    #[error("a header field name is not printable US-ASCII")]
+    BadFieldName,
+    /// NUL, or a CR that does not end a line (RFC 5321 2.3.8; also not
+    /// allowed in 8BITMIME data): a bare CR inside a header could smuggle a
+    /// field past the allowlist at a next hop that ends lines at CR.
+    #[error("the message contains NUL or a bare CR")]
+    BareCrOrNul,
 }
 
 /// Sanitizer settings (`[smtp] keep_threading_headers`).
@@ -111,40 +123,137 @@ pub struct SanitizeOptions {
     pub keep_threading: bool,
 }
 
+/// How deep nested multiparts get their boundaries renewed; deeper ones
+/// keep theirs (a message nested this deep is crafted, not written).
+const MAX_MIME_DEPTH: usize = 16;
+
+/// One header field: its name and its bytes (continuation lines and the
+/// final CRLF included) at `start..end` of the entity.
+struct Field<'a> {
+    name: &'a [u8],
+    start: usize,
+    end: usize,
+}
+
+/// An entity's header fields and where its body starts.
+struct Head<'a> {
+    fields: Vec<Field<'a>>,
+    body_start: usize,
+}
+
+/// Split an entity into header fields and body. The header ends at the
+/// first empty line (which is not part of the body), or at the first line
+/// that is neither a field nor a continuation (which is): a message with no
+/// header at all is all body. A field whose name is not printable US-ASCII
+/// is refused.
+fn split_header(raw: &[u8]) -> Result<Head<'_>, SanitizeError> {
+    let mut fields: Vec<Field<'_>> = Vec::new();
+    let mut pos = 0;
+    while pos < raw.len() {
+        let end = raw[pos..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map_or(raw.len(), |i| pos + i + 2);
+        let line = &raw[pos..end];
+        if line == b"\r\n" {
+            return Ok(Head {
+                fields,
+                body_start: end,
+            });
+        }
+        if matches!(line[0], b' ' | b'\t') {
+            match fields.last_mut() {
+                Some(f) => {
+                    f.end = end;
+                    pos = end;
+                    continue;
+                }
+                None => break,
+            }
+        }
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            break;
+        };
+        let name = trim_wsp_end(&line[..colon]);
+        if name.is_empty() || name.iter().any(|&b| b == b' ' || b == b'\t') {
+            break;
+        }
+        if !name.iter().all(|&b| (33..=126).contains(&b)) {
+            return Err(SanitizeError::BadFieldName);
+        }
+        fields.push(Field {
+            name,
+            start: pos,
+            end,
+        });
+        pos = end;
+    }
+    Ok(Head {
+        fields,
+        body_start: pos,
+    })
+}
+
+fn trim_wsp_end(b: &[u8]) -> &[u8] {
+    let n = b
+        .iter()
+        .rposition(|&c| c != b' ' && c != b'\t')
+        .map_or(0, |i| i + 1);
+    &b[..n]
+}
+
+/// Refuse NUL and bare CR anywhere in the message.
+fn check_octets(raw: &[u8]) -> Result<(), SanitizeError> {
+    let bare_cr = raw
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == 0 || (b == b'\r' && raw.get(i + 1) != Some(&b'\n')));
+    if bare_cr {
+        return Err(SanitizeError::BareCrOrNul);
+    }
+    Ok(())
+}
+
+/// Whether the top-level header keeps a field named `name`.
+fn keep_field(name: &[u8], opts: SanitizeOptions) -> bool {
+    let is = |list: &[&str]| list.iter().any(|a| name.eq_ignore_ascii_case(a.as_bytes()));
+    is(ALLOWED) || is(CONTENT) || (opts.keep_threading && is(THREADING))
+}
+
 /// Rebuild `raw`'s header from the allowlist, add a fresh Message-ID, and
-/// append the body unchanged. `raw` must use CRLF line endings (the SMTP
-/// server normalizes them).
+/// give every multipart a fresh random boundary (the client's boundaries,
+/// preambles and epilogues identify the client); everything else in the
+/// body is copied byte for byte, including the headers of body parts and
+/// attached `message/rfc822` messages, which are the user's content. `raw`
+/// must use CRLF line endings (the SMTP server normalizes them).
 pub fn sanitize<G: Rng + ?Sized>(
     raw: &[u8],
     opts: SanitizeOptions,
     rng: &mut G,
 ) -> Result<Vec<u8>, SanitizeError> {
-    let parsed = MessageParser::new()
-        .parse(raw)
-        .ok_or(SanitizeError::NoHeader)?;
-    let body_start = (parsed.root_part().offset_body as usize).min(raw.len());
+    check_octets(raw)?;
+    let head = split_header(raw)?;
     let mut out = Vec::with_capacity(raw.len() + 64);
-    for h in parsed.headers() {
-        let name = h.name.as_str();
-        let keep = ALLOWED.iter().any(|a| name.eq_ignore_ascii_case(a))
-            || (name.len() > 8 && name[..8].eq_ignore_ascii_case("content-"))
-            || (opts.keep_threading && THREADING.iter().any(|a| name.eq_ignore_ascii_case(a)));
-        if !keep {
-            continue;
-        }
-        let (start, end) = (
-            h.offset_field as usize,
-            (h.offset_end as usize).min(body_start),
-        );
-        if start >= end {
-            continue;
-        }
-        let field = &raw[start..end];
-        out.extend_from_slice(field);
-        if !field.ends_with(b"\r\n") {
-            out.extend_from_slice(b"\r\n");
+    let kept: Vec<&Field<'_>> = head
+        .fields
+        .iter()
+        .filter(|f| keep_field(f.name, opts))
+        .collect();
+    let mut entity = Vec::new();
+    for f in &kept {
+        entity.extend_from_slice(&raw[f.start..f.end]);
+        if !entity.ends_with(b"\r\n") {
+            entity.extend_from_slice(b"\r\n");
         }
     }
+    let header_len = entity.len();
+    entity.extend_from_slice(b"\r\n");
+    entity.extend_from_slice(&raw[head.body_start..]);
+    // The kept fields and the body, with boundaries renewed; then the
+    // Message-ID goes in before the empty line.
+    let renewed = renew_boundaries(&entity, rng, 0);
+    let split = header_end(&renewed).unwrap_or(header_len);
+    out.extend_from_slice(&renewed[..split]);
     let id: [u8; 16] = rng.random();
     out.extend_from_slice(b"Message-ID: <");
     for b in id {
@@ -152,15 +261,178 @@ pub fn sanitize<G: Rng + ?Sized>(
     }
     out.extend_from_slice(b"@");
     out.extend_from_slice(MESSAGE_ID_DOMAIN.as_bytes());
-    out.extend_from_slice(b">\r\n\r\n");
-    out.extend_from_slice(body_of(raw, body_start));
+    out.extend_from_slice(b">\r\n");
+    out.extend_from_slice(&renewed[split..]);
     Ok(out)
 }
 
-/// The body: everything after the empty line that ends the header. The
-/// parser's `offset_body` points just past that line.
-fn body_of(raw: &[u8], body_start: usize) -> &[u8] {
-    &raw[body_start..]
+/// The length of an entity's header (up to, not including, the empty line).
+fn header_end(entity: &[u8]) -> Option<usize> {
+    if entity.starts_with(b"\r\n") {
+        return Some(0);
+    }
+    entity
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 2)
+}
+
+/// The entity (header, empty line, body) with its multipart boundary, and
+/// those of every multipart inside it, replaced by fresh random ones, and
+/// the preambles and epilogues dropped (MIME readers ignore them; clients
+/// fill them with their own text). Entities that are not multipart, whose
+/// delimiters cannot be found or whose header does not parse come back
+/// unchanged, and so do `message/rfc822` parts (they are not multipart).
+fn renew_boundaries<G: Rng + ?Sized>(entity: &[u8], rng: &mut G, depth: usize) -> Vec<u8> {
+    let unchanged = || entity.to_vec();
+    if depth >= MAX_MIME_DEPTH {
+        return unchanged();
+    }
+    let Ok(head) = split_header(entity) else {
+        return unchanged();
+    };
+    let Some(ct) = head
+        .fields
+        .iter()
+        .find(|f| f.name.eq_ignore_ascii_case(b"content-type"))
+    else {
+        return unchanged();
+    };
+    let Some(renewal) = multipart_field(&entity[ct.start..ct.end], rng) else {
+        return unchanged();
+    };
+    let Some(parts) = split_parts(&entity[head.body_start..], renewal.old.as_bytes()) else {
+        return unchanged();
+    };
+    let mut out = Vec::with_capacity(entity.len() + 64);
+    for f in &head.fields {
+        if std::ptr::eq(f, ct) {
+            out.extend_from_slice(&renewal.field);
+        } else {
+            out.extend_from_slice(&entity[f.start..f.end]);
+        }
+    }
+    // The empty line that ends the header.
+    out.extend_from_slice(b"\r\n");
+    let delimiter = format!("--{}", renewal.new);
+    for (i, part) in parts.iter().enumerate() {
+        // The CRLF before a delimiter belongs to the delimiter.
+        if i > 0 {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(delimiter.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&renew_boundaries(part, rng, depth + 1));
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(delimiter.as_bytes());
+    out.extend_from_slice(b"--\r\n");
+    out
+}
+
+/// A multipart's Content-Type field rebuilt with a fresh boundary.
+struct Renewal {
+    /// The new field (CRLF included).
+    field: Vec<u8>,
+    /// The boundary the body uses now.
+    old: String,
+    /// The one it gets.
+    new: String,
+}
+
+/// If `field` (a Content-Type field) names a multipart with a boundary:
+/// the field rebuilt with a fresh random boundary, its other parameters
+/// (`type`, `protocol`, `micalg`, ...) kept.
+fn multipart_field<G: Rng + ?Sized>(field: &[u8], rng: &mut G) -> Option<Renewal> {
+    let parsed = MessageParser::new().parse_headers(field)?;
+    let ct = parsed.content_type()?;
+    if !ct.ctype().eq_ignore_ascii_case("multipart") {
+        return None;
+    }
+    let old = ct.attribute("boundary")?.to_string();
+    let hex: [u8; 16] = rng.random();
+    // "=_" cannot occur in base64 or quoted-printable text.
+    let new: String = std::iter::once("=_".to_string())
+        .chain(hex.iter().map(|b| format!("{b:02x}")))
+        .collect();
+    let mut out = format!(
+        "Content-Type: multipart/{}",
+        ct.subtype().unwrap_or("mixed")
+    );
+    for a in ct.attributes().unwrap_or_default() {
+        let value = if a.name == "boundary" {
+            &new
+        } else {
+            &*a.value
+        };
+        push_param(&mut out, &a.name, value);
+    }
+    out.push_str("\r\n");
+    Some(Renewal {
+        field: out.into_bytes(),
+        old,
+        new,
+    })
+}
+
+/// `; name="value"`, or `; name*=utf-8''...` (RFC 2231) if the value is not
+/// printable ASCII.
+fn push_param(out: &mut String, name: &str, value: &str) {
+    if value.bytes().all(|b| (32..=126).contains(&b)) {
+        out.push_str(&format!("; {name}=\""));
+        for c in value.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+    } else {
+        out.push_str(&format!("; {name}*=utf-8''"));
+        for b in value.bytes() {
+            if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+    }
+}
+
+/// The parts of a multipart body between its `--boundary` lines (without
+/// the CRLF before each delimiter, which belongs to the delimiter); `None`
+/// if there is no delimiter. A missing close delimiter ends the last part
+/// at the end of the body.
+fn split_parts<'a>(body: &'a [u8], boundary: &[u8]) -> Option<Vec<&'a [u8]>> {
+    let mut parts = Vec::new();
+    let mut start: Option<usize> = None;
+    let mut pos = 0;
+    while pos < body.len() {
+        let end = body[pos..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map_or(body.len(), |i| pos + i + 2);
+        let line = body[pos..end]
+            .strip_suffix(b"\r\n")
+            .unwrap_or(&body[pos..end]);
+        let rest = line
+            .strip_prefix(b"--")
+            .and_then(|l| l.strip_prefix(boundary))
+            .map(trim_wsp_end);
+        if let Some(rest @ (b"" | b"--")) = rest {
+            if let Some(s) = start {
+                let part = &body[s..pos];
+                parts.push(part.strip_suffix(b"\r\n").unwrap_or(part));
+            }
+            if rest == b"--" {
+                return Some(parts);
+            }
+            start = Some(end);
+        }
+        pos = end;
+    }
+    parts.push(&body[start?..]);
+    Some(parts)
 }
 
 /// The message as sent: a `Date:` field for `now` (UTC) in front of the
@@ -290,6 +562,176 @@ From: not a header\r\n\
         let out = sanitize(b"Subject: x\r\n", SanitizeOptions::default(), &mut rng).expect("ok");
         assert!(out.starts_with(b"Subject: x\r\nMessage-ID: <"));
         assert!(out.ends_with(b"@dustmote.invalid>\r\n\r\n"));
+    }
+
+    fn clean(raw: &[u8]) -> Result<Vec<u8>, SanitizeError> {
+        sanitize(
+            raw,
+            SanitizeOptions::default(),
+            &mut StdRng::seed_from_u64(9),
+        )
+    }
+
+    #[test]
+    fn only_three_content_fields_pass() {
+        let out = clean(
+            b"Subject: s\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: 7bit\r\n\
+              Content-Disposition: inline\r\nContent-ID: <part1.ABC@laptop.home>\r\n\
+              Content-Language: de-CH\r\nContent-X-Originating-IP: 192.0.2.7\r\n\
+              Content-Description: x\r\n\r\nbody\r\n",
+        )
+        .expect("ok");
+        let text = String::from_utf8(out).expect("ascii");
+        for kept in [
+            "Content-Type: text/plain\r\n",
+            "Content-Transfer-Encoding: 7bit\r\n",
+            "Content-Disposition: inline\r\n",
+        ] {
+            assert!(text.contains(kept), "{kept:?} missing: {text}");
+        }
+        for gone in ["laptop", "de-CH", "192.0.2.7", "Content-Description"] {
+            assert!(!text.contains(gone), "{gone:?} passed: {text}");
+        }
+    }
+
+    #[test]
+    fn bare_cr_nul_and_bad_field_names_are_refused_without_a_panic() {
+        assert_eq!(
+            clean(b"Subject: a\rX-Injected: 1\r\n\r\nbody\r\n"),
+            Err(SanitizeError::BareCrOrNul)
+        );
+        assert_eq!(
+            clean(b"Subject: a\r\n\r\nbo\0dy\r\n"),
+            Err(SanitizeError::BareCrOrNul)
+        );
+        assert_eq!(
+            clean(b"Subject: a\r\n\r\nend\r"),
+            Err(SanitizeError::BareCrOrNul)
+        );
+        for name in [&b"Subj\xc3\xa9ct"[..], b"Content-\xc3\xa9", b"X\x01Y"] {
+            let mut raw = name.to_vec();
+            raw.extend_from_slice(b": x\r\nSubject: y\r\n\r\nbody\r\n");
+            assert_eq!(clean(&raw), Err(SanitizeError::BadFieldName), "{name:?}");
+        }
+        // A non-ASCII byte in a body line is content, not a field name.
+        assert!(clean(b"Subject: y\r\n\r\nGr\xc3\xbc\xc3\x9fe: hallo\r\n").is_ok());
+    }
+
+    #[test]
+    fn a_message_without_a_header_keeps_its_body() {
+        for (raw, body) in [
+            (
+                &b"just text\r\nmore: text\r\n"[..],
+                &b"just text\r\nmore: text\r\n"[..],
+            ),
+            (b"\r\nbody only\r\n", b"body only\r\n"),
+            // A line that is not a field ends the header and starts the body.
+            (
+                b"Subject: s\r\nno colon line\r\nmore\r\n",
+                b"no colon line\r\nmore\r\n",
+            ),
+        ] {
+            let out = clean(raw).expect("ok");
+            let (_, got) = header_and_body(&out);
+            assert_eq!(got, body, "{:?}", String::from_utf8_lossy(raw));
+        }
+    }
+
+    /// A Thunderbird-like message: nested multiparts with the client's own
+    /// boundaries, preamble and epilogue, and an attached message.
+    const MULTIPART: &[u8] = b"From: a@example.org\r\n\
+MIME-Version: 1.0\r\n\
+Content-Type: multipart/mixed;\r\n boundary=\"------------t8M0mVqk0XyZ\"\r\n\
+\r\n\
+This is a multi-part message in MIME format.\r\n\
+--------------t8M0mVqk0XyZ\r\n\
+Content-Type: multipart/alternative;\r\n boundary=\"------------alt7Q\"\r\n\
+\r\n\
+--------------alt7Q\r\n\
+Content-Type: text/plain; charset=UTF-8\r\n\
+\r\n\
+plain text\r\n\
+--------------alt7Q\r\n\
+Content-Type: text/html; charset=UTF-8\r\n\
+\r\n\
+<p>html</p>\r\n\
+--------------alt7Q--\r\n\
+\r\n\
+--------------t8M0mVqk0XyZ\r\n\
+Content-Type: message/rfc822\r\n\
+\r\n\
+Subject: inner\r\n\
+Content-Type: multipart/mixed; boundary=\"inner-b\"\r\n\
+\r\n\
+--inner-b\r\n\
+\r\n\
+inner part\r\n\
+--inner-b--\r\n\
+\r\n\
+--------------t8M0mVqk0XyZ--\r\n\
+epilogue from the client\r\n";
+
+    #[test]
+    fn multipart_boundaries_are_renewed_at_every_level() {
+        let out = clean(MULTIPART).expect("ok");
+        let text = String::from_utf8(out).expect("ascii");
+        for gone in ["t8M0mVqk0XyZ", "alt7Q", "multi-part message", "epilogue"] {
+            assert!(!text.contains(gone), "{gone:?} survived:\n{text}");
+        }
+        // The attached message is content: its boundary stays.
+        assert!(
+            text.contains("--inner-b\r\n\r\ninner part\r\n--inner-b--"),
+            "{text}"
+        );
+        // Two fresh boundaries, each declared once and used as delimiters.
+        let declared: Vec<&str> = text
+            .match_indices("boundary=\"=_")
+            .map(|(i, _)| &text[i + 10..i + 10 + 34])
+            .collect();
+        assert_eq!(declared.len(), 2, "{text}");
+        assert_ne!(declared[0], declared[1]);
+        let (outer, inner) = (declared[0], declared[1]);
+        assert_eq!(text.matches(&format!("--{outer}\r\n")).count(), 2, "{text}");
+        assert_eq!(
+            text.matches(&format!("--{outer}--\r\n")).count(),
+            1,
+            "{text}"
+        );
+        assert_eq!(text.matches(&format!("--{inner}\r\n")).count(), 2, "{text}");
+        assert_eq!(
+            text.matches(&format!("--{inner}--\r\n")).count(),
+            1,
+            "{text}"
+        );
+        // Parts are byte for byte what they were.
+        for part in [
+            "Content-Type: text/plain; charset=UTF-8\r\n\r\nplain text\r\n--",
+            "Content-Type: text/html; charset=UTF-8\r\n\r\n<p>html</p>\r\n--",
+        ] {
+            assert!(text.contains(part), "{part:?}:\n{text}");
+        }
+        // mail-parser reads the same structure from the result as from the
+        // original.
+        let before = MessageParser::new().parse(MULTIPART).expect("parses");
+        let after = MessageParser::new().parse(text.as_bytes()).expect("parses");
+        assert_eq!(after.body_text(0).as_deref(), Some("plain text"));
+        assert_eq!(after.body_html(0).as_deref(), Some("<p>html</p>"));
+        assert_eq!(after.body_text(0), before.body_text(0));
+        assert_eq!(after.body_html(0), before.body_html(0));
+        assert_eq!(after.attachment_count(), before.attachment_count());
+        assert_eq!(after.attachment_count(), 1);
+        assert_eq!(
+            after.attachment(0).map(|a| a.contents()),
+            before.attachment(0).map(|a| a.contents())
+        );
+    }
+
+    #[test]
+    fn a_multipart_without_its_delimiters_is_left_alone() {
+        let raw = b"Content-Type: multipart/mixed; boundary=\"nowhere\"\r\n\r\nplain\r\n";
+        let out = clean(raw).expect("ok");
+        assert!(out.starts_with(b"Content-Type: multipart/mixed; boundary=\"nowhere\"\r\n"));
+        assert!(out.ends_with(b"\r\n\r\nplain\r\n"));
     }
 
     #[test]

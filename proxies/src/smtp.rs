@@ -20,7 +20,7 @@ use tokio::sync::{watch, Semaphore};
 use tor_rtcompat::{Blocking, SleepProvider};
 
 use crate::auth::Users;
-use crate::mail::{sanitize, SanitizeOptions, StoredMail};
+use crate::mail::{sanitize, SanitizeError, SanitizeOptions, StoredMail};
 
 /// Settings of the SMTP endpoint (`[smtp]`).
 #[derive(Debug, Clone)]
@@ -185,7 +185,12 @@ enum Line {
     /// A complete line, terminator included (in the buffer).
     Ok,
     /// Longer than the limit; consumed up to its end and discarded.
-    TooLong,
+    /// `crlf`: whether it ended in CRLF (not a bare LF), which decides
+    /// whether a `.` line after it ends DATA.
+    TooLong {
+        /// Ended in CRLF.
+        crlf: bool,
+    },
     /// The peer closed the connection.
     Eof,
 }
@@ -198,6 +203,9 @@ async fn read_line<R: AsyncRead + Unpin>(
 ) -> std::io::Result<Line> {
     out.clear();
     let mut too_long = false;
+    // The byte consumed last (for a CR right before an LF in the next
+    // buffer).
+    let mut prev = 0u8;
     loop {
         let buf = rd.fill_buf().await?;
         if buf.is_empty() {
@@ -213,9 +221,18 @@ async fn read_line<R: AsyncRead + Unpin>(
             too_long = true;
             out.clear();
         }
+        let crlf = match take {
+            1 => prev == b'\r',
+            n => buf[n - 2] == b'\r',
+        };
+        prev = buf[take - 1];
         rd.consume(take);
         if done {
-            return Ok(if too_long { Line::TooLong } else { Line::Ok });
+            return Ok(if too_long {
+                Line::TooLong { crlf }
+            } else {
+                Line::Ok
+            });
         }
     }
 }
@@ -326,7 +343,7 @@ where
             };
             let flow = match line {
                 Line::Eof => return Ok(()),
-                Line::TooLong => self.error("500 5.5.2 Line too long").await?,
+                Line::TooLong { .. } => self.error("500 5.5.2 Line too long").await?,
                 Line::Ok => {
                     let text = trim_eol(&self.line);
                     match std::str::from_utf8(text) {
@@ -517,9 +534,9 @@ where
             };
             match line {
                 Line::Eof => return Ok(Flow::Close),
-                Line::TooLong => {
+                Line::TooLong { crlf } => {
                     too_long = true;
-                    after_crlf = true;
+                    after_crlf = crlf;
                     continue;
                 }
                 Line::Ok => {}
@@ -559,9 +576,14 @@ where
         };
         let message = match sanitized {
             Ok(m) => m,
-            Err(_) => {
-                self.reply("550 5.6.0 Message has no parseable header")
-                    .await?;
+            Err(e) => {
+                let reply = match e {
+                    SanitizeError::BadFieldName => {
+                        "550 5.6.0 Header field name is not printable US-ASCII"
+                    }
+                    SanitizeError::BareCrOrNul => "550 5.6.0 Message contains NUL or bare CR",
+                };
+                self.reply(reply).await?;
                 return Ok(Flow::Continue);
             }
         };
@@ -609,7 +631,7 @@ where
         match read {
             Err(_) | Ok(Ok(Line::Eof)) => Err(std::io::ErrorKind::UnexpectedEof.into()),
             Ok(Err(e)) => Err(e),
-            Ok(Ok(Line::TooLong)) => Ok(Err("500 5.5.2 Line too long")),
+            Ok(Ok(Line::TooLong { .. })) => Ok(Err("500 5.5.2 Line too long")),
             Ok(Ok(Line::Ok)) => {
                 let t = trim_eol(&self.line);
                 if t == b"*" {

@@ -394,3 +394,39 @@ async fn idle_sessions_time_out_with_421() {
     );
     assert!(r.capture.stored.lock().unwrap().is_empty());
 }
+
+/// An over-long line that ends in a bare LF does not make the next `.` line
+/// the end of DATA (so the lines after it are never run as commands); one
+/// that ends in CRLF does.
+#[tokio::test]
+async fn a_dot_after_an_over_long_bare_lf_line_does_not_end_data() {
+    let r = start(config()).await;
+    let (mut c, _) = Client::connect(r.port).await;
+    c.login().await;
+    for (end, dot_ends_data) in [("\n", false), ("\r\n", true)] {
+        assert!(c
+            .cmd("MAIL FROM:<a@example.org>\r\n")
+            .await
+            .starts_with("250 "));
+        assert!(c
+            .cmd("RCPT TO:<b@example.net>\r\n")
+            .await
+            .starts_with("250 "));
+        assert!(c.cmd("DATA\r\n").await.starts_with("354 "));
+        let long = "x".repeat(1200);
+        let reply = c
+            .cmd(&format!("Subject: t\r\n\r\n{long}{end}.\r\nQUIT\r\n.\r\n"))
+            .await;
+        assert!(reply.starts_with("500 5.5.2"), "{reply}");
+        assert!(r.capture.stored.lock().unwrap().is_empty());
+        // If the first "." ended DATA, QUIT ran (221) and the last "." is a
+        // command (500 5.5.1 or a closed connection).
+        let next = c.cmd("NOOP\r\n").await;
+        if dot_ends_data {
+            assert!(next.starts_with("221 "), "{next}");
+            return;
+        }
+        assert!(next.starts_with("250 "), "{next}");
+    }
+    unreachable!("the CRLF case returns");
+}
