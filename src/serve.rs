@@ -238,7 +238,8 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<(
         status,
         Arc::new(mixer.clone()),
     );
-    let http_task = tokio::spawn(api.serve(http_listener, stop_rx.clone()));
+    let http_task =
+        tokio::spawn(api.serve(http_listener, stop_rx.clone(), config.http.max_connections));
     tracing::info!(smtp = %config.smtp.listen, http = %config.http.listen, "dustmote is running");
     let stop_on_signal = Arc::clone(&stop_tx);
     tokio::spawn(async move {

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use common::origins::{Nginx, PyHttp};
+use common::origins::{Endless, Nginx, PyHttp};
 use common::*;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -464,4 +464,69 @@ fn https_origins_are_fetched_with_an_extra_ca() {
     client.wait_ready(&id);
     assert_eq!(client.content(&id), data);
     assert!(nginx.requests().len() >= 4, "in chunks over TLS");
+}
+
+/// The limits hold when the origin never says how large the object is
+/// (`206` with `Content-Range: bytes A-B/*`): the bytes are counted as they
+/// arrive, per job and per user; a failed job's content is removed. A
+/// redirect out of http(s) is not followed.
+#[test]
+fn limits_hold_without_a_known_size_and_redirects_stay_on_http() {
+    let nginx = Nginx::start();
+    let endless = Endless::start();
+    let sink = Sink::start();
+    let fast = "chunk = { min = \"64KiB\", max = \"64KiB\" }\ndelay = { distribution = \"constant\", value = \"5ms\" }\nallow_private_addresses = true\n";
+    let failed = |client: &Client, id: &str| {
+        wait_for(Duration::from_secs(60), || {
+            let v = client.state(id);
+            (v["state"] == "failed").then_some(v)
+        })
+        .unwrap_or_else(|| panic!("{}", client.state(id)))
+    };
+    // Per job: 512 KiB are 8 chunks; the 9th request is refused.
+    let mut cfg = MoteConfig::new(sink.port);
+    cfg.extra = format!("[fetch]\n{fast}max_job_bytes = \"512KiB\"\n");
+    let mote = Mote::start(&cfg);
+    let client = Client::new(&mote);
+    let id = client.add(&endless.url("job"));
+    let v = failed(&client, &id);
+    assert!(
+        v["reason"].as_str().unwrap().contains("per-job limit"),
+        "{v}"
+    );
+    assert_eq!(v["bytes_stored"], 0, "{v}");
+    assert_eq!(endless.requests("job"), 9);
+    // A redirect to gopher:// fails the job; nothing else is asked.
+    let id = client.add(&format!("http://127.0.0.1:{}/gopher", nginx.port));
+    let v = failed(&client, &id);
+    assert!(
+        v["reason"].as_str().unwrap().contains("not http or https"),
+        "{v}"
+    );
+    assert_eq!(
+        nginx.requests().iter().filter(|r| r.0 == "/gopher").count(),
+        1
+    );
+    drop(mote);
+    // Per user: two endless jobs share 768 KiB (12 chunks); each fails at
+    // the user's limit, having asked for at most one chunk beyond it.
+    let mut cfg = MoteConfig::new(sink.port);
+    cfg.extra = format!("[fetch]\n{fast}max_user_bytes = \"768KiB\"\n");
+    let mote = Mote::start(&cfg);
+    let client = Client::new(&mote);
+    let ids = [
+        client.add(&endless.url("u1")),
+        client.add(&endless.url("u2")),
+    ];
+    for id in &ids {
+        let v = failed(&client, id);
+        assert!(
+            v["reason"].as_str().unwrap().contains("per-user limit"),
+            "{v}"
+        );
+    }
+    for name in ["u1", "u2"] {
+        let n = endless.requests(name);
+        assert!((1..=13).contains(&n), "{name}: {n} requests");
+    }
 }

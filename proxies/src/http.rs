@@ -27,17 +27,26 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::auth::Users;
-use crate::job::{Job, JobState, Schedule, ScheduleError};
+use crate::job::{is_http_url, Job, JobState, Schedule, ScheduleError};
 use crate::status::{StatusFn, OPENMETRICS_TYPE};
 
 /// Largest request body accepted (job requests are small JSON objects).
 const MAX_BODY: usize = 16 * 1024;
-/// Largest part of a multi-range response, which is built in memory
-/// (single ranges and whole files are streamed); larger parts get 416.
-const MAX_RESPONSE: u64 = 256 << 20;
+/// Largest multi-range response, which is built in memory (single ranges
+/// and whole files are streamed): the sum of its ranges. Beyond it: 416
+/// (overlapping ranges would otherwise multiply one file many times over).
+const MAX_RESPONSE: u64 = 64 << 20;
+/// Most ranges in one multi-range request (each is a store read); beyond
+/// it: 416.
+const MAX_RANGES: usize = 64;
+/// Bound on a request's header, and on an idle keep-alive connection.
+const HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Bound on reading a request body ([`MAX_BODY`] in this time is a minimum
+/// rate of about 0.5 KiB/s): a body trickled slower holds no connection.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The API server; new jobs enter the mix through `S`.
 pub struct Api<S> {
@@ -205,12 +214,24 @@ impl<S: Schedule> Api<S> {
     }
 
     /// Serve until `shutdown` turns true.
+    /// Serve until `shutdown` turns true, at most `max_connections`
+    /// connections at once: a slot is taken before `accept`, so further
+    /// clients wait in the kernel's backlog instead of costing memory here.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         mut shutdown: watch::Receiver<bool>,
+        max_connections: usize,
     ) {
+        let slots = Arc::new(Semaphore::new(max_connections));
         loop {
+            let permit = tokio::select! {
+                p = Arc::clone(&slots).acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+            };
             let (sock, _peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
                 c = listener.accept() => match c {
                     Ok(c) => c,
@@ -230,11 +251,12 @@ impl<S: Schedule> Api<S> {
                 });
                 let conn = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
-                    .header_read_timeout(std::time::Duration::from_secs(30))
+                    .header_read_timeout(HEADER_TIMEOUT)
                     .serve_connection(TokioIo::new(sock), svc);
                 if let Err(e) = conn.await {
                     tracing::debug!(error = %e, "HTTP connection ended with an error");
                 }
+                drop(permit);
             });
         }
     }
@@ -334,13 +356,21 @@ impl<S: Schedule> Api<S> {
     }
 
     async fn create(&self, user: &str, req: Request<Incoming>) -> Resp {
-        let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
-            Ok(b) => b.to_bytes(),
-            Err(_) => {
+        let read = Limited::new(req.into_body(), MAX_BODY).collect();
+        let body = match tokio::time::timeout(BODY_TIMEOUT, read).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(_)) => {
                 return error(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "body_too_large",
                     "request body too large",
+                )
+            }
+            Err(_) => {
+                return error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    "the request body did not arrive in time",
                 )
             }
         };
@@ -349,7 +379,7 @@ impl<S: Schedule> Api<S> {
             Err(e) => return error(StatusCode::BAD_REQUEST, "bad_json", &e.to_string()),
         };
         let url = match http::Uri::try_from(new.url.as_str()) {
-            Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => u,
+            Ok(u) if is_http_url(&new.url) => u,
             _ => {
                 return error(
                     StatusCode::BAD_REQUEST,
@@ -561,8 +591,8 @@ impl<S: Schedule> Api<S> {
         }
     }
 
-    /// The body of a `multipart/byteranges` answer (built in memory, each
-    /// part at most [`MAX_RESPONSE`] bytes).
+    /// The body of a `multipart/byteranges` answer (built in memory: at
+    /// most [`MAX_RANGES`] parts of at most [`MAX_RESPONSE`] bytes in all).
     fn multipart(
         &self,
         id: ItemId,
@@ -570,15 +600,16 @@ impl<S: Schedule> Api<S> {
         ranges: &[ByteRange],
         boundary: &str,
     ) -> Result<Vec<u8>, Resp> {
+        let sum: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+        if ranges.len() > MAX_RANGES || sum > MAX_RESPONSE {
+            return Err(error(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                "too_large",
+                "ask for fewer or smaller ranges",
+            ));
+        }
         let mut body = Vec::new();
         for &ByteRange { start, end } in ranges {
-            if end - start > MAX_RESPONSE {
-                return Err(error(
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    "too_large",
-                    "ask for smaller ranges",
-                ));
-            }
             let part = self
                 .store
                 .read_content(&id, start, end)

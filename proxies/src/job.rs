@@ -11,6 +11,13 @@ use futures::task::Spawn;
 use serde::{Deserialize, Serialize};
 use tor_rtcompat::{Blocking, SleepProvider};
 
+/// Whether `url` is an absolute `http` or `https` URL with a host: the only
+/// URLs a job fetches (or is redirected to).
+pub fn is_http_url(url: &str) -> bool {
+    url.parse::<http::Uri>()
+        .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some())
+}
+
 /// State of a fetch job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

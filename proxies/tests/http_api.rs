@@ -42,6 +42,10 @@ impl Schedule for Durable {
 }
 
 async fn start() -> Server {
+    start_with(64).await
+}
+
+async fn start_with(max_connections: usize) -> Server {
     let store = Store::temporary().unwrap();
     let users = Users::new([
         (
@@ -71,7 +75,7 @@ async fn start() -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
     let (stop, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(api.serve(listener, rx));
+    tokio::spawn(api.serve(listener, rx, max_connections));
     Server {
         base,
         store,
@@ -348,6 +352,18 @@ async fn content_is_served_with_ranges_resumably() {
                 data[5000..].to_vec()
             )
         );
+        // Many ranges, or overlapping ranges that would repeat the content
+        // past the in-memory bound: 416, nothing built.
+        let many: Vec<String> = (0..1000).map(|i| format!("{i}-{i}")).collect();
+        let repeated: Vec<String> = (0..30).map(|_| "0-".to_string()).collect();
+        for ranges in [many.join(","), repeated.join(",")] {
+            let (code, _, body) = curl([auth(TOKEN), args(&["-r", &ranges, &url])].concat()).await;
+            assert_eq!(code, 416, "{}", String::from_utf8_lossy(&body));
+            assert_eq!(
+                serde_json::from_slice::<Value>(&body).unwrap()["error"],
+                "too_large"
+            );
+        }
     }
     // Not ready: 409 without a Range, 206 for a range that is complete.
     let data: Vec<u8> = (0..200_000u32).map(|i| i as u8).collect();
@@ -395,4 +411,61 @@ print(json.dumps(out))
             (r, bytes)
         })
         .collect()
+}
+
+/// A raw HTTP/1.1 client on a plain socket (for what curl cannot do: hold
+/// a connection idle, trickle a body).
+async fn raw(base: &str) -> tokio::net::TcpStream {
+    let addr = base.trim_start_matches("http://");
+    tokio::net::TcpStream::connect(addr).await.unwrap()
+}
+
+/// Read until the peer closes or `limit` of simulated time passes; what
+/// arrived.
+async fn read_for(s: &mut tokio::net::TcpStream, limit: std::time::Duration) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(limit, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// In simulated time: a body trickled slower than the minimum rate gets
+/// 408 after the body timeout; an idle connection is closed after the
+/// header timeout; and beyond `max_connections` a client waits until a
+/// slot is free (here: until the idle one is closed).
+#[tokio::test(start_paused = true)]
+async fn slow_bodies_idle_connections_and_the_connection_limit() {
+    use std::time::Duration;
+    use tokio::io::AsyncWriteExt;
+    let s = start_with(1).await;
+    // The only slot: a connection that sends nothing.
+    let mut idle = raw(&s.base).await;
+    // A second client is not served while the idle one holds the slot.
+    let mut waiting = raw(&s.base).await;
+    waiting
+        .write_all(b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(read_for(&mut waiting, Duration::from_secs(20)).await, "");
+    // The idle connection is closed at the header timeout (30 s) ...
+    assert_eq!(read_for(&mut idle, Duration::from_secs(60)).await, "");
+    // ... and then the waiting client is served.
+    let answer = read_for(&mut waiting, Duration::from_secs(5)).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    // A body that stops after its first byte: 408 after 30 s.
+    let mut slow = raw(&s.base).await;
+    let head = format!(
+        "POST /v1/fetches HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let answer = read_for(&mut slow, Duration::from_secs(120)).await;
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(answer.contains("\"body_timeout\""), "{answer}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(30) && waited < Duration::from_secs(35),
+        "{waited:?}"
+    );
 }

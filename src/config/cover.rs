@@ -1,9 +1,10 @@
 //! `[cover]`: dummy items that keep the pool filled when real traffic is low.
 
 use dust_mixer::CoverConfig;
+use dust_proxies::job::is_http_url;
 use serde::Deserialize;
 
-use super::units::{is_http_url, parse_rate};
+use super::units::parse_rate;
 use super::{invalid, Invalid};
 
 /// `[cover]`

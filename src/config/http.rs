@@ -29,6 +29,8 @@ pub struct Http {
     pub listen: SocketAddr,
     /// Who may queue and retrieve downloads.
     pub users: Vec<HttpUser>,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
 }
 
 impl Default for Http {
@@ -36,6 +38,7 @@ impl Default for Http {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             users: Vec::new(),
+            max_connections: 64,
         }
     }
 }
@@ -43,6 +46,9 @@ impl Default for Http {
 impl Http {
     /// Check the section: the users (token hashes) and the operators' names.
     pub fn check(&self) -> Result<(Users, Vec<String>), Invalid> {
+        if self.max_connections == 0 {
+            return Err(invalid("http.max_connections", "must be at least 1"));
+        }
         if self.users.iter().any(|u| u.name.is_empty()) {
             // Jobs without a user are the mote's own (cover traffic).
             return Err(invalid("http.users.name", "a user needs a name"));

@@ -113,12 +113,6 @@ pub fn users<'a>(
         .map_err(|e| invalid(key, e.to_string()))
 }
 
-/// Whether `u` is an absolute `http` or `https` URL with a host.
-pub fn is_http_url(u: &str) -> bool {
-    u.parse::<http::Uri>()
-        .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

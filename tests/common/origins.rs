@@ -1,12 +1,13 @@
-//! Real HTTP origins for download tests: nginx (Range supported, access log
-//! with the Range header of every request) and Python's `http.server`
-//! (ignores Range). Both on 127.0.0.1, free ports, stopped by PID.
+//! HTTP origins for download tests: nginx (Range supported, access log
+//! with the Range header of every request), Python's `http.server`
+//! (ignores Range), and a hostile one of ours that never says how large its
+//! object is. All on 127.0.0.1, free ports, stopped by PID.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::{free_port, port_open, wait_for, Proc};
+use super::{free_port, peer, port_open, wait_for, Proc};
 
 pub struct Nginx {
     pub port: u16,
@@ -55,6 +56,8 @@ http {{
         root {d}/www;
         # A redirect that never ends (the fetcher's redirect bound).
         location = /loop {{ return 302 /loop; }}
+        # A redirect out of http(s) (never followed).
+        location = /gopher {{ return 302 gopher://127.0.0.1:70/1; }}
     }}
 }}
 "#
@@ -159,5 +162,51 @@ impl PyHttp {
     pub fn put(&self, name: &str, data: &[u8]) -> String {
         std::fs::write(self.dir.join(name), data).unwrap();
         format!("http://127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+/// `tests/peers/endless_origin.py`: answers every Range with 206 and
+/// `Content-Range: bytes A-B/*` (an object that never ends).
+pub struct Endless {
+    pub port: u16,
+    log: PathBuf,
+    _tmp: tempfile::TempDir,
+    _proc: Proc,
+}
+
+impl Endless {
+    pub fn start() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let log = tmp.path().join("requests.log");
+        let child = Command::new("python3")
+            .arg(peer("endless_origin.py"))
+            .arg(port.to_string())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let p = Proc(child);
+        assert!(wait_for(Duration::from_secs(10), || port_open(port).then_some(())).is_some());
+        Self {
+            port,
+            log,
+            _tmp: tmp,
+            _proc: p,
+        }
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        format!("http://127.0.0.1:{}/{name}", self.port)
+    }
+
+    /// How many GET requests for `/name` arrived.
+    pub fn requests(&self, name: &str) -> usize {
+        let needle = format!("\"GET /{name} ");
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&needle))
+            .count()
     }
 }
