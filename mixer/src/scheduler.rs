@@ -557,20 +557,41 @@ where
 
     async fn deliver_one(self: Arc<Self>, item: Item) {
         let result = self.deliver.deliver(&item).await;
-        if let Err(e) = self.finish(&item, result) {
-            // The item stays in flight on disk and is retried at the next start.
-            tracing::error!(error = %e, "storage error after a delivery attempt");
+        match self.finish(&item, result) {
+            Ok(Left::Yes) if self.store.is_durable() => {
+                // The item left the mote: its removal is made durable (one
+                // flush shared with admissions and other completions) before
+                // its delivery slot is freed, so that after a crash the only
+                // deliveries repeated are the ones in flight at that moment.
+                // The wait runs on a blocking thread of the runtime (which
+                // simulated time sees); its handle is not `Send`, so the
+                // answer comes back over a channel.
+                let (tx, rx) = futures::channel::oneshot::channel();
+                let store = Arc::clone(&self.store);
+                drop(self.rt.spawn_blocking(move || {
+                    let _ = tx.send(store.sync_blocking());
+                }));
+                if !matches!(rx.await, Ok(Ok(()))) {
+                    tracing::warn!("flushing a completion failed; the item may be delivered again after a crash");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                // The item stays in flight on disk and is retried at the next start.
+                tracing::error!(error = %e, "storage error after a delivery attempt");
+            }
         }
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         self.wake.notify_one();
         self.idle.notify_waiters();
     }
 
+    /// Record a delivery attempt's result; whether the item left the mote.
     fn finish(
         &self,
         item: &Item,
         result: Result<Outcome, DeliveryError>,
-    ) -> Result<(), dust_storage::StorageError> {
+    ) -> Result<Left, dust_storage::StorageError> {
         let cfg = self.cfg();
         let now = self.rt.wallclock();
         match result {
@@ -589,11 +610,13 @@ where
                 self.entered(item.id, rounds)?;
                 Counters::bump(&self.counters.steps);
                 tracing::debug!("item step done; released again later");
+                return Ok(Left::No);
             }
             Ok(Outcome::Done) => {
                 self.store.complete(&item.id)?;
                 Counters::bump(&self.counters.delivered);
                 tracing::debug!("item delivered");
+                return Ok(Left::Yes);
             }
             Err(e) if !e.kind().retry() => {
                 self.store.complete(&item.id)?;
@@ -604,6 +627,7 @@ where
                     "item dropped after a permanent delivery failure (no bounce is sent)"
                 );
                 tracing::debug!(reason = %e, "permanent failure reason");
+                return Ok(Left::Yes);
             }
             Err(e) => {
                 let attempts = item.attempts.saturating_add(1);
@@ -625,8 +649,14 @@ where
                 tracing::debug!(reason = %e, "failure reason");
             }
         }
-        Ok(())
+        Ok(Left::No)
     }
+}
+
+/// Whether a delivery attempt's item left the mote (delivered or dropped).
+enum Left {
+    Yes,
+    No,
 }
 
 /// The earlier of two optional times.

@@ -218,6 +218,40 @@ fn restart_releases_overdue_and_in_flight_items_promptly() {
     });
 }
 
+/// A delivered item's removal reaches the disk before its delivery slot is
+/// freed: the files as they are after the deliveries, taken without a final
+/// flush ("kill -9"), hold none of the delivered items, so a restart sends
+/// nothing twice.
+#[test]
+fn completions_are_on_disk_before_the_slot_is_freed() {
+    let dir = tempfile::tempdir().unwrap();
+    let crashed = tempfile::tempdir().unwrap();
+    let start = SystemTime::UNIX_EPOCH + Duration::from_secs(START_SECS);
+    let rt = MockRuntime::builder().starting_wallclock(start).build();
+    let store = Store::open(dir.path(), 1 << 24).unwrap();
+    let rec = Recorder::new(&rt, Answer::Ok);
+    let rt1 = rt.clone();
+    let config = cfg(DelaySpec::Constant {
+        value: Duration::from_secs(10),
+    });
+    let (from, to) = (dir.path().to_path_buf(), crashed.path().to_path_buf());
+    rt.block_on(async move {
+        let mixer = Mixer::start(rt1.clone(), store, rec.clone(), config).unwrap();
+        for _ in 0..20 {
+            mixer.admit(ItemKind::Mail, vec![2; 10]).await.unwrap();
+        }
+        rt1.advance_by(Duration::from_secs(11)).await;
+        rt1.progress_until_stalled().await;
+        assert_eq!(mixer.metrics().delivered, 20);
+        assert_eq!(mixer.in_flight(), 0);
+        // "kill -9" now: no shutdown, no flush.
+        copy_dir(&from, &to);
+    });
+    let store = Store::open(crashed.path(), 1 << 24).unwrap();
+    let s = store.stats(0).unwrap();
+    assert_eq!((s.queued, s.in_flight), (0, 0), "nothing to deliver twice");
+}
+
 #[test]
 fn multi_step_items_are_released_again_with_their_kinds_delay() {
     each_runtime(|rt| async move {

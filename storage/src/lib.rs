@@ -393,6 +393,17 @@ impl Store {
         self.flusher.sync().await
     }
 
+    /// Whether anything written here survives the process (false for
+    /// [`temporary`](Self::temporary) stores).
+    pub fn is_durable(&self) -> bool {
+        !self.temporary_content
+    }
+
+    /// [`sync`](Self::sync) for a blocking thread.
+    pub fn sync_blocking(&self) -> Result<()> {
+        self.flusher.sync_blocking()
+    }
+
     /// How many fsyncs the group-commit flusher has done (a metric: compare
     /// with the number of admissions to see how much batching happens).
     pub fn flush_count(&self) -> u64 {
@@ -478,7 +489,9 @@ impl Store {
     /// permanent failure).
     ///
     /// Crash behaviour: not flushed by itself; a crash before the next flush
-    /// delivers the item again (at-least-once).
+    /// delivers the item again. The mixer waits for a flush after each
+    /// completion (shared with other writers), so only deliveries in flight
+    /// at a crash can be repeated.
     pub fn complete(&self, id: &ItemId) -> Result<()> {
         let old = self
             .items

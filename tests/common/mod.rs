@@ -257,6 +257,8 @@ pub struct MoteConfig {
     pub max_message_bytes: usize,
     pub max_recipients: usize,
     pub retry_base: String,
+    /// More lines for `[mixer]`.
+    pub mixer_extra: String,
     /// `[delivery.mail] tls`
     pub tls: String,
     /// The `[delivery.mail]` mode lines (default: relay to `relay_port`).
@@ -281,6 +283,7 @@ impl MoteConfig {
             max_message_bytes: 1024 * 1024,
             max_recipients: 10,
             retry_base: "200ms".into(),
+            mixer_extra: String::new(),
             tls: "none".into(),
             delivery_mode: String::new(),
             delivery_extra: String::new(),
@@ -330,6 +333,7 @@ strategy = "poisson"
 delay = {delay}
 retry_base = "{retry}"
 retry_max = "1s"
+{mixer_extra}
 [delivery.mail]
 {delivery_mode}
 timeout = "10s"
@@ -353,6 +357,7 @@ delivery_grace = "2s"
             auth = c.require_auth,
             delay = c.delay,
             retry = c.retry_base,
+            mixer_extra = c.mixer_extra,
             delivery_mode = if c.delivery_mode.is_empty() {
                 format!(
                     "mode = \"relay\"\nrelay = \"127.0.0.1:{}\"\ntls = \"{}\"",
