@@ -96,11 +96,13 @@ pf_started=1
 wait_port "$PF_PORT"
 
 # --- runs ------------------------------------------------------------------------
-run() { # port -> messages/s
+run() { # port round -> messages/s
     local t0 t1
     t0=$(date +%s.%N)
-    smtp-source -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" -M '[127.0.0.1]' \
-        -f bench@example.org -t sink@example.net "127.0.0.1:$1"
+    # A numbered recipient per message (-N) and a sender per round, so that
+    # no two are the same message (dustmote stores a resent message once).
+    smtp-source -N -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" -M '[127.0.0.1]' \
+        -f "bench$2@example.org" -t sink@example.net "127.0.0.1:$1"
     t1=$(date +%s.%N)
     python3 -c "print(f'{$MESSAGES / ($t1 - $t0):.0f}')"
 }
@@ -110,7 +112,7 @@ declare -A rates=([dustmote]="" [postfix]="" [smtp-sink]="")
 orders=("dustmote postfix smtp-sink" "postfix smtp-sink dustmote" "smtp-sink dustmote postfix")
 for r in $(seq 1 "$ROUNDS"); do
     for t in ${orders[$(( (r - 1) % 3 ))]}; do
-        rate=$(run "${ports[$t]}")
+        rate=$(run "${ports[$t]}" "$r")
         rates[$t]="${rates[$t]} $rate"
         printf 'round %d  %-9s %6s msg/s\n' "$r" "$t" "$rate" >&2
     done

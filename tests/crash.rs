@@ -34,20 +34,6 @@ const SOURCE_SESSIONS: usize = 5;
 const SOURCE_MESSAGES: usize = 600;
 const TRACKED: usize = 400;
 
-fn queue_counts(mote: &Mote) -> Option<(u64, u64)> {
-    let out = mote.queue(&[]);
-    let text = String::from_utf8_lossy(&out.stdout);
-    let num = |key: &str| -> Option<u64> {
-        text.lines()
-            .find(|l| l.starts_with(key))?
-            .split_whitespace()
-            .last()?
-            .parse()
-            .ok()
-    };
-    Some((num("queued:")?, num("in flight:")?))
-}
-
 /// Run smtp-source once; returns the child (counter output in `out`).
 fn smtp_source(port: u16, round: usize, messages: usize, out: &std::path::Path) -> Proc {
     let child = Command::new("smtp-source")
@@ -131,7 +117,7 @@ fn every_accepted_message_survives_kill_9_during_intake_and_delivery() {
             let mut source = smtp_source(mote.port, round, SOURCE_MESSAGES, &out);
             let wait = Duration::from_millis(rng.random_range(200..1200));
             std::thread::sleep(wait); // the kill moment, drawn at random
-            let before = queue_counts(&mote);
+            let before = mote.queue_counts();
             mote.kill9();
             let status = wait_for(Duration::from_secs(30), || source.0.try_wait().unwrap());
             let count = last_count(&out);
@@ -159,7 +145,7 @@ fn every_accepted_message_survives_kill_9_during_intake_and_delivery() {
             source_lower_bound.insert(sender, last_count(&out));
             let wait = Duration::from_millis(rng.random_range(50..600));
             std::thread::sleep(wait); // the kill moment, drawn at random
-            let before = queue_counts(&mote).expect("queue readable");
+            let before = mote.queue_counts().expect("queue readable");
             let delivered = sink.messages().len();
             mote.kill9();
             println!(
@@ -183,12 +169,12 @@ fn every_accepted_message_survives_kill_9_during_intake_and_delivery() {
     std::io::Read::read_to_string(tracker.0.stdout.as_mut().unwrap(), &mut stats).unwrap();
     println!("tracker: {}", stats.trim());
     let drained = wait_for(Duration::from_secs(120), || {
-        (queue_counts(&mote) == Some((0, 0))).then_some(())
+        (mote.queue_counts() == Some((0, 0))).then_some(())
     });
     assert!(
         drained.is_some(),
         "queue did not drain: {:?}",
-        queue_counts(&mote)
+        mote.queue_counts()
     );
 
     let accepted: Vec<String> = std::fs::read_to_string(&accepted_file)

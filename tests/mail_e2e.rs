@@ -215,11 +215,13 @@ fn smtplib_with_auth_plain_and_login_is_delivered() {
     let body = tricky_body();
     let file = write_message(mote.dir.path(), "m.eml", DIRTY_HEADER, &body);
     for mech in ["plain", "login"] {
+        // Two envelopes: the same message sent twice would be stored once
+        // (replay suppression, tested on its own).
         let r = smtplib_send(
             mote.port,
             Some(mech),
             PASSWORD,
-            "alice@example.org",
+            &format!("alice+{mech}@example.org"),
             &["bob@example.net"],
             &file,
         );
@@ -824,7 +826,44 @@ epilogue\r\n";
     assert_eq!(mime_leaves(&m.raw).len(), 3);
     let m = find(b"just text, no header");
     assert_eq!(m.split().1, b"just text, no header\r\n");
-    std::thread::sleep(Duration::from_millis(600));
+    mote.wait_drained(Duration::from_secs(30));
     assert_eq!(sink.messages().len(), 2, "nothing refused was delivered");
     assert!(!mote.log().contains("panicked"), "{}", mote.log());
+}
+
+/// A client that resends the same message (same envelope, same text) gets
+/// 250 both times, and it leaves once; another recipient is another message.
+#[test]
+fn a_resent_message_is_stored_once() {
+    let sink = Sink::start();
+    let mut cfg = MoteConfig::new(sink.port);
+    cfg.delay = r#"{ distribution = "constant", value = "300ms" }"#.into();
+    let mote = Mote::start(&cfg);
+    let file = write_message(
+        mote.dir.path(),
+        "resend.eml",
+        "From: a@example.org\r\nSubject: resent\r\n\r\n",
+        b"the same text\r\n",
+    );
+    let send = |to: &str| {
+        let r = smtplib_send(
+            mote.port,
+            Some("plain"),
+            PASSWORD,
+            "a@example.org",
+            &[to],
+            &file,
+        );
+        assert_eq!(r["ok"], true, "{r}");
+    };
+    send("b@example.net");
+    send("b@example.net");
+    send("c@example.net");
+    sink.wait_messages(2, Duration::from_secs(30));
+    mote.wait_drained(Duration::from_secs(30));
+    let got: Vec<Vec<String>> = sink.messages().iter().map(|m| m.rcpt_tos.clone()).collect();
+    assert_eq!(got.len(), 2, "{got:?}");
+    assert!(got.contains(&vec!["b@example.net".to_string()]));
+    assert!(got.contains(&vec!["c@example.net".to_string()]));
+    assert!(mote.log().contains("resent message was acknowledged"));
 }

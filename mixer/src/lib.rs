@@ -17,7 +17,7 @@ pub use delay::{DelayError, DelaySpec};
 pub use dust_storage::{ContentWriter, Item, ItemId, QueueStats, StorageError, Store, HELD};
 pub use error::{DeliveryError, ErrorKind, HasKind, MixerError};
 pub use metrics::{Metrics, MixStatus};
-pub use scheduler::Mixer;
+pub use scheduler::{Mixer, Once};
 pub use strategy::Strategy;
 
 use std::future::Future;

@@ -240,7 +240,27 @@ where
         payload: Vec<u8>,
         not_before: Option<SystemTime>,
     ) -> Result<(ItemId, Option<SystemTime>), MixerError> {
-        self.inner.admit_after(kind, payload, not_before).await
+        let admitted = self
+            .inner
+            .admit_after(kind, payload, not_before, None)
+            .await?;
+        admitted.ok_or(MixerError::ShuttingDown)
+    }
+
+    /// Like [`admit`](Self::admit), once per `once.digest` within
+    /// `once.window`: an admission whose digest was admitted before and
+    /// whose window has not ended stores nothing and returns `None`, after
+    /// a flush (so the earlier copy is on disk when the caller
+    /// acknowledges this one too).
+    pub async fn admit_once(
+        &self,
+        kind: crate::ItemKind,
+        payload: Vec<u8>,
+        once: Once,
+    ) -> Result<Option<(ItemId, Option<SystemTime>)>, MixerError> {
+        self.inner
+            .admit_after(kind, payload, None, Some(once))
+            .await
     }
 
     /// Counters since start.
@@ -305,28 +325,43 @@ where
     R: SleepProvider + Spawn + Blocking,
     D: Deliver,
 {
-    /// See [`Mixer::admit_after`].
+    /// See [`Mixer::admit_after`] and [`Mixer::admit_once`]; `None` for a
+    /// replay.
     async fn admit_after(
         self: &Arc<Self>,
         kind: crate::ItemKind,
         payload: Vec<u8>,
         not_before: Option<SystemTime>,
-    ) -> Result<(ItemId, Option<SystemTime>), MixerError> {
+        once: Option<Once>,
+    ) -> Result<Option<(ItemId, Option<SystemTime>)>, MixerError> {
         let (item, rounds) = self.new_item(kind, payload, not_before)?;
         let (id, release_ms) = (item.id, item.release_ms);
         // The fsync wait runs on a blocking thread of the runtime: it shares
         // the flusher's group commit with every other admission in progress.
         let store = Arc::clone(&self.store);
-        self.rt
-            .spawn_blocking(move || store.admit_blocking(&item))
+        let now = self.rt.wallclock();
+        let stored = self
+            .rt
+            .spawn_blocking(move || match once {
+                None => store.admit_blocking(&item).map(|()| true),
+                Some(o) => store.admit_unique_blocking(
+                    &item,
+                    &o.digest,
+                    wall_ms(now),
+                    wall_ms(now + o.window),
+                ),
+            })
             .await?;
+        if !stored {
+            return Ok(None);
+        }
         Counters::bump(&self.counters.admitted);
         // The item is on disk: whatever happens now, the admission stands.
         if let Err(e) = self.entered(id, rounds) {
             tracing::warn!(error = %e, "storage error after an admission; the item waits for the next start");
         }
         self.wake.notify_one();
-        Ok((id, (!rounds).then(|| from_wall_ms(release_ms))))
+        Ok(Some((id, (!rounds).then(|| from_wall_ms(release_ms)))))
     }
 
     /// A new item of `kind`: its id and release time (or held), checked
@@ -651,6 +686,15 @@ where
         }
         Ok(Left::No)
     }
+}
+
+/// Replay suppression of an admission (see [`Mixer::admit_once`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Once {
+    /// What makes two admissions the same (the caller's digest of them).
+    pub digest: [u8; 32],
+    /// How long a digest is remembered after its admission.
+    pub window: Duration,
 }
 
 /// Whether a delivery attempt's item left the mote (delivered or dropped).

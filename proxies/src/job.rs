@@ -168,7 +168,7 @@ pub trait Schedule: Send + Sync + 'static {
 impl<R, D> Schedule for Mixer<R, D>
 where
     R: SleepProvider + Spawn + Blocking + Send + Sync + 'static,
-    R::ThreadHandle<Result<(), StorageError>>: Send,
+    R::ThreadHandle<Result<bool, StorageError>>: Send,
     D: Deliver,
 {
     async fn schedule(

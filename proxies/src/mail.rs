@@ -103,6 +103,25 @@ fn take_str(rest: &mut &[u8]) -> Result<String, DecodeError> {
     String::from_utf8(b.to_vec()).map_err(|_| DecodeError)
 }
 
+/// What makes two submissions the same message for replay suppression: a
+/// BLAKE2b-256 digest of the envelope and the message as received (before
+/// sanitizing, which adds a random Message-ID). The store keeps only a
+/// keyed digest of this.
+pub fn replay_digest(from: &str, rcpts: &[String], raw: &[u8]) -> [u8; 32] {
+    use blake2::digest::consts::U32;
+    use blake2::{Blake2b, Digest};
+    let mut h = Blake2b::<U32>::new();
+    h.update(b"dustmote replay v1\0");
+    h.update(from.as_bytes());
+    for r in rcpts {
+        h.update(b"\0");
+        h.update(r.as_bytes());
+    }
+    h.update(b"\0\0");
+    h.update(raw);
+    h.finalize().into()
+}
+
 /// Why a message was refused at sanitizing (SMTP `550 5.6.0`).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SanitizeError {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use dust_mixer::{Deliver, ItemKind, Mixer, MixerError, StorageError};
+use dust_mixer::{Deliver, ItemKind, Mixer, MixerError, Once, StorageError};
 use futures::task::Spawn;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpListener;
@@ -20,7 +20,7 @@ use tokio::sync::{watch, Semaphore};
 use tor_rtcompat::{Blocking, SleepProvider};
 
 use crate::auth::Users;
-use crate::mail::{sanitize, SanitizeError, SanitizeOptions, StoredMail};
+use crate::mail::{replay_digest, sanitize, SanitizeError, SanitizeOptions, StoredMail};
 
 /// Settings of the SMTP endpoint (`[smtp]`).
 #[derive(Debug, Clone)]
@@ -45,6 +45,9 @@ pub struct SmtpConfig {
     pub users: Users,
     /// Header sanitizing options.
     pub sanitize: SanitizeOptions,
+    /// The same message (envelope and text) submitted again within this
+    /// time is answered 250 but stored only once; `None`: off.
+    pub replay_window: Option<Duration>,
 }
 
 impl Default for SmtpConfig {
@@ -60,6 +63,7 @@ impl Default for SmtpConfig {
             require_auth: true,
             users: Users::default(),
             sanitize: SanitizeOptions::default(),
+            replay_window: Some(Duration::from_secs(3600)),
         }
     }
 }
@@ -79,21 +83,39 @@ pub enum AdmitError {
 }
 
 /// Durable admission of an encoded [`StoredMail`]. Must return only after
-/// the payload is on stable storage.
+/// the payload is on stable storage (or, for a replay, the earlier copy).
 pub trait Admission: Send + Sync + 'static {
-    /// Store `payload`.
-    fn admit(&self, payload: Vec<u8>) -> impl Future<Output = Result<(), AdmitError>> + Send;
+    /// Store `payload`, once per `once` digest within its window if given.
+    fn admit(
+        &self,
+        payload: Vec<u8>,
+        once: Option<Once>,
+    ) -> impl Future<Output = Result<(), AdmitError>> + Send;
 }
 
 impl<R, D> Admission for Mixer<R, D>
 where
     R: SleepProvider + Spawn + Blocking + Send + Sync + 'static,
-    R::ThreadHandle<Result<(), StorageError>>: Send,
+    R::ThreadHandle<Result<bool, StorageError>>: Send,
     D: Deliver,
 {
-    async fn admit(&self, payload: Vec<u8>) -> Result<(), AdmitError> {
-        match Mixer::admit(self, ItemKind::Mail, payload).await {
-            Ok(_) => Ok(()),
+    async fn admit(&self, payload: Vec<u8>, once: Option<Once>) -> Result<(), AdmitError> {
+        let admitted = match once {
+            None => Mixer::admit(self, ItemKind::Mail, payload)
+                .await
+                .map(|_| ()),
+            Some(o) => Mixer::admit_once(self, ItemKind::Mail, payload, o)
+                .await
+                .map(|new| {
+                    if new.is_none() {
+                        tracing::info!(
+                            "a resent message was acknowledged without storing it again"
+                        );
+                    }
+                }),
+        };
+        match admitted {
+            Ok(()) => Ok(()),
             Err(MixerError::ShuttingDown) => Err(AdmitError::ShuttingDown),
             Err(MixerError::Expiring) => Err(AdmitError::Expiring),
             Err(e) => {
@@ -587,13 +609,17 @@ where
                 return Ok(Flow::Continue);
             }
         };
+        let once = self.cfg.replay_window.map(|window| Once {
+            digest: replay_digest(&from, &rcpts, &msg),
+            window,
+        });
         let payload = StoredMail {
             from,
             rcpts,
             message,
         }
         .encode();
-        match self.admission.admit(payload).await {
+        match self.admission.admit(payload, once).await {
             Ok(()) => {
                 self.reply("250 2.0.0 Ok: queued").await?;
                 Ok(Flow::Continue)

@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
+use dust_mixer::Once;
 use dust_proxies::auth::{hash_password, Users};
 use dust_proxies::mail::StoredMail;
 use dust_proxies::smtp::{Admission, AdmitError, Server, SmtpConfig};
@@ -22,7 +23,7 @@ struct Capture {
 }
 
 impl Admission for Capture {
-    async fn admit(&self, payload: Vec<u8>) -> Result<(), AdmitError> {
+    async fn admit(&self, payload: Vec<u8>, _once: Option<Once>) -> Result<(), AdmitError> {
         if let Some(f) = *self.fail.lock().unwrap() {
             return Err(f());
         }

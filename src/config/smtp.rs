@@ -50,6 +50,9 @@ pub struct Smtp {
     pub keep_threading_headers: bool,
     /// Users allowed to submit.
     pub users: Vec<User>,
+    /// The same message resent within this time is stored once; `"0s"`: off.
+    #[serde(with = "hts")]
+    pub replay_window: Duration,
 }
 
 impl Default for Smtp {
@@ -67,6 +70,7 @@ impl Default for Smtp {
             require_auth: d.require_auth,
             keep_threading_headers: d.sanitize.keep_threading,
             users: Vec::new(),
+            replay_window: d.replay_window.unwrap_or_default(),
         }
     }
 }
@@ -122,6 +126,7 @@ impl Smtp {
             sanitize: SanitizeOptions {
                 keep_threading: self.keep_threading_headers,
             },
+            replay_window: (!self.replay_window.is_zero()).then_some(self.replay_window),
         })
     }
 }

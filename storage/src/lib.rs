@@ -3,6 +3,7 @@
 mod fetch;
 pub mod flusher;
 mod record;
+mod replay;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -120,6 +121,8 @@ pub struct Store {
     /// Entry counts, kept exact from sled's own answers to each insert and
     /// remove (so that `stats` does not scan a million items).
     counts: Counts,
+    /// Digests of recent admissions (see `replay.rs`).
+    replay: replay::Replay,
     flusher: Flusher,
 }
 
@@ -237,6 +240,7 @@ impl Store {
         let chunks = db
             .open_tree("chunks")
             .map_err(db_err("opening tree chunks"))?;
+        let replay = replay::Replay::open(&db, &meta)?;
         let flusher = Flusher::start(db.clone(), dir)
             .map_err(|e| StorageError::Flush(format!("starting the flusher: {e}")))?;
         let store = Self {
@@ -249,6 +253,7 @@ impl Store {
             content_dir,
             temporary_content,
             counts: Counts::default(),
+            replay,
             flusher,
         };
         store.count_schedule()?;

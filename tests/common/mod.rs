@@ -579,6 +579,33 @@ impl Mote {
     pub fn queue_text(&self, args: &[&str]) -> String {
         String::from_utf8_lossy(&self.queue(args).stdout).into_owned()
     }
+
+    /// (queued, in flight) from `dustmote queue`.
+    pub fn queue_counts(&self) -> Option<(u64, u64)> {
+        let text = self.queue_text(&[]);
+        let num = |key: &str| -> Option<u64> {
+            text.lines()
+                .find(|l| l.starts_with(key))?
+                .split_whitespace()
+                .last()?
+                .parse()
+                .ok()
+        };
+        Some((num("queued:")?, num("in flight:")?))
+    }
+
+    /// Wait until nothing is queued or in flight (so nothing more can reach
+    /// the next hop).
+    pub fn wait_drained(&self, timeout: Duration) {
+        let drained = wait_for(timeout, || {
+            (self.queue_counts() == Some((0, 0))).then_some(())
+        });
+        assert!(
+            drained.is_some(),
+            "queue not drained: {:?}",
+            self.queue_counts()
+        );
+    }
 }
 
 /// A private CA and a server certificate for 127.0.0.1, made with openssl(1).

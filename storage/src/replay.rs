@@ -1,0 +1,135 @@
+//! Replay suppression: the same admission (same digest, computed by the
+//! caller from the envelope and the message) seen again within a window is
+//! acknowledged without being stored a second time. A client that resends
+//! because it never saw our 250 (a timeout, a dropped connection) must not
+//! make the message leave twice: two copies with one Message-ID are a
+//! linkable signal, and recipients notice.
+//!
+//! Only keyed digests are kept (tree `replay`: BLAKE2b-256 of a per-store
+//! random key and the caller's digest → expiry, ms since the epoch, big
+//! endian); no content. Expired entries are ignored and pruned now and
+//! then.
+
+use blake2::digest::consts::U32;
+use blake2::{Blake2b, Digest};
+use parking_lot::Mutex;
+use rand::Rng;
+
+use crate::{db_err, Item, Result, StorageError, Store};
+
+/// Where the store's digest key lives in the `meta` tree.
+const REPLAY_KEY: &[u8] = b"replay_key";
+
+/// Prune expired entries every this many unique admissions (a scan of the
+/// tree, which holds one entry per admission within the window).
+const PRUNE_EVERY: u32 = 1024;
+
+/// The replay state of a store.
+pub(crate) struct Replay {
+    tree: sled::Tree,
+    key: [u8; 32],
+    /// Serializes check-and-insert; counts admissions since the last prune.
+    lock: Mutex<u32>,
+}
+
+impl Replay {
+    /// Open the `replay` tree and the store's key (made at the first open).
+    pub(crate) fn open(db: &sled::Db, meta: &sled::Tree) -> Result<Self> {
+        let tree = db
+            .open_tree("replay")
+            .map_err(db_err("opening tree replay"))?;
+        let key = match meta
+            .get(REPLAY_KEY)
+            .map_err(db_err("reading the replay key"))?
+        {
+            Some(v) => v.as_ref().try_into().map_err(|_| StorageError::Corrupt {
+                doing: "reading the replay key",
+                what: format!("{} bytes", v.len()),
+            })?,
+            None => {
+                let k: [u8; 32] = rand::rng().random();
+                meta.insert(REPLAY_KEY, &k)
+                    .map_err(db_err("writing the replay key"))?;
+                k
+            }
+        };
+        Ok(Self {
+            tree,
+            key,
+            lock: Mutex::new(0),
+        })
+    }
+
+    fn keyed(&self, digest: &[u8]) -> [u8; 32] {
+        Blake2b::<U32>::new()
+            .chain_update(self.key)
+            .chain_update(digest)
+            .finalize()
+            .into()
+    }
+
+    fn prune(&self, now_ms: u64) -> Result<()> {
+        for kv in self.tree.iter() {
+            let (k, v) = kv.map_err(db_err("scanning replay digests"))?;
+            if expiry(&v) <= now_ms {
+                self.tree
+                    .remove(k)
+                    .map_err(db_err("pruning a replay digest"))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn expiry(v: &[u8]) -> u64 {
+    v.try_into().map(u64::from_be_bytes).unwrap_or(0)
+}
+
+impl Store {
+    /// Like [`admit_blocking`](Self::admit_blocking), unless an admission
+    /// with the same `digest` happened before `now_ms` and its window has
+    /// not ended: then nothing is stored and this returns `false` (after a
+    /// flush, so the earlier copy is on disk when the caller acknowledges).
+    /// A new admission's digest is kept until `expires_ms`.
+    ///
+    /// Crash behaviour: the item is written before its digest, so a crash
+    /// can lose a digest (a resend is then stored again) but never keeps a
+    /// digest without its item.
+    pub fn admit_unique_blocking(
+        &self,
+        item: &Item,
+        digest: &[u8],
+        now_ms: u64,
+        expires_ms: u64,
+    ) -> Result<bool> {
+        let r = &self.replay;
+        let key = r.keyed(digest);
+        let new = {
+            let mut since_prune = r.lock.lock();
+            if *since_prune >= PRUNE_EVERY {
+                r.prune(now_ms)?;
+                *since_prune = 0;
+            }
+            let seen = r
+                .tree
+                .get(key)
+                .map_err(db_err("reading a replay digest"))?
+                .is_some_and(|v| expiry(&v) > now_ms);
+            if !seen {
+                *since_prune += 1;
+                self.put(item)?;
+                r.tree
+                    .insert(key, &expires_ms.to_be_bytes())
+                    .map_err(db_err("writing a replay digest"))?;
+            }
+            !seen
+        };
+        self.flusher.sync_blocking()?;
+        Ok(new)
+    }
+
+    /// Replay digests kept now (expired ones not yet pruned included).
+    pub fn replay_digests(&self) -> usize {
+        self.replay.tree.len()
+    }
+}

@@ -1,0 +1,93 @@
+//! Replay suppression: an admission whose digest was admitted within its
+//! window stores nothing; the window ends; digests survive a reopen; old
+//! ones are pruned; no content in the digest tree.
+#![allow(clippy::unwrap_used)]
+
+use dust_storage::{Item, ItemId, ItemState, Store, DEFAULT_CACHE_BYTES};
+
+fn item(n: u16) -> Item {
+    let b = n.to_be_bytes();
+    Item {
+        id: ItemId([b[0], b[1], 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]),
+        kind: 1,
+        state: ItemState::Queued,
+        attempts: 0,
+        release_ms: 5_000,
+        entered_ms: 1_000,
+        payload: b"Subject: secret subject marker".to_vec(),
+    }
+}
+
+#[test]
+fn a_digest_admits_once_per_window_and_survives_a_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (d1, d2) = ([1u8; 32], [2u8; 32]);
+    {
+        let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        assert!(store
+            .admit_unique_blocking(&item(1), &d1, 1_000, 61_000)
+            .unwrap());
+        assert!(!store
+            .admit_unique_blocking(&item(2), &d1, 2_000, 62_000)
+            .unwrap());
+        assert!(store
+            .admit_unique_blocking(&item(3), &d2, 2_000, 62_000)
+            .unwrap());
+        assert_eq!(store.stats(0).unwrap().queued, 2);
+        assert!(
+            store.get(&item(2).id).unwrap().is_none(),
+            "the replay was not stored"
+        );
+    }
+    let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+    assert!(
+        !store
+            .admit_unique_blocking(&item(4), &d1, 3_000, 63_000)
+            .unwrap(),
+        "still within the window after a restart"
+    );
+    // After the window the same digest is a new message.
+    assert!(store
+        .admit_unique_blocking(&item(5), &d1, 61_001, 121_001)
+        .unwrap());
+    assert_eq!(store.stats(0).unwrap().queued, 3);
+    // The digest tree holds keyed digests, not the caller's digest or content.
+    let files: Vec<u8> = walk(dir.path());
+    assert!(!contains(&files, &[1u8; 32]));
+}
+
+#[test]
+fn expired_digests_are_pruned() {
+    let store = Store::temporary().unwrap();
+    for n in 0..1100u16 {
+        let mut d = [0u8; 32];
+        d[..2].copy_from_slice(&n.to_be_bytes());
+        // Each digest's window ends right away (at 10), before the next
+        // admission's "now".
+        store
+            .admit_unique_blocking(&item(n), &d, 10 + u64::from(n), 11 + u64::from(n))
+            .unwrap();
+    }
+    assert!(
+        store.replay_digests() < 200,
+        "{} digests kept",
+        store.replay_digests()
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.extend(std::fs::read(&p).unwrap());
+        }
+    }
+    out
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
