@@ -114,11 +114,14 @@ fn a_mote_refuses_near_its_end_and_exits_at_expiry_and_stays_expired() {
     // After the drain point: 452 4.3.1 for mail, 503 + Retry-After for
     // downloads.
     let msg = mote.dir.path().join("late.eml");
-    std::fs::write(&msg, "Subject: late\r\n\r\nlate\r\n").unwrap();
     // Until then every message is accepted (and must leave before the end).
+    // Each is a different message (a resent one would be stored once).
     let mut accepted = 0;
+    let mut sent = 0;
     let refused = wait_for(Duration::from_secs(20), || {
         std::thread::sleep(Duration::from_millis(200));
+        sent += 1;
+        std::fs::write(&msg, format!("Subject: late {sent}\r\n\r\nlate\r\n")).unwrap();
         let v = smtplib_send(
             mote.port,
             Some("plain"),

@@ -1,9 +1,12 @@
-//! SMTP users and their argon2 password hashes.
+//! Users, their argon2 password hashes, and a [`Verifier`] that bounds the
+//! work anyone can cause before authenticating.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 use rand::Rng;
 
 /// A password hash in PHC string format (`$argon2id$v=19$...`).
@@ -59,23 +62,25 @@ impl Users {
         self.by_name.is_empty()
     }
 
-    /// The user whose secret (an HTTP bearer token) this is, trying every
-    /// user's hash. Blocking (argon2, once per user).
-    pub fn find(&self, secret: &[u8]) -> Option<String> {
-        let mut found = None;
-        for (name, hash) in &self.by_name {
-            let ok = PasswordHash::new(hash)
-                .map(|h| Argon2::default().verify_password(secret, &h).is_ok())
-                .unwrap_or(false);
-            if ok && found.is_none() {
-                found = Some(name.clone());
-            }
+    /// The only user, if there is exactly one.
+    pub fn only(&self) -> Option<&str> {
+        let mut names = self.by_name.keys();
+        match (names.next(), names.next()) {
+            (Some(n), None) => Some(n),
+            _ => None,
         }
-        found
     }
 
     /// Check a user name and password. Blocking (argon2).
     pub fn verify(&self, user: &str, password: &[u8]) -> bool {
+        self.verify_with(user, password, &mut Vec::new())
+    }
+
+    /// [`verify`](Self::verify) with argon2's working memory in `memory`
+    /// (grown once, reused by the caller): verifying in a fresh 19 MiB
+    /// allocation each time makes the allocator keep freed blocks, and
+    /// memory grows by tens of MiB per thread.
+    pub fn verify_with(&self, user: &str, password: &[u8], memory: &mut Vec<Block>) -> bool {
         let (hash, exists) = match self.by_name.get(user) {
             Some(h) => (h, true),
             None => match &self.decoy {
@@ -83,11 +88,267 @@ impl Users {
                 None => return false,
             },
         };
-        let ok = PasswordHash::new(hash)
-            .map(|h| Argon2::default().verify_password(password, &h).is_ok())
-            .unwrap_or(false);
-        ok && exists
+        check(hash, password, memory) && exists
     }
+}
+
+/// Whether `password` matches the PHC string `hash` (argon2 of any variant
+/// and version), computed in `memory`, compared in constant time.
+fn check(hash: &str, password: &[u8], memory: &mut Vec<Block>) -> bool {
+    let Ok(h) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Ok(algorithm), Ok(params)) = (Algorithm::try_from(h.algorithm), Params::try_from(&h))
+    else {
+        return false;
+    };
+    let version = match h.version.map(Version::try_from) {
+        None => Version::V0x13,
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    let (Some(salt), Some(expected)) = (h.salt, h.hash) else {
+        return false;
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let mut out = vec![0u8; expected.len()];
+    memory.resize(params.block_count(), Block::default());
+    let argon2 = Argon2::new(algorithm, version, params);
+    if argon2
+        .hash_password_into_with_memory(password, salt, &mut out, &mut memory[..])
+        .is_err()
+    {
+        return false;
+    }
+    let diff = out
+        .iter()
+        .zip(expected.as_bytes())
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+    diff == 0 && out.len() == expected.len()
+}
+
+/// argon2 verifications running at once, each on a thread of its own that
+/// lives as long as the verifier. argon2id with the crate's default
+/// parameters takes 19 MiB and tens of milliseconds of a core; two keep a
+/// 2-core mote responsive, and fixed threads keep its memory flat (the
+/// allocator keeps a freed 19 MiB block in the arena of the thread that
+/// used it: on a pool of changing threads, that adds up).
+const MAX_VERIFYING: usize = 2;
+/// Verifications waiting for a slot; more are refused at once
+/// ([`Verdict::Busy`]) instead of queueing memory and threads.
+const MAX_WAITING: usize = 16;
+/// Failures in a row for one user name that cost nothing (typos).
+const FAIL_FREE: u32 = 3;
+/// After `n > FAIL_FREE` failures for one user name, attempts for it are
+/// refused for `FAIL_BASE · 2^(n−FAIL_FREE−1)`, at most [`FAIL_MAX`]
+/// (credentials that verified before still pass); a success resets it.
+const FAIL_BASE: Duration = Duration::from_secs(1);
+/// See [`FAIL_BASE`].
+const FAIL_MAX: Duration = Duration::from_secs(300);
+/// Failed verifications allowed in a burst across all names, refilled at
+/// [`FAIL_RATE`] per second; while none is left, verifications that are
+/// not already known good are refused at once.
+const FAIL_BURST: f64 = 30.0;
+/// See [`FAIL_BURST`].
+const FAIL_RATE: f64 = 2.0;
+/// Names whose failures are remembered; the oldest are forgotten first.
+const MAX_TRACKED_NAMES: usize = 4096;
+/// Known-good credentials remembered (as keyed digests).
+const MAX_KNOWN: usize = 1024;
+
+/// The outcome of a [`Verifier::verify`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The credentials are right.
+    Ok,
+    /// They are wrong.
+    Wrong,
+    /// Not checked now (too many verifications at once, or too many recent
+    /// failures): try again after this long. SMTP `454 4.7.0`, HTTP `429`.
+    Busy(Duration),
+}
+
+/// Failure bookkeeping.
+#[derive(Default)]
+struct Throttle {
+    /// Per name: failures in a row and when the name may be tried again.
+    names: HashMap<String, (u32, Instant)>,
+    /// The global failure bucket: tokens left and when it was last filled.
+    bucket: Option<(f64, Instant)>,
+}
+
+/// Checks passwords and tokens with bounded work (see the constants):
+/// at most [`MAX_VERIFYING`] argon2 runs at once and [`MAX_WAITING`]
+/// waiting; failures slow down further attempts per name and globally;
+/// credentials already verified once are recognized by a keyed digest
+/// without argon2, so a real user stays prompt while strangers guess.
+pub struct Verifier {
+    users: Users,
+    /// Work for the verification threads; bounded at [`MAX_WAITING`].
+    jobs: std::sync::mpsc::SyncSender<Job>,
+    throttle: parking_lot::Mutex<Throttle>,
+    /// Keyed digests of (name, secret) that verified, with the name.
+    known: parking_lot::Mutex<HashMap<[u8; 32], ()>>,
+    /// The key of those digests (random per process, never stored).
+    key: [u8; 32],
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier").finish_non_exhaustive()
+    }
+}
+
+/// One verification for a verification thread.
+struct Job {
+    name: String,
+    secret: Vec<u8>,
+    answer: tokio::sync::oneshot::Sender<bool>,
+}
+
+impl Verifier {
+    /// A verifier for `users`, with its [`MAX_VERIFYING`] threads (they
+    /// end when it is dropped).
+    pub fn new(users: Users) -> Self {
+        let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(MAX_WAITING);
+        let rx = Arc::new(parking_lot::Mutex::new(rx));
+        for i in 0..MAX_VERIFYING {
+            let (rx, users) = (Arc::clone(&rx), users.clone());
+            let spawned = std::thread::Builder::new()
+                .name(format!("verify-{i}"))
+                .spawn(move || {
+                    // argon2's working memory, reused by every verification
+                    // on this thread.
+                    let mut memory = Vec::new();
+                    loop {
+                        let job = rx.lock().recv();
+                        let Ok(job) = job else { return };
+                        let ok = users.verify_with(&job.name, &job.secret, &mut memory);
+                        let _ = job.answer.send(ok);
+                    }
+                });
+            if let Err(e) = spawned {
+                tracing::error!(error = %e, "could not start a verification thread");
+            }
+        }
+        Self {
+            users,
+            jobs,
+            throttle: parking_lot::Mutex::new(Throttle::default()),
+            known: parking_lot::Mutex::new(HashMap::new()),
+            key: rand::rng().random(),
+        }
+    }
+
+    /// The users.
+    pub fn users(&self) -> &Users {
+        &self.users
+    }
+
+    fn digest(&self, name: &str, secret: &[u8]) -> [u8; 32] {
+        use blake2::digest::consts::U32;
+        use blake2::{Blake2b, Digest};
+        Blake2b::<U32>::new()
+            .chain_update(self.key)
+            .chain_update((name.len() as u64).to_be_bytes())
+            .chain_update(name.as_bytes())
+            .chain_update(secret)
+            .finalize()
+            .into()
+    }
+
+    /// Check `name`'s `secret`: at most one argon2 run, none for
+    /// credentials that verified before.
+    pub async fn verify(&self, name: &str, secret: &[u8]) -> Verdict {
+        let digest = self.digest(name, secret);
+        if self.known.lock().contains_key(&digest) {
+            return Verdict::Ok;
+        }
+        if let Some(wait) = self.refused_for(name, Instant::now()) {
+            return Verdict::Busy(wait);
+        }
+        let (answer, verdict) = tokio::sync::oneshot::channel();
+        let job = Job {
+            name: name.to_string(),
+            secret: secret.to_vec(),
+            answer,
+        };
+        if self.jobs.try_send(job).is_err() {
+            return Verdict::Busy(Duration::from_secs(1));
+        }
+        // Waited for on the blocking pool (a cheap thread: the argon2 work
+        // and its memory stay on the verification threads), which also lets
+        // tests in paused time see that work is under way.
+        let ok = tokio::task::spawn_blocking(move || verdict.blocking_recv().unwrap_or(false))
+            .await
+            .unwrap_or(false);
+        self.record(name, ok, digest, Instant::now());
+        if ok {
+            Verdict::Ok
+        } else {
+            Verdict::Wrong
+        }
+    }
+
+    /// How long attempts for `name` are refused now, if they are.
+    fn refused_for(&self, name: &str, now: Instant) -> Option<Duration> {
+        let mut t = self.throttle.lock();
+        if let Some((_, until)) = t.names.get(name) {
+            if *until > now {
+                return Some(*until - now);
+            }
+        }
+        let (tokens, _) = fill(&mut t.bucket, now);
+        (tokens < 1.0).then(|| Duration::from_secs_f64((1.0 - tokens) / FAIL_RATE))
+    }
+
+    fn record(&self, name: &str, ok: bool, digest: [u8; 32], now: Instant) {
+        let mut t = self.throttle.lock();
+        if ok {
+            t.names.remove(name);
+            drop(t);
+            let mut known = self.known.lock();
+            if known.len() >= MAX_KNOWN {
+                known.clear();
+            }
+            known.insert(digest, ());
+            return;
+        }
+        let (tokens, at) = fill(&mut t.bucket, now);
+        t.bucket = Some(((tokens - 1.0).max(0.0), at));
+        if t.names.len() >= MAX_TRACKED_NAMES && !t.names.contains_key(name) {
+            // Forget the name that may be tried again soonest.
+            if let Some(k) = t
+                .names
+                .iter()
+                .min_by_key(|(_, (_, until))| *until)
+                .map(|(k, _)| k.clone())
+            {
+                t.names.remove(&k);
+            }
+        }
+        let entry = t.names.entry(name.to_string()).or_insert((0, now));
+        entry.0 = entry.0.saturating_add(1);
+        if entry.0 > FAIL_FREE {
+            let backoff = FAIL_BASE
+                .saturating_mul(1 << (entry.0 - FAIL_FREE - 1).min(16))
+                .min(FAIL_MAX);
+            entry.1 = now + backoff;
+        }
+    }
+}
+
+/// The failure bucket filled up to `now`: (tokens, when).
+fn fill(bucket: &mut Option<(f64, Instant)>, now: Instant) -> (f64, Instant) {
+    let (tokens, at) = bucket.get_or_insert((FAIL_BURST, now));
+    let refilled =
+        (*tokens + now.saturating_duration_since(*at).as_secs_f64() * FAIL_RATE).min(FAIL_BURST);
+    *tokens = refilled;
+    *at = now;
+    (refilled, now)
 }
 
 #[cfg(test)]
@@ -104,6 +365,72 @@ mod tests {
         assert!(!users.verify("alice", b"correct horsf"));
         assert!(!users.verify("bob", b"correct horse"));
         assert!(!Users::default().verify("alice", b"correct horse"));
+    }
+
+    fn alice() -> Verifier {
+        let h = hash_password(b"right").expect("hash");
+        Verifier::new(Users::new([("alice".to_string(), h)]).expect("users"))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failures_throttle_a_name_but_known_credentials_still_pass() {
+        let v = alice();
+        assert_eq!(v.verify("alice", b"right").await, Verdict::Ok);
+        for _ in 0..=FAIL_FREE {
+            assert_eq!(v.verify("alice", b"wrong").await, Verdict::Wrong);
+        }
+        // Guessing alice's password is now refused without argon2 ...
+        assert!(matches!(
+            v.verify("alice", b"guess").await,
+            Verdict::Busy(_)
+        ));
+        // ... but alice, whose password verified before, gets in at once,
+        // and another name is not affected.
+        assert_eq!(v.verify("alice", b"right").await, Verdict::Ok);
+        assert_eq!(v.verify("bob", b"x").await, Verdict::Wrong);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn failures_across_names_are_bounded_globally() {
+        let v = alice();
+        assert_eq!(v.verify("alice", b"right").await, Verdict::Ok);
+        let mut wrong = 0;
+        for i in 0..(FAIL_BURST as usize + 5) {
+            match v.verify(&format!("n{i}"), b"x").await {
+                Verdict::Wrong => wrong += 1,
+                Verdict::Busy(_) => break,
+                Verdict::Ok => panic!("n{i} verified"),
+            }
+        }
+        // The burst (a little more: the bucket refills while argon2 runs).
+        assert!(
+            (FAIL_BURST as usize..FAIL_BURST as usize + 5).contains(&wrong),
+            "{wrong}"
+        );
+        assert!(matches!(v.verify("fresh", b"x").await, Verdict::Busy(_)));
+        assert_eq!(v.verify("alice", b"right").await, Verdict::Ok);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn verifications_at_once_are_bounded() {
+        let v = std::sync::Arc::new(alice());
+        let tasks: Vec<_> = (0..40)
+            .map(|i| {
+                let v = std::sync::Arc::clone(&v);
+                tokio::spawn(async move { v.verify(&format!("m{i}"), b"x").await })
+            })
+            .collect();
+        let mut busy = 0;
+        for t in tasks {
+            match t.await.expect("task") {
+                Verdict::Busy(_) => busy += 1,
+                Verdict::Wrong => {}
+                Verdict::Ok => panic!("a wrong password verified"),
+            }
+        }
+        // At most MAX_VERIFYING running and MAX_WAITING waiting: the rest
+        // were refused at once.
+        assert!(busy >= 40 - MAX_VERIFYING - MAX_WAITING, "{busy} busy");
     }
 
     #[test]

@@ -10,7 +10,6 @@
 // built once per failed request.
 #![allow(clippy::result_large_err)]
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,13 +22,12 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
-use crate::auth::Users;
+use crate::auth::{Users, Verdict, Verifier};
 use crate::job::{is_http_url, Job, JobState, Schedule, ScheduleError};
 use crate::status::{StatusFn, OPENMETRICS_TYPE};
 
@@ -51,11 +49,10 @@ const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// The API server; new jobs enter the mix through `S`.
 pub struct Api<S> {
     store: Arc<Store>,
-    users: Users,
     /// Users who see the mix's counts (`/metrics`, the full `/status`).
     operators: Vec<String>,
-    /// Tokens already verified (argon2 is slow on purpose): token → user.
-    verified: Mutex<HashMap<String, String>>,
+    /// Checks bearer tokens with bounded work.
+    verifier: Verifier,
     status: StatusFn,
     schedule: Arc<S>,
 }
@@ -110,6 +107,14 @@ fn json_response(status: StatusCode, v: &Value) -> Resp {
 
 fn error(status: StatusCode, code: &str, message: &str) -> Resp {
     json_response(status, &json!({ "error": code, "message": message }))
+}
+
+/// `401` asking for a bearer token.
+fn unauthorized(message: &str) -> Resp {
+    let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized", message);
+    r.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    r
 }
 
 /// `503` for a storage failure (the client may try again).
@@ -205,9 +210,8 @@ impl<S: Schedule> Api<S> {
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
-            users,
             operators,
-            verified: Mutex::new(HashMap::new()),
+            verifier: Verifier::new(users),
             status,
             schedule,
         })
@@ -261,25 +265,43 @@ impl<S: Schedule> Api<S> {
         }
     }
 
-    /// The user a request's bearer token belongs to.
-    async fn user(&self, headers: &HeaderMap) -> Option<String> {
+    /// The user a request's bearer token belongs to: `NAME:TOKEN`, or a
+    /// bare `TOKEN` when there is exactly one user. At most one argon2 run
+    /// (none for a token that verified before), bounded by the verifier.
+    async fn user(&self, headers: &HeaderMap) -> Result<String, Resp> {
+        let unauthorized = || {
+            unauthorized(
+                "a valid bearer token is required (NAME:TOKEN, or TOKEN on a one-user mote)",
+            )
+        };
         let token = headers
-            .get(header::AUTHORIZATION)?
-            .to_str()
-            .ok()?
-            .strip_prefix("Bearer ")?
-            .trim()
-            .to_string();
-        if let Some(u) = self.verified.lock().get(&token) {
-            return Some(u.clone());
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(unauthorized)?;
+        let users = self.verifier.users();
+        let (name, secret) = match (token.split_once(':'), users.only()) {
+            (Some((name, secret)), _) => (name, secret),
+            (None, Some(only)) => (only, token),
+            (None, None) => return Err(unauthorized()),
+        };
+        match self.verifier.verify(name, secret.as_bytes()).await {
+            Verdict::Ok => Ok(name.to_string()),
+            Verdict::Wrong => Err(unauthorized()),
+            Verdict::Busy(wait) => {
+                let mut r = error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "busy",
+                    "too many authentication attempts; try again later",
+                );
+                r.headers_mut().insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(wait.as_secs().max(1)),
+                );
+                Err(r)
+            }
         }
-        let users = self.users.clone();
-        let t = token.clone();
-        let user = tokio::task::spawn_blocking(move || users.find(t.as_bytes()))
-            .await
-            .ok()??;
-        self.verified.lock().insert(token, user.clone());
-        Some(user)
     }
 
     /// Route one request.
@@ -294,29 +316,16 @@ impl<S: Schedule> Api<S> {
             }
             (Method::GET, ["metrics"]) => {
                 if !self.operator(req.headers()).await {
-                    let mut r = error(
-                        StatusCode::UNAUTHORIZED,
-                        "unauthorized",
-                        "/metrics needs an operator's bearer token",
-                    );
-                    r.headers_mut()
-                        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-                    return r;
+                    return unauthorized("/metrics needs an operator's bearer token");
                 }
                 return self.metrics();
             }
             (_, ["v1", "fetches", ..]) => {}
             _ => return error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
         }
-        let Some(user) = self.user(req.headers()).await else {
-            let mut r = error(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "a valid bearer token is required",
-            );
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-            return r;
+        let user = match self.user(req.headers()).await {
+            Ok(u) => u,
+            Err(r) => return r,
         };
         match (method, segs.as_slice()) {
             (Method::POST, ["v1", "fetches"]) => self.create(&user, req).await,
@@ -637,8 +646,8 @@ impl<S: Schedule> Api<S> {
     /// Whether the request carries an operator's token.
     async fn operator(&self, headers: &HeaderMap) -> bool {
         match self.user(headers).await {
-            Some(u) => self.operators.contains(&u),
-            None => false,
+            Ok(u) => self.operators.contains(&u),
+            Err(_) => false,
         }
     }
 

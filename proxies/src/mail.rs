@@ -167,13 +167,9 @@ struct Head<'a> {
 /// is refused.
 fn split_header(raw: &[u8]) -> Result<Head<'_>, SanitizeError> {
     let mut fields: Vec<Field<'_>> = Vec::new();
-    let mut pos = 0;
-    while pos < raw.len() {
-        let end = raw[pos..]
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .map_or(raw.len(), |i| pos + i + 2);
-        let line = &raw[pos..end];
+    for lines in crlf_lines(raw) {
+        let (pos, end) = (lines.start, lines.end);
+        let line = &raw[lines];
         if line == b"\r\n" {
             return Ok(Head {
                 fields,
@@ -184,18 +180,28 @@ fn split_header(raw: &[u8]) -> Result<Head<'_>, SanitizeError> {
             match fields.last_mut() {
                 Some(f) => {
                     f.end = end;
-                    pos = end;
                     continue;
                 }
-                None => break,
+                None => {
+                    return Ok(Head {
+                        fields,
+                        body_start: pos,
+                    })
+                }
             }
         }
         let Some(colon) = line.iter().position(|&b| b == b':') else {
-            break;
+            return Ok(Head {
+                fields,
+                body_start: pos,
+            });
         };
         let name = trim_wsp_end(&line[..colon]);
         if name.is_empty() || name.iter().any(|&b| b == b' ' || b == b'\t') {
-            break;
+            return Ok(Head {
+                fields,
+                body_start: pos,
+            });
         }
         if !name.iter().all(|&b| (33..=126).contains(&b)) {
             return Err(SanitizeError::BadFieldName);
@@ -205,11 +211,28 @@ fn split_header(raw: &[u8]) -> Result<Head<'_>, SanitizeError> {
             start: pos,
             end,
         });
-        pos = end;
     }
     Ok(Head {
         fields,
-        body_start: pos,
+        body_start: raw.len(),
+    })
+}
+
+/// The lines of `buf` as `start..end` ranges, each with its CRLF (the last
+/// one may lack it).
+fn crlf_lines(buf: &[u8]) -> impl Iterator<Item = std::ops::Range<usize>> + '_ {
+    let mut pos = 0;
+    std::iter::from_fn(move || {
+        if pos >= buf.len() {
+            return None;
+        }
+        let end = buf[pos..]
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .map_or(buf.len(), |i| pos + i + 2);
+        let line = pos..end;
+        pos = end;
+        Some(line)
     })
 }
 
@@ -425,15 +448,10 @@ fn push_param(out: &mut String, name: &str, value: &str) {
 fn split_parts<'a>(body: &'a [u8], boundary: &[u8]) -> Option<Vec<&'a [u8]>> {
     let mut parts = Vec::new();
     let mut start: Option<usize> = None;
-    let mut pos = 0;
-    while pos < body.len() {
-        let end = body[pos..]
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .map_or(body.len(), |i| pos + i + 2);
-        let line = body[pos..end]
-            .strip_suffix(b"\r\n")
-            .unwrap_or(&body[pos..end]);
+    for lines in crlf_lines(body) {
+        let (pos, end) = (lines.start, lines.end);
+        let line = &body[lines];
+        let line = line.strip_suffix(b"\r\n").unwrap_or(line);
         let rest = line
             .strip_prefix(b"--")
             .and_then(|l| l.strip_prefix(boundary))
@@ -448,7 +466,6 @@ fn split_parts<'a>(body: &'a [u8], boundary: &[u8]) -> Option<Vec<&'a [u8]>> {
             }
             start = Some(end);
         }
-        pos = end;
     }
     parts.push(&body[start?..]);
     Some(parts)

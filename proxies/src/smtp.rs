@@ -16,10 +16,10 @@ use dust_mixer::{Deliver, ItemKind, Mixer, MixerError, Once, StorageError};
 use futures::task::Spawn;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore};
 use tor_rtcompat::{Blocking, SleepProvider};
 
-use crate::auth::Users;
+use crate::auth::{Users, Verdict, Verifier};
 use crate::mail::{replay_digest, sanitize, SanitizeError, SanitizeOptions, StoredMail};
 
 /// Settings of the SMTP endpoint (`[smtp]`).
@@ -126,22 +126,102 @@ where
     }
 }
 
+/// How long a newcomer waits for the slot of a stranger it evicted.
+const EVICT_WAIT: Duration = Duration::from_secs(2);
+/// A session is not evicted before it is this old: long enough for a real
+/// client to authenticate, even when strangers arrive in a burst.
+const EVICT_MIN_AGE: Duration = Duration::from_secs(2);
+
+/// Sessions that have not authenticated yet, oldest first. When every slot
+/// is taken, a newcomer makes the oldest of them close and takes its slot:
+/// strangers cannot keep a real user out by holding connections, and a
+/// real user, who authenticates within moments of connecting, is the
+/// youngest and the last to go.
+#[derive(Default)]
+struct Strangers {
+    next: u64,
+    /// (id, connected at, its eviction switch).
+    oldest_first: std::collections::VecDeque<(u64, tokio::time::Instant, Arc<Notify>)>,
+}
+
+/// A session's place among the [`Strangers`] until it authenticates or
+/// ends.
+struct Ticket {
+    id: u64,
+    list: Arc<parking_lot::Mutex<Strangers>>,
+    evict: Arc<Notify>,
+}
+
+impl Ticket {
+    fn new(list: &Arc<parking_lot::Mutex<Strangers>>) -> Self {
+        let evict = Arc::new(Notify::new());
+        let mut l = list.lock();
+        l.next += 1;
+        let id = l.next;
+        l.oldest_first
+            .push_back((id, tokio::time::Instant::now(), Arc::clone(&evict)));
+        Self {
+            id,
+            list: Arc::clone(list),
+            evict,
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        self.list
+            .lock()
+            .oldest_first
+            .retain(|(id, _, _)| *id != self.id);
+    }
+}
+
 /// The server: accepts connections until `shutdown` turns true.
 pub struct Server<A> {
     cfg: Arc<SmtpConfig>,
     admission: Arc<A>,
+    verifier: Arc<Verifier>,
     slots: Arc<Semaphore>,
+    strangers: Arc<parking_lot::Mutex<Strangers>>,
 }
 
 impl<A: Admission> Server<A> {
     /// A server admitting through `admission`.
     pub fn new(cfg: SmtpConfig, admission: Arc<A>) -> Self {
         let slots = Arc::new(Semaphore::new(cfg.max_connections));
+        let verifier = Arc::new(Verifier::new(cfg.users.clone()));
         Self {
             cfg: Arc::new(cfg),
             admission,
+            verifier,
             slots,
+            strangers: Arc::default(),
         }
+    }
+
+    /// A slot for a new connection: a free one, or the one of the oldest
+    /// session that has not authenticated (it is told 421 and closes).
+    async fn slot(
+        slots: Arc<Semaphore>,
+        strangers: &parking_lot::Mutex<Strangers>,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if let Ok(p) = Arc::clone(&slots).try_acquire_owned() {
+            return Some(p);
+        }
+        let evict = {
+            let mut l = strangers.lock();
+            let (_, since, _) = l.oldest_first.front()?;
+            if since.elapsed() < EVICT_MIN_AGE {
+                return None;
+            }
+            l.oldest_first.pop_front()?.2
+        };
+        evict.notify_one();
+        tokio::time::timeout(EVICT_WAIT, slots.acquire_owned())
+            .await
+            .ok()?
+            .ok()
     }
 
     /// Accept connections until `shutdown` becomes true, then wait up to
@@ -167,35 +247,31 @@ impl<A: Admission> Server<A> {
                 }
             };
             let _ = sock.set_nodelay(true);
-            let (rd, wr) = sock.into_split();
-            match Arc::clone(&self.slots).try_acquire_owned() {
-                Ok(permit) => {
-                    let cfg = Arc::clone(&self.cfg);
-                    let admission = Arc::clone(&self.admission);
-                    let shutdown = shutdown.clone();
-                    tokio::spawn(async move {
-                        let mut s = Session::new(&cfg, &*admission, rd, wr, shutdown);
-                        if let Err(e) = s.run().await {
-                            tracing::debug!(error = %e, "session ended with an I/O error");
-                        }
-                        drop(permit);
-                    });
+            let (rd, mut wr) = sock.into_split();
+            let cfg = Arc::clone(&self.cfg);
+            let admission = Arc::clone(&self.admission);
+            let verifier = Arc::clone(&self.verifier);
+            let (slots, strangers) = (Arc::clone(&self.slots), Arc::clone(&self.strangers));
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                let Some(permit) = Self::slot(slots, &strangers).await else {
+                    let msg = format!(
+                        "421 4.3.2 {} Too many connections, try again later\r\n",
+                        cfg.hostname
+                    );
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(5), wr.write_all(msg.as_bytes()))
+                            .await;
+                    return;
+                };
+                let ticket = cfg.require_auth.then(|| Ticket::new(&strangers));
+                let mut s = Session::new(&cfg, &*admission, &verifier, rd, wr, shutdown, ticket);
+                if let Err(e) = s.run().await {
+                    tracing::debug!(error = %e, "session ended with an I/O error");
                 }
-                Err(_) => {
-                    let host = self.cfg.hostname.clone();
-                    tokio::spawn(async move {
-                        let mut wr = wr;
-                        let msg =
-                            format!("421 4.3.2 {host} Too many connections, try again later\r\n");
-                        let _ = tokio::time::timeout(
-                            Duration::from_secs(5),
-                            wr.write_all(msg.as_bytes()),
-                        )
-                        .await;
-                        drop(rd);
-                    });
-                }
-            }
+                drop(s);
+                drop(permit);
+            });
         }
         let all = self.cfg.max_connections as u32;
         let _ = tokio::time::timeout(grace, self.slots.acquire_many(all)).await;
@@ -267,6 +343,14 @@ enum Flow {
 struct Session<'a, A, R, W> {
     cfg: &'a SmtpConfig,
     admission: &'a A,
+    verifier: &'a Verifier,
+    /// When the session started (for the session and AUTH deadlines).
+    started: tokio::time::Instant,
+    /// Commands before a successful AUTH.
+    unauthenticated_commands: u32,
+    /// Its place among the sessions that have not authenticated (dropped
+    /// at AUTH).
+    ticket: Option<Ticket>,
     rd: BufReader<R>,
     wr: BufWriter<W>,
     shutdown: watch::Receiver<bool>,
@@ -281,6 +365,15 @@ struct Session<'a, A, R, W> {
 
 /// Close the session after this many failed AUTH attempts.
 const MAX_AUTH_FAILURES: u32 = 3;
+/// A session that needs AUTH must have authenticated this long after
+/// connecting, or it is closed (421): strangers cannot hold a slot idly.
+const AUTH_DEADLINE: Duration = Duration::from_secs(60);
+/// Commands a session may send before it authenticates (EHLO, AUTH and a
+/// few retries fit easily); more: 421.
+const MAX_UNAUTHENTICATED_COMMANDS: u32 = 10;
+/// The longest a session may last (a real client submits and leaves);
+/// longer: 421 at the next command or wait.
+const MAX_SESSION: Duration = Duration::from_secs(30 * 60);
 /// Close the session after this many rejected commands.
 const MAX_ERRORS: u32 = 20;
 
@@ -293,13 +386,19 @@ where
     fn new(
         cfg: &'a SmtpConfig,
         admission: &'a A,
+        verifier: &'a Verifier,
         rd: R,
         wr: W,
         shutdown: watch::Receiver<bool>,
+        ticket: Option<Ticket>,
     ) -> Self {
         Self {
             cfg,
             admission,
+            verifier,
+            ticket,
+            started: tokio::time::Instant::now(),
+            unauthenticated_commands: 0,
             rd: BufReader::with_capacity(16 * 1024, rd),
             wr: BufWriter::with_capacity(8 * 1024, wr),
             shutdown,
@@ -339,47 +438,98 @@ where
         loop {
             self.flush_if_idle().await?;
             let limit = self.cfg.max_line_bytes;
-            let timeout = self.cfg.command_timeout;
+            // The idle limit, cut short by the session's own deadlines.
+            let left = self
+                .deadline()
+                .saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                let msg = format!("421 4.4.2 {} Session too long, closing", self.cfg.hostname);
+                return self.close_with(&msg).await;
+            }
+            let timeout = self.cfg.command_timeout.min(left);
             let read = {
                 let Self {
-                    rd, line, shutdown, ..
+                    rd,
+                    line,
+                    shutdown,
+                    ticket,
+                    ..
                 } = self;
+                let evicted = async {
+                    match ticket {
+                        Some(t) => t.evict.notified().await,
+                        None => futures::future::pending().await,
+                    }
+                };
                 tokio::select! {
-                    r = tokio::time::timeout(timeout, read_line(rd, line, limit)) => Some(r),
-                    _ = shutdown.wait_for(|s| *s) => None,
+                    r = tokio::time::timeout(timeout, read_line(rd, line, limit)) => Ok(r),
+                    _ = shutdown.wait_for(|s| *s) => Err("421 4.3.2 Service shutting down"),
+                    _ = evicted => Err("421 4.7.0 Too many connections without authentication"),
                 }
             };
             let line = match read {
-                None => {
-                    let msg = format!("421 4.3.2 {} Service shutting down", self.cfg.hostname);
+                Err(why) => {
+                    // "421 x.y.z" + " " + hostname + the text.
+                    let (code, text) = why.split_at(9);
+                    let msg = format!("{code} {}{text}", self.cfg.hostname);
                     return self.close_with(&msg).await;
                 }
-                Some(Err(_)) => {
+                Ok(Err(_)) => {
                     let msg = format!(
                         "421 4.4.2 {} Timeout, closing connection",
                         self.cfg.hostname
                     );
                     return self.close_with(&msg).await;
                 }
-                Some(Ok(r)) => r?,
+                Ok(Ok(r)) => r?,
             };
             let flow = match line {
                 Line::Eof => return Ok(()),
                 Line::TooLong { .. } => self.error("500 5.5.2 Line too long").await?,
-                Line::Ok => {
-                    let text = trim_eol(&self.line);
-                    match std::str::from_utf8(text) {
-                        Ok(t) => {
-                            let t = t.to_string();
-                            self.command(&t).await?
-                        }
-                        Err(_) => self.error("500 5.5.2 Command is not valid UTF-8").await?,
+                Line::Ok if self.needs_auth() => {
+                    self.unauthenticated_commands += 1;
+                    if self.unauthenticated_commands > MAX_UNAUTHENTICATED_COMMANDS {
+                        let msg = format!(
+                            "421 4.7.0 {} Too many commands without authentication",
+                            self.cfg.hostname
+                        );
+                        return self.close_with(&msg).await;
                     }
+                    self.dispatch().await?
                 }
+                Line::Ok => self.dispatch().await?,
             };
             if let Flow::Close = flow {
                 return Ok(());
             }
+        }
+    }
+
+    /// Whether this session still has to authenticate.
+    fn needs_auth(&self) -> bool {
+        self.cfg.require_auth && self.user.is_none()
+    }
+
+    /// When the session ends at the latest: [`MAX_SESSION`] after it began,
+    /// or [`AUTH_DEADLINE`] while it has not authenticated.
+    fn deadline(&self) -> tokio::time::Instant {
+        let limit = if self.needs_auth() {
+            AUTH_DEADLINE
+        } else {
+            MAX_SESSION
+        };
+        self.started + limit
+    }
+
+    /// Run the command in the line buffer.
+    async fn dispatch(&mut self) -> std::io::Result<Flow> {
+        let text = trim_eol(&self.line);
+        match std::str::from_utf8(text) {
+            Ok(t) => {
+                let t = t.to_string();
+                self.command(&t).await
+            }
+            Err(_) => self.error("500 5.5.2 Command is not valid UTF-8").await,
         }
     }
 
@@ -731,17 +881,19 @@ where
         let Ok(user) = String::from_utf8(user) else {
             return self.auth_failed().await;
         };
-        let users = self.cfg.users.clone();
-        let name = user.clone();
-        let ok = tokio::task::spawn_blocking(move || users.verify(&name, &pass))
-            .await
-            .unwrap_or(false);
-        if ok {
-            self.user = Some(user);
-            self.reply("235 2.7.0 Authentication successful").await?;
-            Ok(Flow::Continue)
-        } else {
-            self.auth_failed().await
+        match self.verifier.verify(&user, &pass).await {
+            Verdict::Ok => {
+                self.user = Some(user);
+                self.ticket = None;
+                self.reply("235 2.7.0 Authentication successful").await?;
+                Ok(Flow::Continue)
+            }
+            Verdict::Wrong => self.auth_failed().await,
+            // RFC 4954: a temporary failure; the client may try later.
+            Verdict::Busy(_) => {
+                self.error("454 4.7.0 Temporary authentication failure, try again later")
+                    .await
+            }
         }
     }
 

@@ -108,8 +108,11 @@ async fn curl(args: Vec<String>) -> (u16, String, Vec<u8>) {
     )
 }
 
+/// The Authorization header of the user whose token this is: two users
+/// here, so tokens are presented as NAME:TOKEN.
 fn auth(token: &str) -> Vec<String> {
-    vec!["-H".into(), format!("Authorization: Bearer {token}")]
+    let name = if token == OTHER { "bob" } else { "alice" };
+    vec!["-H".into(), format!("Authorization: Bearer {name}:{token}")]
 }
 
 fn args(a: &[&str]) -> Vec<String> {
@@ -130,8 +133,22 @@ async fn jobs_are_created_durably_shown_only_to_their_owner_and_deleted() {
         serde_json::from_slice::<Value>(&body).unwrap()["error"],
         "unauthorized"
     );
-    let (code, _, _) = curl([auth("nope"), args(&["-X", "POST", &url, "-d", "{}"])].concat()).await;
-    assert_eq!(code, 401);
+    // A wrong token of a name that is no user, and a bare token on a mote
+    // with two users (which user's would it be?): 401.
+    for bearer in [
+        "Authorization: Bearer mallory:nope",
+        &format!("Authorization: Bearer {TOKEN}"),
+    ] {
+        let (code, _, _) = curl(
+            [
+                args(&["-H", bearer]),
+                args(&["-X", "POST", &url, "-d", "{}"]),
+            ]
+            .concat(),
+        )
+        .await;
+        assert_eq!(code, 401, "{bearer}");
+    }
     // Malformed requests: 4xx with a stable code, never a crash.
     for (data, want) in [
         ("{", "bad_json"),
@@ -455,7 +472,7 @@ async fn slow_bodies_idle_connections_and_the_connection_limit() {
     // A body that stops after its first byte: 408 after 30 s.
     let mut slow = raw(&s.base).await;
     let head = format!(
-        "POST /v1/fetches HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\n\
+        "POST /v1/fetches HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer alice:{TOKEN}\r\n\
          Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
     );
     slow.write_all(head.as_bytes()).await.unwrap();

@@ -352,18 +352,32 @@ async fn storage_failure_is_451_and_shutdown_is_421() {
     assert!(idle.reply().await.starts_with("421 4.3.2"));
 }
 
-#[tokio::test]
-async fn connections_beyond_the_limit_get_421() {
+#[tokio::test(start_paused = true)]
+async fn beyond_the_limit_strangers_make_room_and_then_421() {
     let r = start(SmtpConfig {
         max_connections: 2,
         ..config()
     })
     .await;
-    let (_a, ga) = Client::connect(r.port).await;
-    let (_b, gb) = Client::connect(r.port).await;
+    let (mut a, ga) = Client::connect(r.port).await;
+    let (mut b, gb) = Client::connect(r.port).await;
     assert!(ga.starts_with("220 ") && gb.starts_with("220 "));
-    let (_c, gc) = Client::connect(r.port).await;
-    assert!(gc.starts_with("421 4.3.2"), "{gc}");
+    b.login().await;
+    // All slots taken, and the stranger has had less than 2 s to
+    // authenticate: the newcomer is refused.
+    let (_early, ge) = Client::connect(r.port).await;
+    assert!(ge.starts_with("421 4.3.2"), "{ge}");
+    // Later the newcomer takes the slot of the oldest session that has not
+    // authenticated.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (mut c, gc) = Client::connect(r.port).await;
+    assert!(gc.starts_with("220 "), "{gc}");
+    let ra = a.reply().await;
+    assert!(ra.starts_with("421 4.7.0"), "{ra}");
+    c.login().await;
+    // Every slot holds an authenticated session: nobody to evict.
+    let (_d, gd) = Client::connect(r.port).await;
+    assert!(gd.starts_with("421 4.3.2"), "{gd}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -374,7 +388,18 @@ async fn idle_sessions_time_out_with_421() {
         ..config()
     })
     .await;
+    // A stranger who does not authenticate is gone after a minute ...
     let (mut c, _) = Client::connect(r.port).await;
+    let t0 = tokio::time::Instant::now();
+    assert!(c.reply().await.starts_with("421 4.4.2"), "auth deadline");
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_secs(60) && waited < Duration::from_secs(61),
+        "{waited:?}"
+    );
+    // ... a user after the command timeout.
+    let (mut c, _) = Client::connect(r.port).await;
+    c.login().await;
     let t0 = tokio::time::Instant::now();
     assert!(c.reply().await.starts_with("421 4.4.2"), "command timeout");
     assert!(t0.elapsed() >= Duration::from_secs(300));
@@ -430,4 +455,35 @@ async fn a_dot_after_an_over_long_bare_lf_line_does_not_end_data() {
         assert!(next.starts_with("250 "), "{next}");
     }
     unreachable!("the CRLF case returns");
+}
+
+/// Strangers cannot hold a slot by chatting: at most 10 commands before
+/// AUTH; and no session lasts longer than 30 minutes, however busy.
+#[tokio::test(start_paused = true)]
+async fn sessions_have_command_and_length_limits() {
+    let r = start(config()).await;
+    let (mut c, _) = Client::connect(r.port).await;
+    for i in 0..10 {
+        assert!(c.cmd("NOOP\r\n").await.starts_with("250 "), "NOOP {i}");
+    }
+    let last = c.cmd("NOOP\r\n").await;
+    assert!(last.starts_with("421 4.7.0"), "{last}");
+    // An authenticated session that keeps talking is closed at 30 min.
+    let (mut c, _) = Client::connect(r.port).await;
+    c.login().await;
+    let t0 = tokio::time::Instant::now();
+    let end = loop {
+        tokio::time::sleep(Duration::from_secs(100)).await;
+        let reply = c.cmd("NOOP\r\n").await;
+        if !reply.starts_with("250 ") {
+            break reply;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(1900), "never closed");
+    };
+    assert!(end.starts_with("421 4.4.2"), "{end}");
+    assert!(
+        t0.elapsed() >= Duration::from_secs(1700),
+        "{:?}",
+        t0.elapsed()
+    );
 }

@@ -342,10 +342,8 @@ arti_config = "arti.toml"     # optional: a file in Arti's own configuration for
         assert_eq!(c.config.tor.mode, TorMode::Direct);
         // The download issue's additions.
         assert_eq!(c.config.http.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(
-            c.http_users.find(b"alice-example-token").as_deref(),
-            Some("alice")
-        );
+        assert!(c.http_users.verify("alice", b"alice-example-token"));
+        assert_eq!(c.http_users.only(), Some("alice"));
         assert_eq!(c.http_operators, ["alice"]);
         assert_eq!((c.fetch.chunk_min, c.fetch.chunk_max), (64 << 10, 1 << 20));
         assert!(c.fetch.allow_private_addresses);

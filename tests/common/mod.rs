@@ -442,6 +442,11 @@ delivery_grace = "2s"
         self.proc.as_ref().expect("running").signal(sig);
     }
 
+    /// The running mote's process id.
+    pub fn pid(&self) -> i32 {
+        self.proc.as_ref().expect("running").pid()
+    }
+
     /// Wait (at most `timeout`) for the mote to exit by itself.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let p = self.proc.as_mut().expect("running");

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Hostile load on a release build: tests/peers/hostile.py's four attacks
+# (junk bearer tokens, wrong AUTH, slot holders, trickled bodies), each for
+# SECONDS, while a real user submits one message a second. Prints the
+# mote's peak RSS and threads and the real user's latencies per phase.
+# Goals: peak RSS <= 256 MiB, real-user latency <= 2 s.
+#
+#   bash benches/hostile.sh [SECONDS]     (default 15)
+#
+# Everything listens on 127.0.0.1 on free ports and is stopped at exit.
+set -euo pipefail
+SECONDS_PER_PHASE=${1:-15}
+root=$(cd "$(dirname "$0")/.." && pwd)
+work=$(mktemp -d /tmp/dustmote-hostile.XXXXXX)
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    rm -rf "$work"
+}
+trap cleanup EXIT
+# shellcheck source=benches/lib.sh
+. "$root/benches/lib.sh"
+
+echo "building dustmote (release)..." >&2
+cargo build --release -q --manifest-path "$root/Cargo.toml"
+BIN="$root/target/release/dustmote"
+PASSWORD=hostile-bench-password
+HASH=$(echo "$PASSWORD" | "$BIN" passwd)
+SMTP=$(free_port)
+HTTP=$(free_port)
+cat > "$work/mote.toml" <<CONF
+[storage]
+dir = "$work/data"
+[smtp]
+listen = "127.0.0.1:$SMTP"
+[[smtp.users]]
+name = "alice"
+password_hash = "$HASH"
+[mixer]
+delay = { distribution = "constant", value = "6h" }
+[http]
+listen = "127.0.0.1:$HTTP"
+[[http.users]]
+name = "alice"
+token_hash = "$HASH"
+CONF
+RUST_LOG=warn "$BIN" serve --config "$work/mote.toml" 2>"$work/mote.log" &
+pid=$!
+pids+=("$pid")
+wait_port "$SMTP"
+python3 "$root/tests/peers/hostile.py" --pid "$pid" --smtp "$SMTP" --http "$HTTP" \
+    --user alice --password "$PASSWORD" --seconds "$SECONDS_PER_PHASE" > "$work/out.json"
+python3 - "$work/out.json" <<'PY'
+import json, statistics, sys
+d = json.load(open(sys.argv[1]))
+print(f"baseline RSS {d['baseline_rss_kib'] / 1024:.0f} MiB")
+for phase in ["junk_tokens", "wrong_auth", "idle_slots", "slow_bodies"]:
+    p = d[phase]
+    lat = sorted(p["latency"])
+    print(f"{phase:12s} peak RSS {p['peak_rss_kib'] / 1024:5.0f} MiB  threads {p['peak_threads']:3d}  "
+          f"real user: {len(lat)} sent, median {statistics.median(lat) * 1000:.0f} ms, "
+          f"max {max(lat) * 1000:.0f} ms, {len(p['failures'])} failed")
+PY
