@@ -43,6 +43,7 @@ fn make(
             from,
             rcpts: vec![to],
             message,
+            smtputf8: false,
         }
         .encode();
         return Some((ItemKind::Mail, payload));

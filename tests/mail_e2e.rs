@@ -867,3 +867,61 @@ fn a_resent_message_is_stored_once() {
     assert!(got.contains(&vec!["c@example.net".to_string()]));
     assert!(mote.log().contains("resent message was acknowledged"));
 }
+
+/// SMTPUTF8 (RFC 6531): an internationalized address and UTF-8 header
+/// fields pass intact to a next hop that offers SMTPUTF8, with the
+/// parameter on its MAIL; where the next hop lacks it the message is
+/// dropped as a permanent failure (no bounce), not retried.
+#[test]
+fn smtputf8_passes_intact_or_is_dropped_where_the_next_hop_lacks_it() {
+    let from = "j\u{f6}rg@b\u{fc}cher.example";
+    let to = "\u{7528}\u{6237}@\u{4f8b}\u{5b50}.example";
+    let text = format!(
+        "From: J\u{f6}rg <{from}>\r\nTo: <{to}>\r\nSubject: Gr\u{fc}\u{df}e\r\n\r\nHallo\r\n"
+    );
+    for sink_utf8 in [true, false] {
+        let args: Vec<String> = if sink_utf8 {
+            Vec::new()
+        } else {
+            vec!["--no-smtputf8".into()]
+        };
+        let sink = Sink::start_args(free_port(), &args);
+        let mut cfg = MoteConfig::new(sink.port);
+        cfg.delay = r#"{ distribution = "constant", value = "200ms" }"#.into();
+        let mote = Mote::start(&cfg);
+        let file = mote.dir.path().join("utf8.eml");
+        std::fs::write(&file, &text).unwrap();
+        let r = smtplib_send_with(
+            mote.port,
+            Some("plain"),
+            PASSWORD,
+            from,
+            &[to],
+            &file,
+            &["--smtputf8"],
+        );
+        assert_eq!(r["ok"], true, "{r}");
+        if sink_utf8 {
+            let m = sink.wait_messages(1, Duration::from_secs(30)).remove(0);
+            assert_eq!(m.mail_from, from);
+            assert_eq!(m.rcpt_tos, [to]);
+            assert!(
+                m.mail_options.iter().any(|o| o == "SMTPUTF8"),
+                "{:?}",
+                m.mail_options
+            );
+            let header = String::from_utf8(m.split().0.into_bytes()).unwrap();
+            assert!(header.contains("Subject: Gr\u{fc}\u{df}e\r\n"), "{header}");
+            assert!(header.contains(&format!("To: <{to}>")), "{header}");
+        } else {
+            mote.wait_drained(Duration::from_secs(30));
+            assert!(sink.messages().is_empty());
+            assert!(
+                mote.log()
+                    .contains("dropped after a permanent delivery failure"),
+                "{}",
+                mote.log()
+            );
+        }
+    }
+}

@@ -14,7 +14,8 @@ use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{
     AsyncSmtpConnection, AsyncTokioStream, Certificate, TlsParameters,
 };
-use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use lettre::Address;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -111,6 +112,8 @@ struct Hop<'a> {
     tls: TlsMode,
     extra_ca_pem: Option<&'a [u8]>,
     auth: Option<&'a (String, String)>,
+    /// The message needs the next hop's SMTPUTF8 (RFC 6531).
+    smtputf8: bool,
 }
 
 impl MailDelivery {
@@ -170,10 +173,14 @@ impl MailDelivery {
                     tls: relay.tls,
                     extra_ca_pem: relay.extra_ca_pem.as_deref(),
                     auth: relay.auth.as_ref(),
+                    smtputf8: mail.smtputf8,
                 };
                 self.session(&hop, &envelope, message).await
             }
-            Route::Mx(route) => self.deliver_mx(route, from, rcpts, message).await,
+            Route::Mx(route) => {
+                self.deliver_mx(route, from, rcpts, message, mail.smtputf8)
+                    .await
+            }
         }
     }
 
@@ -187,6 +194,7 @@ impl MailDelivery {
         from: Option<Address>,
         rcpts: Vec<Address>,
         message: &[u8],
+        smtputf8: bool,
     ) -> Result<(), DeliveryError> {
         let mut by_domain: Vec<(String, Vec<Address>)> = Vec::new();
         for r in rcpts {
@@ -201,7 +209,7 @@ impl MailDelivery {
             let envelope = Envelope::new(from.clone(), rcpts)
                 .map_err(|e| DeliveryError::permanent(format!("bad envelope: {e}")))?;
             match self
-                .deliver_domain(route, &domain, &envelope, message)
+                .deliver_domain(route, &domain, &envelope, message, smtputf8)
                 .await
             {
                 Ok(()) => {}
@@ -224,6 +232,7 @@ impl MailDelivery {
         domain: &str,
         envelope: &Envelope,
         message: &[u8],
+        smtputf8: bool,
     ) -> Result<(), DeliveryError> {
         let hosts = mail_hosts(&*self.connector, &route.mx, self.next_isolation(), domain)
             .await
@@ -249,6 +258,7 @@ impl MailDelivery {
                     tls: route.tls,
                     extra_ca_pem: route.extra_ca_pem.as_deref(),
                     auth: None,
+                    smtputf8,
                 };
                 match self.session(&hop, envelope, message).await {
                     Ok(()) => return Ok(()),
@@ -310,7 +320,7 @@ impl MailDelivery {
                 .await
                 .map_err(smtp_error)?;
         }
-        conn.send(envelope, message).await.map_err(smtp_error)?;
+        send(&mut conn, envelope, message, hop.smtputf8).await?;
         // The message is accepted; a failing QUIT does not change that.
         let _ = conn.quit().await;
         Ok(())
@@ -329,6 +339,48 @@ impl Deliver for MailDelivery {
             ))),
         }
     }
+}
+
+/// MAIL (with SMTPUTF8 and BODY=8BITMIME as the message needs them), RCPT,
+/// DATA. A next hop without an extension the message needs refuses it for
+/// good (RFC 6531 3.4: the message cannot be sent on without changing it),
+/// which drops it; lettre would call that a client error and retry forever.
+async fn send(
+    conn: &mut AsyncSmtpConnection,
+    envelope: &Envelope,
+    message: &[u8],
+    smtputf8: bool,
+) -> Result<(), DeliveryError> {
+    let info = conn.server_info();
+    let mut params = Vec::new();
+    let non_ascii = |a: &Address| !AsRef::<str>::as_ref(a).is_ascii();
+    if smtputf8 || envelope.from().is_some_and(non_ascii) || envelope.to().iter().any(non_ascii) {
+        if !info.supports_feature(Extension::SmtpUtfEight) {
+            return Err(DeliveryError::permanent(
+                "5.6.7 the next hop does not support SMTPUTF8, which this message needs",
+            ));
+        }
+        params.push(MailParameter::SmtpUtfEight);
+    }
+    if !message.is_ascii() {
+        if !info.supports_feature(Extension::EightBitMime) {
+            return Err(DeliveryError::permanent(
+                "5.6.3 the next hop does not support 8BITMIME, which this message needs",
+            ));
+        }
+        params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+    }
+    conn.command(Mail::new(envelope.from().cloned(), params))
+        .await
+        .map_err(smtp_error)?;
+    for to in envelope.to() {
+        conn.command(Rcpt::new(to.clone(), Vec::new()))
+            .await
+            .map_err(smtp_error)?;
+    }
+    conn.command(Data).await.map_err(smtp_error)?;
+    conn.message(message).await.map_err(smtp_error)?;
+    Ok(())
 }
 
 /// 5xx from the next hop is permanent; everything else (4xx, I/O, TLS,

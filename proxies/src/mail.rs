@@ -27,8 +27,12 @@ const CONTENT: &[&str] = &[
 /// Kept only with `keep_threading`: they link a reply to its thread.
 const THREADING: &[&str] = &["in-reply-to", "references"];
 
-/// Format tag of [`StoredMail::encode`].
+/// Format tag of a [`StoredMail`] without flags (still read).
 const STORED_MAIL_V1: u8 = 1;
+/// Format tag of [`StoredMail::encode`]: v1 with a flags byte after it.
+const STORED_MAIL_V2: u8 = 2;
+/// Flag: the client sent `MAIL FROM:<...> SMTPUTF8`.
+const FLAG_SMTPUTF8: u8 = 1;
 
 /// A message as it waits in the queue: envelope plus sanitized message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +43,10 @@ pub struct StoredMail {
     pub rcpts: Vec<String>,
     /// Sanitized header, empty line, body; CRLF line endings; no Date field.
     pub message: Vec<u8>,
+    /// Submitted with `SMTPUTF8` (RFC 6531): internationalized addresses or
+    /// UTF-8 header fields, to be sent on only to a next hop that supports
+    /// it.
+    pub smtputf8: bool,
 }
 
 /// The stored bytes could not be decoded (a bug or a corrupt record).
@@ -47,11 +55,12 @@ pub struct StoredMail {
 pub struct DecodeError;
 
 impl StoredMail {
-    /// Serialize: tag, u16-length-prefixed sender, u16 count of u16-prefixed
-    /// recipients, then the message bytes.
+    /// Serialize: tag, flags, u16-length-prefixed sender, u16 count of
+    /// u16-prefixed recipients, then the message bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.message.len() + 64);
-        out.push(STORED_MAIL_V1);
+        out.push(STORED_MAIL_V2);
+        out.push(if self.smtputf8 { FLAG_SMTPUTF8 } else { 0 });
         put_str(&mut out, &self.from);
         out.extend_from_slice(&(self.rcpts.len() as u16).to_be_bytes());
         for r in &self.rcpts {
@@ -64,9 +73,11 @@ impl StoredMail {
     /// Inverse of [`StoredMail::encode`].
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let (&tag, mut rest) = bytes.split_first().ok_or(DecodeError)?;
-        if tag != STORED_MAIL_V1 {
-            return Err(DecodeError);
-        }
+        let flags = match tag {
+            STORED_MAIL_V1 => 0,
+            STORED_MAIL_V2 => take(&mut rest, 1)?[0],
+            _ => return Err(DecodeError),
+        };
         let from = take_str(&mut rest)?;
         let n = u16::from_be_bytes(take(&mut rest, 2)?.try_into().map_err(|_| DecodeError)?);
         let mut rcpts = Vec::with_capacity(n as usize);
@@ -77,6 +88,7 @@ impl StoredMail {
             from,
             rcpts,
             message: rest.to_vec(),
+            smtputf8: flags & FLAG_SMTPUTF8 != 0,
         })
     }
 }
@@ -776,11 +788,17 @@ epilogue from the client\r\n";
             from: String::new(),
             rcpts: vec!["a@b".into(), "é@x".into()],
             message: b"Subject: x\r\n\r\nbody".to_vec(),
+            smtputf8: true,
         };
         assert_eq!(StoredMail::decode(&m.encode()).expect("decode"), m);
         assert!(StoredMail::decode(&[]).is_err());
         assert!(StoredMail::decode(&[1, 0, 9, b'a']).is_err());
         assert!(StoredMail::decode(&[2]).is_err());
+        assert!(StoredMail::decode(&[3, 0, 0, 0, 0]).is_err());
+        // A record written before the flags byte existed still reads.
+        let v1 = [&[1u8, 0, 1, b'a', 0, 1, 0, 1, b'b'][..], b"m"].concat();
+        let old = StoredMail::decode(&v1).expect("v1");
+        assert_eq!((old.from.as_str(), old.smtputf8), ("a", false));
     }
 
     #[test]

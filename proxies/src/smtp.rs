@@ -357,6 +357,8 @@ struct Session<'a, A, R, W> {
     greeted: bool,
     user: Option<String>,
     from: Option<String>,
+    /// This transaction's MAIL carried SMTPUTF8.
+    smtputf8: bool,
     rcpts: Vec<String>,
     auth_failures: u32,
     errors: u32,
@@ -405,6 +407,7 @@ where
             greeted: false,
             user: None,
             from: None,
+            smtputf8: false,
             rcpts: Vec::new(),
             auth_failures: 0,
             errors: 0,
@@ -550,6 +553,7 @@ where
 
     fn reset(&mut self) {
         self.from = None;
+        self.smtputf8 = false;
         self.rcpts.clear();
     }
 
@@ -566,7 +570,7 @@ where
                 self.reset();
                 self.greeted = true;
                 let mut r = format!(
-                    "250-{}\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-8BITMIME\r\n",
+                    "250-{}\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n",
                     self.cfg.hostname, self.cfg.max_message_bytes
                 );
                 if !self.cfg.users.is_empty() && self.user.is_none() {
@@ -626,6 +630,7 @@ where
         let Some((addr, params)) = path_arg(arg, "FROM:") else {
             return self.error("501 5.5.4 Syntax: MAIL FROM:<address>").await;
         };
+        let mut utf8 = false;
         for p in params.split_ascii_whitespace() {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
             match k.to_ascii_uppercase().as_str() {
@@ -639,12 +644,19 @@ where
                     Err(_) => return self.error("501 5.5.4 Bad SIZE parameter").await,
                 },
                 "BODY" if v.eq_ignore_ascii_case("8BITMIME") || v.eq_ignore_ascii_case("7BIT") => {}
+                "SMTPUTF8" if v.is_empty() => utf8 = true,
                 _ => return self.error("555 5.5.4 Unsupported MAIL parameter").await,
             }
+        }
+        if !addr.is_ascii() && !utf8 {
+            return self
+                .error("553 5.6.7 Non-ASCII address requires SMTPUTF8")
+                .await;
         }
         if !addr.is_empty() && lettre::Address::from_str(addr).is_err() {
             return self.error("501 5.1.7 Bad sender address syntax").await;
         }
+        self.smtputf8 = utf8;
         self.from = Some(addr.to_string());
         self.reply("250 2.1.0 Ok").await?;
         Ok(Flow::Continue)
@@ -659,6 +671,11 @@ where
         };
         if !params.trim().is_empty() {
             return self.error("555 5.5.4 Unsupported RCPT parameter").await;
+        }
+        if !addr.is_ascii() && !self.smtputf8 {
+            return self
+                .error("553 5.6.7 Non-ASCII address requires SMTPUTF8")
+                .await;
         }
         if addr.is_empty() || lettre::Address::from_str(addr).is_err() {
             return self.error("501 5.1.3 Bad recipient address syntax").await;
@@ -767,6 +784,7 @@ where
             from,
             rcpts,
             message,
+            smtputf8: self.smtputf8,
         }
         .encode();
         match self.admission.admit(payload, once).await {

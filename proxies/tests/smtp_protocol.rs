@@ -228,9 +228,14 @@ async fn limits_and_sequence_errors_get_the_right_codes() {
         .await
         .starts_with("552 5.3.4"));
     assert!(c
-        .cmd("MAIL FROM:<a@example.org> SMTPUTF8\r\n")
+        .cmd("MAIL FROM:<a@example.org> SMTPUTF8=yes\r\n")
         .await
         .starts_with("555 "));
+    // A non-ASCII address needs SMTPUTF8 (RFC 6531 3.6.1).
+    assert!(c
+        .cmd("MAIL FROM:<j\u{f6}rg@example.org>\r\n")
+        .await
+        .starts_with("553 5.6.7"));
     assert!(c
         .cmd("MAIL FROM:<not an address>\r\n")
         .await
@@ -486,4 +491,31 @@ async fn sessions_have_command_and_length_limits() {
         "{:?}",
         t0.elapsed()
     );
+}
+
+/// SMTPUTF8 is offered; with it, internationalized addresses are taken and
+/// the stored message remembers that it needs SMTPUTF8 on the way out.
+#[tokio::test]
+async fn smtputf8_is_offered_and_remembered() {
+    let r = start(config()).await;
+    let (mut c, _) = Client::connect(r.port).await;
+    assert!(c.cmd("EHLO c\r\n").await.contains("250-SMTPUTF8\r\n"));
+    c.login().await;
+    let steps = [
+        (
+            "MAIL FROM:<j\u{f6}rg@b\u{fc}cher.example> SMTPUTF8\r\n",
+            "250 ",
+        ),
+        ("RCPT TO:<\u{7528}\u{6237}@example.net>\r\n", "250 "),
+        ("DATA\r\n", "354 "),
+        ("Subject: Gr\u{fc}\u{df}e\r\n\r\nHallo\r\n.\r\n", "250 "),
+    ];
+    for (cmd, want) in steps {
+        let got = c.cmd(cmd).await;
+        assert!(got.starts_with(want), "{cmd:?}: {got}");
+    }
+    let stored = r.capture.stored.lock().unwrap().clone();
+    assert_eq!(stored.len(), 1);
+    assert!(stored[0].smtputf8);
+    assert_eq!(stored[0].rcpts, ["\u{7528}\u{6237}@example.net"]);
 }

@@ -123,6 +123,8 @@ pub struct Delivered {
     pub time: f64,
     /// The client's EHLO/HELO name.
     pub helo: String,
+    /// The MAIL FROM parameters (`SMTPUTF8`, `BODY=8BITMIME`).
+    pub mail_options: Vec<String>,
 }
 
 impl Delivered {
@@ -227,6 +229,12 @@ impl Sink {
                     .collect(),
                 time: meta["time"].as_f64().unwrap(),
                 helo: meta["helo"].as_str().unwrap_or_default().to_string(),
+                mail_options: meta["mail_options"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect(),
             });
         }
         out
@@ -500,6 +508,19 @@ pub fn smtplib_send(
     to: &[&str],
     msg: &Path,
 ) -> serde_json::Value {
+    smtplib_send_with(port, auth, password, from, to, msg, &[])
+}
+
+/// [`smtplib_send`] with more `submit.py send` arguments (`--smtputf8`).
+pub fn smtplib_send_with(
+    port: u16,
+    auth: Option<&str>,
+    password: &str,
+    from: &str,
+    to: &[&str],
+    msg: &Path,
+    extra: &[&str],
+) -> serde_json::Value {
     let mut c = Command::new("python3");
     c.arg(peer("submit.py"))
         .args([
@@ -517,6 +538,7 @@ pub fn smtplib_send(
     if let Some(mech) = auth {
         c.args(["--user", USER, "--password", password, "--auth", mech]);
     }
+    c.args(extra);
     let out = c.output().unwrap();
     assert!(
         out.status.success(),

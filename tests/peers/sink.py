@@ -31,7 +31,8 @@ class Store:
         with open(base + ".json.tmp", "w") as f:
             json.dump({"mail_from": envelope.mail_from, "rcpt_tos": envelope.rcpt_tos,
                        "time": time.time(), "peer": session.peer[0],
-                       "helo": session.host_name}, f)
+                       "helo": session.host_name,
+                       "mail_options": envelope.mail_options}, f)
         os.rename(base + ".eml.tmp", base + ".eml")
         os.rename(base + ".json.tmp", base + ".json")
         return "250 2.0.0 Ok: stored"
@@ -65,8 +66,9 @@ def main():
     p.add_argument("--implicit-tls", nargs=2, metavar=("CERT", "KEY"),
                    help="TLS from the first byte (like port 465)")
     p.add_argument("--auth", metavar="USER:PASSWORD", help="require AUTH PLAIN/LOGIN")
+    p.add_argument("--no-smtputf8", action="store_true", help="do not offer SMTPUTF8")
     a = p.parse_args()
-    kw = {}
+    kw = {"enable_SMTPUTF8": not a.no_smtputf8}
     if a.starttls:
         kw.update(tls_context=server_tls(*a.starttls), require_starttls=True)
     if a.implicit_tls:

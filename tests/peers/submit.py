@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Mail submission with Python's smtplib, for the tests.
 
-  submit.py send  --port P [--user U --password W --auth plain|login] --from F --to T [--to T2] --file MSG
+  submit.py send  --port P [--user U --password W --auth plain|login] --from F --to T [--to T2] --file MSG [--smtputf8]
       Sends one message; prints one JSON object: {"ok": true} or
       {"ok": false, "stage": ..., "code": N, "text": ...}.
   submit.py track --port P --user U --password W --sessions S --count N --deadline SECS --out FILE
@@ -40,7 +40,7 @@ def send(a):
             stage = "auth"
             login(s, a)
             stage = "mail"
-            s.sendmail(a.from_, a.to, data)
+            s.sendmail(a.from_, a.to, data, mail_options=["SMTPUTF8"] if a.smtputf8 else [])
         print(json.dumps({"ok": True}))
     except smtplib.SMTPSenderRefused as e:
         print(json.dumps({"ok": False, "stage": "mail", "code": e.smtp_code, "text": e.smtp_error.decode()}))
@@ -112,6 +112,7 @@ def main():
     s.add_argument("--from", dest="from_", required=True)
     s.add_argument("--to", action="append", required=True)
     s.add_argument("--file", required=True)
+    s.add_argument("--smtputf8", action="store_true", help="MAIL FROM with SMTPUTF8")
     t = sub.choices["track"]
     t.add_argument("--sessions", type=int, default=4)
     t.add_argument("--count", type=int, required=True)
