@@ -1,7 +1,7 @@
 //! Users, their argon2 password hashes, and a [`Verifier`] that bounds the
 //! work anyone can cause before authenticating.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -190,8 +190,8 @@ pub struct Verifier {
     /// Work for the verification threads; bounded at [`MAX_WAITING`].
     jobs: std::sync::mpsc::SyncSender<Job>,
     throttle: parking_lot::Mutex<Throttle>,
-    /// Keyed digests of (name, secret) that verified, with the name.
-    known: parking_lot::Mutex<HashMap<[u8; 32], ()>>,
+    /// Keyed digests of (name, secret) that verified.
+    known: parking_lot::Mutex<HashSet<[u8; 32]>>,
     /// The key of those digests (random per process, never stored).
     key: [u8; 32],
 }
@@ -238,7 +238,7 @@ impl Verifier {
             users,
             jobs,
             throttle: parking_lot::Mutex::new(Throttle::default()),
-            known: parking_lot::Mutex::new(HashMap::new()),
+            known: parking_lot::Mutex::new(HashSet::new()),
             key: rand::rng().random(),
         }
     }
@@ -264,7 +264,7 @@ impl Verifier {
     /// credentials that verified before.
     pub async fn verify(&self, name: &str, secret: &[u8]) -> Verdict {
         let digest = self.digest(name, secret);
-        if self.known.lock().contains_key(&digest) {
+        if self.known.lock().contains(&digest) {
             return Verdict::Ok;
         }
         if let Some(wait) = self.refused_for(name, Instant::now()) {
@@ -314,7 +314,7 @@ impl Verifier {
             if known.len() >= MAX_KNOWN {
                 known.clear();
             }
-            known.insert(digest, ());
+            known.insert(digest);
             return;
         }
         let (tokens, at) = fill(&mut t.bucket, now);

@@ -133,15 +133,42 @@ const EVICT_WAIT: Duration = Duration::from_secs(2);
 const EVICT_MIN_AGE: Duration = Duration::from_secs(2);
 
 /// Sessions that have not authenticated yet, oldest first. When every slot
-/// is taken, a newcomer makes the oldest of them close and takes its slot:
-/// strangers cannot keep a real user out by holding connections, and a
-/// real user, who authenticates within moments of connecting, is the
-/// youngest and the last to go.
+/// is taken, a newcomer makes one of them close and takes its slot: first
+/// one that failed to authenticate (it has shown what it is), else the
+/// oldest one that had [`EVICT_MIN_AGE`] to authenticate. Strangers cannot
+/// keep a real user out by holding or churning connections, and a real
+/// user, who authenticates within moments of connecting, is the last to
+/// go.
 #[derive(Default)]
 struct Strangers {
     next: u64,
-    /// (id, connected at, its eviction switch).
-    oldest_first: std::collections::VecDeque<(u64, tokio::time::Instant, Arc<Notify>)>,
+    oldest_first: std::collections::VecDeque<Stranger>,
+}
+
+/// One session in [`Strangers`].
+struct Stranger {
+    id: u64,
+    since: tokio::time::Instant,
+    /// It failed to authenticate.
+    failed: bool,
+    evict: Arc<Notify>,
+}
+
+impl Strangers {
+    /// Take the session that makes room, if any.
+    fn victim(&mut self) -> Option<Stranger> {
+        let i = match self.oldest_first.iter().position(|s| s.failed) {
+            Some(i) => i,
+            None => {
+                let oldest = self.oldest_first.front()?;
+                if oldest.since.elapsed() < EVICT_MIN_AGE {
+                    return None;
+                }
+                0
+            }
+        };
+        self.oldest_first.remove(i)
+    }
 }
 
 /// A session's place among the [`Strangers`] until it authenticates or
@@ -158,8 +185,12 @@ impl Ticket {
         let mut l = list.lock();
         l.next += 1;
         let id = l.next;
-        l.oldest_first
-            .push_back((id, tokio::time::Instant::now(), Arc::clone(&evict)));
+        l.oldest_first.push_back(Stranger {
+            id,
+            since: tokio::time::Instant::now(),
+            failed: false,
+            evict: Arc::clone(&evict),
+        });
         Self {
             id,
             list: Arc::clone(list),
@@ -168,12 +199,20 @@ impl Ticket {
     }
 }
 
+impl Ticket {
+    /// This session failed to authenticate: it goes first when room is
+    /// needed.
+    fn failed(&self) {
+        let mut l = self.list.lock();
+        if let Some(s) = l.oldest_first.iter_mut().find(|s| s.id == self.id) {
+            s.failed = true;
+        }
+    }
+}
+
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.list
-            .lock()
-            .oldest_first
-            .retain(|(id, _, _)| *id != self.id);
+        self.list.lock().oldest_first.retain(|s| s.id != self.id);
     }
 }
 
@@ -209,15 +248,8 @@ impl<A: Admission> Server<A> {
         if let Ok(p) = Arc::clone(&slots).try_acquire_owned() {
             return Some(p);
         }
-        let evict = {
-            let mut l = strangers.lock();
-            let (_, since, _) = l.oldest_first.front()?;
-            if since.elapsed() < EVICT_MIN_AGE {
-                return None;
-            }
-            l.oldest_first.pop_front()?.2
-        };
-        evict.notify_one();
+        let victim = strangers.lock().victim()?;
+        victim.evict.notify_one();
         tokio::time::timeout(EVICT_WAIT, slots.acquire_owned())
             .await
             .ok()?
@@ -906,9 +938,17 @@ where
                 self.reply("235 2.7.0 Authentication successful").await?;
                 Ok(Flow::Continue)
             }
-            Verdict::Wrong => self.auth_failed().await,
+            Verdict::Wrong => {
+                if let Some(t) = &self.ticket {
+                    t.failed();
+                }
+                self.auth_failed().await
+            }
             // RFC 4954: a temporary failure; the client may try later.
             Verdict::Busy(_) => {
+                if let Some(t) = &self.ticket {
+                    t.failed();
+                }
                 self.error("454 4.7.0 Temporary authentication failure, try again later")
                     .await
             }

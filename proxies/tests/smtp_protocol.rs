@@ -372,17 +372,30 @@ async fn beyond_the_limit_strangers_make_room_and_then_421() {
     // authenticate: the newcomer is refused.
     let (_early, ge) = Client::connect(r.port).await;
     assert!(ge.starts_with("421 4.3.2"), "{ge}");
-    // Later the newcomer takes the slot of the oldest session that has not
-    // authenticated.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A stranger that failed to authenticate makes room at once.
+    let wrong = base64::engine::general_purpose::STANDARD.encode(b"\0u\0wrong");
+    assert!(a
+        .cmd(&format!("EHLO a\r\nAUTH PLAIN {wrong}\r\n"))
+        .await
+        .starts_with("250"));
+    assert!(a.reply().await.starts_with("535 "));
     let (mut c, gc) = Client::connect(r.port).await;
     assert!(gc.starts_with("220 "), "{gc}");
     let ra = a.reply().await;
     assert!(ra.starts_with("421 4.7.0"), "{ra}");
-    c.login().await;
-    // Every slot holds an authenticated session: nobody to evict.
+    // A young stranger that has not failed is left alone; once it had 2 s
+    // to authenticate, it makes room.
     let (_d, gd) = Client::connect(r.port).await;
     assert!(gd.starts_with("421 4.3.2"), "{gd}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (mut e, ge) = Client::connect(r.port).await;
+    assert!(ge.starts_with("220 "), "{ge}");
+    let rc = c.reply().await;
+    assert!(rc.starts_with("421 4.7.0"), "{rc}");
+    e.login().await;
+    // Every slot holds an authenticated session: nobody to evict.
+    let (_f, gf) = Client::connect(r.port).await;
+    assert!(gf.starts_with("421 4.3.2"), "{gf}");
 }
 
 #[tokio::test(start_paused = true)]
