@@ -26,9 +26,7 @@ trap cleanup EXIT
 . "$root/benches/lib.sh"
 now() { date +%s.%N; }
 
-echo "building dustmote (release)..." >&2
-cargo build --release -q --manifest-path "$root/Cargo.toml"
-BIN="$root/target/release/dustmote"
+build_release
 
 mkdir -p "$work/www" "$work/tmp"
 head -c "$((SIZE_MIB * 1024 * 1024))" /dev/urandom > "$work/www/big.bin"

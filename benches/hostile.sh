@@ -21,9 +21,7 @@ trap cleanup EXIT
 # shellcheck source=benches/lib.sh
 . "$root/benches/lib.sh"
 
-echo "building dustmote (release)..." >&2
-cargo build --release -q --manifest-path "$root/Cargo.toml"
-BIN="$root/target/release/dustmote"
+build_release
 PASSWORD=hostile-bench-password
 HASH=$(echo "$PASSWORD" | "$BIN" passwd)
 SMTP=$(free_port)

@@ -12,3 +12,10 @@ wait_port() {
     echo "nothing listens on port $1" >&2
     return 1
 }
+
+# Build the release binary of the checkout at $root; sets BIN to it.
+build_release() {
+    echo "building dustmote (release)..." >&2
+    cargo build --release -q --manifest-path "$root/Cargo.toml"
+    BIN="$root/target/release/dustmote"
+}

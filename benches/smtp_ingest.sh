@@ -35,9 +35,7 @@ trap cleanup EXIT
 # shellcheck source=benches/lib.sh
 . "$root/benches/lib.sh"
 
-echo "building dustmote (release)..." >&2
-cargo build --release -q --manifest-path "$root/Cargo.toml"
-BIN="$root/target/release/dustmote"
+build_release
 
 # --- dustmote ---------------------------------------------------------------
 MOTE_PORT=$(free_port)
