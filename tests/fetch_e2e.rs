@@ -123,6 +123,31 @@ fn downloads_are_fetched_in_random_chunks_and_served_resumably() {
         assert_eq!(v["total"].as_u64(), Some(data.len() as u64), "{name}: {v}");
         assert_eq!(&client.content(id), data, "{name}: byte-identical");
     }
+    // The origin's media type comes along (Python's http.server names a
+    // .bin file application/octet-stream, nginx without mime.types says
+    // text/plain).
+    let content_type = |args: &[&str]| -> String {
+        let out = std::process::Command::new("curl")
+            .args(["-sI"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case("content-type").then(|| v.trim().to_string())
+            })
+            .unwrap_or_default()
+    };
+    let at_origin = content_type(&[&format!("http://127.0.0.1:{}/big.bin", nginx.port)]);
+    let at_mote = content_type(&[
+        "-H",
+        &client.auth,
+        &format!("{}/v1/fetches/{}/content", client.base, jobs[2].0),
+    ]);
+    assert!(!at_origin.is_empty());
+    assert_eq!(at_mote, at_origin);
     // The big file came in several Range requests, each asked once, in
     // random sizes within the bounds.
     let reqs: Vec<(String, u16, String)> = nginx

@@ -298,7 +298,7 @@ impl Fetcher {
     /// The job is complete at `total` bytes.
     async fn ready(&self, id: ItemId, job: &mut Job, total: u64) -> Result<Outcome, FetchError> {
         job.total = Some(total);
-        job.state = JobState::Ready;
+        job.set_ready(SystemTime::now());
         self.save(&id, job).await?;
         Ok(Outcome::Done)
     }
@@ -338,6 +338,7 @@ impl Fetcher {
         }
         if have == 0 {
             job.etag = validator(headers);
+            job.content_type = content_type(headers);
         }
         if !self.commit(&id, writer).await? {
             return Ok(Outcome::Done);
@@ -354,11 +355,11 @@ impl Fetcher {
                 .saturating_mul(chunks_left.min(u32::MAX as u64) as u32);
             job.expected_ready_ms = Some(wall_ms(SystemTime::now() + wait));
         }
-        job.state = if done {
-            JobState::Ready
+        if done {
+            job.set_ready(SystemTime::now());
         } else {
-            JobState::Fetching
-        };
+            job.state = JobState::Fetching;
+        }
         self.save(&id, job).await?;
         Ok(if done { Outcome::Done } else { Outcome::Again })
     }
@@ -402,6 +403,7 @@ impl Fetcher {
             return Ok(Outcome::Done);
         }
         job.etag = validator(headers);
+        job.content_type = content_type(headers);
         self.ready(id, job, got).await
     }
 
@@ -627,6 +629,14 @@ async fn discard(mut body: Incoming, limit: u64) {
             _ => return,
         }
     }
+}
+
+/// The origin's `Content-Type`, if it is a plausible media type (printable
+/// ASCII, short): it is served with the content later.
+fn content_type(h: &http::HeaderMap) -> Option<String> {
+    let v = h.get(header::CONTENT_TYPE)?.to_str().ok()?.trim();
+    let plausible = v.len() <= 200 && v.contains('/') && v.bytes().all(|b| (32..=126).contains(&b));
+    plausible.then(|| v.to_string())
 }
 
 /// The validator to send as If-Range: a strong ETag, else Last-Modified.

@@ -109,6 +109,26 @@ fn error(status: StatusCode, code: &str, message: &str) -> Resp {
     json_response(status, &json!({ "error": code, "message": message }))
 }
 
+/// Whether a conditional GET/HEAD is answered `304`: `If-None-Match`
+/// naming `etag` (or `*`), or, without it, `If-Modified-Since` at or after
+/// the content's completion (`ready_ms`).
+fn not_modified(headers: &HeaderMap, etag: &str, ready_ms: Option<u64>) -> bool {
+    let get = |h| headers.get(h).and_then(|v: &HeaderValue| v.to_str().ok());
+    if let Some(inm) = get(header::IF_NONE_MATCH) {
+        return inm
+            .split(',')
+            .map(|t| t.trim().trim_start_matches("W/"))
+            .any(|t| t == "*" || t == etag);
+    }
+    match (
+        get(header::IF_MODIFIED_SINCE).map(httpdate::parse_http_date),
+        ready_ms,
+    ) {
+        (Some(Ok(since)), Some(ready)) => wall_ms(since) / 1000 >= ready / 1000,
+        _ => false,
+    }
+}
+
 /// `401` asking for a bearer token.
 fn unauthorized(message: &str) -> Resp {
     let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized", message);
@@ -519,14 +539,55 @@ impl<S: Schedule> Api<S> {
             Some(h) if if_range_ok => parse_ranges(h, total),
             _ => None,
         };
-        let with_headers = |status: StatusCode, body: Body, len: u64| {
-            let mut r = Response::new(if head { full(Bytes::new()) } else { body });
-            *r.status_mut() = status;
-            let h = r.headers_mut();
+        let last_modified = job
+            .ready_ms
+            .map(|ms| httpdate::fmt_http_date(from_wall_ms(ms)));
+        // What every answer about this content says: it can be resumed, how
+        // to tell versions apart, what it is (the origin's type, not to be
+        // second-guessed), its name, and that no shared cache may keep it.
+        let describe = |h: &mut HeaderMap| {
             h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
             if let Ok(v) = HeaderValue::from_str(&etag) {
                 h.insert(header::ETAG, v);
             }
+            if let Some(v) = last_modified
+                .as_deref()
+                .and_then(|d| HeaderValue::from_str(d).ok())
+            {
+                h.insert(header::LAST_MODIFIED, v);
+            }
+            h.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("private, no-store"),
+            );
+            h.insert(
+                header::X_CONTENT_TYPE_OPTIONS,
+                HeaderValue::from_static("nosniff"),
+            );
+            let disposition = format!("inline; filename=\"{}\"", job.file_name());
+            if let Ok(v) = HeaderValue::from_str(&disposition) {
+                h.insert(header::CONTENT_DISPOSITION, v);
+            }
+        };
+        // Conditional requests (RFC 9110 13.2.2): a ready job's content never
+        // changes under its ETag.
+        if ready && not_modified(headers, &etag, job.ready_ms) {
+            let mut r = Response::new(full(Bytes::new()));
+            *r.status_mut() = StatusCode::NOT_MODIFIED;
+            describe(r.headers_mut());
+            return r;
+        }
+        let media_type = job
+            .content_type
+            .as_deref()
+            .and_then(|t| HeaderValue::from_str(t).ok())
+            .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+        let with_headers = |status: StatusCode, body: Body, len: u64| {
+            let mut r = Response::new(if head { full(Bytes::new()) } else { body });
+            *r.status_mut() = status;
+            let h = r.headers_mut();
+            describe(h);
+            h.insert(header::CONTENT_TYPE, media_type.clone());
             h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
             r
         };
@@ -578,7 +639,11 @@ impl<S: Schedule> Api<S> {
             }
             Some(r) => {
                 let boundary = format!("dustmote-{:016x}", rand::random::<u64>());
-                let body = match self.multipart(id, total, &r, &boundary) {
+                let part_type = job
+                    .content_type
+                    .as_deref()
+                    .unwrap_or("application/octet-stream");
+                let body = match self.multipart(id, total, &r, &boundary, part_type) {
                     Ok(b) => b,
                     Err(resp) => return resp,
                 };
@@ -608,6 +673,7 @@ impl<S: Schedule> Api<S> {
         total: u64,
         ranges: &[ByteRange],
         boundary: &str,
+        part_type: &str,
     ) -> Result<Vec<u8>, Resp> {
         let sum: u64 = ranges.iter().map(|r| r.end - r.start).sum();
         if ranges.len() > MAX_RANGES || sum > MAX_RESPONSE {
@@ -632,7 +698,7 @@ impl<S: Schedule> Api<S> {
                 })?;
             body.extend_from_slice(
                 format!(
-                    "\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes {start}-{}/{total}\r\n\r\n",
+                    "\r\n--{boundary}\r\nContent-Type: {part_type}\r\nContent-Range: bytes {start}-{}/{total}\r\n\r\n",
                     end - 1
                 )
                 .as_bytes(),

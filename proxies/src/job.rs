@@ -62,6 +62,13 @@ pub struct Job {
     /// dropped. It belongs to no user.
     #[serde(default)]
     pub cover: bool,
+    /// The origin's `Content-Type`, served with the content.
+    #[serde(default)]
+    pub content_type: Option<String>,
+    /// When the content was complete (ms since the epoch): its
+    /// `Last-Modified` here.
+    #[serde(default)]
+    pub ready_ms: Option<u64>,
 }
 
 impl Job {
@@ -86,6 +93,37 @@ impl Job {
             expected_ready_ms: None,
             redirects: 0,
             cover: false,
+            content_type: None,
+            ready_ms: None,
+        }
+    }
+
+    /// The job is complete at `now`.
+    pub fn set_ready(&mut self, now: SystemTime) {
+        self.state = JobState::Ready;
+        self.ready_ms = Some(wall_ms(now));
+    }
+
+    /// The name the content is offered under: the URL's last path segment,
+    /// reduced to `[A-Za-z0-9._-]` (`download` if nothing is left).
+    pub fn file_name(&self) -> String {
+        let path = self.url.split(['?', '#']).next().unwrap_or_default();
+        let last = path.rsplit('/').next().unwrap_or_default();
+        let name: String = last
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let name = name.trim_matches('.').to_string();
+        if name.is_empty() || name.chars().all(|c| c == '_') {
+            "download".into()
+        } else {
+            name
         }
     }
 

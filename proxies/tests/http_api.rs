@@ -248,16 +248,6 @@ async fn jobs_are_created_durably_shown_only_to_their_owner_and_deleted() {
 
 /// A ready job with `data` as content, stored in random chunks.
 fn ready_job(store: &Store, data: &[u8], state: JobState) -> String {
-    let id = ItemId(rand::random());
-    let mut rng = rand::rngs::StdRng::seed_from_u64(data.len() as u64);
-    let mut off = 0;
-    while off < data.len() {
-        let n = rng.random_range(1..=65_536).min(data.len() - off);
-        store
-            .put_chunk(&id, off as u64, &data[off..off + n])
-            .unwrap();
-        off += n;
-    }
     let job = Job {
         state,
         total: Some(data.len() as u64),
@@ -269,6 +259,21 @@ fn ready_job(store: &Store, data: &[u8], state: JobState) -> String {
             None,
         )
     };
+    store_job(store, data, job)
+}
+
+/// Store `job` with `data` as its content, in random chunks; its id.
+fn store_job(store: &Store, data: &[u8], job: Job) -> String {
+    let id = ItemId(rand::random());
+    let mut rng = rand::rngs::StdRng::seed_from_u64(data.len() as u64);
+    let mut off = 0;
+    while off < data.len() {
+        let n = rng.random_range(1..=65_536).min(data.len() - off);
+        store
+            .put_chunk(&id, off as u64, &data[off..off + n])
+            .unwrap();
+        off += n;
+    }
     store.put_job(&id, &job.encode()).unwrap();
     id.to_string()
 }
@@ -485,4 +490,88 @@ async fn slow_bodies_idle_connections_and_the_connection_limit() {
         waited >= Duration::from_secs(30) && waited < Duration::from_secs(35),
         "{waited:?}"
     );
+}
+
+/// What a browser and a cache need: the origin's media type (not to be
+/// sniffed), a file name, no storing by shared caches, 304 for a
+/// conditional request, and the Range sequence of a `<video>` element
+/// (`bytes=0-`, then a seek).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_is_described_for_browsers_and_caches() {
+    let s = start().await;
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+    let mut job = Job {
+        total: Some(data.len() as u64),
+        content_type: Some("video/mp4".into()),
+        ..Job::new(
+            "https://origin.invalid/media/clip%20one.mp4?x=1".into(),
+            "alice".into(),
+            std::time::SystemTime::UNIX_EPOCH,
+            None,
+            None,
+        )
+    };
+    job.set_ready(
+        std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000),
+    );
+    let id = store_job(&s.store, &data, job);
+    let url = format!("{}/v1/fetches/{id}/content", s.base);
+    let (code, headers, body) = curl([auth(TOKEN), args(&[&url])].concat()).await;
+    assert_eq!((code, body.len()), (200, data.len()));
+    let lower = headers.to_ascii_lowercase();
+    for want in [
+        "content-type: video/mp4",
+        "x-content-type-options: nosniff",
+        "cache-control: private, no-store",
+        "content-disposition: inline; filename=\"clip_20one.mp4\"",
+        "last-modified: fri, 15 jan 2027 08:00:00 gmt",
+        "accept-ranges: bytes",
+    ] {
+        assert!(lower.contains(want), "{want:?} missing:\n{headers}");
+    }
+    let etag = headers
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("etag: ")
+                .or_else(|| l.strip_prefix("ETag: "))
+        })
+        .unwrap()
+        .trim()
+        .to_string();
+    // Conditional requests.
+    for (h, want) in [
+        (format!("If-None-Match: {etag}"), 304),
+        ("If-None-Match: \"other\"".to_string(), 200),
+        (
+            "If-Modified-Since: Fri, 15 Jan 2027 08:00:00 GMT".to_string(),
+            304,
+        ),
+        (
+            "If-Modified-Since: Fri, 15 Jan 2027 07:59:59 GMT".to_string(),
+            200,
+        ),
+    ] {
+        let (code, headers, body) = curl([auth(TOKEN), args(&["-H", &h, &url])].concat()).await;
+        assert_eq!(code, want, "{h}");
+        if want == 304 {
+            assert!(body.is_empty());
+            assert!(headers
+                .to_ascii_lowercase()
+                .contains("cache-control: private, no-store"));
+        }
+    }
+    // A <video> element: the whole file as a range, then a seek.
+    let (code, headers, body) =
+        curl([auth(TOKEN), args(&["-H", "Range: bytes=0-", &url])].concat()).await;
+    assert_eq!((code, body.len()), (206, data.len()));
+    assert!(
+        headers.contains(&format!("bytes 0-{}/{}", data.len() - 1, data.len())),
+        "{headers}"
+    );
+    let (code, headers, body) =
+        curl([auth(TOKEN), args(&["-H", "Range: bytes=200000-", &url])].concat()).await;
+    assert_eq!((code, body.as_slice()), (206, &data[200_000..]));
+    assert!(headers
+        .to_ascii_lowercase()
+        .contains("content-type: video/mp4"));
 }
