@@ -787,6 +787,22 @@ mod tests {
         assert_eq!(parse_ranges("bytes=0-", 0), Some(vec![]));
     }
 
+    proptest::proptest! {
+        /// Any Range header, against any length: no panic, and every range
+        /// returned lies inside the content.
+        #[test]
+        fn any_range_header_gives_ranges_inside_the_content(
+            h in "(bytes=)?[0-9 ,=-]{0,40}",
+            len in 0u64..10_000,
+        ) {
+            if let Some(ranges) = parse_ranges(&h, len) {
+                for r in ranges {
+                    proptest::prop_assert!(r.start < r.end && r.end <= len, "{h:?} {len}: {r:?}");
+                }
+            }
+        }
+    }
+
     #[test]
     fn ids_parse_only_as_32_hex_digits() {
         let id = ItemId([0xab; 16]);

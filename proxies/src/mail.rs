@@ -782,6 +782,45 @@ epilogue from the client\r\n";
         assert!(out.ends_with(b"\r\n\r\nplain\r\n"));
     }
 
+    proptest::proptest! {
+        /// Any bytes: no panic; what is accepted has no NUL or bare CR, one
+        /// Message-ID, and only allowlisted fields in its top-level header.
+        #[test]
+        fn any_message_is_sanitized_or_refused_without_a_panic(
+            raw in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::sample::select(b"\r\n:-= \t\0\"abcCDX;/".to_vec()),
+                    proptest::num::u8::ANY,
+                ],
+                0..400,
+            ),
+            multipart in proptest::bool::ANY,
+        ) {
+            let mut input = Vec::new();
+            if multipart {
+                input.extend_from_slice(b"Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n--b\r\n");
+            }
+            input.extend_from_slice(&raw);
+            let mut rng = StdRng::seed_from_u64(5);
+            if let Ok(out) = sanitize(&input, SanitizeOptions::default(), &mut rng) {
+                proptest::prop_assert!(check_octets(&out).is_ok());
+                let head = split_header(&out).expect("own output parses");
+                let names: Vec<String> = head
+                    .fields
+                    .iter()
+                    .map(|f| String::from_utf8_lossy(f.name).to_ascii_lowercase())
+                    .collect();
+                proptest::prop_assert_eq!(names.iter().filter(|n| *n == "message-id").count(), 1);
+                for n in &names {
+                    proptest::prop_assert!(
+                        n == "message-id" || keep_field(n.as_bytes(), SanitizeOptions::default()),
+                        "{n} passed"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn stored_mail_round_trips_and_rejects_garbage() {
         let m = StoredMail {

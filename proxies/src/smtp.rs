@@ -979,7 +979,9 @@ fn trim_eol(l: &[u8]) -> &[u8] {
 /// Parse `FROM:<addr> params` / `TO:<addr> params` (keyword case-insensitive,
 /// optional space after the colon). Returns the address without brackets.
 fn path_arg<'l>(arg: &'l str, keyword: &str) -> Option<(&'l str, &'l str)> {
-    if arg.len() < keyword.len() || !arg[..keyword.len()].eq_ignore_ascii_case(keyword) {
+    // `get`, not indexing: a non-ASCII character across the keyword's end
+    // (`MAIL FROM\u{24601}…`) would panic on a str slice.
+    if !arg.get(..keyword.len())?.eq_ignore_ascii_case(keyword) {
         return None;
     }
     let rest = arg[keyword.len()..].trim_start();
@@ -991,6 +993,19 @@ fn path_arg<'l>(arg: &'l str, keyword: &str) -> Option<(&'l str, &'l str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Any command argument: no panic, and an address found ends at the
+        /// first `>`.
+        #[test]
+        fn any_path_argument_parses_without_a_panic(arg in "(?i)(from|to):? ?<?[^\\r\\n]{0,60}") {
+            for kw in ["FROM:", "TO:"] {
+                if let Some((addr, _)) = path_arg(&arg, kw) {
+                    proptest::prop_assert!(!addr.contains('>'), "{arg:?}");
+                }
+            }
+        }
+    }
 
     #[test]
     fn paths_are_parsed() {

@@ -231,6 +231,12 @@ async fn limits_and_sequence_errors_get_the_right_codes() {
         .cmd("MAIL FROM:<a@example.org> SMTPUTF8=yes\r\n")
         .await
         .starts_with("555 "));
+    // A non-ASCII character right after the keyword once panicked the
+    // session (a str slice inside a character); now it is a syntax error.
+    assert!(c
+        .cmd("MAIL FROM\u{24601}<a@example.org>\r\n")
+        .await
+        .starts_with("501 "));
     // A non-ASCII address needs SMTPUTF8 (RFC 6531 3.6.1).
     assert!(c
         .cmd("MAIL FROM:<j\u{f6}rg@example.org>\r\n")

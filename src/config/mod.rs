@@ -238,6 +238,20 @@ mod tests {
     use dust_mixer::{DelaySpec, ItemKind};
     use dust_proxies::delivery::TlsMode;
 
+    proptest::proptest! {
+        /// Any text: a configuration or an error naming file and key, never
+        /// a panic (error locations slice the text).
+        #[test]
+        fn any_text_is_checked_without_a_panic(
+            text in "(\\[[a-z.]{0,12}\\]\n|[a-z_]{1,12} = (\"[^\"\n]{0,20}\"|[0-9]{1,6}|true|\\{ [^}\n]{0,30} \\})\n|[^\n]{0,20}\n){0,8}"
+        ) {
+            if let Err(e) = parse(&text, "p.toml") {
+                proptest::prop_assert_eq!(e.file.as_str(), "p.toml");
+                proptest::prop_assert!(!e.key.is_empty());
+            }
+        }
+    }
+
     #[test]
     fn defaults_are_valid_and_safe() {
         let c = load(None).expect("defaults");
