@@ -16,11 +16,14 @@ use dust_mixer::{Deliver, ItemKind, Mixer, MixerError, Once, StorageError};
 use futures::task::Spawn;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Semaphore};
 use tor_rtcompat::{Blocking, SleepProvider};
 
 use crate::auth::{Users, Verdict, Verifier};
 use crate::mail::{replay_digest, sanitize, SanitizeError, SanitizeOptions, StoredMail};
+
+mod strangers;
+use strangers::{Strangers, Ticket, EVICT_WAIT};
 
 /// Settings of the SMTP endpoint (`[smtp]`).
 #[derive(Debug, Clone)]
@@ -126,96 +129,6 @@ where
     }
 }
 
-/// How long a newcomer waits for the slot of a stranger it evicted.
-const EVICT_WAIT: Duration = Duration::from_secs(2);
-/// A session is not evicted before it is this old: long enough for a real
-/// client to authenticate, even when strangers arrive in a burst.
-const EVICT_MIN_AGE: Duration = Duration::from_secs(2);
-
-/// Sessions that have not authenticated yet, oldest first. When every slot
-/// is taken, a newcomer makes one of them close and takes its slot: first
-/// one that failed to authenticate (it has shown what it is), else the
-/// oldest one that had [`EVICT_MIN_AGE`] to authenticate. Strangers cannot
-/// keep a real user out by holding or churning connections, and a real
-/// user, who authenticates within moments of connecting, is the last to
-/// go.
-#[derive(Default)]
-struct Strangers {
-    next: u64,
-    oldest_first: std::collections::VecDeque<Stranger>,
-}
-
-/// One session in [`Strangers`].
-struct Stranger {
-    id: u64,
-    since: tokio::time::Instant,
-    /// It failed to authenticate.
-    failed: bool,
-    evict: Arc<Notify>,
-}
-
-impl Strangers {
-    /// Take the session that makes room, if any.
-    fn victim(&mut self) -> Option<Stranger> {
-        let i = match self.oldest_first.iter().position(|s| s.failed) {
-            Some(i) => i,
-            None => {
-                let oldest = self.oldest_first.front()?;
-                if oldest.since.elapsed() < EVICT_MIN_AGE {
-                    return None;
-                }
-                0
-            }
-        };
-        self.oldest_first.remove(i)
-    }
-}
-
-/// A session's place among the [`Strangers`] until it authenticates or
-/// ends.
-struct Ticket {
-    id: u64,
-    list: Arc<parking_lot::Mutex<Strangers>>,
-    evict: Arc<Notify>,
-}
-
-impl Ticket {
-    fn new(list: &Arc<parking_lot::Mutex<Strangers>>) -> Self {
-        let evict = Arc::new(Notify::new());
-        let mut l = list.lock();
-        l.next += 1;
-        let id = l.next;
-        l.oldest_first.push_back(Stranger {
-            id,
-            since: tokio::time::Instant::now(),
-            failed: false,
-            evict: Arc::clone(&evict),
-        });
-        Self {
-            id,
-            list: Arc::clone(list),
-            evict,
-        }
-    }
-}
-
-impl Ticket {
-    /// This session failed to authenticate: it goes first when room is
-    /// needed.
-    fn failed(&self) {
-        let mut l = self.list.lock();
-        if let Some(s) = l.oldest_first.iter_mut().find(|s| s.id == self.id) {
-            s.failed = true;
-        }
-    }
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        self.list.lock().oldest_first.retain(|s| s.id != self.id);
-    }
-}
-
 /// The server: accepts connections until `shutdown` turns true.
 pub struct Server<A> {
     cfg: Arc<SmtpConfig>,
@@ -248,8 +161,9 @@ impl<A: Admission> Server<A> {
         if let Ok(p) = Arc::clone(&slots).try_acquire_owned() {
             return Some(p);
         }
-        let victim = strangers.lock().victim()?;
-        victim.evict.notify_one();
+        if !strangers.lock().make_room() {
+            return None;
+        }
         tokio::time::timeout(EVICT_WAIT, slots.acquire_owned())
             .await
             .ok()?
