@@ -287,77 +287,44 @@ pub fn sanitize<G: Rng + ?Sized>(
 ) -> Result<Vec<u8>, SanitizeError> {
     check_octets(raw)?;
     let head = split_header(raw)?;
-    let mut out = Vec::with_capacity(raw.len() + 64);
-    let kept: Vec<&Field<'_>> = head
-        .fields
-        .iter()
-        .filter(|f| keep_field(f.name, opts))
-        .collect();
-    let mut entity = Vec::new();
-    for f in &kept {
+    // The kept fields, a fresh Message-ID, the empty line, the body: one
+    // copy of the message, and a second only for a multipart.
+    let mut entity = Vec::with_capacity(raw.len() + 128);
+    for f in head.fields.iter().filter(|f| keep_field(f.name, opts)) {
         entity.extend_from_slice(&raw[f.start..f.end]);
         if !entity.ends_with(b"\r\n") {
             entity.extend_from_slice(b"\r\n");
         }
     }
-    let header_len = entity.len();
-    entity.extend_from_slice(b"\r\n");
-    entity.extend_from_slice(&raw[head.body_start..]);
-    // The kept fields and the body, with boundaries renewed; then the
-    // Message-ID goes in before the empty line.
-    let renewed = renew_boundaries(&entity, rng, 0);
-    let split = header_end(&renewed).unwrap_or(header_len);
-    out.extend_from_slice(&renewed[..split]);
     let id: [u8; 16] = rng.random();
-    out.extend_from_slice(b"Message-ID: <");
+    entity.extend_from_slice(b"Message-ID: <");
     for b in id {
-        out.extend_from_slice(format!("{b:02x}").as_bytes());
+        entity.extend_from_slice(format!("{b:02x}").as_bytes());
     }
-    out.extend_from_slice(b"@");
-    out.extend_from_slice(MESSAGE_ID_DOMAIN.as_bytes());
-    out.extend_from_slice(b">\r\n");
-    out.extend_from_slice(&renewed[split..]);
-    Ok(out)
-}
-
-/// The length of an entity's header (up to, not including, the empty line).
-fn header_end(entity: &[u8]) -> Option<usize> {
-    if entity.starts_with(b"\r\n") {
-        return Some(0);
-    }
-    entity
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|i| i + 2)
+    entity.extend_from_slice(b"@");
+    entity.extend_from_slice(MESSAGE_ID_DOMAIN.as_bytes());
+    entity.extend_from_slice(b">\r\n\r\n");
+    entity.extend_from_slice(&raw[head.body_start..]);
+    Ok(renew_boundaries(&entity, rng, 0).unwrap_or(entity))
 }
 
 /// The entity (header, empty line, body) with its multipart boundary, and
 /// those of every multipart inside it, replaced by fresh random ones, and
 /// the preambles and epilogues dropped (MIME readers ignore them; clients
-/// fill them with their own text). Entities that are not multipart, whose
-/// delimiters cannot be found or whose header does not parse come back
-/// unchanged, and so do `message/rfc822` parts (they are not multipart).
-fn renew_boundaries<G: Rng + ?Sized>(entity: &[u8], rng: &mut G, depth: usize) -> Vec<u8> {
-    let unchanged = || entity.to_vec();
+/// fill them with their own text). `None` (nothing to copy) for entities
+/// that are not multipart, whose delimiters cannot be found or whose
+/// header does not parse, and for `message/rfc822` parts (not multipart).
+fn renew_boundaries<G: Rng + ?Sized>(entity: &[u8], rng: &mut G, depth: usize) -> Option<Vec<u8>> {
     if depth >= MAX_MIME_DEPTH {
-        return unchanged();
+        return None;
     }
-    let Ok(head) = split_header(entity) else {
-        return unchanged();
-    };
-    let Some(ct) = head
+    let head = split_header(entity).ok()?;
+    let ct = head
         .fields
         .iter()
-        .find(|f| f.name.eq_ignore_ascii_case(b"content-type"))
-    else {
-        return unchanged();
-    };
-    let Some(renewal) = multipart_field(&entity[ct.start..ct.end], rng) else {
-        return unchanged();
-    };
-    let Some(parts) = split_parts(&entity[head.body_start..], renewal.old.as_bytes()) else {
-        return unchanged();
-    };
+        .find(|f| f.name.eq_ignore_ascii_case(b"content-type"))?;
+    let renewal = multipart_field(&entity[ct.start..ct.end], rng)?;
+    let parts = split_parts(&entity[head.body_start..], renewal.old.as_bytes())?;
     let mut out = Vec::with_capacity(entity.len() + 64);
     for f in &head.fields {
         if std::ptr::eq(f, ct) {
@@ -376,12 +343,15 @@ fn renew_boundaries<G: Rng + ?Sized>(entity: &[u8], rng: &mut G, depth: usize) -
         }
         out.extend_from_slice(delimiter.as_bytes());
         out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&renew_boundaries(part, rng, depth + 1));
+        match renew_boundaries(part, rng, depth + 1) {
+            Some(renewed) => out.extend_from_slice(&renewed),
+            None => out.extend_from_slice(part),
+        }
     }
     out.extend_from_slice(b"\r\n");
     out.extend_from_slice(delimiter.as_bytes());
     out.extend_from_slice(b"--\r\n");
-    out
+    Some(out)
 }
 
 /// A multipart's Content-Type field rebuilt with a fresh boundary.
