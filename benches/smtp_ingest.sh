@@ -19,6 +19,9 @@ SESSIONS=10
 SIZE=2048
 root=$(cd "$(dirname "$0")/.." && pwd)
 work=$(mktemp -d /tmp/dustmote-bench.XXXXXX)
+# The mote keeps its sealing key in memory (a tmpfs), as in production.
+keys=$(mktemp -d /dev/shm/dustmote-keys.XXXXXX)
+export RUNTIME_DIRECTORY="$keys"
 chmod 755 "$work"
 pids=()
 pf="$work/postfix"
@@ -28,7 +31,7 @@ cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     if [ "$pf_started" = 1 ]; then postfix -c "$pf/etc" stop >/dev/null 2>&1 || true; fi
     sleep 0.5
-    rm -rf "$work"
+    rm -rf "$work" "$keys"
 }
 trap cleanup EXIT
 

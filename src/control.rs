@@ -235,7 +235,7 @@ fn when(ms: u64, now: SystemTime) -> String {
 /// `dustmote queue`.
 pub fn queue(config: Option<&Path>, addresses: bool) -> anyhow::Result<()> {
     let checked = crate::config::load(config)?;
-    let dir = checked.config.storage.dir;
+    let dir = checked.config.storage.dir.clone();
     let request = if addresses {
         "queue addresses\n"
     } else {
@@ -247,7 +247,8 @@ pub fn queue(config: Option<&Path>, addresses: bool) -> anyhow::Result<()> {
             if !dir.join("queue").exists() {
                 bail!("no queue in {} (has the mote run there?)", dir.display());
             }
-            let store = Store::open(&dir.join("queue"), checked.config.storage.cache_bytes)
+            let key = crate::key::load(&checked.config.storage, crate::key::Missing::Refuse)?;
+            let store = Store::open(&dir.join("queue"), checked.config.storage.cache_bytes, &key)
                 .with_context(|| format!("opening the queue in {}", dir.display()))?;
             report(&store, addresses)?
         }

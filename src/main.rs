@@ -6,6 +6,7 @@ mod config;
 mod control;
 mod cover;
 mod fetch_cli;
+mod key;
 mod serve;
 mod simulate;
 

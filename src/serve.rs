@@ -25,6 +25,10 @@ use crate::{control, cover};
 /// Bound on opening one outbound stream (a Tor circuit can take a while).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// How long a stop may take beyond the session and delivery grace periods
+/// before the process exits anyway ([`arm_watchdog`]).
+const STOP_MARGIN: Duration = Duration::from_secs(10);
+
 /// How often the lifetime watcher looks at the wall clock, so that a clock
 /// jump cannot postpone the end by much.
 const LIFETIME_CHECK: Duration = Duration::from_secs(30);
@@ -53,6 +57,10 @@ impl Deliver for Egress {
 
 /// Run the mote until SIGINT/SIGTERM or the end of its lifetime.
 pub fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
+    // Everything the mote creates (the data directory, sled's files, content
+    // files, the key, the control socket) is its owner's only, from the
+    // moment it exists: no chmod afterwards, no race.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal;
@@ -71,13 +79,29 @@ pub fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the runtime")?;
-    runtime.block_on(run(checked, config))
+    let result = runtime.block_on(run(checked, config));
+    // Blocking-pool work that still hangs (a stuck disk) must not hold the
+    // exit; what matters was made durable before it was acknowledged.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    result
 }
 
-/// Open the queue in the data directory.
-fn open_store(dir: &std::path::Path, cache_bytes: u64) -> anyhow::Result<Arc<Store>> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    Store::open(&dir.join("queue"), cache_bytes).with_context(|| {
+/// Open the queue in the data directory (made private: mode 0700), sealed
+/// under its key (made at the first start).
+fn open_store(storage: &config::Storage) -> anyhow::Result<Arc<Store>> {
+    let dir = &storage.dir;
+    {
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} private", dir.display()))?;
+    }
+    let key = crate::key::load(storage, crate::key::Missing::Create)?;
+    Store::open(&dir.join("queue"), storage.cache_bytes, &key).with_context(|| {
         format!(
             "opening the queue in {} (is another dustmote running on it?)",
             dir.display()
@@ -151,7 +175,8 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<(
         ..
     } = checked;
     let dir = config.storage.dir.clone();
-    let store = open_store(&dir, config.storage.cache_bytes)?;
+    let store = open_store(&config.storage)?;
+    store.set_min_free(config.storage.min_free.0);
     let stats = store.stats(0)?;
     tracing::info!(
         queued = stats.queued,
@@ -229,7 +254,12 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<(
     );
     tokio::spawn(reload_on_sighup(reload));
     if let Some(l) = lifetime {
-        tokio::spawn(stop_at_end(l, Arc::clone(&store), Arc::clone(&stop_tx)));
+        tokio::spawn(stop_at_end(
+            l,
+            Arc::clone(&store),
+            Arc::clone(&stop_tx),
+            config.shutdown.session_grace + config.shutdown.delivery_grace + STOP_MARGIN,
+        ));
     }
     let api = dust_proxies::http::Api::new(
         Arc::clone(&store),
@@ -241,13 +271,26 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<(
     let http_task =
         tokio::spawn(api.serve(http_listener, stop_rx.clone(), config.http.max_connections));
     tracing::info!(smtp = %config.smtp.listen, http = %config.http.listen, "dustmote is running");
+    let store_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    tokio::spawn(watch_store(
+        Arc::clone(&store),
+        Arc::clone(&stop_tx),
+        Arc::clone(&store_failed),
+        config.shutdown.session_grace + config.shutdown.delivery_grace + STOP_MARGIN,
+    ));
     let stop_on_signal = Arc::clone(&stop_tx);
+    let stop_limit = config.shutdown.session_grace + config.shutdown.delivery_grace + STOP_MARGIN;
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!(
             "stopping: no new connections; open sessions and deliveries get a grace period"
         );
         let _ = stop_on_signal.send(true);
+        arm_watchdog(stop_limit);
+        // A second signal: stop now.
+        wait_for_signal().await;
+        tracing::warn!("second stop signal: exiting at once");
+        std::process::exit(1);
     });
     let server = Server::new(smtp, Arc::new(mixer.clone()));
     server
@@ -263,7 +306,45 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<(
         in_flight_returned = left,
         "stopped; everything not delivered stays queued for the next start"
     );
+    if store_failed.load(std::sync::atomic::Ordering::SeqCst) {
+        anyhow::bail!(
+            "stopped because the store failed a write (disk full?); start again once there is              space: everything acknowledged is on disk and will be delivered"
+        );
+    }
     Ok(())
+}
+
+/// How often [`watch_store`] checks that the store can still write.
+const STORE_CHECK: Duration = Duration::from_secs(2);
+
+/// sled 0.34.7 does not recover from a failed log write (a disk filled to
+/// the last byte from outside, past the `min_free` reserve): every later
+/// write fails with the same error. Such a store is found by a periodic
+/// flush (cheap when nothing is pending), and the mote then stops and exits
+/// with an error, so that its supervisor (`Restart=on-failure`) starts it
+/// again; the start reopens the store from what is on disk.
+async fn watch_store(
+    store: Arc<Store>,
+    stop: Arc<watch::Sender<bool>>,
+    failed: Arc<std::sync::atomic::AtomicBool>,
+    stop_limit: Duration,
+) {
+    loop {
+        tokio::time::sleep(STORE_CHECK).await;
+        if *stop.borrow() {
+            return;
+        }
+        if let Err(e) = store.sync().await {
+            tracing::error!(
+                error = %e,
+                "the store cannot write any more; stopping so that a restart reopens it"
+            );
+            failed.store(true, std::sync::atomic::Ordering::SeqCst);
+            let _ = stop.send(true);
+            arm_watchdog(stop_limit);
+            return;
+        }
+    }
 }
 
 /// SIGHUP: reload as `dustmote reload` does.
@@ -285,7 +366,12 @@ async fn reload_on_sighup(reload: control::ReloadFn) {
 /// At the end of its life the mote stops by itself (the deploy layer then
 /// shuts the VM down). Checked against the wall clock every
 /// [`LIFETIME_CHECK`], so a clock jump cannot postpone it by much.
-async fn stop_at_end(l: Lifetime, store: Arc<Store>, stop: Arc<watch::Sender<bool>>) {
+async fn stop_at_end(
+    l: Lifetime,
+    store: Arc<Store>,
+    stop: Arc<watch::Sender<bool>>,
+    stop_limit: Duration,
+) {
     while let Ok(left) = l.expires_at.duration_since(SystemTime::now()) {
         if left.is_zero() {
             break;
@@ -301,6 +387,27 @@ async fn stop_at_end(l: Lifetime, store: Arc<Store>, stop: Arc<watch::Sender<boo
     }
     tracing::info!("the mote's lifetime is over; stopping");
     let _ = stop.send(true);
+    arm_watchdog(stop_limit);
+}
+
+/// Once a stop has begun, the process exits within `limit` whatever
+/// happens (a disk that hangs an fsync, a peer that never answers): every
+/// acknowledged item was fsynced before its acknowledgement, so the orderly
+/// part of a stop only saves work, never data.
+fn arm_watchdog(limit: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("dust-stop-watchdog".into())
+        .spawn(move || {
+            std::thread::sleep(limit);
+            tracing::error!(
+                after_s = limit.as_secs(),
+                "the orderly stop did not finish in time; exiting now (nothing acknowledged is lost)"
+            );
+            std::process::exit(1);
+        });
+    if spawned.is_err() {
+        tracing::warn!("could not start the stop watchdog");
+    }
 }
 
 async fn wait_for_signal() {

@@ -81,7 +81,12 @@ fn main() {
     let rec = Arc::new(Lateness(Mutex::new(Vec::with_capacity(n))));
     let rec2 = Arc::clone(&rec);
     let admitted_in = rt.block_on(async move {
-        let store = Store::open(dir.path(), dust_storage_cache()).unwrap();
+        let store = Store::open(
+            dir.path(),
+            dust_storage_cache(),
+            &dust_mixer::SealKey::from_bytes([7; 32]),
+        )
+        .unwrap();
         let cfg = MixerConfig {
             delay: DelaySpec::Uniform {
                 min: lead,

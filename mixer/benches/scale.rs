@@ -40,7 +40,7 @@ const CACHE: u64 = 64 << 20;
 
 fn fill(dir: &std::path::Path, n: u64, held: bool, rt: &tokio::runtime::Runtime) -> f64 {
     let t0 = Instant::now();
-    let store = Store::open(dir, CACHE).unwrap();
+    let store = Store::open(dir, CACHE, &dust_mixer::SealKey::from_bytes([7; 32])).unwrap();
     let base = dust_mixer::wall_ms(SystemTime::now()) + 86_400_000;
     for i in 0..n {
         let mut id = [0u8; 16];
@@ -105,7 +105,8 @@ fn child(phase: &str, dir: &std::path::Path) {
                 Strategy::Poisson
             };
             Some(rt.block_on(async {
-                let store = Store::open(dir, CACHE).unwrap();
+                let store =
+                    Store::open(dir, CACHE, &dust_mixer::SealKey::from_bytes([7; 32])).unwrap();
                 let cfg = MixerConfig {
                     strategy,
                     ..MixerConfig::default()

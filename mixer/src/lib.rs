@@ -14,7 +14,9 @@ pub use anonymity::{AnonymityStats, Output, Samples};
 pub use config::{Lifetime, MixerConfig, RetryPolicy};
 pub use cover::{CoverConfig, CoverSource};
 pub use delay::{DelayError, DelaySpec};
-pub use dust_storage::{ContentWriter, Item, ItemId, QueueStats, StorageError, Store, HELD};
+pub use dust_storage::{
+    ContentWriter, Item, ItemId, QueueStats, SealKey, StorageError, Store, HELD,
+};
 pub use error::{DeliveryError, ErrorKind, HasKind, MixerError};
 pub use metrics::{Metrics, MixStatus};
 pub use scheduler::{Mixer, Once};

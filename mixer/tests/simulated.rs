@@ -164,7 +164,12 @@ fn restart_releases_overdue_and_in_flight_items_promptly() {
     let crashed = tempfile::tempdir().unwrap();
     let admitted: Vec<ItemId> = {
         let rt = MockRuntime::builder().starting_wallclock(start).build();
-        let store = Store::open(dir.path(), 1 << 24).unwrap();
+        let store = Store::open(
+            dir.path(),
+            1 << 24,
+            &dust_mixer::SealKey::from_bytes([7; 32]),
+        )
+        .unwrap();
         let on_disk = store.clone();
         let rec = Recorder::new(&rt, Answer::Hang);
         let (rt1, cfg1) = (rt.clone(), config.clone());
@@ -189,7 +194,12 @@ fn restart_releases_overdue_and_in_flight_items_promptly() {
     };
     let later = start + Duration::from_secs(3600);
     let rt = MockRuntime::builder().starting_wallclock(later).build();
-    let store = Store::open(crashed.path(), 1 << 24).unwrap();
+    let store = Store::open(
+        crashed.path(),
+        1 << 24,
+        &dust_mixer::SealKey::from_bytes([7; 32]),
+    )
+    .unwrap();
     assert_eq!(
         store.stats(0).unwrap().queued,
         40,
@@ -228,7 +238,12 @@ fn completions_are_on_disk_before_the_slot_is_freed() {
     let crashed = tempfile::tempdir().unwrap();
     let start = SystemTime::UNIX_EPOCH + Duration::from_secs(START_SECS);
     let rt = MockRuntime::builder().starting_wallclock(start).build();
-    let store = Store::open(dir.path(), 1 << 24).unwrap();
+    let store = Store::open(
+        dir.path(),
+        1 << 24,
+        &dust_mixer::SealKey::from_bytes([7; 32]),
+    )
+    .unwrap();
     let rec = Recorder::new(&rt, Answer::Ok);
     let rt1 = rt.clone();
     let config = cfg(DelaySpec::Constant {
@@ -247,7 +262,12 @@ fn completions_are_on_disk_before_the_slot_is_freed() {
         // "kill -9" now: no shutdown, no flush.
         copy_dir(&from, &to);
     });
-    let store = Store::open(crashed.path(), 1 << 24).unwrap();
+    let store = Store::open(
+        crashed.path(),
+        1 << 24,
+        &dust_mixer::SealKey::from_bytes([7; 32]),
+    )
+    .unwrap();
     let s = store.stats(0).unwrap();
     assert_eq!((s.queued, s.in_flight), (0, 0), "nothing to deliver twice");
 }

@@ -422,7 +422,12 @@ fn restart_across_a_wall_clock_jump() {
     let times;
     {
         let rt = MockRuntime::builder().starting_wallclock(start).build();
-        let store = Store::open(dir.path(), 1 << 24).unwrap();
+        let store = Store::open(
+            dir.path(),
+            1 << 24,
+            &dust_mixer::SealKey::from_bytes([7; 32]),
+        )
+        .unwrap();
         let rec = Recorder::new(&rt, Answer::Ok);
         let rt2 = rt.clone();
         let c = cfg(DelaySpec::Uniform {
@@ -446,7 +451,12 @@ fn restart_across_a_wall_clock_jump() {
     }
     let jumped = start + 180 * MIN;
     let rt = MockRuntime::builder().starting_wallclock(jumped).build();
-    let store = Store::open(copy.path(), 1 << 24).unwrap();
+    let store = Store::open(
+        copy.path(),
+        1 << 24,
+        &dust_mixer::SealKey::from_bytes([7; 32]),
+    )
+    .unwrap();
     let rec = Recorder::new(&rt, Answer::Ok);
     let rt2 = rt.clone();
     let times2 = times.clone();

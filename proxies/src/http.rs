@@ -169,6 +169,46 @@ struct NewFetch {
     deadline: Option<String>,
 }
 
+/// A checked `POST /v1/fetches` body: the URL, `not_before` and `deadline`
+/// (ms since the epoch), or the 400 response that says what is wrong.
+fn new_fetch(body: &[u8]) -> Result<(http::Uri, Option<u64>, Option<u64>), Resp> {
+    let new: NewFetch = serde_json::from_slice(body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, "bad_json", &e.to_string()))?;
+    let url = match http::Uri::try_from(new.url.as_str()) {
+        Ok(u) if is_http_url(&new.url) => u,
+        _ => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "bad_url",
+                "url must be an absolute http or https URL",
+            ))
+        }
+    };
+    let not_before_ms = parse_time(new.not_before.as_deref(), "not_before")?;
+    let deadline_ms = parse_time(new.deadline.as_deref(), "deadline")?;
+    Ok((url, not_before_ms, deadline_ms))
+}
+
+/// Entry points for `cargo fuzz` (see `fuzz/`): the request parsers of the
+/// API, as the server calls them.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parse a `POST /v1/fetches` body; `true` if it was accepted.
+    pub fn new_fetch(body: &[u8]) -> bool {
+        super::new_fetch(body).is_ok()
+    }
+
+    /// Parse a `Range` header against `len` bytes; the ranges found, each
+    /// checked to lie within the representation.
+    pub fn parse_ranges(h: &str, len: u64) -> usize {
+        let ranges = super::parse_ranges(h, len).unwrap_or_default();
+        for r in &ranges {
+            assert!(r.start < r.end && r.end <= len, "{r:?} outside 0..{len}");
+        }
+        ranges.len()
+    }
+}
+
 /// One byte range, inclusive of `start`, exclusive of `end`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct ByteRange {
@@ -403,28 +443,21 @@ impl<S: Schedule> Api<S> {
                 )
             }
         };
-        let new: NewFetch = match serde_json::from_slice(&body) {
-            Ok(n) => n,
-            Err(e) => return error(StatusCode::BAD_REQUEST, "bad_json", &e.to_string()),
-        };
-        let url = match http::Uri::try_from(new.url.as_str()) {
-            Ok(u) if is_http_url(&new.url) => u,
-            _ => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "bad_url",
-                    "url must be an absolute http or https URL",
-                )
-            }
-        };
-        let not_before_ms = match parse_time(new.not_before.as_deref(), "not_before") {
-            Ok(t) => t,
+        let (url, not_before_ms, deadline_ms) = match new_fetch(&body) {
+            Ok(v) => v,
             Err(r) => return r,
         };
-        let deadline_ms = match parse_time(new.deadline.as_deref(), "deadline") {
-            Ok(t) => t,
-            Err(r) => return r,
-        };
+        if let Err(e) = self.store.check_room(MAX_BODY as u64) {
+            tracing::warn!(error = %e, "new fetch job refused: disk space below the reserve");
+            let mut r = error(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                "the mote's disk is nearly full; try again later",
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
+            return r;
+        }
         let id = ItemId(rand::random());
         let job = Job::new(
             url.to_string(),

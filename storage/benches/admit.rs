@@ -53,7 +53,12 @@ fn sled_baseline(items: u64) -> f64 {
 
 fn store_admit(items: u64, threads: u64) -> (f64, f64) {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path(), dust_storage::DEFAULT_CACHE_BYTES).unwrap();
+    let store = Store::open(
+        dir.path(),
+        dust_storage::DEFAULT_CACHE_BYTES,
+        &dust_storage::SealKey::from_bytes([7; 32]),
+    )
+    .unwrap();
     let flushes0 = store.flush_count();
     let start = Instant::now();
     let per = items / threads;

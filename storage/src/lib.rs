@@ -4,6 +4,8 @@ mod fetch;
 pub mod flusher;
 mod record;
 mod replay;
+mod seal;
+mod space;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -11,17 +13,23 @@ use std::sync::Arc;
 
 pub use fetch::ContentWriter;
 pub use record::{Item, ItemId, ItemState};
+pub use seal::{SealKey, KEY_BYTES};
+
+use seal::Sealer;
+use space::Space;
 
 use flusher::Flusher;
 
 /// On-disk format version, kept in the `meta` tree under [`FORMAT_KEY`].
 /// Bump it whenever the record or key layout changes; `open` refuses a
 /// database written in another format instead of misreading it.
-pub const FORMAT_VERSION: u8 = 2;
+pub const FORMAT_VERSION: u8 = 3;
 const FORMAT_KEY: &[u8] = b"format";
 /// When the mote first started (ms since the epoch, big-endian), for a
 /// lifetime counted from the first start.
 const FIRST_START_KEY: &[u8] = b"first_start";
+/// A value sealed under the store's key, to recognise the key (`seal.rs`).
+const SEAL_CHECK_KEY: &[u8] = b"seal_check";
 
 /// The release time of an item held in a pool (mixing strategies `pool` and
 /// `binomial`): it has a schedule entry at the very end, after every real
@@ -77,6 +85,20 @@ pub enum StorageError {
         #[source]
         source: std::io::Error,
     },
+    /// The store is sealed under another key than the one given (or the
+    /// key was lost: keys live in a tmpfs and do not survive a reboot).
+    #[error("the store is sealed under a different key: its items cannot be read without the key it was created with")]
+    Key,
+    /// Free space on the store's filesystem is below the reserve
+    /// ([`Store::set_min_free`]): nothing new is taken until deliveries or
+    /// the operator free some (SMTP 452 4.3.1, HTTP 507).
+    #[error("free space on the store's filesystem ({free} bytes) is below the reserve of {reserve} bytes")]
+    Full {
+        /// Bytes free now (for an unprivileged writer).
+        free: u64,
+        /// The reserve plus what the write needed.
+        reserve: u64,
+    },
     /// The store is shutting down.
     #[error("storage is closed")]
     Closed,
@@ -123,6 +145,10 @@ pub struct Store {
     counts: Counts,
     /// Digests of recent admissions (see `replay.rs`).
     replay: replay::Replay,
+    /// Seals payloads, job records and content (see `seal.rs`).
+    sealer: Arc<Sealer>,
+    /// The free-space reserve (see `space.rs`).
+    space: Arc<Space>,
     flusher: Flusher,
 }
 
@@ -166,7 +192,16 @@ impl Store {
     /// the last handle is dropped, so reopening in the same process retries
     /// a lock conflict for up to [`LOCK_WAIT`] before reporting it (another
     /// process holding the database gets the error after that wait).
-    pub fn open(dir: &Path, cache_bytes: u64) -> Result<Arc<Self>> {
+    ///
+    /// Everything users gave is sealed under `key` (see `seal.rs`); a store
+    /// made under another key is refused with [`StorageError::Key`]. `dir`
+    /// is created with mode 0700 (and set to 0700 if it exists); content
+    /// files are created 0600.
+    pub fn open(dir: &Path, cache_bytes: u64, key: &SealKey) -> Result<Arc<Self>> {
+        private_dir(dir).map_err(|source| StorageError::Io {
+            doing: "creating the data directory",
+            source,
+        })?;
         let config = sled::Config::new()
             .path(dir)
             .cache_capacity(cache_bytes)
@@ -186,7 +221,7 @@ impl Store {
                 Err(e) => return Err(db_err("opening the database")(e)),
             }
         };
-        Self::from_db(db, Some(dir.to_path_buf()), dir.join("content"))
+        Self::from_db(db, Some(dir.to_path_buf()), dir.join("content"), key)
     }
 
     /// A throw-away store in a temporary directory, for tests.
@@ -206,11 +241,17 @@ impl Store {
                 .map(|d| d.as_nanos())
                 .unwrap_or(0)
         ));
-        Self::from_db(db, None, content)
+        Self::from_db(db, None, content, &SealKey::random())
     }
 
-    fn from_db(db: sled::Db, dir: Option<PathBuf>, content_dir: PathBuf) -> Result<Arc<Self>> {
+    fn from_db(
+        db: sled::Db,
+        dir: Option<PathBuf>,
+        content_dir: PathBuf,
+        key: &SealKey,
+    ) -> Result<Arc<Self>> {
         let temporary_content = dir.is_none();
+        let space = Arc::new(Space::new(dir.clone()));
         fetch::open_content_dir(&content_dir).map_err(|source| StorageError::Io {
             doing: "creating the content directory",
             source,
@@ -228,6 +269,18 @@ impl Store {
                     .map_err(db_err("writing the format"))?;
             }
         }
+        let sealer = Arc::new(Sealer::new(key));
+        match meta
+            .get(SEAL_CHECK_KEY)
+            .map_err(db_err("reading the key check"))?
+        {
+            Some(v) if seal::key_matches(&sealer, &v) => {}
+            Some(_) => return Err(StorageError::Key),
+            None => {
+                meta.insert(SEAL_CHECK_KEY, seal::check_value(&sealer))
+                    .map_err(db_err("writing the key check"))?;
+            }
+        }
         let items = db
             .open_tree("items")
             .map_err(db_err("opening tree items"))?;
@@ -240,7 +293,7 @@ impl Store {
         let chunks = db
             .open_tree("chunks")
             .map_err(db_err("opening tree chunks"))?;
-        let replay = replay::Replay::open(&db, &meta)?;
+        let replay = replay::Replay::open(&db, key)?;
         let flusher = Flusher::start(db.clone(), dir)
             .map_err(|e| StorageError::Flush(format!("starting the flusher: {e}")))?;
         let store = Self {
@@ -254,6 +307,8 @@ impl Store {
             temporary_content,
             counts: Counts::default(),
             replay,
+            sealer,
+            space,
             flusher,
         };
         store.count_schedule()?;
@@ -280,7 +335,7 @@ impl Store {
     fn insert_item(&self, item: &Item, doing: &'static str) -> Result<()> {
         let old = self
             .items
-            .insert(item.id.0, item.encode())
+            .insert(item.id.0, item.encode(&self.sealer))
             .map_err(db_err(doing))?;
         if old.is_none() {
             self.counts.items.fetch_add(1, Ordering::Relaxed);
@@ -318,7 +373,7 @@ impl Store {
             let (k, v) = kv.map_err(db_err("scanning items at recovery"))?;
             count += 1;
             self.counts.items.store(count, Ordering::Relaxed);
-            let item = Item::decode(&k, &v)?;
+            let item = Item::decode(&k, &v, &self.sealer)?;
             let key = schedule_key(item.release_ms, &item.id);
             if item.state == ItemState::InFlight {
                 let mut queued = item.clone();
@@ -351,7 +406,11 @@ impl Store {
     /// it returns `Err` or the process dies before it returns, the item may or
     /// may not be stored; the caller has not acknowledged it, so a stored copy
     /// is delivered once (a duplicate the client may resend), never lost.
+    ///
+    /// Refused with [`StorageError::Full`] (nothing written) while free
+    /// space is below the reserve.
     pub async fn admit(&self, item: &Item) -> Result<()> {
+        self.space.check(item.payload.len() as u64)?;
         self.put(item)?;
         self.sync().await
     }
@@ -366,8 +425,30 @@ impl Store {
     /// [`admit`](Self::admit) for a blocking thread (the mixer runs it via
     /// its runtime's `spawn_blocking`, so simulated-time tests see the wait).
     pub fn admit_blocking(&self, item: &Item) -> Result<()> {
+        self.space.check(item.payload.len() as u64)?;
         self.put(item)?;
         self.flusher.sync_blocking()
+    }
+
+    /// Keep `bytes` free on the store's filesystem: admissions, new jobs and
+    /// content writes are refused with [`StorageError::Full`] while less is
+    /// free, so that the mote's own writes never fill the disk (sled 0.34
+    /// does not recover from a failed log write). Updates of what is
+    /// stored (in flight, completed, rescheduled) are always made.
+    pub fn set_min_free(&self, bytes: u64) {
+        self.space.set_reserve(bytes);
+    }
+
+    /// `Ok` if the free space is above the reserve by `extra` bytes (a
+    /// cheap statvfs; a temporary store always has room).
+    pub fn check_room(&self, extra: u64) -> Result<()> {
+        self.space.check(extra)
+    }
+
+    /// Bytes free on the store's filesystem (`None`: a temporary store, or
+    /// statvfs failed).
+    pub fn free_bytes(&self) -> Option<u64> {
+        self.space.free()
     }
 
     /// When this store was first opened by a mote (ms since the epoch):
@@ -472,7 +553,7 @@ impl Store {
             let taken = match self.items.get(id.0).map_err(db_err("reading a due item"))? {
                 None => None,
                 Some(v) => {
-                    let mut item = Item::decode(&id.0, &v)?;
+                    let mut item = Item::decode(&id.0, &v, &self.sealer)?;
                     if item.state == ItemState::InFlight
                         || schedule_key(item.release_ms, &id) != k.as_ref()
                     {
@@ -582,14 +663,14 @@ impl Store {
     /// One item by id.
     pub fn get(&self, id: &ItemId) -> Result<Option<Item>> {
         let v = self.items.get(id.0).map_err(db_err("reading an item"))?;
-        v.map(|v| Item::decode(&id.0, &v)).transpose()
+        v.map(|v| Item::decode(&id.0, &v, &self.sealer)).transpose()
     }
 
     /// Every stored item, in id order (for operator inspection).
     pub fn items(&self) -> impl Iterator<Item = Result<Item>> + '_ {
         self.items.iter().map(|kv| {
             let (k, v) = kv.map_err(db_err("scanning items"))?;
-            Item::decode(&k, &v)
+            Item::decode(&k, &v, &self.sealer)
         })
     }
 
@@ -615,6 +696,21 @@ impl Store {
             next_releases,
         })
     }
+}
+
+/// Create `dir` (and missing parents) readable by its owner only, or make
+/// an existing one so.
+fn private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
 }
 
 fn release_of(key: &[u8]) -> u64 {

@@ -8,9 +8,11 @@
 //! 7..15  release time, ms since the Unix epoch, u64 big-endian
 //!        ([`HELD`](crate::HELD): held in a pool, no time yet)
 //! 15..23 entered: when the item (last) entered the mix, ms since the epoch
-//! 23..   payload (opaque)
+//! 23..   payload (opaque), sealed: nonce ‖ ciphertext ‖ tag, bound to the
+//!        item's id and kind (see `seal.rs`)
 //! ```
 
+use crate::seal::Sealer;
 use crate::{StorageError, FORMAT_VERSION};
 
 const HEADER: usize = 23;
@@ -87,8 +89,16 @@ pub struct Item {
 }
 
 impl Item {
-    pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut v = Vec::with_capacity(HEADER + self.payload.len());
+    fn aad(id: &ItemId, kind: u8) -> [u8; 21] {
+        let mut a = [0u8; 21];
+        a[..4].copy_from_slice(b"item");
+        a[4..20].copy_from_slice(&id.0);
+        a[20] = kind;
+        a
+    }
+
+    pub(crate) fn encode(&self, sealer: &Sealer) -> Vec<u8> {
+        let mut v = Vec::with_capacity(HEADER + self.payload.len() + crate::seal::OVERHEAD);
         v.push(FORMAT_VERSION);
         v.push(self.kind);
         v.push(match self.state {
@@ -98,11 +108,11 @@ impl Item {
         v.extend_from_slice(&self.attempts.to_be_bytes());
         v.extend_from_slice(&self.release_ms.to_be_bytes());
         v.extend_from_slice(&self.entered_ms.to_be_bytes());
-        v.extend_from_slice(&self.payload);
+        sealer.seal_into(&Self::aad(&self.id, self.kind), &self.payload, &mut v);
         v
     }
 
-    pub(crate) fn decode(key: &[u8], v: &[u8]) -> Result<Self, StorageError> {
+    pub(crate) fn decode(key: &[u8], v: &[u8], sealer: &Sealer) -> Result<Self, StorageError> {
         let corrupt = |what: String| StorageError::Corrupt {
             doing: "decoding an item",
             what,
@@ -127,6 +137,11 @@ impl Item {
         r.copy_from_slice(&v[7..15]);
         let mut e = [0u8; 8];
         e.copy_from_slice(&v[15..23]);
+        let payload = sealer.open(
+            &Self::aad(&ItemId(id), v[1]),
+            &v[HEADER..],
+            "opening an item",
+        )?;
         Ok(Self {
             id: ItemId(id),
             kind: v[1],
@@ -134,7 +149,7 @@ impl Item {
             attempts: u32::from_be_bytes(a),
             release_ms: u64::from_be_bytes(r),
             entered_ms: u64::from_be_bytes(e),
-            payload: v[HEADER..].to_vec(),
+            payload,
         })
     }
 }

@@ -5,20 +5,17 @@
 //! make the message leave twice: two copies with one Message-ID are a
 //! linkable signal, and recipients notice.
 //!
-//! Only keyed digests are kept (tree `replay`: BLAKE2b-256 of a per-store
-//! random key and the caller's digest → expiry, ms since the epoch, big
-//! endian); no content. Expired entries are ignored and pruned now and
-//! then.
+//! Only keyed digests are kept (tree `replay`: BLAKE2b-256 of a key derived
+//! from the sealing key and the caller's digest → expiry, ms since the
+//! epoch, big endian); no content. Without the sealing key, a digest on the
+//! disk cannot be tested against a guessed message. Expired entries are
+//! ignored and pruned now and then.
 
 use blake2::digest::consts::U32;
 use blake2::{Blake2b, Digest};
 use parking_lot::Mutex;
-use rand::Rng;
 
-use crate::{db_err, Item, Result, StorageError, Store};
-
-/// Where the store's digest key lives in the `meta` tree.
-const REPLAY_KEY: &[u8] = b"replay_key";
+use crate::{db_err, Item, Result, SealKey, Store};
 
 /// Prune expired entries every this many unique admissions (a scan of the
 /// tree, which holds one entry per admission within the window).
@@ -33,26 +30,12 @@ pub(crate) struct Replay {
 }
 
 impl Replay {
-    /// Open the `replay` tree and the store's key (made at the first open).
-    pub(crate) fn open(db: &sled::Db, meta: &sled::Tree) -> Result<Self> {
+    /// Open the `replay` tree; its digest key is derived from the sealing key.
+    pub(crate) fn open(db: &sled::Db, key: &SealKey) -> Result<Self> {
         let tree = db
             .open_tree("replay")
             .map_err(db_err("opening tree replay"))?;
-        let key = match meta
-            .get(REPLAY_KEY)
-            .map_err(db_err("reading the replay key"))?
-        {
-            Some(v) => v.as_ref().try_into().map_err(|_| StorageError::Corrupt {
-                doing: "reading the replay key",
-                what: format!("{} bytes", v.len()),
-            })?,
-            None => {
-                let k: [u8; 32] = rand::rng().random();
-                meta.insert(REPLAY_KEY, &k)
-                    .map_err(db_err("writing the replay key"))?;
-                k
-            }
-        };
+        let key = key.derive(b"dustmote replay digests");
         Ok(Self {
             tree,
             key,
@@ -116,6 +99,7 @@ impl Store {
                 .map_err(db_err("reading a replay digest"))?
                 .is_some_and(|v| expiry(&v) > now_ms);
             if !seen {
+                self.space.check(item.payload.len() as u64)?;
                 *since_prune += 1;
                 self.put(item)?;
                 r.tree

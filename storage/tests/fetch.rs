@@ -64,7 +64,12 @@ fn content_reads_across_chunks_and_reports_gaps() {
 async fn jobs_survive_reopen_and_delete_removes_content() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        let store = Store::open(
+            dir.path(),
+            DEFAULT_CACHE_BYTES,
+            &dust_storage::SealKey::from_bytes([7; 32]),
+        )
+        .unwrap();
         store.put_job(&id(7), b"job seven").unwrap();
         store.put_job(&id(8), b"job eight").unwrap();
         store.put_chunk(&id(7), 0, &[1; 1000]).unwrap();
@@ -76,7 +81,12 @@ async fn jobs_survive_reopen_and_delete_removes_content() {
         drop(w);
         store.sync().await.unwrap();
     }
-    let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+    let store = Store::open(
+        dir.path(),
+        DEFAULT_CACHE_BYTES,
+        &dust_storage::SealKey::from_bytes([7; 32]),
+    )
+    .unwrap();
     let jobs: Vec<_> = store.jobs().map(|j| j.unwrap()).collect();
     assert_eq!(
         jobs,
@@ -88,7 +98,16 @@ async fn jobs_survive_reopen_and_delete_removes_content() {
     let c = store.read_content(&id(7), 990, 1010).unwrap().unwrap();
     assert_eq!(c, [vec![1u8; 10], vec![2u8; 10]].concat());
     let file7 = dir.path().join("content").join(id(7).to_string());
-    assert_eq!(std::fs::metadata(&file7).unwrap().len(), 201_000);
+    // Sealed frames: each 64 KiB block adds a nonce and a tag (40 bytes);
+    // one block for the first chunk, four for the second.
+    let sealed_len = |plain: u64, blocks: u64| plain + blocks * 40;
+    assert_eq!(
+        std::fs::metadata(&file7).unwrap().len(),
+        sealed_len(201_000, 5)
+    );
+    // The uncommitted frame of job 8 was cut off when its writer was dropped.
+    let file8 = dir.path().join("content").join(id(8).to_string());
+    assert_eq!(std::fs::metadata(&file8).unwrap().len(), sealed_len(5, 1));
     store.delete_job(&id(7)).await.unwrap();
     assert_eq!(store.job(&id(7)).unwrap(), None);
     assert!(store.chunk_ranges(&id(7)).unwrap().is_empty());
@@ -106,7 +125,12 @@ async fn jobs_survive_reopen_and_delete_removes_content() {
 async fn content_files_without_a_job_are_removed_at_open() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        let store = Store::open(
+            dir.path(),
+            DEFAULT_CACHE_BYTES,
+            &dust_storage::SealKey::from_bytes([7; 32]),
+        )
+        .unwrap();
         store.put_job(&id(1), b"kept").unwrap();
         store.put_chunk(&id(1), 0, b"kept bytes").unwrap();
         store.sync().await.unwrap();
@@ -114,7 +138,12 @@ async fn content_files_without_a_job_are_removed_at_open() {
     // What a crash between a job's removal and its unlink leaves behind.
     let orphan = dir.path().join("content").join(id(2).to_string());
     std::fs::write(&orphan, b"left over").unwrap();
-    let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+    let store = Store::open(
+        dir.path(),
+        DEFAULT_CACHE_BYTES,
+        &dust_storage::SealKey::from_bytes([7; 32]),
+    )
+    .unwrap();
     assert!(!orphan.exists());
     assert_eq!(
         store.read_content(&id(1), 0, 10).unwrap().unwrap(),

@@ -25,7 +25,12 @@ fn item(n: u8, release_ms: u64) -> Item {
 async fn admitted_items_survive_reopen_and_inflight_is_due_again() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        let store = Store::open(
+            dir.path(),
+            DEFAULT_CACHE_BYTES,
+            &dust_storage::SealKey::from_bytes([7; 32]),
+        )
+        .unwrap();
         store.admit(&item(1, 5_000)).await.unwrap();
         store.admit(&item(2, 1_000)).await.unwrap();
         store.admit(&item(3, 9_000)).await.unwrap();
@@ -37,7 +42,12 @@ async fn admitted_items_survive_reopen_and_inflight_is_due_again() {
         assert_eq!(store.next_release().unwrap(), Some(5_000));
         store.sync().await.unwrap();
     }
-    let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+    let store = Store::open(
+        dir.path(),
+        DEFAULT_CACHE_BYTES,
+        &dust_storage::SealKey::from_bytes([7; 32]),
+    )
+    .unwrap();
     // In-flight item 2 is back on the schedule at its (past) release time.
     assert_eq!(store.next_release().unwrap(), Some(1_000));
     let stats = store.stats(5).unwrap();
@@ -111,7 +121,12 @@ async fn model_test_random_operations() {
     let mut rng = StdRng::seed_from_u64(0x5eed);
     // model: id -> (release_ms, in_flight)
     let mut model: BTreeMap<u8, (u64, bool)> = BTreeMap::new();
-    let mut store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+    let mut store = Store::open(
+        dir.path(),
+        DEFAULT_CACHE_BYTES,
+        &dust_storage::SealKey::from_bytes([7; 32]),
+    )
+    .unwrap();
     let mut now = 0u64;
     for step in 0..600 {
         match rng.random_range(0..7) {
@@ -168,7 +183,12 @@ async fn model_test_random_operations() {
             _ => {
                 store.sync().await.unwrap();
                 drop(store);
-                store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+                store = Store::open(
+                    dir.path(),
+                    DEFAULT_CACHE_BYTES,
+                    &dust_storage::SealKey::from_bytes([7; 32]),
+                )
+                .unwrap();
                 for v in model.values_mut() {
                     v.1 = false;
                 }
@@ -195,7 +215,12 @@ async fn model_test_random_operations() {
 async fn held_items_wait_for_a_round_and_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        let store = Store::open(
+            dir.path(),
+            DEFAULT_CACHE_BYTES,
+            &dust_storage::SealKey::from_bytes([7; 32]),
+        )
+        .unwrap();
         store.admit(&item(1, HELD)).await.unwrap();
         store.admit(&item(2, HELD)).await.unwrap();
         store.admit(&item(3, 5_000)).await.unwrap();
@@ -218,7 +243,12 @@ async fn held_items_wait_for_a_round_and_survive_reopen() {
         assert_eq!(store.next_release().unwrap(), Some(7_000));
         store.sync().await.unwrap();
     }
-    let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+    let store = Store::open(
+        dir.path(),
+        DEFAULT_CACHE_BYTES,
+        &dust_storage::SealKey::from_bytes([7; 32]),
+    )
+    .unwrap();
     assert_eq!(store.held_ids().unwrap(), [ItemId([1; 16])]);
     let due = store.take_due(7_000, 10).unwrap();
     let mut ids: Vec<_> = due.iter().map(|i| i.id).collect();
@@ -234,4 +264,37 @@ async fn held_items_wait_for_a_round_and_survive_reopen() {
         store.get(&ItemId([3; 16])).unwrap().unwrap().entered_ms,
         9_000
     );
+}
+
+#[tokio::test]
+async fn below_the_reserve_new_work_is_refused_and_stored_work_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(
+        dir.path(),
+        DEFAULT_CACHE_BYTES,
+        &dust_storage::SealKey::from_bytes([7; 32]),
+    )
+    .unwrap();
+    store.admit(&item(1, 1_000)).await.unwrap();
+    let free = store.free_bytes().unwrap();
+    // A reserve larger than what is free: the disk counts as full.
+    store.set_min_free(free + (1 << 40));
+    match store.admit(&item(2, 1_000)).await {
+        Err(dust_storage::StorageError::Full { free: f, .. }) => assert!(f > 0),
+        other => panic!("admitted below the reserve: {other:?}"),
+    }
+    assert!(matches!(
+        store.put_chunk(&ItemId([5; 16]), 0, b"content"),
+        Err(dust_storage::StorageError::Full { .. })
+    ));
+    assert!(store.check_room(0).is_err());
+    // What is stored keeps moving: taken, completed, durably.
+    let due = store.take_due(2_000, 10).unwrap();
+    assert_eq!(due.len(), 1);
+    store.complete(&due[0].id).unwrap();
+    store.sync().await.unwrap();
+    // Space back: taken again.
+    store.set_min_free(0);
+    store.admit(&item(2, 1_000)).await.unwrap();
+    assert_eq!(store.stats(0).unwrap().queued, 1);
 }

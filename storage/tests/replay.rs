@@ -23,7 +23,12 @@ fn a_digest_admits_once_per_window_and_survives_a_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let (d1, d2) = ([1u8; 32], [2u8; 32]);
     {
-        let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+        let store = Store::open(
+            dir.path(),
+            DEFAULT_CACHE_BYTES,
+            &dust_storage::SealKey::from_bytes([7; 32]),
+        )
+        .unwrap();
         assert!(store
             .admit_unique_blocking(&item(1), &d1, 1_000, 61_000)
             .unwrap());
@@ -39,7 +44,12 @@ fn a_digest_admits_once_per_window_and_survives_a_reopen() {
             "the replay was not stored"
         );
     }
-    let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES).unwrap();
+    let store = Store::open(
+        dir.path(),
+        DEFAULT_CACHE_BYTES,
+        &dust_storage::SealKey::from_bytes([7; 32]),
+    )
+    .unwrap();
     assert!(
         !store
             .admit_unique_blocking(&item(4), &d1, 3_000, 63_000)

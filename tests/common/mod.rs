@@ -278,6 +278,11 @@ pub struct MoteConfig {
     /// RUST_LOG for the mote (default: $DUSTMOTE_TEST_LOG or "info").
     pub rust_log: Option<String>,
     pub extra: String,
+    /// More lines for `[storage]` (`min_free`).
+    pub storage_extra: String,
+    /// Put the data directory on a tmpfs of this many bytes (mounted
+    /// before the start, unmounted when the mote is dropped; needs root).
+    pub tmpfs_bytes: Option<u64>,
 }
 
 impl MoteConfig {
@@ -298,6 +303,8 @@ impl MoteConfig {
             tor: "mode = \"direct\"\nallow_clearnet = true".into(),
             rust_log: None,
             extra: String::new(),
+            storage_extra: String::new(),
+            tmpfs_bytes: None,
         }
     }
 }
@@ -309,9 +316,26 @@ pub struct Mote {
     pub http_port: u16,
     rust_log: String,
     pub dir: tempfile::TempDir,
+    /// Where the mote keeps its sealing key: a tmpfs directory, as
+    /// systemd's `RuntimeDirectory=` gives it (`$RUNTIME_DIRECTORY`).
+    pub runtime: tempfile::TempDir,
     pub config: PathBuf,
     proc: Option<Proc>,
     starts: u32,
+    /// A tmpfs mounted on the data directory ([`MoteConfig::tmpfs_bytes`]).
+    mounted: bool,
+}
+
+impl Drop for Mote {
+    fn drop(&mut self) {
+        self.proc = None; // killed first: nothing may hold the mount
+        if self.mounted {
+            let _ = Command::new("umount")
+                .arg("-l")
+                .arg(self.data_dir())
+                .status();
+        }
+    }
 }
 
 impl Mote {
@@ -330,6 +354,7 @@ impl Mote {
         let text = format!(
             r#"[storage]
 dir = "{data}"
+{storage_extra}
 [smtp]
 listen = "127.0.0.1:{port}"
 max_message_bytes = {max}
@@ -360,6 +385,7 @@ delivery_grace = "2s"
 {extra}
 "#,
             data = dir.path().join("data").display(),
+            storage_extra = c.storage_extra,
             max = c.max_message_bytes,
             rcpts = c.max_recipients,
             auth = c.require_auth,
@@ -381,6 +407,25 @@ delivery_grace = "2s"
         );
         let config = dir.path().join("mote.toml");
         std::fs::write(&config, text).unwrap();
+        if let Some(bytes) = c.tmpfs_bytes {
+            let data = dir.path().join("data");
+            std::fs::create_dir(&data).unwrap();
+            let ok = Command::new("mount")
+                .args([
+                    "-t",
+                    "tmpfs",
+                    "-o",
+                    &format!("size={bytes},mode=0700"),
+                    "tmpfs",
+                ])
+                .arg(&data)
+                .status()
+                .unwrap();
+            assert!(
+                ok.success(),
+                "mounting a tmpfs needs root (CI runs as root)"
+            );
+        }
         let mut m = Self {
             port,
             http_port,
@@ -388,9 +433,14 @@ delivery_grace = "2s"
                 std::env::var("DUSTMOTE_TEST_LOG").unwrap_or_else(|_| "info".into())
             }),
             dir,
+            runtime: tempfile::Builder::new()
+                .prefix("dustmote-key")
+                .tempdir_in("/dev/shm")
+                .unwrap(),
             config,
             proc: None,
             starts: 0,
+            mounted: c.tmpfs_bytes.is_some(),
         };
         m.spawn();
         m
@@ -421,6 +471,7 @@ delivery_grace = "2s"
             .args(["serve", "--config"])
             .arg(&self.config)
             .env("RUST_LOG", &self.rust_log)
+            .env("RUNTIME_DIRECTORY", self.runtime.path())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -470,6 +521,7 @@ delivery_grace = "2s"
         Command::new(bin())
             .args([subcommand, "--config"])
             .arg(&self.config)
+            .env("RUNTIME_DIRECTORY", self.runtime.path())
             .output()
             .unwrap()
     }
@@ -493,6 +545,7 @@ delivery_grace = "2s"
             .args(["queue", "--config"])
             .arg(&self.config)
             .args(args)
+            .env("RUNTIME_DIRECTORY", self.runtime.path())
             .output()
             .unwrap()
     }

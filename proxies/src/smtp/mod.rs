@@ -83,6 +83,9 @@ pub enum AdmitError {
     /// The mote expires too soon for the message to leave in time (452).
     #[error("expiring")]
     Expiring,
+    /// Free space is below the reserve (452 4.3.1).
+    #[error("insufficient storage")]
+    NoSpace,
 }
 
 /// Durable admission of an encoded [`StoredMail`]. Must return only after
@@ -94,6 +97,13 @@ pub trait Admission: Send + Sync + 'static {
         payload: Vec<u8>,
         once: Option<Once>,
     ) -> impl Future<Output = Result<(), AdmitError>> + Send;
+
+    /// Whether a message of `size` bytes would fit above the free-space
+    /// reserve now (checked at MAIL, so a client is not made to send a
+    /// message that cannot be stored).
+    fn has_room(&self, _size: u64) -> bool {
+        true
+    }
 }
 
 impl<R, D> Admission for Mixer<R, D>
@@ -121,11 +131,23 @@ where
             Ok(()) => Ok(()),
             Err(MixerError::ShuttingDown) => Err(AdmitError::ShuttingDown),
             Err(MixerError::Expiring) => Err(AdmitError::Expiring),
+            Err(MixerError::Storage(StorageError::Full { free, reserve })) => {
+                tracing::warn!(
+                    free,
+                    reserve,
+                    "disk space below the reserve; client told 452"
+                );
+                Err(AdmitError::NoSpace)
+            }
             Err(e) => {
                 tracing::error!(error = %e, "admission failed; client told 451");
                 Err(AdmitError::Temporary)
             }
         }
+    }
+
+    fn has_room(&self, size: u64) -> bool {
+        self.store().check_room(size).is_ok()
     }
 }
 
@@ -577,6 +599,7 @@ where
             return self.error("501 5.5.4 Syntax: MAIL FROM:<address>").await;
         };
         let mut utf8 = false;
+        let mut size = 0;
         for p in params.split_ascii_whitespace() {
             let (k, v) = p.split_once('=').unwrap_or((p, ""));
             match k.to_ascii_uppercase().as_str() {
@@ -586,7 +609,7 @@ where
                             .error("552 5.3.4 Message size exceeds fixed maximum message size")
                             .await;
                     }
-                    Ok(_) => {}
+                    Ok(n) => size = n,
                     Err(_) => return self.error("501 5.5.4 Bad SIZE parameter").await,
                 },
                 "BODY" if v.eq_ignore_ascii_case("8BITMIME") || v.eq_ignore_ascii_case("7BIT") => {}
@@ -601,6 +624,12 @@ where
         }
         if !addr.is_empty() && lettre::Address::from_str(addr).is_err() {
             return self.error("501 5.1.7 Bad sender address syntax").await;
+        }
+        if !self.admission.has_room(size) {
+            // Not the client's fault: no error counted, try again later.
+            self.reply("452 4.3.1 Insufficient system storage, try again later")
+                .await?;
+            return Ok(Flow::Continue);
         }
         self.smtputf8 = utf8;
         self.from = Some(addr.to_string());
@@ -745,6 +774,11 @@ where
             }
             Err(AdmitError::Temporary) => {
                 self.reply("451 4.3.0 Temporary storage failure, try again later")
+                    .await?;
+                Ok(Flow::Continue)
+            }
+            Err(AdmitError::NoSpace) => {
+                self.reply("452 4.3.1 Insufficient system storage, try again later")
                     .await?;
                 Ok(Flow::Continue)
             }
@@ -931,5 +965,50 @@ mod tests {
         assert_eq!(path_arg("TO:a@b", "TO:"), None);
         assert_eq!(path_arg("FROM<a@b>", "FROM:"), None);
         assert_eq!(path_arg("F", "FROM:"), None);
+    }
+}
+
+/// Entry points for `cargo fuzz` (see `fuzz/`).
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::sync::OnceLock;
+
+    use super::*;
+
+    /// Takes every message (after the session sanitized it).
+    struct AcceptAll;
+
+    impl Admission for AcceptAll {
+        async fn admit(&self, payload: Vec<u8>, _once: Option<Once>) -> Result<(), AdmitError> {
+            // What was admitted decodes again.
+            assert!(crate::mail::StoredMail::decode(&payload).is_ok());
+            Ok(())
+        }
+    }
+
+    /// Run one session in which the client sends `input` (no authentication
+    /// required; small limits so that the limits are reached). The input
+    /// ends in EOF, so no read waits for a timeout. Returns the server's
+    /// replies.
+    pub fn session(input: &[u8]) -> Vec<u8> {
+        static VERIFIER: OnceLock<Verifier> = OnceLock::new();
+        let verifier = VERIFIER.get_or_init(|| Verifier::new(Users::default()));
+        let cfg = SmtpConfig {
+            max_message_bytes: 64 * 1024,
+            max_recipients: 5,
+            require_auth: false,
+            ..SmtpConfig::default()
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a current-thread runtime");
+        let mut out = Vec::new();
+        runtime.block_on(async {
+            let (_tx, shutdown) = watch::channel(false);
+            let mut s = Session::new(&cfg, &AcceptAll, verifier, input, &mut out, shutdown, None);
+            let _ = s.run().await;
+        });
+        out
     }
 }
