@@ -556,3 +556,212 @@ fn limits_hold_without_a_known_size_and_redirects_stay_on_http() {
         assert!((1..=13).contains(&n), "{name}: {n} requests");
     }
 }
+
+/// Every file under `dir`, with its mode.
+fn tree(dir: &std::path::Path) -> Vec<(std::path::PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue; // removed meanwhile (sled's blobs, a finished job)
+        };
+        out.push((p.clone(), meta.permissions().mode() & 0o777));
+        if meta.is_dir() {
+            out.extend(tree(&p));
+        }
+    }
+    out
+}
+
+/// The markers found in any file under `dir`.
+fn plaintext_on_disk(dir: &std::path::Path, markers: &[&str]) -> Vec<String> {
+    let mut hits = Vec::new();
+    for (p, _) in tree(dir) {
+        let Ok(data) = std::fs::read(&p) else {
+            continue;
+        };
+        for m in markers {
+            if data.windows(m.len()).any(|w| w == m.as_bytes()) {
+                hits.push(format!("{m:?} in {}", p.display()));
+            }
+        }
+    }
+    hits
+}
+
+#[test]
+fn sealed_at_rest_during_and_after_delivery_and_refused_without_the_key() {
+    let nginx = Nginx::start();
+    let sink = Sink::start();
+    let mut cfg = MoteConfig::new(sink.port);
+    // Held long enough to look at the disk while both are queued.
+    cfg.delay = r#"{ distribution = "constant", value = "4s" }"#.into();
+    cfg.extra = "[fetch]\nchunk = { min = \"64KiB\", max = \"256KiB\" }\ndelay = { distribution = \"constant\", value = \"1500ms\" }\nallow_private_addresses = true\n".into();
+    let mut mote = Mote::start(&cfg);
+    let client = Client::new(&mote);
+    let subject = "Subject-marker-8c1f2e";
+    let from = "sealed-sender-5d@example.org";
+    let to = "sealed-rcpt-77@example.net";
+    let body = "body-marker-0a9b3c the letter itself";
+    let (ok, t) = swaks_auth(
+        mote.port,
+        PASSWORD,
+        &[
+            "--from",
+            from,
+            "--to",
+            to,
+            "--header",
+            &format!("Subject: {subject}"),
+            "--body",
+            body,
+        ],
+    );
+    assert!(ok, "{t}");
+    let content_marker = "content-marker-f00d";
+    let content = format!("{content_marker}\n").repeat(40_000); // ~800 KiB, many blocks
+    let url = nginx.put("path-marker-4242.txt", content.as_bytes());
+    let id = client.add(&url);
+    let markers = [
+        subject,
+        from,
+        to,
+        "body-marker-0a9b3c",
+        "path-marker-4242",
+        content_marker,
+    ];
+    let data = mote.data_dir();
+
+    // While queued: the mail is held, the job (with its URL) is stored.
+    assert!(mote.queue_counts().is_some_and(|(q, _)| q >= 1));
+    assert_eq!(plaintext_on_disk(&data, &markers), Vec::<String>::new());
+    // The download finished: its content is on disk, sealed.
+    client.wait_ready(&id);
+    assert_eq!(plaintext_on_disk(&data, &markers), Vec::<String>::new());
+    assert_eq!(client.content(&id), content.as_bytes());
+    // After delivery (the sink has it, in the clear).
+    let got = sink.wait_messages(1, Duration::from_secs(30));
+    assert_eq!(got.len(), 1);
+    assert!(String::from_utf8_lossy(&got[0].raw).contains(subject));
+    mote.wait_drained(Duration::from_secs(30));
+    assert_eq!(plaintext_on_disk(&data, &markers), Vec::<String>::new());
+
+    // Private to the mote's user: directories 0700, files and the socket 0600.
+    let entries = tree(&data);
+    assert!(entries.len() > 3, "{entries:?}");
+    for (p, mode) in &entries {
+        assert_eq!(mode & 0o077, 0, "{} is {mode:o}", p.display());
+    }
+    assert_eq!(
+        std::fs::metadata(&data)
+            .map(|m| {
+                use std::os::unix::fs::PermissionsExt;
+                m.permissions().mode() & 0o777
+            })
+            .unwrap(),
+        0o700
+    );
+    // The key is in the runtime directory (a tmpfs), not beside the data.
+    let keys: Vec<_> = std::fs::read_dir(mote.runtime.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    assert_eq!(std::fs::metadata(&keys[0]).unwrap().len(), 32);
+
+    // A reboot loses the key: the mote refuses the store, saying why.
+    assert!(mote.terminate().success());
+    std::fs::remove_file(&keys[0]).unwrap();
+    mote.spawn_unchecked();
+    let status = mote.wait_exit(Duration::from_secs(20)).expect("exits");
+    assert!(!status.success());
+    let log = mote.log();
+    assert!(
+        log.contains("is sealed and its key") && log.contains("move"),
+        "{log}"
+    );
+    assert!(!keys[0].exists(), "no new key was made for the old store");
+}
+
+/// REDbot (an HTTP linter from PyPI) on a finished download's content URL,
+/// through `tests/peers/auth_proxy.py`, which adds the bearer token.
+#[test]
+fn redbot_finds_validation_a_type_and_no_shared_caching() {
+    let nginx = Nginx::start();
+    let sink = Sink::start();
+    let mut cfg = MoteConfig::new(sink.port);
+    cfg.extra = "[fetch]\nchunk = { min = \"256KiB\", max = \"1MiB\" }\ndelay = { distribution = \"constant\", value = \"5ms\" }\nallow_private_addresses = true\n".into();
+    let mote = Mote::start(&cfg);
+    let client = Client::new(&mote);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(21);
+    let data: Vec<u8> = (0..3 * 1024 * 1024 + 7).map(|_| rng.random()).collect();
+    let id = client.add(&nginx.put("talk.pdf", &data));
+    client.wait_ready(&id);
+
+    let port = free_port();
+    let _proxy = Proc(
+        std::process::Command::new("python3")
+            .arg(peer("auth_proxy.py"))
+            .args([&port.to_string(), &mote.http_port.to_string(), PASSWORD])
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_for(Duration::from_secs(10), || port_open(port).then_some(())).is_some());
+    let url = format!("http://127.0.0.1:{port}/v1/fetches/{id}/content");
+    let out = std::process::Command::new("redbot")
+        .args(["-o", "text", &url])
+        .output()
+        .expect("redbot (run tests/install-deps.sh)");
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{report}");
+    assert!(
+        out.status.success(),
+        "{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let head = report.split("\n\n").next().unwrap_or("");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.contains("content-type: application/pdf")
+            || head.contains("Content-Type: application/pdf"),
+        "{head}"
+    );
+    for good in [
+        "If-None-Match conditional requests are supported.",
+        "If-Modified-Since conditional requests are supported.",
+        "A ranged request returned the correct partial content.",
+        "This response instructs browsers not to 'sniff' its media type.",
+    ] {
+        assert!(report.contains(good), "missing {good:?} in\n{report}");
+    }
+    assert!(
+        report.contains("can't be stored by caches")
+            || report.contains("cannot be stored by caches"),
+        "{report}"
+    );
+    for bad in [
+        "returned the full content",
+        "allows all caches to store it",
+        "can be stored by all caches",
+        "returned a 200 status",
+        "partial content, but it was incorrect",
+        "doesn't match the declared Content-Type",
+    ] {
+        assert!(!report.contains(bad), "REDbot says {bad:?}:\n{report}");
+    }
+
+    // A browser's <video>: the first request asks for everything from 0,
+    // the seek asks from the middle; both are 206 with the right bytes.
+    for start in [0usize, data.len() / 2 + 3] {
+        let (code, body) = curl(&[
+            "-H",
+            &client.auth,
+            "-H",
+            &format!("Range: bytes={start}-"),
+            &format!("{}/v1/fetches/{id}/content", client.base),
+        ]);
+        assert_eq!(code, 206);
+        assert_eq!(body, &data[start..]);
+    }
+}

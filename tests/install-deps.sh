@@ -34,3 +34,5 @@ done
 python3 -c "import aiosmtpd" 2>/dev/null || python3 -m pip install -q "aiosmtpd==1.4.6"
 # The OpenMetrics parser that checks /metrics (tests/peers/parse_metrics.py).
 python3 -c "import prometheus_client" 2>/dev/null || python3 -m pip install -q "prometheus_client==0.26.0"
+# REDbot, the HTTP linter (tests/fetch_e2e.rs checks retrieval with it).
+command -v redbot >/dev/null || python3 -m pip install -q "redbot==2.7.1"

@@ -43,6 +43,8 @@ pid {d}/nginx.pid;
 error_log {d}/error.log;
 events {{ worker_connections 64; }}
 http {{
+    # The media types the tests use (anything else is text/plain).
+    types {{ text/html html; application/pdf pdf; video/mp4 mp4; }}
     log_format ranges '$request_uri $status "$http_range" $body_bytes_sent $msec';
     access_log {d}/access.log ranges;
     client_body_temp_path {d}/tmp/body;
