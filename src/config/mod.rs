@@ -127,7 +127,11 @@ pub fn parse(text: &str, file: &str) -> Result<Checked, ConfigError> {
 
 /// Like `parse`; relative paths in the file (`tor.arti_config`,
 /// `delivery.mail.ca_file`) are taken relative to `base`.
-fn parse_at(text: &str, file: &str, base: Option<&Path>) -> Result<Checked, ConfigError> {
+pub(crate) fn parse_at(
+    text: &str,
+    file: &str,
+    base: Option<&Path>,
+) -> Result<Checked, ConfigError> {
     let err = |key: &str, reason: String| ConfigError {
         file: file.to_string(),
         key: key.to_string(),

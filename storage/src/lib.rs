@@ -418,7 +418,9 @@ impl Store {
     /// Store a new item without waiting for it to reach the disk: for items
     /// whose loss in a crash costs nothing (cover traffic). It becomes
     /// durable with the next flush anyone waits for.
+    /// Refused below the free-space reserve, like an admission.
     pub fn enqueue_unsynced(&self, item: &Item) -> Result<()> {
+        self.space.check(item.payload.len() as u64)?;
         self.put(item)
     }
 
