@@ -46,6 +46,7 @@ MOTE_HTTP_PORT=$(free_port)
 cat > "$work/mote.toml" <<CONF
 [storage]
 dir = "$work/mote-data"
+min_free = ${MIN_FREE:-67108864}
 [smtp]
 listen = "127.0.0.1:$MOTE_PORT"
 require_auth = false

@@ -462,7 +462,8 @@ impl Fetcher {
     }
 
     /// Stream `body` into the job's content at `offset`, in batches of
-    /// [`WRITE_BATCH`] bytes written on a blocking thread; at most `limit`
+    /// [`WRITE_BATCH`] bytes sealed and written on a blocking thread while
+    /// the next batch arrives; at most `limit`
     /// bytes, or the error `too_large` makes. Returns the (uncommitted)
     /// writer and the byte count.
     async fn store_body(
@@ -475,7 +476,13 @@ impl Fetcher {
     ) -> Result<(ContentWriter, u64), FetchError> {
         let store = Arc::clone(&self.store);
         let job = *id;
-        let mut writer = blocking(move || store.content_writer(&job, offset)).await?;
+        let writer = blocking(move || store.content_writer(&job, offset)).await?;
+        // Double buffering: while one batch is sealed and written on a
+        // blocking thread, the next one is received. The writer and the
+        // emptied buffer come back from each write.
+        type Write = tokio::task::JoinHandle<Result<(ContentWriter, Vec<u8>), StorageError>>;
+        let mut idle = Some((writer, Vec::with_capacity(WRITE_BATCH)));
+        let mut writing: Option<Write> = None;
         let mut buf = Vec::with_capacity(WRITE_BATCH);
         let mut got = 0u64;
         loop {
@@ -484,19 +491,33 @@ impl Fetcher {
             if let Some(data) = frame.and_then(|f| f.into_data().ok()) {
                 got += data.len() as u64;
                 if got > limit {
+                    if let Some(w) = writing.take() {
+                        let _ = w.await; // the writer's drop cuts its frame off
+                    }
                     return Err(too_large());
                 }
                 buf.extend_from_slice(&data);
             }
             if buf.len() >= WRITE_BATCH || (end && !buf.is_empty()) {
-                (writer, buf) = blocking(move || {
-                    writer.write(&buf)?;
-                    buf.clear();
-                    Ok((writer, buf))
-                })
-                .await?;
+                let (mut writer, spare) = match (writing.take(), idle.take()) {
+                    (Some(w), _) => w.await??,
+                    (None, Some(idle)) => idle,
+                    (None, None) => unreachable!("the writer is either idle or writing"),
+                };
+                let full = std::mem::replace(&mut buf, spare);
+                writing = Some(tokio::task::spawn_blocking(move || {
+                    let mut full = full;
+                    writer.write(&full)?;
+                    full.clear();
+                    Ok((writer, full))
+                }));
             }
             if end {
+                let writer = match (writing.take(), idle.take()) {
+                    (Some(w), _) => w.await??.0,
+                    (None, Some((w, _))) => w,
+                    (None, None) => unreachable!("the writer is either idle or writing"),
+                };
                 return Ok((writer, got));
             }
         }

@@ -68,17 +68,17 @@ fn full(b: impl Into<Bytes>) -> Body {
 }
 
 /// Bytes `start..end` of a job's content as a stream of pieces of at most
-/// [`STREAM_PIECE`] bytes, each read from the store when the client is
-/// ready for it (so memory stays flat for any size).
+/// [`STREAM_PIECE`] bytes. A task reads (and opens) the pieces on the
+/// blocking pool at most [`READ_AHEAD`] pieces ahead of the client, so
+/// reading the next piece overlaps sending this one, and memory stays flat
+/// for any size. The task stops when the client goes away.
 fn stream_content(store: Arc<Store>, id: ItemId, start: u64, end: u64) -> Body {
-    let pieces = futures::stream::unfold(start, move |pos| {
-        let store = Arc::clone(&store);
-        async move {
-            if pos >= end {
-                return None;
-            }
+    let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+    tokio::spawn(async move {
+        let mut pos = start;
+        while pos < end {
             let to = end.min(pos + STREAM_PIECE);
-            // A file read (from disk if not cached): on the blocking pool.
+            let store = Arc::clone(&store);
             let read = tokio::task::spawn_blocking(move || store.read_content(&id, pos, to)).await;
             let piece = match read {
                 Ok(Ok(Some(b))) => Ok(hyper::body::Frame::data(Bytes::from(b))),
@@ -86,11 +86,21 @@ fn stream_content(store: Arc<Store>, id: ItemId, start: u64, end: u64) -> Body {
                 Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
                 Err(e) => Err(std::io::Error::other(e.to_string())),
             };
-            Some((piece, to))
+            let failed = piece.is_err();
+            if tx.send(piece).await.is_err() || failed {
+                return; // the client went away, or the response ends here
+            }
+            pos = to;
         }
+    });
+    let pieces = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|piece| (piece, rx))
     });
     http_body_util::StreamBody::new(pieces).boxed_unsync()
 }
+
+/// Pieces read ahead of a client (see [`stream_content`]).
+const READ_AHEAD: usize = 2;
 
 /// Size of one piece of a streamed response.
 const STREAM_PIECE: u64 = 1 << 20;

@@ -155,8 +155,8 @@ pub struct ContentWriter {
     pos: u64,
     /// Plaintext bytes taken so far.
     written: u64,
-    /// Plaintext not sealed yet (less than a block), then the block being
-    /// sealed: `nonce ‖ plaintext ‖ tag` is built in `sealed`.
+    /// Plaintext not sealed yet (less than a block); the blocks sealed by
+    /// one call, `nonce ‖ ciphertext ‖ tag` each, are built in `sealed`.
     pending: Vec<u8>,
     sealed: Vec<u8>,
     /// Plaintext bytes sealed and written so far.
@@ -177,43 +177,67 @@ impl std::fmt::Debug for ContentWriter {
 }
 
 impl ContentWriter {
-    /// Append `buf` to the chunk.
+    /// Append `buf` to the chunk: whole blocks are sealed straight from
+    /// `buf` (one copy) and written with one `pwrite` per call; a partial
+    /// block waits for the next call or the commit.
     pub fn write(&mut self, mut buf: &[u8]) -> Result<()> {
         self.written += buf.len() as u64;
-        while !buf.is_empty() {
-            let room = BLOCK as usize - self.pending.len();
-            let take = room.min(buf.len());
+        self.sealed.clear();
+        if !self.pending.is_empty() {
+            let take = (BLOCK as usize - self.pending.len()).min(buf.len());
             self.pending.extend_from_slice(&buf[..take]);
             buf = &buf[take..];
             if self.pending.len() == BLOCK as usize {
-                self.seal_block()?;
+                let pending = std::mem::take(&mut self.pending);
+                self.seal(&pending);
+                self.pending = pending;
+                self.pending.clear();
             }
         }
-        Ok(())
+        while buf.len() >= BLOCK as usize {
+            let (block, rest) = buf.split_at(BLOCK as usize);
+            self.seal(block);
+            buf = rest;
+        }
+        self.pending.extend_from_slice(buf);
+        self.flush_sealed()
     }
 
-    /// Seal the pending bytes as one block and append it.
-    fn seal_block(&mut self) -> Result<()> {
-        if self.pending.is_empty() {
+    /// Seal `plain` as the next block, into `self.sealed`.
+    fn seal(&mut self, plain: &[u8]) {
+        let block_offset = self.offset + self.sealed_plain;
+        self.sealer
+            .seal_into(&block_aad(&self.id, block_offset), plain, &mut self.sealed);
+        self.sealed_plain += plain.len() as u64;
+    }
+
+    /// Write the sealed blocks out (after the frame written so far).
+    fn flush_sealed(&mut self) -> Result<()> {
+        if self.sealed.is_empty() {
             return Ok(());
         }
-        let block_offset = self.offset + self.sealed_plain;
         // A download stops at the reserve (a temporary failure: the fetcher
         // tries the chunk again later), not at a full disk.
-        self.space.check(SEALED_BLOCK)?;
-        self.sealed.clear();
-        self.sealer.seal_into(
-            &block_aad(&self.id, block_offset),
-            &self.pending,
-            &mut self.sealed,
-        );
+        self.space.check(self.sealed.len() as u64)?;
         self.file
             .write_all_at(&self.sealed, self.pos + self.frame)
             .map_err(io_err("writing content"))?;
         self.frame += self.sealed.len() as u64;
-        self.sealed_plain += self.pending.len() as u64;
-        self.pending.clear();
+        self.sealed.clear();
         Ok(())
+    }
+
+    /// Seal and write the last, partial block (at the commit).
+    fn seal_block(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        self.sealed.clear();
+        let pending = std::mem::take(&mut self.pending);
+        self.seal(&pending);
+        self.pending = pending;
+        self.pending.clear();
+        self.flush_sealed()
     }
 
     /// Bytes written so far.
@@ -359,7 +383,7 @@ impl Store {
             pos,
             written: 0,
             pending: Vec::with_capacity(BLOCK as usize),
-            sealed: Vec::with_capacity(SEALED_BLOCK as usize),
+            sealed: Vec::new(),
             sealed_plain: 0,
             frame: 0,
             committed: false,

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 pub use fetch::ContentWriter;
 pub use record::{Item, ItemId, ItemState};
-pub use seal::{SealKey, KEY_BYTES};
+pub use seal::{SealKey, KEY_BYTES, OVERHEAD as SEAL_OVERHEAD};
 
 use seal::Sealer;
 use space::Space;

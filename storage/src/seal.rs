@@ -2,10 +2,13 @@
 //! reaches the store's disk, so that whoever can read the disk (the cloud
 //! provider, a snapshot) learns only sizes and times.
 //!
-//! - AEAD: XChaCha20-Poly1305 (RustCrypto's `chacha20poly1305`), a fresh
-//!   random 192-bit nonce per sealing, so nonces never repeat by
-//!   construction (no counter to persist). A sealed value is
-//!   `nonce (24) ‖ ciphertext ‖ tag (16)`.
+//! - AEAD: AES-256-GCM from `ring` (its assembly runs at ~7 GB/s on this
+//!   machine's AES-NI, against ~1.2 GB/s for RustCrypto's XChaCha20-Poly1305,
+//!   which held downloads to 0.6 of curl's speed). A fresh random 96-bit
+//!   nonce per sealing: NIST SP 800-38D allows 2^32 random-nonce sealings
+//!   per key, and a mote seals a few per item and one per 64 KiB of content
+//!   (2^32 blocks would be 256 TiB), with a new key per mote. A sealed value
+//!   is `nonce (12) ‖ ciphertext ‖ tag (16)`.
 //! - Associated data binds each value to where it belongs (item id, job id,
 //!   content offset): a value moved elsewhere on the disk fails to open.
 //! - The key ([`SealKey`], 32 bytes) is never written into the store. The
@@ -23,16 +26,15 @@ use std::path::Path;
 
 use blake2::digest::consts::U32;
 use blake2::digest::Mac;
-use chacha20poly1305::aead::{AeadInPlace, KeyInit};
-use chacha20poly1305::{XChaCha20Poly1305, XNonce};
 use rand::{RngCore, TryRngCore};
+use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use zeroize::Zeroizing;
 
 use crate::{Result, StorageError};
 
 /// Bytes a sealing adds: the nonce and the tag.
 pub const OVERHEAD: usize = NONCE + TAG;
-const NONCE: usize = 24;
+const NONCE: usize = NONCE_LEN;
 const TAG: usize = 16;
 
 /// Bytes of a key file: the raw key.
@@ -120,13 +122,15 @@ impl SealKey {
 
 /// Seals and opens values under one key.
 pub(crate) struct Sealer {
-    aead: XChaCha20Poly1305,
+    aead: LessSafeKey,
 }
 
 impl Sealer {
     pub(crate) fn new(key: &SealKey) -> Self {
+        let unbound =
+            UnboundKey::new(&AES_256_GCM, key.0.as_ref()).expect("AES-256-GCM takes a 32-byte key");
         Self {
-            aead: XChaCha20Poly1305::new(key.0.as_ref().into()),
+            aead: LessSafeKey::new(unbound),
         }
     }
 
@@ -139,9 +143,13 @@ impl Sealer {
         out.extend_from_slice(plain);
         let tag = self
             .aead
-            .encrypt_in_place_detached(XNonce::from_slice(&nonce), aad, &mut out[start + NONCE..])
-            .expect("XChaCha20-Poly1305 seals any length a Vec can hold");
-        out.extend_from_slice(&tag);
+            .seal_in_place_separate_tag(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(aad),
+                &mut out[start + NONCE..],
+            )
+            .expect("AES-GCM seals anything below 64 GiB");
+        out.extend_from_slice(tag.as_ref());
     }
 
     /// A sealed copy of `plain`.
@@ -165,14 +173,14 @@ impl Sealer {
             });
         }
         let (nonce, rest) = buf.split_at_mut(NONCE);
-        let (body, tag) = rest.split_at_mut(rest.len() - TAG);
+        let nonce: [u8; NONCE] = (&*nonce).try_into().expect("split at NONCE");
         self.aead
-            .decrypt_in_place_detached(XNonce::from_slice(nonce), aad, body, (&*tag).into())
+            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(aad), rest)
+            .map(|plain| &*plain)
             .map_err(|_| StorageError::Corrupt {
                 doing,
                 what: "sealed value failed authentication".into(),
-            })?;
-        Ok(body)
+            })
     }
 
     /// Open a sealed value into a new buffer.

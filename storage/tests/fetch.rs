@@ -98,9 +98,9 @@ async fn jobs_survive_reopen_and_delete_removes_content() {
     let c = store.read_content(&id(7), 990, 1010).unwrap().unwrap();
     assert_eq!(c, [vec![1u8; 10], vec![2u8; 10]].concat());
     let file7 = dir.path().join("content").join(id(7).to_string());
-    // Sealed frames: each 64 KiB block adds a nonce and a tag (40 bytes);
-    // one block for the first chunk, four for the second.
-    let sealed_len = |plain: u64, blocks: u64| plain + blocks * 40;
+    // Sealed frames: each 64 KiB block adds a nonce and a tag; one block
+    // for the first chunk, four for the second.
+    let sealed_len = |plain: u64, blocks: u64| plain + blocks * dust_storage::SEAL_OVERHEAD as u64;
     assert_eq!(
         std::fs::metadata(&file7).unwrap().len(),
         sealed_len(201_000, 5)
