@@ -45,6 +45,11 @@ listen = "127.0.0.1:$HTTP"
 [[http.users]]
 name = "alice"
 token_hash = "$HASH"
+# No delivery is configured; "direct" keeps the mote off the Tor network
+# (the default, embedded Arti, would bootstrap from the public one).
+[tor]
+mode = "direct"
+allow_clearnet = true
 CONF
 RUST_LOG=warn "$BIN" serve --config "$work/mote.toml" 2>"$work/mote.log" &
 pid=$!

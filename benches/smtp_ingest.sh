@@ -55,6 +55,11 @@ max_connections = 64
 delay = { distribution = "constant", value = "6h" }
 [http]
 listen = "127.0.0.1:$MOTE_HTTP_PORT"
+# No delivery is configured; "direct" keeps the mote off the Tor network
+# (the default, embedded Arti, would bootstrap from the public one).
+[tor]
+mode = "direct"
+allow_clearnet = true
 CONF
 RUST_LOG=warn "$BIN" serve --config "$work/mote.toml" 2>"$work/mote.log" &
 pids+=($!)

@@ -138,7 +138,8 @@ pub struct Store {
     chunks: sled::Tree,
     /// Where content files live: `content/` beside sled's files.
     content_dir: PathBuf,
-    /// For a temporary store: its content directory, removed on drop.
+    /// For a temporary store: its directory (the content directory's
+    /// parent) is removed on drop.
     temporary_content: bool,
     /// Entry counts, kept exact from sled's own answers to each insert and
     /// remove (so that `stats` does not scan a million items).
@@ -163,7 +164,10 @@ struct Counts {
 impl Drop for Store {
     fn drop(&mut self) {
         if self.temporary_content {
-            let _ = std::fs::remove_dir_all(&self.content_dir);
+            // The whole temporary directory: content and sled's files.
+            if let Some(base) = self.content_dir.parent() {
+                let _ = std::fs::remove_dir_all(base);
+            }
         }
     }
 }
@@ -224,16 +228,17 @@ impl Store {
         Self::from_db(db, Some(dir.to_path_buf()), dir.join("content"), key)
     }
 
-    /// A throw-away store in a temporary directory, for tests.
+    /// A throw-away store in a temporary directory (under the system's
+    /// temp dir, removed when the store is dropped), for tests and
+    /// simulations. Its key is random: nothing in it outlives the process.
+    ///
+    /// Not sled's own `temporary` mode: that puts the database in
+    /// `/dev/shm` (memory) and leaves it there when a process ends without
+    /// dropping it, which piled up hundreds of MB of RAM over test runs.
     pub fn temporary() -> Result<Arc<Self>> {
-        let db = sled::Config::new()
-            .temporary(true)
-            .flush_every_ms(None)
-            .open()
-            .map_err(db_err("opening a temporary database"))?;
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let content = std::env::temp_dir().join(format!(
-            "dust-content-{}-{}-{}",
+        let base = std::env::temp_dir().join(format!(
+            "dust-temporary-{}-{}-{}",
             std::process::id(),
             N.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             std::time::SystemTime::now()
@@ -241,7 +246,17 @@ impl Store {
                 .map(|d| d.as_nanos())
                 .unwrap_or(0)
         ));
-        Self::from_db(db, None, content, &SealKey::random())
+        private_dir(&base).map_err(|source| StorageError::Io {
+            doing: "creating a temporary store",
+            source,
+        })?;
+        let db = sled::Config::new()
+            .path(base.join("db"))
+            .temporary(true)
+            .flush_every_ms(None)
+            .open()
+            .map_err(db_err("opening a temporary database"))?;
+        Self::from_db(db, None, base.join("content"), &SealKey::random())
     }
 
     fn from_db(
