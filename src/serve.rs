@@ -308,7 +308,8 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<(
     );
     if store_failed.load(std::sync::atomic::Ordering::SeqCst) {
         anyhow::bail!(
-            "stopped because the store failed a write (disk full?); start again once there is              space: everything acknowledged is on disk and will be delivered"
+            "stopped because the store failed a write (disk full?); start again once there is \
+             space: everything acknowledged is on disk and will be delivered"
         );
     }
     Ok(())
