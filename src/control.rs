@@ -308,6 +308,10 @@ pub fn status(config: Option<&Path>) -> anyhow::Result<()> {
         Some(false) => "not ready",
         None => "no connection attempted yet",
     };
+    out.push_str(&format!(
+        "executable: dustmote {} sha256 {}\n",
+        s.executable.version, s.executable.sha256
+    ));
     if let Some(e) = &s.expires_at {
         out.push_str(&format!("expires at: {e}\n"));
     }

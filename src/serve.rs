@@ -14,7 +14,7 @@ use dust_proxies::delivery::MailDelivery;
 use dust_proxies::fetch::Fetcher;
 use dust_proxies::job::FetchCounts;
 use dust_proxies::smtp::Server;
-use dust_proxies::status::{Status, StatusFn};
+use dust_proxies::status::{Executable, Status, StatusFn};
 use dust_proxies::tor::{arti_config, install_crypto_provider, Arti, Connector, Direct, Socks5};
 use dust_storage::Store;
 use tokio::sync::watch;
@@ -121,15 +121,43 @@ fn connector(config: &config::Config) -> anyhow::Result<Arc<dyn Connector>> {
     })
 }
 
+/// The running executable's version and SHA-256 (read from
+/// `/proc/self/exe`, so it is the file that runs even if the path was
+/// replaced since), logged at startup: a user or an abuse desk compares it
+/// with the published reproducible build.
+fn executable() -> Executable {
+    use sha2::{Digest, Sha256};
+    let sha256 = std::fs::read("/proc/self/exe")
+        .or_else(|_| std::env::current_exe().and_then(std::fs::read))
+        .map(|bytes| {
+            Sha256::digest(&bytes)
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect()
+        })
+        .unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "could not read the executable to hash it");
+            String::new()
+        });
+    let e = Executable {
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        sha256,
+    };
+    tracing::info!(version = %e.version, sha256 = %e.sha256, "dustmote executable");
+    e
+}
+
 /// The status, assembled from its owners' parts.
 fn status_source(
     store: Arc<Store>,
     connector: Arc<dyn Connector>,
     mixer: MoteMixer,
     expires_at: Option<String>,
+    executable: Executable,
 ) -> StatusFn {
     Arc::new(move || {
         Ok(Status {
+            executable: executable.clone(),
             expires_at: expires_at.clone(),
             queue: store.stats(control::NEXT_RELEASES)?,
             transport: connector.status(),
@@ -238,6 +266,7 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<(
         Arc::clone(&connector),
         mixer.clone(),
         expires_at,
+        executable(),
     );
     let reload = reloader(
         config_path,

@@ -241,6 +241,27 @@ fn metrics_and_status_show_the_mix() {
     assert!(text.contains("mix:       poisson"), "{text}");
     assert!(text.contains("over 3 outputs"), "{text}");
     assert!(text.contains("latency:   median <= 5s"), "{text}");
+    // The running executable's SHA-256, as sha256sum(1) computes it from
+    // the file: in `dustmote status`, `/status` and the startup log.
+    let out = std::process::Command::new("sha256sum")
+        .arg(bin())
+        .output()
+        .unwrap();
+    let sum = String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(sum.len(), 64);
+    assert!(
+        text.contains(&format!(
+            "executable: dustmote {} sha256 {sum}",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{text}"
+    );
+    assert_eq!(mote.status_json()["executable"]["sha256"], sum.as_str());
+    assert!(mote.log().contains(&sum), "{}", mote.log());
 }
 
 /// `/metrics` is OpenMetrics that a real parser (prometheus_client's, strict)

@@ -26,6 +26,10 @@ use crate::tor::TransportStatus;
 /// The whole status of a running mote.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Status {
+    /// The running executable: its version and SHA-256, for comparing
+    /// with a published build.
+    #[serde(default)]
+    pub executable: Executable,
     /// When the mote ends (RFC 3339), if it has an end.
     pub expires_at: Option<String>,
     /// The mix queue.
@@ -36,6 +40,16 @@ pub struct Status {
     pub mix: MixStatus,
     /// Download jobs by state.
     pub fetches: FetchCounts,
+}
+
+/// What runs: read once at startup from `/proc/self/exe`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Executable {
+    /// The package version.
+    pub version: String,
+    /// SHA-256 of the executable file, lowercase hex (empty if it could not
+    /// be read).
+    pub sha256: String,
 }
 
 /// Builds the current [`Status`] (the binary's wiring provides it).
