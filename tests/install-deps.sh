@@ -19,6 +19,8 @@ command -v openssl >/dev/null || need+=(openssl)
 # Arti's directory cache links against the system SQLite.
 dpkg -s libsqlite3-dev >/dev/null 2>&1 || need+=(libsqlite3-dev)
 command -v pkg-config >/dev/null || need+=(pkg-config)
+# systemd-analyze scores deploy/systemd/dustmote.service (tests/deploy.rs).
+command -v systemd-analyze >/dev/null || need+=(systemd)
 if [ "${#need[@]}" -gt 0 ]; then
     # Postfix asks which mail setup to use; we only need its binaries.
     echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
