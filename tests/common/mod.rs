@@ -326,6 +326,26 @@ pub struct Mote {
     mounted: bool,
 }
 
+/// `program` run as root: directly when the tests run as root, else
+/// through passwordless sudo (as `tests/install-deps.sh` does).
+fn as_root(program: &str) -> Command {
+    let root = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false);
+    if root {
+        Command::new(program)
+    } else {
+        let mut c = Command::new("sudo");
+        c.args(["-n", program]);
+        c
+    }
+}
+
 impl Drop for Mote {
     fn drop(&mut self) {
         self.proc = None; // killed first: nothing may hold the mount
