@@ -123,28 +123,40 @@ fn connector(config: &config::Config) -> anyhow::Result<Arc<dyn Connector>> {
 
 /// The running executable's version and SHA-256 (read from
 /// `/proc/self/exe`, so it is the file that runs even if the path was
-/// replaced since), logged at startup: a user or an abuse desk compares it
-/// with the published reproducible build.
-fn executable() -> Executable {
-    use sha2::{Digest, Sha256};
-    let sha256 = std::fs::read("/proc/self/exe")
-        .or_else(|_| std::env::current_exe().and_then(std::fs::read))
-        .map(|bytes| {
-            Sha256::digest(&bytes)
-                .iter()
-                .map(|b| format!("{b:02x}"))
-                .collect()
-        })
-        .unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "could not read the executable to hash it");
-            String::new()
+/// replaced since), logged when known: a user or an abuse desk compares it
+/// with the published reproducible build. Hashed on a thread of its own so
+/// that the start does not wait for it (a debug build is 300 MB); until it
+/// is known, the status shows the version with an empty hash.
+fn executable() -> Arc<std::sync::OnceLock<Executable>> {
+    let cell = Arc::new(std::sync::OnceLock::new());
+    let out = Arc::clone(&cell);
+    let hashed = std::thread::Builder::new()
+        .name("dust-self-hash".into())
+        .spawn(move || {
+            use sha2::{Digest, Sha256};
+            let sha256 = std::fs::read("/proc/self/exe")
+                .or_else(|_| std::env::current_exe().and_then(std::fs::read))
+                .map(|bytes| {
+                    Sha256::digest(&bytes)
+                        .iter()
+                        .map(|b| format!("{b:02x}"))
+                        .collect()
+                })
+                .unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "could not read the executable to hash it");
+                    String::new()
+                });
+            let e = Executable {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                sha256,
+            };
+            tracing::info!(version = %e.version, sha256 = %e.sha256, "dustmote executable");
+            let _ = out.set(e);
         });
-    let e = Executable {
-        version: env!("CARGO_PKG_VERSION").to_string(),
-        sha256,
-    };
-    tracing::info!(version = %e.version, sha256 = %e.sha256, "dustmote executable");
-    e
+    if hashed.is_err() {
+        tracing::warn!("could not start hashing the executable");
+    }
+    cell
 }
 
 /// The status, assembled from its owners' parts.
@@ -153,11 +165,14 @@ fn status_source(
     connector: Arc<dyn Connector>,
     mixer: MoteMixer,
     expires_at: Option<String>,
-    executable: Executable,
+    executable: Arc<std::sync::OnceLock<Executable>>,
 ) -> StatusFn {
     Arc::new(move || {
         Ok(Status {
-            executable: executable.clone(),
+            executable: executable.get().cloned().unwrap_or_else(|| Executable {
+                version: env!("CARGO_PKG_VERSION").to_string(),
+                sha256: String::new(),
+            }),
             expires_at: expires_at.clone(),
             queue: store.stats(control::NEXT_RELEASES)?,
             transport: connector.status(),

@@ -253,6 +253,13 @@ fn metrics_and_status_show_the_mix() {
         .unwrap()
         .to_string();
     assert_eq!(sum.len(), 64);
+    // Hashed on its own thread after the start: wait until it is known.
+    let hashed = wait_for(Duration::from_secs(30), || {
+        (mote.status_json()["executable"]["sha256"] != "").then_some(())
+    });
+    assert!(hashed.is_some(), "{}", mote.status_json());
+    let st = mote.cli("status");
+    let text = String::from_utf8_lossy(&st.stdout);
     assert!(
         text.contains(&format!(
             "executable: dustmote {} sha256 {sum}",
