@@ -90,16 +90,8 @@ pub fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
 /// under its key (made at the first start).
 fn open_store(storage: &config::Storage) -> anyhow::Result<Arc<Store>> {
     let dir = &storage.dir;
-    {
-        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("creating {}", dir.display()))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("making {} private", dir.display()))?;
-    }
+    dust_storage::private_dir(dir)
+        .with_context(|| format!("creating {} (private)", dir.display()))?;
     let key = crate::key::load(storage, crate::key::Missing::Create)?;
     Store::open(&dir.join("queue"), storage.cache_bytes, &key).with_context(|| {
         format!(
@@ -134,14 +126,16 @@ fn executable() -> Arc<std::sync::OnceLock<Executable>> {
         .name("dust-self-hash".into())
         .spawn(move || {
             use sha2::{Digest, Sha256};
-            let sha256 = std::fs::read("/proc/self/exe")
-                .or_else(|_| std::env::current_exe().and_then(std::fs::read))
-                .map(|bytes| {
-                    Sha256::digest(&bytes)
-                        .iter()
-                        .map(|b| format!("{b:02x}"))
-                        .collect()
+            // Streamed: reading the file whole would add its size (27 MB
+            // in a release build) to the mote's peak memory.
+            let sha256 = std::fs::File::open("/proc/self/exe")
+                .or_else(|_| std::env::current_exe().and_then(std::fs::File::open))
+                .and_then(|mut f| {
+                    let mut hasher = Sha256::new();
+                    std::io::copy(&mut f, &mut hasher)?;
+                    Ok(hasher.finalize())
                 })
+                .map(|digest| digest.iter().map(|b| format!("{b:02x}")).collect())
                 .unwrap_or_else(|e| {
                     tracing::warn!(error = %e, "could not read the executable to hash it");
                     String::new()
@@ -297,12 +291,14 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<(
         stop_rx.clone(),
     );
     tokio::spawn(reload_on_sighup(reload));
+    // However a stop begins, the process is gone this long after it.
+    let stop_limit = config.shutdown.session_grace + config.shutdown.delivery_grace + STOP_MARGIN;
     if let Some(l) = lifetime {
         tokio::spawn(stop_at_end(
             l,
             Arc::clone(&store),
             Arc::clone(&stop_tx),
-            config.shutdown.session_grace + config.shutdown.delivery_grace + STOP_MARGIN,
+            stop_limit,
         ));
     }
     let api = dust_proxies::http::Api::new(
@@ -320,10 +316,9 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<(
         Arc::clone(&store),
         Arc::clone(&stop_tx),
         Arc::clone(&store_failed),
-        config.shutdown.session_grace + config.shutdown.delivery_grace + STOP_MARGIN,
+        stop_limit,
     ));
     let stop_on_signal = Arc::clone(&stop_tx);
-    let stop_limit = config.shutdown.session_grace + config.shutdown.delivery_grace + STOP_MARGIN;
     tokio::spawn(async move {
         wait_for_signal().await;
         tracing::info!(

@@ -188,10 +188,7 @@ impl ContentWriter {
             self.pending.extend_from_slice(&buf[..take]);
             buf = &buf[take..];
             if self.pending.len() == BLOCK as usize {
-                let pending = std::mem::take(&mut self.pending);
-                self.seal(&pending);
-                self.pending = pending;
-                self.pending.clear();
+                self.seal_pending();
             }
         }
         while buf.len() >= BLOCK as usize {
@@ -209,6 +206,14 @@ impl ContentWriter {
         self.sealer
             .seal_into(&block_aad(&self.id, block_offset), plain, &mut self.sealed);
         self.sealed_plain += plain.len() as u64;
+    }
+
+    /// Seal the pending bytes as the next block (keeping the buffer).
+    fn seal_pending(&mut self) {
+        let pending = std::mem::take(&mut self.pending);
+        self.seal(&pending);
+        self.pending = pending;
+        self.pending.clear();
     }
 
     /// Write the sealed blocks out (after the frame written so far).
@@ -233,10 +238,7 @@ impl ContentWriter {
             return Ok(());
         }
         self.sealed.clear();
-        let pending = std::mem::take(&mut self.pending);
-        self.seal(&pending);
-        self.pending = pending;
-        self.pending.clear();
+        self.seal_pending();
         self.flush_sealed()
     }
 

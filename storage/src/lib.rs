@@ -716,8 +716,9 @@ impl Store {
 }
 
 /// Create `dir` (and missing parents) readable by its owner only, or make
-/// an existing one so.
-fn private_dir(dir: &Path) -> std::io::Result<()> {
+/// an existing one so (the store's directory, and the binary's data
+/// directory around it).
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     std::fs::DirBuilder::new()
         .recursive(true)

@@ -210,6 +210,7 @@ pub(crate) fn key_matches(s: &Sealer, v: &[u8]) -> bool {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
