@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
+use crate::cloud_init::CloudInitArgs;
 use crate::simulate::SimulateArgs;
 
 #[derive(Parser)]
@@ -69,6 +70,9 @@ pub enum Command {
     /// Run the real mixer on simulated time with synthetic arrivals and
     /// report latency and anonymity (see "Tuning the mix" in the README).
     Simulate(SimulateArgs),
+    /// Print the `#cloud-config` user data that makes a VM with dustmote
+    /// and tor installed into a mote (see "Spawn a mote" in the README).
+    CloudInit(CloudInitArgs),
     /// Configuration commands.
     Config {
         #[command(subcommand)]

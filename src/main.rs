@@ -2,6 +2,7 @@
 //! lives in its own module (see `cli`).
 
 mod cli;
+mod cloud_init;
 mod config;
 mod control;
 mod cover;
@@ -21,8 +22,13 @@ use crate::cli::{Cli, Command, ConfigCommand};
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve { config } => serve::serve(config),
+        Command::Serve { config } => match serve::serve(config) {
+            Ok(serve::Ended::Expired) => return ExitCode::from(serve::EXPIRED_STATUS),
+            Ok(serve::Ended::Stopped) => Ok(()),
+            Err(e) => Err(e),
+        },
         Command::Simulate(args) => simulate::command(args),
+        Command::CloudInit(args) => cloud_init::command(args),
         Command::Passwd => passwd(),
         Command::Queue {
             config,

@@ -55,8 +55,23 @@ impl Deliver for Egress {
     }
 }
 
+/// Why `serve` returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// A stop signal.
+    Stopped,
+    /// The lifetime is over (or was over at the start): the process exits
+    /// with [`EXPIRED_STATUS`], which tells the unit to power the VM off.
+    Expired,
+}
+
+/// The exit status of a mote whose lifetime is over. `dustmote.service`
+/// powers the VM off on this status only, so that `systemctl stop` or a
+/// crash never does.
+pub const EXPIRED_STATUS: u8 = 10;
+
 /// Run the mote until SIGINT/SIGTERM or the end of its lifetime.
-pub fn serve(config: Option<PathBuf>) -> anyhow::Result<()> {
+pub fn serve(config: Option<PathBuf>) -> anyhow::Result<Ended> {
     // Everything the mote creates (the data directory, sled's files, content
     // files, the key, the control socket) is its owner's only, from the
     // moment it exists: no chmod afterwards, no race.
@@ -198,7 +213,7 @@ fn reloader(
     })
 }
 
-async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<()> {
+async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<Ended> {
     let Checked {
         config,
         smtp,
@@ -241,7 +256,7 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<(
             queued = stats.queued,
             "the mote's lifetime is over; not starting"
         );
-        return Ok(());
+        return Ok(Ended::Expired);
     }
     // Listen first: a mote that cannot take its ports must not start
     // delivering either. The control socket first of all, so that a mote
@@ -293,11 +308,13 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<(
     tokio::spawn(reload_on_sighup(reload));
     // However a stop begins, the process is gone this long after it.
     let stop_limit = config.shutdown.session_grace + config.shutdown.delivery_grace + STOP_MARGIN;
+    let expired = Arc::new(std::sync::atomic::AtomicBool::new(false));
     if let Some(l) = lifetime {
         tokio::spawn(stop_at_end(
             l,
             Arc::clone(&store),
             Arc::clone(&stop_tx),
+            Arc::clone(&expired),
             stop_limit,
         ));
     }
@@ -351,7 +368,14 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<(
              space: everything acknowledged is on disk and will be delivered"
         );
     }
-    Ok(())
+    if expired.load(std::sync::atomic::Ordering::SeqCst) {
+        tracing::info!(
+            queued = stats.queued,
+            "the mote's lifetime is over; exiting"
+        );
+        return Ok(Ended::Expired);
+    }
+    Ok(Ended::Stopped)
 }
 
 /// How often [`watch_store`] checks that the store can still write.
@@ -410,6 +434,7 @@ async fn stop_at_end(
     l: Lifetime,
     store: Arc<Store>,
     stop: Arc<watch::Sender<bool>>,
+    expired: Arc<std::sync::atomic::AtomicBool>,
     stop_limit: Duration,
 ) {
     while let Ok(left) = l.expires_at.duration_since(SystemTime::now()) {
@@ -426,6 +451,7 @@ async fn stop_at_end(
         );
     }
     tracing::info!("the mote's lifetime is over; stopping");
+    expired.store(true, std::sync::atomic::Ordering::SeqCst);
     let _ = stop.send(true);
     arm_watchdog(stop_limit);
 }

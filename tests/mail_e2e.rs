@@ -620,12 +620,17 @@ fn the_http_api_runs_beside_smtp_with_status_and_durable_jobs() {
     };
     submit(mote.port, "bob@example.net", "queued");
     let auth = format!("Authorization: Bearer {PASSWORD}");
-    // Without a token only the end time is public.
+    // Without a token only the end time and the executable are public.
     let (code, body) = curl(&[&format!("{base}/status")]);
     assert_eq!(code, 200);
     let public: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert!(
         public.get("queue").is_none() && public.get("transport").is_none(),
+        "{body}"
+    );
+    assert_eq!(
+        public["executable"]["version"],
+        env!("CARGO_PKG_VERSION"),
         "{body}"
     );
     let (code, body) = curl(&["-H", &auth, &format!("{base}/status")]);

@@ -766,7 +766,9 @@ impl<S: Schedule> Api<S> {
     /// `/status`. Queue sizes and the mix's counts change when a user
     /// submits and when an item leaves: anyone who could poll them could
     /// link the two, which is what the mix exists to prevent. So without an
-    /// operator's token only the mote's end time is shown.
+    /// operator's token only the mote's end time and the executable's
+    /// version and SHA-256 (public anyway: anyone may compare the running
+    /// binary with the published build, an abuse desk included) are shown.
     fn status_page(&self, operator: bool) -> Resp {
         let status = match (self.status)() {
             Ok(s) => s,
@@ -775,7 +777,11 @@ impl<S: Schedule> Api<S> {
         if !operator {
             return json_response(
                 StatusCode::OK,
-                &json!({ "expires_at": status.expires_at, "detail": "queue and mix counts need an operator's bearer token" }),
+                &json!({
+                    "expires_at": status.expires_at,
+                    "executable": status.executable,
+                    "detail": "queue and mix counts need an operator's bearer token",
+                }),
             );
         }
         match serde_json::to_value(&status) {

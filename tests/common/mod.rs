@@ -328,7 +328,7 @@ pub struct Mote {
 
 /// `program` run as root: directly when the tests run as root, else
 /// through passwordless sudo (as `tests/install-deps.sh` does).
-fn as_root(program: &str) -> Command {
+pub fn as_root(program: &str) -> Command {
     let root = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {

@@ -1,0 +1,372 @@
+//! `dustmote cloud-init`: the user data is valid for cloud-init's own
+//! schema check, every torrc it renders passes `tor --verify-config` (with
+//! the defaults Debian's units start tor with), the mote.toml inside passes
+//! `dustmote config check`, and bad options are refused. The boot of a real
+//! VM with this user data is `tests/vm_boot.rs`.
+
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{bin, peer};
+
+fn render(dir: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .arg("cloud-init")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+fn render_ok(dir: &Path, args: &[&str]) -> String {
+    let out = render(dir, args);
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn schema(file: &Path) -> Output {
+    Command::new("cloud-init")
+        .args(["schema", "--config-file"])
+        .arg(file)
+        .output()
+        .expect("cloud-init (Debian package cloud-init)")
+}
+
+/// The write_files entries of a cloud-config, each content in `dir`.
+fn files(cc: &Path, dir: &Path) -> Vec<serde_json::Value> {
+    let out = Command::new("python3")
+        .arg(peer("cloud_config.py"))
+        .arg("files")
+        .arg(cc)
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+const VARIANTS: [&[&str]; 4] = [
+    // The default: a relay, no exit, mail through a smarthost.
+    &["--user", "alice", "--mail-relay", "smtp.example.org:587"],
+    // A reduced exit with accounting and a bandwidth cap.
+    &[
+        "--user",
+        "alice",
+        "--user",
+        "bob",
+        "--mail-relay",
+        "smtp.example.org:465",
+        "--mail-tls",
+        "implicit",
+        "--exit-policy",
+        "accept *:80,accept *:443",
+        "--accounting-max",
+        "20 GBytes",
+        "--bandwidth-rate",
+        "2 MBytes",
+        "--nickname",
+        "dustmote1",
+        "--profile",
+        "quick",
+        "--lifetime",
+        "2h",
+    ],
+    // Onion services only.
+    &["--user", "alice", "--mail-mx", "--no-relay", "--profile", "long", "--lifetime", "1d"],
+    // A user who brings a hash instead of getting a password.
+    &[
+        "--user",
+        "carol=$argon2id$v=19$m=19456,t=2,p=1$4BXGL8y+A5keOWuO5oRgyg$1z7nhn+JgIQ2X6gNJNQEBXxXV57ihdRwYpZHR1c9mVA",
+        "--mail-relay",
+        "abcdefghijklmnopqrstuvwxyz234567abcdefghijklmnopqrstuvwx.onion:25",
+        "--mail-tls",
+        "none",
+    ],
+];
+
+#[test]
+fn the_user_data_passes_cloud_inits_schema_and_its_mote_toml_is_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    for (i, args) in VARIANTS.iter().enumerate() {
+        let cc = dir.path().join(format!("{i}.yaml"));
+        std::fs::write(&cc, render_ok(dir.path(), args)).unwrap();
+        let out = schema(&cc);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && text.contains("Valid"),
+            "{args:?}: {text}"
+        );
+        let parts = dir.path().join(format!("{i}.d"));
+        std::fs::create_dir(&parts).unwrap();
+        let entries = files(&cc, &parts);
+        let paths: Vec<&str> = entries
+            .iter()
+            .map(|e| e["path"].as_str().unwrap())
+            .collect();
+        let relay = !args.contains(&"--no-relay");
+        let mut want = vec![
+            "/etc/dustmote/mote.toml",
+            "/etc/tor/instances/dustmote/torrc",
+        ];
+        if relay {
+            want.push("/etc/tor/torrc");
+        }
+        assert_eq!(paths, want, "{args:?}");
+        // The config is readable by dustmote's group only: it holds the
+        // users' hashes (and a smarthost password, if any).
+        assert_eq!(entries[0]["owner"], "root:dustmote");
+        assert_eq!(entries[0]["permissions"], "0640");
+        // The mote.toml as the boot script leaves it: the placeholder
+        // replaced with boot time + lifetime.
+        let toml = std::fs::read_to_string(parts.join("etc_dustmote_mote.toml")).unwrap();
+        assert!(toml.contains("expires_at = \"@EXPIRES_AT@\""), "{toml}");
+        let booted = parts.join("booted.toml");
+        std::fs::write(
+            &booted,
+            toml.replace("@EXPIRES_AT@", "2031-05-01T12:00:00Z"),
+        )
+        .unwrap();
+        let out = Command::new(bin())
+            .args(["config", "check"])
+            .arg(&booted)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // dustmote sends through the onion instance's SocksPort.
+        assert!(toml.contains("mode = \"socks5\"") && toml.contains("socks = \"127.0.0.1:9050\""));
+        let script = std::fs::read_to_string(&cc).unwrap();
+        assert!(script.contains("/proc/stat") && script.contains("systemctl restart dustmote"));
+    }
+    // The check can fail: the same user data with one value of the wrong
+    // type is refused (cloud-init 22.4 lets unknown keys pass).
+    let bad = dir.path().join("bad.yaml");
+    let good = render_ok(dir.path(), VARIANTS[0]);
+    std::fs::write(&bad, good.replacen("defer: true", "defer: maybe", 1)).unwrap();
+    let out = schema(&bad);
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Generated passwords are shown once (in `--secrets`, mode 0600) and only
+/// their hashes are in the user data.
+#[test]
+fn generated_passwords_leave_only_as_hashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let cc = render_ok(
+        dir.path(),
+        &[
+            "--user",
+            "alice",
+            "--user",
+            "bob",
+            "--mail-mx",
+            "--secrets",
+            "s.json",
+        ],
+    );
+    let secrets: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("s.json")).unwrap()).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("s.json"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let users = secrets["users"].as_array().unwrap();
+    assert_eq!(users.len(), 2);
+    for u in users {
+        let pw = u["password"].as_str().unwrap();
+        assert!(pw.len() >= 32, "{pw}");
+        assert!(!cc.contains(pw));
+    }
+    assert_ne!(users[0]["password"], users[1]["password"]);
+    assert_eq!(cc.matches("$argon2id$").count(), 4, "{cc}");
+}
+
+/// `tor --verify-config` on every torrc, read with the defaults file each
+/// Debian unit starts tor with (`tor@default`: tor-service-defaults-torrc;
+/// `tor@dustmote`: the instances' file with the name filled in, minus its
+/// `User` line: `_tor-dustmote` is created on the mote at boot).
+#[test]
+fn every_rendered_torrc_passes_tor_verify_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let instance_defaults =
+        std::fs::read_to_string("/usr/share/tor/tor-service-defaults-torrc-instances")
+            .expect("Debian's tor package")
+            .replace("@@NAME@@", "dustmote")
+            .lines()
+            .filter(|l| !l.starts_with("User "))
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+            // Where this test may write.
+            .replace(
+                "/var/lib/tor-instances/dustmote",
+                &dir.path().join("data").display().to_string(),
+            )
+            .replace(
+                "/run/tor-instances/dustmote",
+                &dir.path().join("run").display().to_string(),
+            );
+    let defaults = dir.path().join("instance-defaults");
+    std::fs::write(&defaults, instance_defaults).unwrap();
+    let verify = |torrc: &Path, defaults: &Path| {
+        let out = Command::new("tor")
+            .arg("--verify-config")
+            .arg("-f")
+            .arg(torrc)
+            .arg("--defaults-torrc")
+            .arg(defaults)
+            .output()
+            .expect("tor (Debian package tor)");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success() && text.contains("Configuration was valid"),
+            "{}: {text}",
+            torrc.display()
+        );
+        text
+    };
+    let mut checked = 0;
+    for (i, args) in [
+        // relay
+        vec!["--user", "a", "--mail-mx"],
+        // relay + exit
+        vec![
+            "--user",
+            "a",
+            "--mail-mx",
+            "--exit-policy",
+            "accept *:80,accept *:443",
+            "--accounting-max",
+            "1 TB",
+        ],
+        // onion services only
+        vec!["--user", "a", "--mail-mx", "--no-relay"],
+    ]
+    .iter()
+    .enumerate()
+    {
+        let mut a = args.clone();
+        a.extend(["--print", "onion-torrc"]);
+        let onion = render_ok(dir.path(), &a);
+        assert!(onion.contains("HiddenServiceDir /run/tor-instances/dustmote/smtp"));
+        assert!(!onion.contains("ORPort"), "{onion}");
+        let f = dir.path().join(format!("onion-{i}"));
+        std::fs::write(&f, &onion).unwrap();
+        let text = verify(&f, &defaults);
+        assert!(!text.contains("relay and a hidden service"), "{text}");
+        checked += 1;
+        a.pop();
+        a.push("relay-torrc");
+        let relay = render_ok(dir.path(), &a);
+        if args.contains(&"--no-relay") {
+            assert!(relay.is_empty(), "{relay}");
+            continue;
+        }
+        assert!(relay.contains("ORPort 9001") && !relay.contains("HiddenService"));
+        let f = dir.path().join(format!("relay-{i}"));
+        std::fs::write(&f, &relay).unwrap();
+        verify(&f, Path::new("/usr/share/tor/tor-service-defaults-torrc"));
+        checked += 1;
+        if args.contains(&"--exit-policy") {
+            // Port 25 is refused before anything the user accepts.
+            let policy: Vec<&str> = relay
+                .lines()
+                .filter(|l| l.starts_with("ExitPolicy"))
+                .collect();
+            assert_eq!(
+                policy,
+                [
+                    "ExitPolicy reject *:25",
+                    "ExitPolicy accept *:80",
+                    "ExitPolicy accept *:443",
+                    "ExitPolicy reject *:*"
+                ]
+            );
+            assert!(relay.contains("ExitRelay 1"));
+        } else {
+            assert!(relay.contains("ExitRelay 0") && relay.contains("ExitPolicy reject *:*"));
+        }
+    }
+    assert_eq!(checked, 5);
+    println!("tor --verify-config: {checked} torrcs valid");
+}
+
+#[test]
+fn bad_options_are_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, reason) in [
+        (vec!["--user", "a"], "--mail-relay"),
+        (vec!["--user", "a b", "--mail-mx"], "a name is"),
+        (
+            vec!["--user", "a", "--user", "a", "--mail-mx"],
+            "given twice",
+        ),
+        (
+            vec!["--user", "a", "--mail-mx", "--lifetime", "5m"],
+            "drain-margin",
+        ),
+        (
+            vec!["--user", "a", "--mail-mx", "--nickname", "not valid"],
+            "--nickname",
+        ),
+        (
+            vec![
+                "--user",
+                "a",
+                "--mail-mx",
+                "--exit-policy",
+                "accept *:80\nSocksPort 0.0.0.0:9050",
+            ],
+            "--exit-policy",
+        ),
+        (
+            vec!["--user", "a", "--mail-mx", "--accounting-max", "lots"],
+            "--accounting-max",
+        ),
+        (
+            vec![
+                "--user",
+                "a",
+                "--mail-mx",
+                "--no-relay",
+                "--exit-policy",
+                "accept *:80",
+            ],
+            "need the relay",
+        ),
+        (vec!["--user", "a=not-a-hash", "--mail-mx"], "smtp.users"),
+    ] {
+        let out = render(dir.path(), &args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(reason),
+            "{args:?}: {err}"
+        );
+        assert!(out.stdout.is_empty(), "{args:?} printed user data");
+    }
+}
