@@ -313,6 +313,16 @@ fn every_rendered_torrc_passes_tor_verify_config() {
         }
     }
     assert_eq!(checked, 5);
+    // The package's /usr/share/dustmote/torrc (for a tor run by hand) is
+    // the onion instance's torrc exactly as rendered.
+    let shipped =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/torrc"))
+            .unwrap();
+    assert_eq!(
+        shipped,
+        render_ok(dir.path(), &["--user", "a", "--mail-mx", "--print", "onion-torrc"]),
+        "deploy/torrc is stale: dustmote cloud-init --user a --mail-mx --print onion-torrc > deploy/torrc"
+    );
     println!("tor --verify-config: {checked} torrcs valid");
 }
 

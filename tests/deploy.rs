@@ -1,5 +1,5 @@
 //! The files that make a mote out of a VM, checked without booting one
-//! (the boot test comes with the image, issue 11).
+//! (the boot test is tests/vm_boot.rs).
 
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
@@ -50,6 +50,9 @@ fn the_dustmote_unit_is_hardened() {
         "StateDirectory=dustmote",
         "RuntimeDirectory=dustmote",
         "IPAddressDeny=any",
+        // The end of the lifetime (exit status 10) and only it powers off.
+        "SuccessExitStatus=10\n",
+        "ExecStopPost=+/bin/sh -c 'if [ \"$$EXIT_STATUS\" = 10 ]; then exec /bin/systemctl --no-block poweroff; fi'\n",
     ] {
         assert!(unit.contains(setting), "missing {setting:?}");
     }

@@ -21,12 +21,33 @@ dpkg -s libsqlite3-dev >/dev/null 2>&1 || need+=(libsqlite3-dev)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 # systemd-analyze scores deploy/systemd/dustmote.service (tests/deploy.rs).
 command -v systemd-analyze >/dev/null || need+=(systemd)
+# The mote as a VM (tests/vm_boot.rs, tests/cloud_init.rs): the image is
+# built with mmdebstrap, booted with QEMU, seeded with cloud-localds; socat
+# carries the guest's one forwarded port; cloud-init checks the user data;
+# debugfs reads the guest's disk afterwards; cargo-deb builds the package.
+command -v mmdebstrap >/dev/null || need+=(mmdebstrap)
+command -v cloud-localds >/dev/null || need+=(cloud-image-utils)
+command -v cloud-init >/dev/null || need+=(cloud-init)
+command -v socat >/dev/null || need+=(socat)
+command -v debugfs >/dev/null || [ -x /usr/sbin/debugfs ] || need+=(e2fsprogs)
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 if [ "${#need[@]}" -gt 0 ]; then
     # Postfix asks which mail setup to use; we only need its binaries.
     echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q
-    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
+    extra=()
+    # qemu-system-x86 wants the qemu-utils of its own release; a machine
+    # with a newer qemu-utils (a backport) must step back to it.
+    if printf '%s\n' "${need[@]}" | grep -qx qemu-system-x86; then
+        v=$(apt-cache policy qemu-system-x86 | awk '/Candidate:/ {print $2}')
+        extra=(--allow-downgrades "qemu-utils=$v")
+    fi
+    $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" "${extra[@]}"
 fi
+# cloud-init on this machine is only for `cloud-init schema`: it must never
+# run at this machine's boot.
+[ -e /etc/cloud/cloud-init.disabled ] || $SUDO touch /etc/cloud/cloud-init.disabled 2>/dev/null || true
+command -v cargo-deb >/dev/null || cargo install --locked cargo-deb@3.8.0
 # Debian starts the daemons it installs; the tests start their own on free
 # ports and want none of the system ones holding port 25 or 80.
 for svc in postfix nginx tor; do
@@ -38,3 +59,6 @@ python3 -c "import aiosmtpd" 2>/dev/null || python3 -m pip install -q "aiosmtpd=
 python3 -c "import prometheus_client" 2>/dev/null || python3 -m pip install -q "prometheus_client==0.26.0"
 # REDbot, the HTTP linter (tests/fetch_e2e.rs checks retrieval with it).
 command -v redbot >/dev/null || python3 -m pip install -q "redbot==2.7.1"
+# The launcher (deploy/launch) and the EC2 emulator it is tested against.
+python3 -c "import libcloud" 2>/dev/null || python3 -m pip install -q "apache-libcloud==3.9.1"
+command -v moto_server >/dev/null || python3 -m pip install -q "moto[server]==5.2.5"

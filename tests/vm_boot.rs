@@ -258,6 +258,26 @@ fn a_mote_boots_takes_mail_and_powers_itself_off_at_the_end() {
         assert!(host.ends_with(".onion") && host.len() == 62, "{line}");
     }
 
+    // The launcher finds the addresses in this line on a provider's console
+    // (`launch.py ls`): its own expression, on the real line.
+    let out = Command::new("python3")
+        .current_dir(root().join("deploy/launch"))
+        .args([
+            "-c",
+            "import sys, launch; m = launch.ANNOUNCE.search(sys.argv[1]); print(m['smtp'], m['http'], m['expires'])",
+            &line,
+        ])
+        .output()
+        .unwrap();
+    let parsed = String::from_utf8_lossy(&out.stdout);
+    let want = format!("{} {} {expires_at}", words[at - 3], words[at - 1]);
+    assert_eq!(
+        parsed.trim(),
+        want,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     // A user submits through the forwarded port with the generated password.
     let out = Command::new("swaks")
         .args([
@@ -347,8 +367,8 @@ fn a_mote_boots_takes_mail_and_powers_itself_off_at_the_end() {
         ["active"; 3],
         "{active}"
     );
-    // Nothing listens but dustmote, the relay's ORPort and tor's SocksPort
-    // (on loopback).
+    // Nothing listens but dustmote, the relay's ORPort (IPv4 and IPv6) and
+    // the onion instance's SocksPort (on loopback).
     let listening = guest_file(&disk, "/root/listening");
     let mut ports: Vec<String> = listening
         .lines()
@@ -361,7 +381,8 @@ fn a_mote_boots_takes_mail_and_powers_itself_off_at_the_end() {
             "0.0.0.0:2525",
             "0.0.0.0:8080",
             "0.0.0.0:9001",
-            "127.0.0.1:9050"
+            "127.0.0.1:9050",
+            "[::]:9001"
         ],
         "{listening}"
     );

@@ -10,6 +10,7 @@
 #   vmlinuz, initrd.img   the image's kernel and initramfs, for a direct
 #                 kernel boot (QEMU -kernel/-initrd; tests/vm_boot.rs)
 #   manifest.txt  every installed package and its version
+#   files.sha256  every file in the image and its sha256
 #   SHA256SUMS    of the three files above and of the .deb
 # and prints SHA256SUMS. Needs root (or runs mmdebstrap in unshare mode).
 #
@@ -53,6 +54,8 @@ mmdebstrap --variant=important --include="$include" \
     "$suite" "$tree" "$mirror" >&2
 
 mv "$tree/manifest.txt" "$out/manifest.txt"
+# Every regular file's sha256: what to compare when two builds differ.
+(cd "$tree" && find . -type f -print0 | LC_ALL=C sort -z | xargs -0r sha256sum) > "$out/files.sha256"
 cp "$(readlink -f "$tree/vmlinuz")" "$out/vmlinuz"
 cp "$(readlink -f "$tree/initrd.img")" "$out/initrd.img"
 # Every file time clamped to SOURCE_DATE_EPOCH (what the packages wrote at
