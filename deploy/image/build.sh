@@ -17,8 +17,8 @@
 # Reproducible where the inputs allow: the package set comes from the
 # mirror at build time (pin MIRROR to a snapshot.debian.org URL for
 # bit-identical rebuilds); SOURCE_DATE_EPOCH (default: the commit's time)
-# fixes every file time, the file system's UUID, hash seed and creation
-# time; no machine-id, random seed, ssh host key, apt lists or logs are
+# fixes every file time (mtime, ctime, atime), the file system's UUID,
+# hash seed and creation time; no machine-id, random seed, ssh host key, apt lists or logs are
 # baked in (systemd makes a machine-id at first boot).
 set -euo pipefail
 deb=$(realpath "$1")
@@ -68,6 +68,18 @@ uuid=$(printf 'dustmote-image-%s' "$SOURCE_DATE_EPOCH" | sha256sum \
 rm -f "$out/mote.img"
 E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mke2fs -q -t ext4 -L mote -U "$uuid" \
     -E "hash_seed=$uuid,root_owner=0:0" -d "$tree" "$out/mote.img" 2G
+# mke2fs -d copies each file's ctime (and atime) from the tree, and those
+# are the build's clock, not settable from user space: set them in the
+# image instead, one debugfs command file for all inodes.
+(cd "$tree" && find . | sed -e 's|^\.||' -e 's|^$|/|') \
+    | awk -v t="@$SOURCE_DATE_EPOCH" '{ printf "sif \"%s\" ctime %s\nsif \"%s\" atime %s\n", $0, t, $0, t }' \
+    > "$work/times.debugfs"
+debugfs -w -f "$work/times.debugfs" "$out/mote.img" > /dev/null 2> "$work/debugfs.log" \
+    || { cat "$work/debugfs.log" >&2; exit 1; }
+if grep -v '^debugfs ' "$work/debugfs.log" | grep -q .; then
+    grep -v '^debugfs ' "$work/debugfs.log" | head >&2
+    exit 1
+fi
 cp "$deb" "$out/"
 (cd "$out" && sha256sum mote.img vmlinuz initrd.img "$(basename "$deb")" > SHA256SUMS)
 echo "image built from $(wc -l < "$out/manifest.txt") packages ($suite), SOURCE_DATE_EPOCH=$SOURCE_DATE_EPOCH" >&2
