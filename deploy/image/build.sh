@@ -74,7 +74,7 @@ E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH mke2fs -q -t ext4 -L mote -U "$uuid" \
 (cd "$tree" && find . | sed -e 's|^\.||' -e 's|^$|/|') \
     | awk -v t="@$SOURCE_DATE_EPOCH" '{ printf "sif \"%s\" ctime %s\nsif \"%s\" atime %s\n", $0, t, $0, t }' \
     > "$work/times.debugfs"
-debugfs -w -f "$work/times.debugfs" "$out/mote.img" > /dev/null 2> "$work/debugfs.log" \
+E2FSPROGS_FAKE_TIME=$SOURCE_DATE_EPOCH debugfs -w -f "$work/times.debugfs" "$out/mote.img" > /dev/null 2> "$work/debugfs.log" \
     || { cat "$work/debugfs.log" >&2; exit 1; }
 if grep -v '^debugfs ' "$work/debugfs.log" | grep -q .; then
     grep -v '^debugfs ' "$work/debugfs.log" | head >&2
