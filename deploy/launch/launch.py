@@ -30,6 +30,7 @@ import secrets
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.parse
 
 from libcloud.compute.providers import get_driver
@@ -202,16 +203,44 @@ def cmd_up(args):
                 "expires_by": fmt_time(expires),
             }
         )
+    if args.wait > 0:
+        wait_for_onions(motes, args.wait)
     if args.json:
         print(json.dumps(motes, indent=2))
         return
     for m in motes:
+        if m.get("smtp"):
+            where = f"  smtp {m['smtp']}  http {m['http']}\n  ends {m['expires_at']}"
+        else:
+            where = (
+                f"  lives until about {m['expires_by']} (its lifetime counts from its boot)\n"
+                f"  onion addresses: `launch.py ls` once it has booted (from its console)"
+            )
         print(
             f"{m['name']}  {m['provider']}/{m['region']}  {m['id']}\n"
-            f"  user {m['user']}, password (shown once): {m['password']}\n"
-            f"  lives until about {m['expires_by']} (its lifetime counts from its boot)\n"
-            f"  onion addresses: `launch.py ls` once it has booted (from its console)"
+            f"  user {m['user']}, password (shown once): {m['password']}\n{where}"
         )
+
+
+def wait_for_onions(motes, minutes):
+    """Poll each new mote's console until it announces its onion addresses
+    or `minutes` pass (providers publish console output with a delay of
+    minutes); what was found is added to each mote's record."""
+    deadline = time.monotonic() + minutes * 60
+    drivers = {}
+    while True:
+        pending = [m for m in motes if not m.get("smtp")]
+        if not pending:
+            return
+        for m in pending:
+            d = drivers.setdefault(m["region"], driver(m["region"]))
+            node = next(iter(d.list_nodes(ex_node_ids=[m["id"]])), None)
+            found = onions(d, node) if node else None
+            if found:
+                m.update(smtp=found["smtp"], http=found["http"], expires_at=found["expires"])
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(min(15, max(0.0, deadline - time.monotonic())))
 
 
 def motes(regions):
@@ -328,6 +357,13 @@ def main(argv=None):
     up.add_argument("--size", default="t3.nano", help="instance type (512 MiB is enough)")
     up.add_argument("--user", default="user", help="the mote's user name")
     up.add_argument("--dustmote", default="dustmote", help="the dustmote binary that renders the user data")
+    up.add_argument(
+        "--wait",
+        type=float,
+        default=0,
+        metavar="MINUTES",
+        help="wait up to this long for the motes to announce their onion addresses",
+    )
     up.add_argument("cloud_init", nargs="*", help="after --: more `dustmote cloud-init` arguments")
     sub.add_parser("ls", help="list motes, their end times and onion addresses")
     sub.add_parser("reap", help="terminate motes past their end")

@@ -189,6 +189,21 @@ class LauncherAgainstMoto(unittest.TestCase):
             self.assertTrue(r["expires_by"])
         self.assertIn("onion addresses not published yet", self.run_launch("--regions", ",".join(REGIONS), "ls"))
 
+        # --wait is bounded: moto's console never announces onion addresses,
+        # so `up --wait` gives up at its limit and says where to look.
+        t0 = time.monotonic()
+        out = self.run_launch(
+            "--regions", "us-east-1", "up", "--wait", "0.05", "--image", image,
+            "--user", "bob", "--dustmote", self.dustmote, "--", "--mail-mx",
+        )
+        self.assertLess(time.monotonic() - t0, 60)
+        self.assertIn("password (shown once)", out)
+        self.assertIn("onion addresses: `launch.py ls` once it has booted", out)
+        extra = out.split()[2]
+        self.run_launch("--regions", "us-east-1", "down", extra)
+        state = self.ec2["us-east-1"].describe_instances(InstanceIds=[extra])["Reservations"][0]["Instances"][0]["State"]["Name"]
+        self.assertIn(state, ("shutting-down", "terminated"))
+
         # An overdue mote (its end long past: it failed to power off) is
         # reaped; the others are not.
         overdue = self.ec2["eu-west-1"].run_instances(
