@@ -339,6 +339,11 @@ fn a_mote_boots_takes_mail_and_powers_itself_off_at_the_end() {
     let total_s = started.elapsed().as_secs();
     assert!(exit.success(), "qemu: {exit:?}");
     let console_text = log();
+    // A power-off, not a reboot (QEMU's -no-reboot ends on both).
+    assert!(
+        console_text.contains("reboot: Power down"),
+        "{console_text}"
+    );
     assert!(
         console_text.contains("the mote's lifetime is over; stopping"),
         "{console_text}"
