@@ -237,6 +237,8 @@ impl Store {
     /// dropping it, which piled up hundreds of MB of RAM over test runs.
     pub fn temporary() -> Result<Arc<Self>> {
         static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        static SWEPT: std::sync::Once = std::sync::Once::new();
+        SWEPT.call_once(sweep_temporary);
         let base = std::env::temp_dir().join(format!(
             "dust-temporary-{}-{}-{}",
             std::process::id(),
@@ -735,4 +737,48 @@ fn release_of(key: &[u8]) -> u64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&key[..8]);
     u64::from_be_bytes(b)
+}
+
+/// Remove the temporary stores of processes that are gone (a process that
+/// exits without dropping its store, e.g. a test that panics or is killed,
+/// leaves its directory behind). A directory is `dust-temporary-PID-…`; it
+/// is left alone while a process with that PID exists.
+fn sweep_temporary() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("dust-temporary-"))
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+#[cfg(test)]
+mod sweep_tests {
+    #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn stale_temporary_stores_are_removed_live_ones_kept() {
+        // Above Linux's largest pid_max (2^22): no such process can exist.
+        let dead = std::env::temp_dir().join("dust-temporary-4194305-0-1");
+        let live =
+            std::env::temp_dir().join(format!("dust-temporary-{}-999999-1", std::process::id()));
+        for d in [&dead, &live] {
+            std::fs::create_dir_all(d.join("db")).unwrap();
+        }
+        super::sweep_temporary();
+        assert!(!dead.exists());
+        assert!(live.exists());
+        std::fs::remove_dir_all(&live).unwrap();
+    }
 }
