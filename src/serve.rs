@@ -224,6 +224,7 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
         fetch,
         lifetime_from_first_start,
         cover: cover_targets,
+        peers,
         ..
     } = checked;
     let dir = config.storage.dir.clone();
@@ -318,12 +319,13 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
             stop_limit,
         ));
     }
-    let api = dust_proxies::http::Api::new(
+    let api = dust_proxies::http::Api::with_peers(
         Arc::clone(&store),
         http_users,
         http_operators,
         status,
         Arc::new(mixer.clone()),
+        Some(dust_proxies::peer::endpoint(peers, Arc::new(mixer.clone()))),
     );
     let http_task =
         tokio::spawn(api.serve(http_listener, stop_rx.clone(), config.http.max_connections));

@@ -344,6 +344,12 @@ where
             .rt
             .spawn_blocking(move || match once {
                 None => store.admit_blocking(&item).map(|()| true),
+                Some(o) if o.exact => store.admit_exactly_once_blocking(
+                    &item,
+                    &o.digest,
+                    wall_ms(now),
+                    wall_ms(now + o.window),
+                ),
                 Some(o) => store.admit_unique_blocking(
                     &item,
                     &o.digest,
@@ -695,6 +701,10 @@ pub struct Once {
     pub digest: [u8; 32],
     /// How long a digest is remembered after its admission.
     pub window: Duration,
+    /// Item and digest in one transaction, exact across crashes (transfers
+    /// from another mote), instead of the faster SMTP path whose crash
+    /// between the two writes can forget a digest.
+    pub exact: bool,
 }
 
 /// Whether a delivery attempt's item left the mote (delivered or dropped).

@@ -55,6 +55,8 @@ pub struct Api<S> {
     verifier: Verifier,
     status: StatusFn,
     schedule: Arc<S>,
+    /// `POST /v1/peer/items` (none: 404).
+    peer: Option<crate::peer::Endpoint>,
 }
 
 /// Response bodies: small ones in memory, content streamed from the store.
@@ -117,6 +119,22 @@ fn json_response(status: StatusCode, v: &Value) -> Resp {
 
 fn error(status: StatusCode, code: &str, message: &str) -> Resp {
     json_response(status, &json!({ "error": code, "message": message }))
+}
+
+/// A peer endpoint's answer as a response: `{"admitted": …}` or an error.
+fn peer_answer(a: crate::peer::Answer) -> Resp {
+    let mut r = match a.code {
+        None => json_response(
+            a.status,
+            &json!({ "admitted": a.status == StatusCode::CREATED, "message": a.detail }),
+        ),
+        Some(code) => error(a.status, code, &a.detail),
+    };
+    if let Some(s) = a.retry_after_s {
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(s));
+    }
+    r
 }
 
 /// Whether a conditional GET/HEAD is answered `304`: `If-None-Match`
@@ -281,12 +299,25 @@ impl<S: Schedule> Api<S> {
         status: StatusFn,
         schedule: Arc<S>,
     ) -> Arc<Self> {
+        Self::with_peers(store, users, operators, status, schedule, None)
+    }
+
+    /// [`new`](Self::new), with the endpoint other motes hand items to.
+    pub fn with_peers(
+        store: Arc<Store>,
+        users: Users,
+        operators: Vec<String>,
+        status: StatusFn,
+        schedule: Arc<S>,
+        peer: Option<crate::peer::Endpoint>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             store,
             operators,
             verifier: Verifier::new(users),
             status,
             schedule,
+            peer,
         })
     }
 
@@ -392,6 +423,12 @@ impl<S: Schedule> Api<S> {
                     return unauthorized("/metrics needs an operator's bearer token");
                 }
                 return self.metrics();
+            }
+            (Method::POST, ["v1", "peer", "items"]) => {
+                let Some(peer) = &self.peer else {
+                    return error(StatusCode::NOT_FOUND, "not_found", "no such endpoint");
+                };
+                return peer_answer(peer(req).await);
             }
             (_, ["v1", "fetches", ..]) => {}
             _ => return error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),

@@ -8,6 +8,7 @@ pub mod http;
 pub mod job;
 pub mod mail;
 pub mod mx;
+pub mod peer;
 pub mod smtp;
 pub mod status;
 mod tls;

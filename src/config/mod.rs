@@ -14,6 +14,7 @@ mod fetch;
 mod http;
 mod mixer;
 mod mote;
+mod peers;
 mod smtp;
 mod storage;
 mod tor;
@@ -91,6 +92,8 @@ pub struct Config {
     pub shutdown: Shutdown,
     /// `[cover]`
     pub cover: Cover,
+    /// `[[peers]]`
+    pub peers: Vec<peers::Peer>,
 }
 
 /// A checked configuration, ready to run.
@@ -117,6 +120,8 @@ pub struct Checked {
     pub lifetime_from_first_start: Option<Duration>,
     /// Where cover items go, when `[cover]` is on.
     pub cover: Option<CoverTargets>,
+    /// The `[[peers]]` that may hand items to this mote.
+    pub peers: dust_proxies::peer::Peers,
 }
 
 /// Parse `text` (from `file`) and check it.
@@ -206,6 +211,7 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
         let lifetime = config.mote.check()?;
         let (cover, cover_targets) = config.cover.check(route.is_some())?.unzip();
         let mixer = config.mixer.check(&config.fetch.delay, cover, lifetime)?;
+        let peers = peers::check(&config.peers)?;
         Ok((
             smtp,
             http_users,
@@ -214,9 +220,10 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
             route,
             mixer,
             cover_targets,
+            peers,
         ))
     })();
-    let (smtp, http_users, http_operators, fetch, route, mixer, cover) =
+    let (smtp, http_users, http_operators, fetch, route, mixer, cover, peers) =
         sections.map_err(|Invalid { key, reason }| ConfigError {
             file: file.to_string(),
             key,
@@ -233,6 +240,7 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
         http_operators,
         fetch,
         warnings,
+        peers,
     })
 }
 

@@ -360,6 +360,19 @@ impl Store {
         Ok(())
     }
 
+    /// Count an item written outside [`insert_item`](Self::insert_item).
+    pub(crate) fn counted_new_item(&self) {
+        self.counts.items.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The schedule entry of a just-written item.
+    pub(crate) fn schedule_item(&self, item: &Item) -> Result<()> {
+        self.insert_schedule(
+            schedule_key(item.release_ms, &item.id),
+            "writing a schedule entry",
+        )
+    }
+
     fn insert_schedule(&self, key: [u8; 24], doing: &'static str) -> Result<()> {
         let old = self.schedule.insert(key, &[]).map_err(db_err(doing))?;
         if old.is_none() {

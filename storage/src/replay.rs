@@ -112,8 +112,66 @@ impl Store {
         Ok(new)
     }
 
+    /// Like [`admit_unique_blocking`](Self::admit_unique_blocking), but
+    /// exact across crashes: the item and its digest are written in one
+    /// sled transaction, so after any crash either both are on disk or
+    /// neither is. For transfers between motes (a sender that got no answer
+    /// sends again, and the second copy must be recognized even if the
+    /// first was stored just before a crash); slower than the SMTP path,
+    /// which a crash may leave with an item whose digest is missing.
+    pub fn admit_exactly_once_blocking(
+        &self,
+        item: &Item,
+        digest: &[u8],
+        now_ms: u64,
+        expires_ms: u64,
+    ) -> Result<bool> {
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        use sled::Transactional;
+        let r = &self.replay;
+        let key = r.keyed(digest);
+        let new = {
+            let _serial = r.lock.lock();
+            let seen = r
+                .tree
+                .get(key)
+                .map_err(db_err("reading a replay digest"))?
+                .is_some_and(|v| expiry(&v) > now_ms);
+            if !seen {
+                self.space.check(item.payload.len() as u64)?;
+                let value = item.encode(&self.sealer);
+                (&self.items, &r.tree)
+                    .transaction(|(items, digests)| {
+                        items.insert(&item.id.0, value.as_slice())?;
+                        digests.insert(&key, &expires_ms.to_be_bytes())?;
+                        Ok::<_, ConflictableTransactionError<()>>(())
+                    })
+                    .map_err(|e| match e {
+                        TransactionError::Storage(e) => db_err("writing an item and its digest")(e),
+                        TransactionError::Abort(()) => unreachable_abort(),
+                    })?;
+                self.counted_new_item();
+                // The schedule entry after the transaction: a crash before
+                // it leaves a queued item without one, which recovery at
+                // the next open repairs (as for every admission).
+                self.schedule_item(item)?;
+            }
+            !seen
+        };
+        self.flusher.sync_blocking()?;
+        Ok(new)
+    }
+
     /// Replay digests kept now (expired ones not yet pruned included).
     pub fn replay_digests(&self) -> usize {
         self.replay.tree.len()
+    }
+}
+
+/// The transaction above never aborts by itself.
+fn unreachable_abort() -> crate::StorageError {
+    crate::StorageError::Corrupt {
+        doing: "writing an item and its digest",
+        what: "a transaction aborted without a reason".into(),
     }
 }

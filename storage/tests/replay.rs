@@ -101,3 +101,38 @@ fn walk(dir: &std::path::Path) -> Vec<u8> {
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
+
+/// The exact variant (peer transfers): the same answers, both halves
+/// written together, and the item due for delivery like any other; a digest
+/// admitted by one variant is seen by the other.
+#[test]
+fn the_exact_variant_admits_once_and_schedules_the_item() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dust_storage::SealKey::from_bytes([7; 32]);
+    let d = [9u8; 32];
+    {
+        let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES, &key).unwrap();
+        assert!(store
+            .admit_exactly_once_blocking(&item(1), &d, 1_000, 61_000)
+            .unwrap());
+        assert!(!store
+            .admit_exactly_once_blocking(&item(2), &d, 2_000, 62_000)
+            .unwrap());
+        assert!(!store
+            .admit_unique_blocking(&item(3), &d, 2_000, 62_000)
+            .unwrap());
+        let stats = store.stats(5).unwrap();
+        assert_eq!(stats.queued, 1, "{stats:?}");
+        assert_eq!(stats.next_releases, [5_000], "{stats:?}");
+        assert!(store.get(&item(2).id).unwrap().is_none());
+    }
+    let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES, &key).unwrap();
+    assert!(!store
+        .admit_exactly_once_blocking(&item(4), &d, 3_000, 63_000)
+        .unwrap());
+    // Due at its release time (5 s), through the schedule entry.
+    let due = store.take_due(5_000, 10).unwrap();
+    assert_eq!(due.len(), 1);
+    assert_eq!(due[0].id, item(1).id);
+    assert_eq!(due[0].payload, item(1).payload);
+}

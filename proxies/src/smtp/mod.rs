@@ -754,6 +754,7 @@ where
         let once = self.cfg.replay_window.map(|window| Once {
             digest: replay_digest(&from, &rcpts, &msg),
             window,
+            exact: false,
         });
         let payload = StoredMail {
             from,
