@@ -90,6 +90,8 @@ pub enum Route {
     Relay(RelayConfig),
     /// Each recipient domain to its mail exchangers (or onion MX).
     Mx(MxRoute),
+    /// To another mote (a cascade): its `POST /v1/peer/items`.
+    Peer(crate::peer::PeerTarget),
 }
 
 /// `[delivery.mail] mode = "mx"`.
@@ -181,6 +183,8 @@ impl MailDelivery {
                 self.deliver_mx(route, from, rcpts, message, mail.smtputf8)
                     .await
             }
+            // Handled in `deliver`, before the message is prepared for SMTP.
+            Route::Peer(_) => Err(DeliveryError::permanent("internal: peer route in attempt")),
         }
     }
 
@@ -331,6 +335,25 @@ impl Deliver for MailDelivery {
     async fn deliver(&self, item: &Item) -> Result<Outcome, DeliveryError> {
         let mail = StoredMail::decode(&item.payload)
             .map_err(|e| DeliveryError::permanent(format!("unreadable mail item: {e}")))?;
+        if let Route::Peer(peer) = &self.route {
+            // The stored item as it is: the next mote adds no Date (the
+            // last one does when it speaks SMTP) and keeps the Message-ID.
+            let send = crate::peer::send(
+                &*self.connector,
+                peer,
+                self.next_isolation(),
+                &item.id,
+                dust_mixer::ItemKind::Mail,
+                item.payload.clone(),
+            );
+            return match tokio::time::timeout(self.timeout, send).await {
+                Ok(r) => r.map(|()| Outcome::Done),
+                Err(_) => Err(DeliveryError::temporary(format!(
+                    "hand-off to peer {} timed out after {:?}",
+                    peer.name, self.timeout
+                ))),
+            };
+        }
         match tokio::time::timeout(self.timeout, self.attempt(&mail)).await {
             Ok(r) => r.map(|()| Outcome::Done),
             Err(_) => Err(DeliveryError::temporary(format!(

@@ -333,6 +333,116 @@ pub async fn receive<T: Transfer>(peers: &Peers, transfer: &T, req: Request<Inco
     }
 }
 
+/// Where this mote hands items to: a peer's API (`[[peers]] url`, `token`).
+#[derive(Clone)]
+pub struct PeerTarget {
+    /// The peer's name here (logs).
+    pub name: String,
+    /// The API's host (an onion address in production) and port.
+    pub host: String,
+    /// The API's port.
+    pub port: u16,
+    /// Sent as `Bearer NAME:TOKEN`: the name this mote has at the peer.
+    pub credential: String,
+}
+
+impl std::fmt::Debug for PeerTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the credential.
+        f.debug_struct("PeerTarget")
+            .field("name", &self.name)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Hand item `id` (`payload`, of `kind`) to `peer` through `connector`;
+/// `Ok` once the peer answered 2xx, i.e. stored it durably (or had it
+/// already). Only then may the caller remove its copy.
+///
+/// A refusal the item can never get past (400, 413: the peer will not take
+/// this item) is permanent; anything else — no route, a timeout, 401/404 (a
+/// configuration to fix), 429, 503, 507, 5xx — is temporary: the item
+/// stays and is tried again.
+pub async fn send(
+    connector: &dyn crate::tor::Connector,
+    peer: &PeerTarget,
+    isolation: u64,
+    id: &ItemId,
+    kind: ItemKind,
+    payload: Vec<u8>,
+) -> Result<(), dust_mixer::DeliveryError> {
+    use dust_mixer::DeliveryError;
+    use http_body_util::Full;
+    let temporary = |what: String| DeliveryError::temporary(format!("peer {}: {what}", peer.name));
+    let stream = connector
+        .connect(&crate::tor::Target {
+            host: peer.host.clone(),
+            port: peer.port,
+            isolation,
+        })
+        .await
+        .map_err(|e| temporary(format!("no stream: {e}")))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| temporary(format!("HTTP: {e}")))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let kind_name = match kind {
+        ItemKind::Mail => "mail",
+        ItemKind::Fetch => {
+            return Err(DeliveryError::permanent(
+                "downloads cannot be handed to a peer yet",
+            ))
+        }
+    };
+    let host = if peer.port == 80 {
+        peer.host.clone()
+    } else {
+        format!("{}:{}", peer.host, peer.port)
+    };
+    let req = Request::post("/v1/peer/items")
+        .header(header::HOST, host)
+        .header(header::AUTHORIZATION, format!("Bearer {}", peer.credential))
+        .header("dust-item-id", hex(&id.0))
+        .header("dust-item-kind", kind_name)
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(Full::new(Bytes::from(payload)))
+        .map_err(|e| DeliveryError::permanent(format!("building the request: {e}")))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| temporary(format!("HTTP: {e}")))?;
+    let status = resp.status();
+    let body = Limited::new(resp.into_body(), 4096)
+        .collect()
+        .await
+        .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+        .unwrap_or_default();
+    if status.is_success() {
+        return Ok(());
+    }
+    let what = format!("{status}: {}", body.trim());
+    if matches!(
+        status,
+        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE
+    ) {
+        Err(DeliveryError::permanent(format!(
+            "peer {} refused the item: {what}",
+            peer.name
+        )))
+    } else {
+        Err(temporary(what))
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
 fn parse_id(s: &str) -> Option<ItemId> {
     if s.len() != 32 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;

@@ -32,6 +32,8 @@ pub enum MailMode {
     /// Each recipient domain to its MX (DNS over TCP through Tor), or to
     /// its onion host from `onion_mx`.
     Mx,
+    /// To another mote (a cascade): the `[[peers]]` entry named by `peer`.
+    Peer,
 }
 
 /// `[delivery.mail]`
@@ -67,6 +69,9 @@ pub struct MailDelivery {
     /// PEM file of an extra CA to trust for the relay's certificate.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
+    /// The `[[peers]]` name mail goes to (mode `peer`).
+    #[serde(default)]
+    pub peer: Option<String>,
 }
 
 fn default_mx_port() -> u16 {
@@ -80,19 +85,23 @@ fn default_delivery_timeout() -> Duration {
 impl Delivery {
     /// Check the section; the mail route and the per-attempt timeout, if
     /// mail delivery is configured.
-    pub fn check(&self, warnings: &mut Vec<String>) -> Result<Option<(Route, Duration)>, Invalid> {
+    pub fn check(
+        &self,
+        peers: &[super::peers::Peer],
+        warnings: &mut Vec<String>,
+    ) -> Result<Option<(Route, Duration)>, Invalid> {
         let Some(d) = &self.mail else {
             warnings.push(
                 "no [delivery.mail]: mail is accepted and kept queued but not delivered".into(),
             );
             return Ok(None);
         };
-        d.check().map(Some)
+        d.check(peers).map(Some)
     }
 }
 
 impl MailDelivery {
-    fn check(&self) -> Result<(Route, Duration), Invalid> {
+    fn check(&self, peers: &[super::peers::Peer]) -> Result<(Route, Duration), Invalid> {
         let auth = match (&self.user, &self.password) {
             (Some(u), Some(p)) => Some((u.clone(), p.clone())),
             (None, None) => None,
@@ -108,7 +117,21 @@ impl MailDelivery {
         }
         let extra_ca_pem = read_ca(self.ca_file.as_deref())
             .map_err(|reason| invalid("delivery.mail.ca_file", reason))?;
+        if self.peer.is_some() && self.mode != MailMode::Peer {
+            return Err(invalid("delivery.mail.peer", "only with mode = \"peer\""));
+        }
         let route = match self.mode {
+            MailMode::Peer => {
+                let name = self.peer.as_deref().ok_or_else(|| {
+                    invalid(
+                        "delivery.mail.peer",
+                        "required with mode = \"peer\" (a [[peers]] name)",
+                    )
+                })?;
+                let target = super::peers::target(peers, name)
+                    .map_err(|reason| invalid("delivery.mail.peer", reason))?;
+                Route::Peer(target)
+            }
             MailMode::Relay => {
                 let relay = self.relay.as_deref().ok_or_else(|| {
                     invalid("delivery.mail.relay", "required with mode = \"relay\"")

@@ -207,7 +207,7 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
         let direct = config.tor.mode == TorMode::Direct;
         let fetch = config.fetch.check(direct, &mut warnings)?;
         config.tor.check(&config.storage.dir, &mut warnings)?;
-        let route = config.delivery.check(&mut warnings)?;
+        let route = config.delivery.check(&config.peers, &mut warnings)?;
         let lifetime = config.mote.check()?;
         let (cover, cover_targets) = config.cover.check(route.is_some())?.unzip();
         let mixer = config.mixer.check(&config.fetch.delay, cover, lifetime)?;

@@ -4,10 +4,10 @@
 use std::collections::HashMap;
 
 use dust_proxies::auth::Users;
-use dust_proxies::peer::{PeerLimits, Peers};
+use dust_proxies::peer::{PeerLimits, PeerTarget, Peers};
 use serde::Deserialize;
 
-use super::units::{users, Size};
+use super::units::{split_host_port, users, Size};
 use super::{invalid, Invalid};
 
 /// Default largest item from a peer: a message at the default SMTP limit
@@ -25,7 +25,9 @@ pub struct Peer {
     /// (`http://…onion`), `http://127.0.0.1:PORT` in `direct` test mode.
     #[serde(default)]
     pub url: Option<String>,
-    /// The token this mote sends to the peer (the peer keeps its hash).
+    /// What this mote sends to the peer: `NAME:SECRET`, where NAME is this
+    /// mote's name in the peer's `[[peers]]` and the peer keeps the
+    /// SECRET's hash as its `token_hash`.
     #[serde(default)]
     pub token: Option<String>,
     /// argon2 hash (`dustmote passwd`) of the token the peer sends here;
@@ -35,6 +37,31 @@ pub struct Peer {
     /// Largest item accepted from the peer.
     #[serde(default)]
     pub max_item_bytes: Option<Size>,
+}
+
+/// Where to send to the peer `name` (it needs `url` and `token`).
+pub fn target(peers: &[Peer], name: &str) -> Result<PeerTarget, String> {
+    let p = peers
+        .iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| format!("no [[peers]] entry named {name:?}"))?;
+    let (Some(url), Some(token)) = (&p.url, &p.token) else {
+        return Err(format!("peer {name:?} needs url and token to be sent to"));
+    };
+    let rest = url
+        .strip_prefix("http://")
+        .unwrap_or(url)
+        .trim_end_matches('/');
+    let (host, port) = match split_host_port(rest) {
+        Some((h, p)) => (h, p),
+        None => (rest.to_string(), 80),
+    };
+    Ok(PeerTarget {
+        name: name.to_string(),
+        host,
+        port,
+        credential: token.clone(),
+    })
 }
 
 /// Check the list; the peers allowed to send here.
@@ -57,7 +84,19 @@ pub fn check(peers: &[Peer]) -> Result<Peers, Invalid> {
             return Err(invalid("peers.name", format!("{:?} given twice", p.name)));
         }
         match (&p.url, &p.token) {
-            (Some(url), Some(_)) => {
+            (Some(url), Some(token)) => {
+                if !token
+                    .split_once(':')
+                    .is_some_and(|(n, s)| !n.is_empty() && !s.is_empty())
+                {
+                    return Err(invalid(
+                        "peers.token",
+                        format!(
+                            "peer {:?}: expected NAME:SECRET (this mote's name at the peer, and the secret)",
+                            p.name
+                        ),
+                    ));
+                }
                 let rest = url.strip_prefix("http://").ok_or_else(|| {
                     invalid(
                         "peers.url",
@@ -124,7 +163,7 @@ mod tests {
     #[test]
     fn peers_are_checked() {
         let ok = format!(
-            "[[peers]]\nname = \"b\"\nurl = \"http://abc.onion\"\ntoken = \"t\"\n\
+            "[[peers]]\nname = \"b\"\nurl = \"http://abc.onion\"\ntoken = \"a:t\"\n\
              [[peers]]\nname = \"a\"\ntoken_hash = \"{HASH}\"\nmax_item_bytes = \"1MiB\"\n"
         );
         let c = parse(&ok, "t.toml").unwrap_or_else(|e| panic!("{e}"));
@@ -133,8 +172,9 @@ mod tests {
             ("[[peers]]\nname = \"a b\"\ntoken_hash = \"x\"\n".to_string(), "peers.name"),
             (format!("[[peers]]\nname = \"a\"\ntoken_hash = \"{HASH}\"\n[[peers]]\nname = \"a\"\ntoken_hash = \"{HASH}\"\n"), "peers.name"),
             ("[[peers]]\nname = \"a\"\nurl = \"http://x.onion\"\n".to_string(), "peers.token"),
-            ("[[peers]]\nname = \"a\"\nurl = \"https://x.onion\"\ntoken = \"t\"\n".to_string(), "peers.url"),
-            ("[[peers]]\nname = \"a\"\nurl = \"http://x.onion/api\"\ntoken = \"t\"\n".to_string(), "peers.url"),
+            ("[[peers]]\nname = \"a\"\nurl = \"https://x.onion\"\ntoken = \"m:t\"\n".to_string(), "peers.url"),
+            ("[[peers]]\nname = \"a\"\nurl = \"http://x.onion\"\ntoken = \"t\"\n".to_string(), "peers.token"),
+            ("[[peers]]\nname = \"a\"\nurl = \"http://x.onion/api\"\ntoken = \"m:t\"\n".to_string(), "peers.url"),
             ("[[peers]]\nname = \"a\"\n".to_string(), "peers.token_hash"),
             ("[[peers]]\nname = \"a\"\ntoken_hash = \"not a hash\"\n".to_string(), "peers.token_hash"),
             (format!("[[peers]]\nname = \"a\"\ntoken_hash = \"{HASH}\"\nmax_item_bytes = 0\n"), "peers.max_item_bytes"),
