@@ -4,7 +4,7 @@
 //! and the mote delivers it with a fresh delay; everything else gets a
 //! clear 4xx with a JSON body, and peers and users are kept apart.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 mod common;
 
