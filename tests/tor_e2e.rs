@@ -290,6 +290,143 @@ fn onion_ingress_and_onion_mx(net: &TorNet) {
     );
 }
 
+/// The dust cloud's link over onion services: three motes, each with an
+/// onion service (A's SMTP, B's and C's HTTP API), all sending through the
+/// client tor. A message submitted to A's onion address goes A → B → C
+/// over the peers' onion addresses and leaves C for the sink with the body
+/// and header fields a direct message through C would have; each mote held
+/// it for at least its own delay (its latency histogram: nothing under 1 s
+/// with a constant 2 s delay).
+fn cascade_over_onion_services(net: &TorNet) {
+    let sink = Sink::start();
+    let hash = password_hash();
+    let motes = |delivery: String, extra: String| {
+        let mut cfg = MoteConfig::new(sink.port);
+        cfg.delay = r#"{ distribution = "constant", value = "2s" }"#.into();
+        cfg.tor = format!("mode = \"socks5\"\nsocks = \"{}\"", net.socks());
+        cfg.delivery_mode = delivery;
+        cfg.extra = extra;
+        Mote::start(&cfg)
+    };
+    let c = motes(
+        String::new(),
+        format!("[[peers]]\nname = \"b\"\ntoken_hash = \"{hash}\"\n"),
+    );
+    let c_onion = net.add_onion(80, c.http_port);
+    let b = motes(
+        "mode = \"peer\"\npeer = \"c\"".into(),
+        format!(
+            "[[peers]]\nname = \"c\"\nurl = \"http://{c_onion}\"\ntoken = \"b:{PASSWORD}\"\n\
+             [[peers]]\nname = \"a\"\ntoken_hash = \"{hash}\"\n"
+        ),
+    );
+    let b_onion = net.add_onion(80, b.http_port);
+    let a = motes(
+        "mode = \"peer\"\npeer = \"b\"".into(),
+        format!("[[peers]]\nname = \"b\"\nurl = \"http://{b_onion}\"\ntoken = \"a:{PASSWORD}\"\n"),
+    );
+    let a_onion = net.add_onion(587, a.port);
+    // Wait until the peers' onion services answer (descriptors take a few
+    // seconds to publish), so that hand-offs rarely need a retry.
+    for onion in [&b_onion, &c_onion] {
+        let up = wait_for(Duration::from_secs(120), || {
+            let o = std::process::Command::new("curl")
+                .args([
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "30",
+                ])
+                .args(["--socks5-hostname", &net.socks()])
+                .arg(format!("http://{onion}/status"))
+                .output()
+                .unwrap();
+            (o.stdout == b"200").then_some(())
+        });
+        assert!(up.is_some(), "{onion} never answered");
+    }
+    let work = tempfile::tempdir().unwrap();
+    let msg = work.path().join("m.eml");
+    std::fs::write(
+        &msg,
+        "From: a@example.org\r\nTo: bob@example.net\r\nSubject: three hops\r\n\r\nthrough the dust cloud\r\n",
+    )
+    .unwrap();
+    let t0 = Instant::now();
+    let submit = |port_or_onion: &str| {
+        wait_for(Duration::from_secs(120), || {
+            let o = std::process::Command::new("curl")
+                .args(["-sS", "--max-time", "30", "--socks5-hostname", &net.socks()])
+                .arg(format!("smtp://{port_or_onion}"))
+                .args([
+                    "--mail-from",
+                    "a@example.org",
+                    "--mail-rcpt",
+                    "bob@example.net",
+                ])
+                .args([
+                    "--user",
+                    &format!("{USER}:{PASSWORD}"),
+                    "--login-options",
+                    "AUTH=PLAIN",
+                ])
+                .arg("--upload-file")
+                .arg(&msg)
+                .output()
+                .unwrap();
+            o.status.success().then_some(())
+        })
+    };
+    assert!(
+        submit(&format!("{a_onion}:587")).is_some(),
+        "never got through to {a_onion}"
+    );
+    let m = sink.wait_messages(1, Duration::from_secs(180));
+    println!(
+        "cascade: A -> B -> C -> sink over onion services in {:?}",
+        t0.elapsed()
+    );
+    // The same message straight through C, for comparison.
+    let c_smtp = net.add_onion(587, c.port);
+    assert!(submit(&format!("{c_smtp}:587")).is_some());
+    let both = sink.wait_messages(2, Duration::from_secs(120));
+    let (h1, b1) = m[0].split();
+    let (h2, b2) = both.iter().find(|x| x.time != m[0].time).unwrap().split();
+    assert_eq!(b1, b2);
+    assert!(b1.starts_with(b"through the dust cloud"));
+    let names = |h: &str| -> Vec<String> {
+        h.lines()
+            .filter(|l| !l.starts_with([' ', '\t']))
+            .filter_map(|l| l.split_once(':').map(|(n, _)| n.to_ascii_lowercase()))
+            .collect()
+    };
+    assert_eq!(names(&h1), names(&h2), "{h1}\n---\n{h2}");
+    assert_eq!(h1.matches("Message-ID:").count(), 1, "{h1}");
+    for (name, mote, outputs) in [("A", &a, 1), ("B", &b, 1), ("C", &c, 2)] {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-H", &format!("Authorization: Bearer {PASSWORD}")])
+            .arg(format!("http://127.0.0.1:{}/metrics", mote.http_port))
+            .output()
+            .unwrap();
+        let m = String::from_utf8_lossy(&out.stdout);
+        let value = |k: &str| -> u64 {
+            m.lines()
+                .find_map(|l| l.strip_prefix(k).and_then(|v| v.trim().parse().ok()))
+                .unwrap_or_else(|| panic!("{k} in {m}"))
+        };
+        // Every release is counted, retries too (one that found a peer's
+        // descriptor not yet published re-enters with a short backoff);
+        // the first release of each item came after its 2 s delay.
+        let releases = value("dustmote_mix_latency_seconds_count ");
+        let quick = value("dustmote_mix_latency_seconds_bucket{le=\"1.0\"} ");
+        assert!(releases - quick >= outputs, "{name}: {m}");
+        println!("cascade: {name} released {releases} times, {quick} of them retries under 1 s");
+    }
+}
+
 /// A download fetched through Tor (Arti) from nginx on 127.0.0.1.
 fn fetch_through_tor(net: &TorNet) {
     let nginx = common::origins::Nginx::start();
@@ -393,6 +530,7 @@ fn mail_through_a_private_tor_network() {
     arti_delivery(&net);
     mx_delivery_with_dns_through_tor(&net);
     onion_ingress_and_onion_mx(&net);
+    cascade_over_onion_services(&net);
     fetch_through_tor(&net);
     no_exit_for_port_25_is_a_clear_temporary_error(&net);
 }
