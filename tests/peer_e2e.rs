@@ -459,3 +459,33 @@ fn kill_9_during_hand_off_loses_nothing_and_duplicates_nothing() {
     assert_eq!(ids.len(), total, "lost messages");
     assert_eq!(got.len(), total, "duplicates from the link");
 }
+
+/// Each peer has its own rate: beyond its burst, 429 with Retry-After, and
+/// nothing stored.
+#[test]
+fn a_peer_beyond_its_rate_gets_429() {
+    let sink = Sink::start();
+    let mut cfg = config(&sink);
+    cfg.extra = format!(
+        "[[peers]]\nname = \"upstream\"\ntoken_hash = \"{}\"\nrate = \"1/min\"\nburst = 2\n",
+        password_hash()
+    );
+    let mote = Mote::start(&cfg);
+    let token = format!("upstream:{PASSWORD}");
+    for (i, want) in [201, 201, 429].into_iter().enumerate() {
+        let (status, v, head) = post(&mote, &token, &format!("{i:032x}"), "mail", &message("r"));
+        assert_eq!(status, want, "{v}");
+        if want == 429 {
+            assert_eq!(v["error"], "rate_limited", "{v}");
+            let retry: u64 = head
+                .lines()
+                .find_map(|l| l.strip_prefix("retry-after: "))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap();
+            assert!((1..=60).contains(&retry), "{retry}");
+        }
+    }
+    assert_eq!(mote.queue_counts(), Some((2, 0)));
+}

@@ -47,12 +47,23 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct PeerLimits {
     /// Largest item body accepted (413 beyond).
     pub max_item_bytes: usize,
+    /// Items per second accepted on average (429 beyond)…
+    pub rate_per_s: f64,
+    /// …with bursts of this many.
+    pub burst: u32,
+}
+
+/// A token bucket: `tokens` refill at the peer's rate up to its burst.
+struct Bucket {
+    tokens: f64,
+    at: std::time::Instant,
 }
 
 /// The peers allowed to hand items to this mote.
 pub struct Peers {
     verifier: Verifier,
     limits: HashMap<String, PeerLimits>,
+    buckets: parking_lot::Mutex<HashMap<String, Bucket>>,
 }
 
 impl std::fmt::Debug for Peers {
@@ -69,6 +80,27 @@ impl Peers {
         Self {
             verifier: Verifier::new(users),
             limits,
+            buckets: parking_lot::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Take one item from `peer`'s bucket: `Err(seconds)` until the next
+    /// item is allowed.
+    fn take(&self, peer: &str, limits: PeerLimits) -> Result<(), u64> {
+        let now = std::time::Instant::now();
+        let mut buckets = self.buckets.lock();
+        let b = buckets.entry(peer.to_string()).or_insert(Bucket {
+            tokens: f64::from(limits.burst),
+            at: now,
+        });
+        let refill = now.duration_since(b.at).as_secs_f64() * limits.rate_per_s;
+        b.tokens = (b.tokens + refill).min(f64::from(limits.burst));
+        b.at = now;
+        if b.tokens >= 1.0 {
+            b.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err(((1.0 - b.tokens) / limits.rate_per_s).ceil().max(1.0) as u64)
         }
     }
 
@@ -234,6 +266,16 @@ pub async fn receive<T: Transfer>(peers: &Peers, transfer: &T, req: Request<Inco
     let Some(limits) = peers.limits.get(&peer).copied() else {
         return Answer::err(StatusCode::UNAUTHORIZED, "unauthorized", "unknown peer");
     };
+    if let Err(wait_s) = peers.take(&peer, limits) {
+        return Answer {
+            retry_after_s: Some(wait_s),
+            ..Answer::err(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limited",
+                "this peer's item rate is exceeded; try again later",
+            )
+        };
+    }
     let id = req
         .headers()
         .get("dust-item-id")
@@ -458,6 +500,27 @@ fn parse_id(s: &str) -> Option<ItemId> {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_peers_bucket_allows_its_burst_then_its_rate() {
+        let limits = PeerLimits {
+            max_item_bytes: 1,
+            rate_per_s: 0.5,
+            burst: 3,
+        };
+        let peers = Peers::new(Users::default(), HashMap::new());
+        for _ in 0..3 {
+            assert_eq!(peers.take("a", limits), Ok(()));
+        }
+        // Empty: the next item in 2 s (rate 0.5/s); another peer is not
+        // affected.
+        assert_eq!(peers.take("a", limits), Err(2));
+        assert_eq!(peers.take("b", limits), Ok(()));
+        // Two seconds later, one more.
+        peers.buckets.lock().get_mut("a").unwrap().at -= Duration::from_secs(2);
+        assert_eq!(peers.take("a", limits), Ok(()));
+        assert!(peers.take("a", limits).is_err());
+    }
 
     #[test]
     fn ids_are_32_hex_digits() {

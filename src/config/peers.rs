@@ -7,7 +7,7 @@ use dust_proxies::auth::Users;
 use dust_proxies::peer::{PeerLimits, PeerTarget, Peers};
 use serde::Deserialize;
 
-use super::units::{split_host_port, users, Size};
+use super::units::{parse_rate, split_host_port, users, Size};
 use super::{invalid, Invalid};
 
 /// Default largest item from a peer: a message at the default SMTP limit
@@ -37,7 +37,19 @@ pub struct Peer {
     /// Largest item accepted from the peer.
     #[serde(default)]
     pub max_item_bytes: Option<Size>,
+    /// Items accepted from the peer on average, e.g. "600/min" (429 beyond).
+    #[serde(default)]
+    pub rate: Option<String>,
+    /// Items accepted at once before `rate` applies.
+    #[serde(default)]
+    pub burst: Option<u32>,
 }
+
+/// Default rate from a peer: a successor taking over a full queue at the
+/// drain point should not be throttled much, a stranger with a stolen token
+/// should not fill the disk in a minute.
+const DEFAULT_RATE_PER_S: f64 = 100.0;
+const DEFAULT_BURST: u32 = 1000;
 
 /// Where to send to the peer `name` (it needs `url` and `token`).
 pub fn target(peers: &[Peer], name: &str) -> Result<PeerTarget, String> {
@@ -134,12 +146,22 @@ pub fn check(peers: &[Peer]) -> Result<Peers, Invalid> {
         if max == 0 {
             return Err(invalid("peers.max_item_bytes", "must be at least 1"));
         }
+        let rate_per_s = match &p.rate {
+            Some(r) => parse_rate(r).map_err(|e| invalid("peers.rate", e.to_string()))?,
+            None => DEFAULT_RATE_PER_S,
+        };
+        let burst = p.burst.unwrap_or(DEFAULT_BURST);
+        if burst == 0 {
+            return Err(invalid("peers.burst", "must be at least 1"));
+        }
         if let Some(h) = &p.token_hash {
             hashes.push((&p.name, h));
             limits.insert(
                 p.name.clone(),
                 PeerLimits {
                     max_item_bytes: usize::try_from(max).unwrap_or(usize::MAX),
+                    rate_per_s,
+                    burst,
                 },
             );
         }
@@ -178,6 +200,8 @@ mod tests {
             ("[[peers]]\nname = \"a\"\n".to_string(), "peers.token_hash"),
             ("[[peers]]\nname = \"a\"\ntoken_hash = \"not a hash\"\n".to_string(), "peers.token_hash"),
             (format!("[[peers]]\nname = \"a\"\ntoken_hash = \"{HASH}\"\nmax_item_bytes = 0\n"), "peers.max_item_bytes"),
+            (format!("[[peers]]\nname = \"a\"\ntoken_hash = \"{HASH}\"\nrate = \"fast\"\n"), "peers.rate"),
+            (format!("[[peers]]\nname = \"a\"\ntoken_hash = \"{HASH}\"\nburst = 0\n"), "peers.burst"),
         ] {
             assert_eq!(key_of(&text), key, "{text}");
         }
