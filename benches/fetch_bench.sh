@@ -14,19 +14,9 @@
 set -euo pipefail
 SIZE_MIB=${1:-1024}
 root=$(cd "$(dirname "$0")/.." && pwd)
-work=$(mktemp -d /tmp/dustmote-fetchbench.XXXXXX)
-# The mote keeps its sealing key in memory (a tmpfs), as in production.
-keys=$(mktemp -d /dev/shm/dustmote-keys.XXXXXX)
-export RUNTIME_DIRECTORY="$keys"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    sleep 0.3
-    rm -rf "$work" "$keys"
-}
-trap cleanup EXIT
 # shellcheck source=benches/lib.sh
 . "$root/benches/lib.sh"
+bench_setup fetchbench
 now() { date +%s.%N; }
 
 build_release

@@ -20,19 +20,9 @@ ROUNDS=${2:-3}
 SIZE=2048
 DELAY_S=15
 root=$(cd "$(dirname "$0")/.." && pwd)
-work=$(mktemp -d /tmp/dustmote-handoff.XXXXXX)
-keys=$(mktemp -d /dev/shm/dustmote-keys.XXXXXX)
-export RUNTIME_DIRECTORY="$keys"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    sleep 0.5
-    rm -rf "$work" "$keys"
-}
-trap cleanup EXIT
-
 # shellcheck source=benches/lib.sh
 . "$root/benches/lib.sh"
+bench_setup handoff
 build_release
 
 SECRET=handoff-bench-secret

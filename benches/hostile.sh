@@ -12,18 +12,9 @@
 set -euo pipefail
 SECONDS_PER_PHASE=${1:-15}
 root=$(cd "$(dirname "$0")/.." && pwd)
-work=$(mktemp -d /tmp/dustmote-hostile.XXXXXX)
-# The mote keeps its sealing key in memory (a tmpfs), as in production.
-keys=$(mktemp -d /dev/shm/dustmote-keys.XXXXXX)
-export RUNTIME_DIRECTORY="$keys"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    rm -rf "$work" "$keys"
-}
-trap cleanup EXIT
 # shellcheck source=benches/lib.sh
 . "$root/benches/lib.sh"
+bench_setup hostile
 
 build_release
 PASSWORD=hostile-bench-password

@@ -19,3 +19,23 @@ build_release() {
     cargo build --release -q --manifest-path "$root/Cargo.toml"
     BIN="$root/target/release/dustmote"
 }
+
+# The scratch space of a benchmark run: $work (a directory under /tmp named
+# after $1), $keys (a tmpfs directory: the mote keeps its sealing key in
+# memory, as in production; exported as RUNTIME_DIRECTORY), and $pids, the
+# processes to kill at exit. A script may define `bench_stop` for more to
+# do at exit (it runs after the kills, before the directories go).
+bench_setup() {
+    work=$(mktemp -d "/tmp/dustmote-$1.XXXXXX")
+    keys=$(mktemp -d /dev/shm/dustmote-keys.XXXXXX)
+    export RUNTIME_DIRECTORY="$keys"
+    pids=()
+    trap bench_cleanup EXIT
+}
+
+bench_cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    if declare -F bench_stop >/dev/null; then bench_stop; fi
+    sleep 0.5
+    rm -rf "$work" "$keys"
+}

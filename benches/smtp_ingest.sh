@@ -18,25 +18,15 @@ ROUNDS=${2:-3}
 SESSIONS=10
 SIZE=2048
 root=$(cd "$(dirname "$0")/.." && pwd)
-work=$(mktemp -d /tmp/dustmote-bench.XXXXXX)
-# The mote keeps its sealing key in memory (a tmpfs), as in production.
-keys=$(mktemp -d /dev/shm/dustmote-keys.XXXXXX)
-export RUNTIME_DIRECTORY="$keys"
-chmod 755 "$work"
-pids=()
-pf="$work/postfix"
-pf_started=0
-
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    if [ "$pf_started" = 1 ]; then postfix -c "$pf/etc" stop >/dev/null 2>&1 || true; fi
-    sleep 0.5
-    rm -rf "$work" "$keys"
-}
-trap cleanup EXIT
-
 # shellcheck source=benches/lib.sh
 . "$root/benches/lib.sh"
+bench_setup bench
+chmod 755 "$work"
+pf="$work/postfix"
+pf_started=0
+bench_stop() {
+    if [ "$pf_started" = 1 ]; then postfix -c "$pf/etc" stop >/dev/null 2>&1 || true; fi
+}
 
 build_release
 

@@ -11,7 +11,7 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{password_hash, Mote, MoteConfig, Sink, PASSWORD};
+use common::{header_names, metric, password_hash, retry_after, Mote, MoteConfig, Sink, PASSWORD};
 use dust_proxies::mail::StoredMail;
 
 /// (status, JSON body, headers) of a POST to the peer endpoint.
@@ -236,30 +236,6 @@ fn without_peers_the_endpoint_does_not_exist() {
     );
 }
 
-/// `/metrics` of a mote (as its operator).
-fn metrics(mote: &Mote) -> String {
-    let out = Command::new("curl")
-        .args(["-s", "-H", &format!("Authorization: Bearer {PASSWORD}")])
-        .arg(format!("http://127.0.0.1:{}/metrics", mote.http_port))
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn metric(text: &str, name: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
-        .unwrap_or_else(|| panic!("{name} not in {text}"))
-}
-
-fn header_names(header: &str) -> Vec<String> {
-    header
-        .lines()
-        .filter(|l| !l.starts_with([' ', '\t']))
-        .filter_map(|l| l.split_once(':').map(|(n, _)| n.to_ascii_lowercase()))
-        .collect()
-}
-
 /// A cascade on loopback (direct mode; the same over onion services is the
 /// tornet test to come): A → B → C → sink. The message leaves C as a
 /// direct one through C would (same body, same sanitized header fields, one
@@ -296,33 +272,25 @@ fn mail_through_a_cascade_of_three_motes_leaves_like_a_direct_message() {
     ca.extra = send_to("b", "a", b.http_port);
     let a = Mote::start(&ca);
 
-    let (ok, t) = common::swaks_auth(
-        a.port,
-        PASSWORD,
-        &[
-            "--to",
-            "bob@example.net",
-            "--header",
-            "Subject: through three motes",
-            "--body",
-            "cascaded body",
-        ],
-    );
-    assert!(ok, "{t}");
+    // The same message into A (the cascade), then straight into C.
+    let submit = |port: u16| {
+        let (ok, t) = common::swaks_auth(
+            port,
+            PASSWORD,
+            &[
+                "--to",
+                "bob@example.net",
+                "--header",
+                "Subject: through three motes",
+                "--body",
+                "cascaded body",
+            ],
+        );
+        assert!(ok, "{t}");
+    };
+    submit(a.port);
     let got = sink.wait_messages(1, Duration::from_secs(60));
-    let (ok, t) = common::swaks_auth(
-        c.port,
-        PASSWORD,
-        &[
-            "--to",
-            "bob@example.net",
-            "--header",
-            "Subject: through three motes",
-            "--body",
-            "cascaded body",
-        ],
-    );
-    assert!(ok, "{t}");
+    submit(c.port);
     let got2 = sink.wait_messages(2, Duration::from_secs(60));
     let direct = got2.iter().find(|m| m.time != got[0].time).unwrap();
     let (h_cascade, b_cascade) = got[0].split();
@@ -339,7 +307,7 @@ fn mail_through_a_cascade_of_three_motes_leaves_like_a_direct_message() {
     assert_eq!(got[0].rcpt_tos, ["bob@example.net"]);
 
     for (name, mote, outputs) in [("a", &a, 1), ("b", &b, 1), ("c", &c, 2)] {
-        let m = metrics(mote);
+        let m = mote.metrics();
         assert_eq!(
             metric(&m, "dustmote_mix_latency_seconds_count "),
             outputs,
@@ -477,13 +445,7 @@ fn a_peer_beyond_its_rate_gets_429() {
         assert_eq!(status, want, "{v}");
         if want == 429 {
             assert_eq!(v["error"], "rate_limited", "{v}");
-            let retry: u64 = head
-                .lines()
-                .find_map(|l| l.strip_prefix("retry-after: "))
-                .unwrap()
-                .trim()
-                .parse()
-                .unwrap();
+            let retry = retry_after(&head);
             assert!((1..=60).contains(&retry), "{retry}");
         }
     }

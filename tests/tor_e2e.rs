@@ -231,6 +231,30 @@ fn mx_delivery_with_dns_through_tor(net: &TorNet) {
     );
 }
 
+/// curl's SMTP client submits `msg` as the test user to `host_port` through
+/// the client tor; retried while the onion descriptor is being published
+/// (bounded: 2 minutes). Whether it got through.
+fn submit_over_tor(net: &TorNet, host_port: &str, rcpt: &str, msg: &std::path::Path) -> bool {
+    wait_for(Duration::from_secs(120), || {
+        let o = std::process::Command::new("curl")
+            .args(["-sS", "--max-time", "30", "--socks5-hostname", &net.socks()])
+            .arg(format!("smtp://{host_port}"))
+            .args(["--mail-from", "a@example.org", "--mail-rcpt", rcpt])
+            .args([
+                "--user",
+                &format!("{USER}:{PASSWORD}"),
+                "--login-options",
+                "AUTH=PLAIN",
+            ])
+            .arg("--upload-file")
+            .arg(msg)
+            .output()
+            .unwrap();
+        o.status.success().then_some(())
+    })
+    .is_some()
+}
+
 /// The user side: a real client (curl's SMTP) submits to the mote through
 /// the mote's onion address, published by the client tor; and a mote in
 /// `mx` mode delivers to an onion MX from its `onion_mx` map.
@@ -253,30 +277,10 @@ fn onion_ingress_and_onion_mx(net: &TorNet) {
     )
     .unwrap();
     let t0 = Instant::now();
-    // The descriptor takes a few seconds to be published: retry, bounded.
-    let out = wait_for(Duration::from_secs(120), || {
-        let o = std::process::Command::new("curl")
-            .args(["-sS", "--max-time", "30", "--socks5-hostname", &net.socks()])
-            .arg(format!("smtp://{mote_onion}:25"))
-            .args([
-                "--mail-from",
-                "a@example.org",
-                "--mail-rcpt",
-                "eve@hidden.test",
-            ])
-            .args([
-                "--user",
-                &format!("{USER}:{PASSWORD}"),
-                "--login-options",
-                "AUTH=PLAIN",
-            ])
-            .arg("--upload-file")
-            .arg(&msg)
-            .output()
-            .unwrap();
-        o.status.success().then_some(o)
-    });
-    assert!(out.is_some(), "curl never got through to {mote_onion}");
+    assert!(
+        submit_over_tor(net, &format!("{mote_onion}:25"), "eve@hidden.test", &msg),
+        "curl never got through to {mote_onion}"
+    );
     println!(
         "onion: submitted through {mote_onion} after {:?}",
         t0.elapsed()
@@ -356,32 +360,8 @@ fn cascade_over_onion_services(net: &TorNet) {
     )
     .unwrap();
     let t0 = Instant::now();
-    let submit = |port_or_onion: &str| {
-        wait_for(Duration::from_secs(120), || {
-            let o = std::process::Command::new("curl")
-                .args(["-sS", "--max-time", "30", "--socks5-hostname", &net.socks()])
-                .arg(format!("smtp://{port_or_onion}"))
-                .args([
-                    "--mail-from",
-                    "a@example.org",
-                    "--mail-rcpt",
-                    "bob@example.net",
-                ])
-                .args([
-                    "--user",
-                    &format!("{USER}:{PASSWORD}"),
-                    "--login-options",
-                    "AUTH=PLAIN",
-                ])
-                .arg("--upload-file")
-                .arg(&msg)
-                .output()
-                .unwrap();
-            o.status.success().then_some(())
-        })
-    };
     assert!(
-        submit(&format!("{a_onion}:587")).is_some(),
+        submit_over_tor(net, &format!("{a_onion}:587"), "bob@example.net", &msg),
         "never got through to {a_onion}"
     );
     let m = sink.wait_messages(1, Duration::from_secs(180));
@@ -391,32 +371,22 @@ fn cascade_over_onion_services(net: &TorNet) {
     );
     // The same message straight through C, for comparison.
     let c_smtp = net.add_onion(587, c.port);
-    assert!(submit(&format!("{c_smtp}:587")).is_some());
+    assert!(submit_over_tor(
+        net,
+        &format!("{c_smtp}:587"),
+        "bob@example.net",
+        &msg
+    ));
     let both = sink.wait_messages(2, Duration::from_secs(120));
     let (h1, b1) = m[0].split();
     let (h2, b2) = both.iter().find(|x| x.time != m[0].time).unwrap().split();
     assert_eq!(b1, b2);
     assert!(b1.starts_with(b"through the dust cloud"));
-    let names = |h: &str| -> Vec<String> {
-        h.lines()
-            .filter(|l| !l.starts_with([' ', '\t']))
-            .filter_map(|l| l.split_once(':').map(|(n, _)| n.to_ascii_lowercase()))
-            .collect()
-    };
-    assert_eq!(names(&h1), names(&h2), "{h1}\n---\n{h2}");
+    assert_eq!(header_names(&h1), header_names(&h2), "{h1}\n---\n{h2}");
     assert_eq!(h1.matches("Message-ID:").count(), 1, "{h1}");
     for (name, mote, outputs) in [("A", &a, 1), ("B", &b, 1), ("C", &c, 2)] {
-        let out = std::process::Command::new("curl")
-            .args(["-s", "-H", &format!("Authorization: Bearer {PASSWORD}")])
-            .arg(format!("http://127.0.0.1:{}/metrics", mote.http_port))
-            .output()
-            .unwrap();
-        let m = String::from_utf8_lossy(&out.stdout);
-        let value = |k: &str| -> u64 {
-            m.lines()
-                .find_map(|l| l.strip_prefix(k).and_then(|v| v.trim().parse().ok()))
-                .unwrap_or_else(|| panic!("{k} in {m}"))
-        };
+        let m = mote.metrics();
+        let value = |prefix: &str| metric(&m, prefix);
         // Every release is counted, retries too (one that found a peer's
         // descriptor not yet published re-enters with a short backoff);
         // the first release of each item came after its 2 s delay.

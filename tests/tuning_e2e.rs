@@ -156,13 +156,7 @@ fn a_mote_refuses_near_its_end_and_exits_at_expiry_and_stays_expired() {
         .unwrap();
     let resp = String::from_utf8_lossy(&out.stdout).to_lowercase();
     assert!(resp.starts_with("http/1.1 503"), "{resp}");
-    let retry: u64 = resp
-        .lines()
-        .find_map(|l| l.strip_prefix("retry-after: "))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
+    let retry = retry_after(&resp);
     assert!((1..=15).contains(&retry), "Retry-After {retry}");
     assert!(resp.contains("\"error\":\"expiring\""), "{resp}");
 
@@ -203,16 +197,7 @@ fn metrics_and_status_show_the_mix() {
         submit(mote.port, "m@example.net", &format!("metrics {i}"));
     }
     sink.wait_messages(3, Duration::from_secs(30));
-    let out = Command::new("curl")
-        .args([
-            "-s",
-            "-H",
-            &format!("Authorization: Bearer {PASSWORD}"),
-            &format!("http://127.0.0.1:{}/metrics", mote.http_port),
-        ])
-        .output()
-        .unwrap();
-    let m = String::from_utf8_lossy(&out.stdout).into_owned();
+    let m = mote.metrics();
     let value = |name: &str| -> f64 {
         m.lines()
             .find_map(|l| l.strip_prefix(&format!("{name} ")))

@@ -425,9 +425,8 @@ impl Store {
     /// first, and a crash between the two writes leaves a queued item without
     /// a schedule entry, which `recover` repairs at the next open.
     fn put(&self, item: &Item) -> Result<()> {
-        let key = schedule_key(item.release_ms, &item.id);
         self.insert_item(item, "writing an item")?;
-        self.insert_schedule(key, "writing a schedule entry")
+        self.schedule_item(item)
     }
 
     /// Store a new item and return once it is on disk (fsynced).

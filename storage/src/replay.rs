@@ -85,31 +85,7 @@ impl Store {
         now_ms: u64,
         expires_ms: u64,
     ) -> Result<bool> {
-        let r = &self.replay;
-        let key = r.keyed(digest);
-        let new = {
-            let mut since_prune = r.lock.lock();
-            if *since_prune >= PRUNE_EVERY {
-                r.prune(now_ms)?;
-                *since_prune = 0;
-            }
-            let seen = r
-                .tree
-                .get(key)
-                .map_err(db_err("reading a replay digest"))?
-                .is_some_and(|v| expiry(&v) > now_ms);
-            if !seen {
-                self.space.check(item.payload.len() as u64)?;
-                *since_prune += 1;
-                self.put(item)?;
-                r.tree
-                    .insert(key, &expires_ms.to_be_bytes())
-                    .map_err(db_err("writing a replay digest"))?;
-            }
-            !seen
-        };
-        self.flusher.sync_blocking()?;
-        Ok(new)
+        self.admit_once_blocking(item, digest, now_ms, expires_ms, false)
     }
 
     /// Like [`admit_unique_blocking`](Self::admit_unique_blocking), but
@@ -126,12 +102,27 @@ impl Store {
         now_ms: u64,
         expires_ms: u64,
     ) -> Result<bool> {
-        use sled::transaction::{ConflictableTransactionError, TransactionError};
-        use sled::Transactional;
+        self.admit_once_blocking(item, digest, now_ms, expires_ms, true)
+    }
+
+    /// Both of the above: check the digest, write item and digest (in one
+    /// transaction if `exact`), flush.
+    fn admit_once_blocking(
+        &self,
+        item: &Item,
+        digest: &[u8],
+        now_ms: u64,
+        expires_ms: u64,
+        exact: bool,
+    ) -> Result<bool> {
         let r = &self.replay;
         let key = r.keyed(digest);
         let new = {
-            let _serial = r.lock.lock();
+            let mut since_prune = r.lock.lock();
+            if *since_prune >= PRUNE_EVERY {
+                r.prune(now_ms)?;
+                *since_prune = 0;
+            }
             let seen = r
                 .tree
                 .get(key)
@@ -139,27 +130,41 @@ impl Store {
                 .is_some_and(|v| expiry(&v) > now_ms);
             if !seen {
                 self.space.check(item.payload.len() as u64)?;
-                let value = item.encode(&self.sealer);
-                (&self.items, &r.tree)
-                    .transaction(|(items, digests)| {
-                        items.insert(&item.id.0, value.as_slice())?;
-                        digests.insert(&key, &expires_ms.to_be_bytes())?;
-                        Ok::<_, ConflictableTransactionError<()>>(())
-                    })
-                    .map_err(|e| match e {
-                        TransactionError::Storage(e) => db_err("writing an item and its digest")(e),
-                        TransactionError::Abort(()) => unreachable_abort(),
-                    })?;
-                self.counted_new_item();
-                // The schedule entry after the transaction: a crash before
-                // it leaves a queued item without one, which recovery at
-                // the next open repairs (as for every admission).
-                self.schedule_item(item)?;
+                *since_prune += 1;
+                if exact {
+                    self.put_with_digest(item, &key, expires_ms)?;
+                } else {
+                    self.put(item)?;
+                    r.tree
+                        .insert(key, &expires_ms.to_be_bytes())
+                        .map_err(db_err("writing a replay digest"))?;
+                }
             }
             !seen
         };
         self.flusher.sync_blocking()?;
         Ok(new)
+    }
+
+    /// The item and its digest in one transaction, then its schedule
+    /// entry: a crash before that leaves a queued item without one, which
+    /// recovery at the next open repairs (as for every admission).
+    fn put_with_digest(&self, item: &Item, key: &[u8; 32], expires_ms: u64) -> Result<()> {
+        use sled::transaction::{ConflictableTransactionError, TransactionError};
+        use sled::Transactional;
+        let value = item.encode(&self.sealer);
+        (&self.items, &self.replay.tree)
+            .transaction(|(items, digests)| {
+                items.insert(&item.id.0, value.as_slice())?;
+                digests.insert(key, &expires_ms.to_be_bytes())?;
+                Ok::<_, ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e| match e {
+                TransactionError::Storage(e) => db_err("writing an item and its digest")(e),
+                TransactionError::Abort(()) => unreachable_abort(),
+            })?;
+        self.counted_new_item();
+        self.schedule_item(item)
     }
 
     /// Replay digests kept now (expired ones not yet pruned included).

@@ -546,18 +546,28 @@ delivery_grace = "2s"
             .unwrap()
     }
 
-    /// `GET /status` of the HTTP API as the operator, parsed.
-    pub fn status_json(&self) -> serde_json::Value {
-        let out = Command::new("curl")
+    /// `GET path` of the HTTP API as the operator: the body.
+    fn operator_get(&self, path: &str) -> Vec<u8> {
+        Command::new("curl")
             .args([
                 "-s",
                 "-H",
                 &format!("Authorization: Bearer {PASSWORD}"),
-                &format!("http://127.0.0.1:{}/status", self.http_port),
+                &format!("http://127.0.0.1:{}{path}", self.http_port),
             ])
             .output()
-            .unwrap();
-        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+            .unwrap()
+            .stdout
+    }
+
+    /// `GET /status` of the HTTP API as the operator, parsed.
+    pub fn status_json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.operator_get("/status")).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// `GET /metrics` of the HTTP API as the operator.
+    pub fn metrics(&self) -> String {
+        String::from_utf8_lossy(&self.operator_get("/metrics")).into_owned()
     }
 
     pub fn queue(&self, args: &[&str]) -> Output {
@@ -781,4 +791,31 @@ pub fn make_certs(dir: &std::path::Path) -> (String, String, String) {
     ]);
     let p = |f: &str| dir.join(f).display().to_string();
     (p("ca.pem"), p("srv.pem"), p("srv.key"))
+}
+
+/// The value of the sample whose line starts with `prefix` (name and
+/// labels, then a space) in an OpenMetrics text.
+pub fn metric(text: &str, prefix: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(prefix).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("{prefix} not in {text}"))
+}
+
+/// The field names of a message header, in order, lower case.
+pub fn header_names(header: &str) -> Vec<String> {
+    header
+        .lines()
+        .filter(|l| !l.starts_with([' ', '\t']))
+        .filter_map(|l| l.split_once(':').map(|(n, _)| n.to_ascii_lowercase()))
+        .collect()
+}
+
+/// The `Retry-After` seconds in a response head written in lower case.
+pub fn retry_after(head: &str) -> u64 {
+    head.lines()
+        .find_map(|l| l.strip_prefix("retry-after: "))
+        .unwrap_or_else(|| panic!("no Retry-After in {head}"))
+        .trim()
+        .parse()
+        .unwrap()
 }
