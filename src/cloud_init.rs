@@ -221,11 +221,7 @@ fn users(specs: &[String]) -> anyhow::Result<Vec<User>> {
             Some((n, h)) => (n, Some(h)),
             None => (spec.as_str(), None),
         };
-        if name.is_empty()
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        {
+        if !crate::config::units::plain_name(name) {
             bail!("--user {spec:?}: a name is letters, digits, '-', '_' or '.'");
         }
         if out.iter().any(|u| u.name == name) {

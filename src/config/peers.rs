@@ -7,7 +7,7 @@ use dust_proxies::auth::Users;
 use dust_proxies::peer::{PeerLimits, PeerTarget, Peers};
 use serde::Deserialize;
 
-use super::units::{parse_rate, split_host_port, users, Size};
+use super::units::{parse_rate, plain_name, split_host_port, users, Size};
 use super::{invalid, Invalid};
 
 /// Default largest item from a peer: a message at the default SMTP limit
@@ -81,12 +81,7 @@ pub fn check(peers: &[Peer]) -> Result<Peers, Invalid> {
     let mut limits = HashMap::new();
     let mut hashes = Vec::new();
     for p in peers {
-        if p.name.is_empty()
-            || !p
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        {
+        if !plain_name(&p.name) {
             return Err(invalid(
                 "peers.name",
                 format!("{:?}: letters, digits, '-', '_' or '.'", p.name),

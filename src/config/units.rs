@@ -103,6 +103,14 @@ pub fn read_ca(path: Option<&Path>) -> Result<Option<Vec<u8>>, String> {
     Ok(Some(pem))
 }
 
+/// A name for a user or a peer: letters, digits, '-', '_' or '.' (safe in
+/// a `NAME:TOKEN` credential, a log line and a shell), not empty.
+pub fn plain_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
 /// Users from (name, argon2 PHC string) pairs; a bad hash is reported
 /// under `key`.
 pub fn users<'a>(
