@@ -170,6 +170,15 @@ fn unavailable(e: &dyn std::fmt::Display) -> Resp {
     error(StatusCode::SERVICE_UNAVAILABLE, "storage", &e.to_string())
 }
 
+/// The token of an `Authorization: Bearer …` header (users and peers).
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
 fn parse_id(s: &str) -> Option<ItemId> {
     s.parse().ok()
 }
@@ -378,12 +387,7 @@ impl<S: Schedule> Api<S> {
                 "a valid bearer token is required (NAME:TOKEN, or TOKEN on a one-user mote)",
             )
         };
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim)
-            .ok_or_else(unauthorized)?;
+        let token = bearer(headers).ok_or_else(unauthorized)?;
         let users = self.verifier.users();
         let (name, secret) = match (token.split_once(':'), users.only()) {
             (Some((name, secret)), _) => (name, secret),

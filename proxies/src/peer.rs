@@ -213,12 +213,7 @@ async fn authenticate(peers: &Peers, headers: &HeaderMap) -> Result<String, Answ
             "a peer's bearer token is required (NAME:TOKEN)",
         )
     };
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .ok_or_else(unauthorized)?;
+    let token = crate::http::bearer(headers).ok_or_else(unauthorized)?;
     let (name, secret) = token.split_once(':').ok_or_else(unauthorized)?;
     match peers.verifier.verify(name, secret.as_bytes()).await {
         Verdict::Ok => Ok(name.to_string()),
