@@ -347,6 +347,16 @@ pub fn status(config: Option<&Path>) -> anyhow::Result<()> {
         m.outputs,
         m.p_unmixed * 100.0,
     ));
+    if let Some(h) = &s.hop {
+        out.push_str(&format!(
+            "hop:       {} at {} to {} ({} handed off, {} released here instead)\n",
+            h.state,
+            h.hop_at,
+            h.successor.as_deref().unwrap_or("(no successor named)"),
+            h.handed_off,
+            h.fallbacks,
+        ));
+    }
     if let Some(le) = m.median_bound() {
         let median = if le.is_finite() {
             humantime::format_duration(Duration::from_secs_f64(le)).to_string()

@@ -13,10 +13,12 @@ use dust_mixer::{Deliver, DeliveryError, Item, ItemKind, Lifetime, Mixer, Outcom
 use dust_proxies::delivery::MailDelivery;
 use dust_proxies::fetch::Fetcher;
 use dust_proxies::job::FetchCounts;
+use dust_proxies::peer::PeerTarget;
 use dust_proxies::smtp::Server;
-use dust_proxies::status::{Executable, Status, StatusFn};
+use dust_proxies::status::{Executable, HopStatus, Status, StatusFn};
 use dust_proxies::tor::{arti_config, install_crypto_provider, Arti, Connector, Direct, Socks5};
 use dust_storage::Store;
+use std::sync::Mutex as StdMutex;
 use tokio::sync::watch;
 
 use crate::config::{self, Checked, TorMode};
@@ -41,7 +43,25 @@ pub struct Egress {
     /// `None`: no `[delivery.mail]`, mail stays queued.
     mail: Option<MailDelivery>,
     fetch: Fetcher,
+    /// Hop at drain: where the queue goes (`[mote] successor`, replaced by
+    /// `dustmote reload`).
+    successor: Arc<StdMutex<Option<PeerTarget>>>,
+    connector: Arc<dyn Connector>,
+    /// One Tor circuit for the whole hand-off: the successor learns that
+    /// the items come from one mote anyway (it is that mote's successor),
+    /// and a circuit per item would make a 10,000-item hand-off take hours.
+    hop_isolation: u64,
 }
+
+/// The successor (a poisoned lock only means a panic elsewhere while it
+/// was replaced; the value is still whole).
+fn lock(s: &StdMutex<Option<PeerTarget>>) -> std::sync::MutexGuard<'_, Option<PeerTarget>> {
+    s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// How long one hand-off to the successor may take (connect, send, the
+/// successor's fsync).
+const HAND_OFF_TIMEOUT: Duration = Duration::from_secs(120);
 
 impl Deliver for Egress {
     async fn deliver(&self, item: &Item) -> Result<Outcome, DeliveryError> {
@@ -52,6 +72,40 @@ impl Deliver for Egress {
             Some(m) => m.deliver(item).await,
             None => Err(DeliveryError::config("no [delivery.mail] configured")),
         }
+    }
+
+    fn has_successor(&self) -> bool {
+        lock(&self.successor).is_some()
+    }
+
+    async fn hand_off(&self, item: &Item) -> Result<(), DeliveryError> {
+        let Some(peer) = lock(&self.successor).clone() else {
+            return Err(DeliveryError::temporary("no successor named"));
+        };
+        let kind = if item.kind == ItemKind::Mail as u8 {
+            ItemKind::Mail
+        } else {
+            // The fetcher releases it here before the end instead.
+            return Err(DeliveryError::permanent(
+                "downloads are not handed to a successor yet",
+            ));
+        };
+        let send = dust_proxies::peer::send(
+            &*self.connector,
+            &peer,
+            self.hop_isolation,
+            &item.id,
+            kind,
+            item.payload.clone(),
+        );
+        tokio::time::timeout(HAND_OFF_TIMEOUT, send)
+            .await
+            .unwrap_or_else(|_| {
+                Err(DeliveryError::temporary(format!(
+                    "hand-off to {} timed out",
+                    peer.name
+                )))
+            })
     }
 }
 
@@ -175,8 +229,31 @@ fn status_source(
     mixer: MoteMixer,
     expires_at: Option<String>,
     executable: Arc<std::sync::OnceLock<Executable>>,
+    successor: Arc<StdMutex<Option<PeerTarget>>>,
 ) -> StatusFn {
     Arc::new(move || {
+        let cfg = mixer.config();
+        let hop = cfg.hop_point().zip(cfg.lifetime).map(|(at, l)| {
+            let now = SystemTime::now();
+            let successor = lock(&successor).as_ref().map(|s| s.name.clone());
+            let state = if now >= l.last_release() {
+                "over"
+            } else if now < at {
+                "waiting"
+            } else if successor.is_some() {
+                "handing_off"
+            } else {
+                "no_successor"
+            };
+            let m = mixer.metrics();
+            HopStatus {
+                successor,
+                hop_at: humantime::format_rfc3339_seconds(at).to_string(),
+                state: state.into(),
+                handed_off: m.handed_off,
+                fallbacks: m.hop_fallbacks,
+            }
+        });
         Ok(Status {
             executable: executable.get().cloned().unwrap_or_else(|| Executable {
                 version: env!("CARGO_PKG_VERSION").to_string(),
@@ -187,6 +264,7 @@ fn status_source(
             transport: connector.status(),
             mix: mixer.status(),
             fetches: FetchCounts::count(&store),
+            hop,
         })
     })
 }
@@ -197,19 +275,29 @@ fn reloader(
     mixer: MoteMixer,
     store: Arc<Store>,
     sanitize: dust_proxies::mail::SanitizeOptions,
+    successor: Arc<StdMutex<Option<PeerTarget>>>,
 ) -> control::ReloadFn {
     Arc::new(move || {
         let checked = config::load(config_path.as_deref())?;
+        // The successor first: the reconfiguration wakes the mixer, which
+        // then sees it (a successor named after the hop point takes the
+        // queue at once).
+        let named = checked.successor.as_ref().map(|s| s.name.clone());
+        *lock(&successor) = checked.successor;
         mixer.reconfigure(checked.mixer)?;
         if let Some(targets) = checked.cover {
             mixer.set_cover_source(cover::source(targets, Arc::clone(&store), sanitize));
         }
         tracing::info!("mixer settings reloaded");
-        Ok(
-            "mixer settings reloaded ([mixer] and [fetch] delay); items already scheduled \
-             keep their times; other sections apply at the next start"
-                .into(),
-        )
+        let successor = match named {
+            Some(n) => format!("; successor: {n}"),
+            None => String::new(),
+        };
+        Ok(format!(
+            "mixer settings reloaded ([mixer], [fetch] delay, [mote] hop, hop_window and \
+             successor{successor}); items already scheduled keep their times; other sections \
+             apply at the next start"
+        ))
     })
 }
 
@@ -225,6 +313,7 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
         lifetime_from_first_start,
         cover: cover_targets,
         peers,
+        successor,
         ..
     } = checked;
     let dir = config.storage.dir.clone();
@@ -270,10 +359,14 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
         .await
         .with_context(|| format!("listening on {}", config.http.listen))?;
     let connector = connector(&config)?;
+    let successor = Arc::new(StdMutex::new(successor));
     let egress = Egress {
         mail: route
             .map(|(r, timeout)| MailDelivery::with_route(Arc::clone(&connector), r, timeout)),
         fetch: Fetcher::new(Arc::clone(&store), Arc::clone(&connector), fetch),
+        successor: Arc::clone(&successor),
+        connector: Arc::clone(&connector),
+        hop_isolation: rand::random(),
     };
     let mixer = Mixer::start(
         TokioRt::current(),
@@ -292,12 +385,14 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
         mixer.clone(),
         expires_at,
         executable(),
+        Arc::clone(&successor),
     );
     let reload = reloader(
         config_path,
         mixer.clone(),
         Arc::clone(&store),
         smtp.sanitize,
+        Arc::clone(&successor),
     );
     let control = control::serve(
         control_listener,

@@ -55,6 +55,14 @@ impl Lifetime {
             .checked_sub(self.drain_margin)
             .unwrap_or(SystemTime::UNIX_EPOCH)
     }
+
+    /// When a hand-off to a successor begins: `window` before the last
+    /// release time, so that what fails to move can still be released.
+    pub fn hop_point(&self, window: Duration) -> SystemTime {
+        self.last_release()
+            .checked_sub(window)
+            .unwrap_or(SystemTime::UNIX_EPOCH)
+    }
 }
 
 /// Mixer settings (from `[mixer]` in the config).
@@ -78,6 +86,13 @@ pub struct MixerConfig {
     /// would not speed up a Tor-bound mote and would make a burst of releases
     /// visible as a burst of circuits.
     pub max_in_flight: usize,
+    /// Hop at drain: `hop_window` before the lifetime's last release time,
+    /// if the deliverer names a successor ([`Deliver::has_successor`](crate::Deliver::has_successor)),
+    /// every item still queued or held is handed to it instead of being
+    /// released here; an item that cannot be handed over after a few tries
+    /// is released here before the last release time, at a random moment.
+    /// `None`: no hopping (everything left is released at the drain point).
+    pub hop_window: Option<Duration>,
 }
 
 impl MixerConfig {
@@ -87,6 +102,11 @@ impl MixerConfig {
             Some(l) => t.min(l.last_release()),
             None => t,
         }
+    }
+
+    /// When the hand-off to a successor begins, if this mixer hops.
+    pub fn hop_point(&self) -> Option<SystemTime> {
+        Some(self.lifetime?.hop_point(self.hop_window?))
     }
 
     /// The delay distribution of items of `kind`.
@@ -131,6 +151,7 @@ impl Default for MixerConfig {
             retry: RetryPolicy::default(),
             lifetime: None,
             max_in_flight: 16,
+            hop_window: None,
         }
     }
 }

@@ -51,6 +51,21 @@ pub enum Outcome {
 pub trait Deliver: Send + Sync + 'static {
     /// Deliver `item`. Must not log addresses or content at info or above.
     fn deliver(&self, item: &Item) -> impl Future<Output = Result<Outcome, DeliveryError>> + Send;
+
+    /// Whether a successor mote is named now (hop at drain: see
+    /// [`MixerConfig::hop_window`]). Asked each time the schedule is
+    /// looked at, so a successor named at run time takes effect at once.
+    fn has_successor(&self) -> bool {
+        false
+    }
+
+    /// Hand `item` to the successor mote: `Ok` only once the successor has
+    /// stored it durably (the mixer then removes it here). An error makes
+    /// the mixer try again a few times, then release the item itself.
+    fn hand_off(&self, item: &Item) -> impl Future<Output = Result<(), DeliveryError>> + Send {
+        let _ = item;
+        async { Err(DeliveryError::permanent("no successor")) }
+    }
 }
 
 /// Milliseconds since the Unix epoch (0 for times before it).

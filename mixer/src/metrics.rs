@@ -25,6 +25,12 @@ pub struct Metrics {
     pub steps: u64,
     /// Cover (dummy) items added.
     pub cover: u64,
+    /// Items handed to the successor mote (hop at drain).
+    #[serde(default)]
+    pub handed_off: u64,
+    /// Items the hand-off gave up on and released here instead.
+    #[serde(default)]
+    pub hop_fallbacks: u64,
 }
 
 /// The live counters behind [`Metrics`].
@@ -36,6 +42,8 @@ pub(crate) struct Counters {
     pub(crate) retries: AtomicU64,
     pub(crate) steps: AtomicU64,
     pub(crate) cover: AtomicU64,
+    pub(crate) handed_off: AtomicU64,
+    pub(crate) hop_fallbacks: AtomicU64,
 }
 
 impl Counters {
@@ -54,6 +62,8 @@ impl Counters {
             retries: get(&self.retries),
             steps: get(&self.steps),
             cover: get(&self.cover),
+            handed_off: get(&self.handed_off),
+            hop_fallbacks: get(&self.hop_fallbacks),
         }
     }
 }

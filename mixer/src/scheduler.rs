@@ -1,6 +1,7 @@
 //! The schedule loop: one task owns "what is due next"; deliveries run as
 //! separate tasks, at most `max_in_flight` at once.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -31,6 +32,25 @@ const RELEASE_BATCH: usize = 64;
 /// (a full disk does not heal in microseconds; nothing is lost meanwhile).
 const STORAGE_RETRY: Duration = Duration::from_secs(1);
 
+/// Tries to hand an item to the successor before it is released here.
+const HOP_ATTEMPTS: u32 = 5;
+/// Wait after the first failed hand-off (doubling, ±50 % jitter).
+const HOP_BACKOFF: Duration = Duration::from_secs(2);
+/// While handing off, the schedule is looked at at least this often (items
+/// waiting for their next try become ready without any other event).
+const HOP_POLL: Duration = Duration::from_secs(1);
+
+/// The hand-off to a successor (hop at drain). In memory only: after a
+/// restart the hand-off starts afresh with whatever is still queued (an
+/// item the successor already took is recognized there by its id).
+#[derive(Default)]
+struct Hop {
+    /// Items the hand-off gave up on: they are released here.
+    given_up: HashSet<ItemId>,
+    /// Failed tries so far, and when to try again.
+    retry: HashMap<ItemId, (u32, SystemTime)>,
+}
+
 /// Items held for rounds (`pool` and `binomial`), and when the next round is
 /// (monotonic time: a wall-clock jump neither skips nor bunches rounds).
 #[derive(Default)]
@@ -46,6 +66,7 @@ pub(crate) struct Inner<R, D> {
     /// Replaced as a whole by [`Mixer::reconfigure`].
     pub(crate) cfg: Mutex<Arc<MixerConfig>>,
     pool: Mutex<Pool>,
+    hop: Mutex<Hop>,
     pub(crate) tracker: Mutex<Tracker>,
     /// Makes dummy items (set by the owner; see [`Mixer::set_cover_source`]).
     pub(crate) cover_source: Mutex<Option<CoverSource>>,
@@ -114,6 +135,7 @@ where
                 held: if rounds { held.clone() } else { Vec::new() },
                 next_round,
             }),
+            hop: Mutex::new(Hop::default()),
             tracker: Mutex::new(tracker),
             cover_source: Mutex::new(None),
             cover_running: AtomicBool::new(false),
@@ -459,6 +481,7 @@ where
         let now = self.rt.wallclock();
         let mono = self.rt.now();
         let drain = cfg.lifetime.map(|l| l.last_release());
+        let hopping = self.hopping(&cfg, now);
         let mut pool = self.pool.lock();
         let draining = drain.is_some_and(|d| now >= d);
         let mut round_due = false;
@@ -474,8 +497,9 @@ where
             }
         }
         let mut out = Vec::new();
-        if draining {
-            // The lifetime's drain point: everything held leaves now.
+        if draining || hopping {
+            // The lifetime's drain point (everything held leaves now), or
+            // the hand-off to a successor (everything held moves on).
             out = std::mem::take(&mut pool.held);
         } else if round_due {
             let mut rng = self.rng.lock();
@@ -555,11 +579,48 @@ where
             if free == 0 {
                 return Ok(None);
             }
+            let cfg = self.cfg();
             let now = self.rt.wallclock();
             let now_ms = wall_ms(now);
-            let mut due = self.store.take_due(now_ms, free.min(RELEASE_BATCH))?;
+            let hopping = self.hopping(&cfg, now);
+            let mut due = if hopping {
+                // Everything queued moves to the successor, whatever its
+                // release time; except items waiting for their next try,
+                // and those the hand-off gave up on (released here, when
+                // their time comes).
+                let hop = self.hop.lock();
+                self.store
+                    .take_until(HELD - 1, free.min(RELEASE_BATCH), |id, release_ms| {
+                        if hop.given_up.contains(id) {
+                            release_ms <= now_ms
+                        } else {
+                            hop.retry.get(id).is_none_or(|(_, at)| *at <= now)
+                        }
+                    })?
+            } else {
+                self.store.take_due(now_ms, free.min(RELEASE_BATCH))?
+            };
             if due.is_empty() {
-                return Ok(self.store.next_release()?.map(from_wall_ms));
+                let next = self.store.next_release()?.map(from_wall_ms);
+                if hopping {
+                    // The next try of an item that failed, if sooner (an
+                    // entry not in the future belongs to an item being
+                    // tried now).
+                    let retry = self
+                        .hop
+                        .lock()
+                        .retry
+                        .values()
+                        .map(|r| r.1)
+                        .filter(|at| *at > now)
+                        .min();
+                    return Ok(next.map(|_| earliest(Some(now + HOP_POLL), retry).unwrap_or(now)));
+                }
+                // Wake up for the hand-off if one is coming.
+                let hop_at = cfg
+                    .hop_point()
+                    .filter(|h| *h > now && next.is_some() && self.deliver.has_successor());
+                return Ok(earliest(next, hop_at));
             }
             let leaving: Vec<(ItemId, f64)> = due
                 .iter()
@@ -579,11 +640,13 @@ where
                 let me = Arc::clone(self);
                 let id = item.id;
                 let attempts = item.attempts;
-                if self
-                    .rt
-                    .spawn(async move { me.deliver_one(item).await })
-                    .is_err()
-                {
+                let hand_off = hopping && !self.hop.lock().given_up.contains(&id);
+                let spawned = if hand_off {
+                    self.rt.spawn(async move { me.hand_off_one(item).await })
+                } else {
+                    self.rt.spawn(async move { me.deliver_one(item).await })
+                };
+                if spawned.is_err() {
                     // The executor is shutting down: leave the item for the next start.
                     self.in_flight.fetch_sub(1, Ordering::SeqCst);
                     self.store.reschedule(&id, now_ms, attempts, None)?;
@@ -596,9 +659,96 @@ where
         }
     }
 
+    /// Whether the hand-off to a successor is on now: past the hop point,
+    /// before the drain point, a successor named, not stopping.
+    fn hopping(&self, cfg: &MixerConfig, now: SystemTime) -> bool {
+        !self.stopping.load(Ordering::SeqCst)
+            && cfg.hop_point().is_some_and(|h| now >= h)
+            && cfg.lifetime.is_some_and(|l| now < l.last_release())
+            && self.deliver.has_successor()
+    }
+
     async fn deliver_one(self: Arc<Self>, item: Item) {
         let result = self.deliver.deliver(&item).await;
-        match self.finish(&item, result) {
+        let left = self.finish(&item, result);
+        self.settle(left).await;
+    }
+
+    async fn hand_off_one(self: Arc<Self>, item: Item) {
+        let left = match self.deliver.hand_off(&item).await {
+            Ok(()) => self.store.complete(&item.id).map(|()| {
+                self.hop.lock().retry.remove(&item.id);
+                Counters::bump(&self.counters.handed_off);
+                tracing::debug!("item handed to the successor");
+                Left::Yes
+            }),
+            Err(e) => self.hand_off_failed(&item, &e),
+        };
+        self.settle(left).await;
+    }
+
+    /// A hand-off failed: try again later, or give up on it and release it
+    /// here at a random moment before the drain point (not all at once: a
+    /// burst at a known time would be a signal of its own).
+    fn hand_off_failed(
+        &self,
+        item: &Item,
+        e: &DeliveryError,
+    ) -> Result<Left, dust_storage::StorageError> {
+        let cfg = self.cfg();
+        let now = self.rt.wallclock();
+        let last = cfg.lifetime.map(|l| l.last_release());
+        let mut hop = self.hop.lock();
+        let tries = hop.retry.get(&item.id).map_or(0, |r| r.0) + 1;
+        let backoff = HOP_BACKOFF
+            .saturating_mul(1 << (tries - 1).min(16))
+            .mul_f64(self.rng.lock().random_range(0.5..1.5));
+        let again = now + backoff;
+        if e.kind().retry() && tries < HOP_ATTEMPTS && last.is_some_and(|l| again < l) {
+            hop.retry.insert(item.id, (tries, again));
+            drop(hop);
+            // Back on the schedule at its own time: if the hand-off ends
+            // before the next try (no successor any more), it is released
+            // here as usual.
+            self.store
+                .reschedule(&item.id, item.release_ms, item.attempts, None)?;
+            tracing::info!(
+                tries,
+                "handing an item to the successor failed; trying again"
+            );
+        } else {
+            hop.retry.remove(&item.id);
+            hop.given_up.insert(item.id);
+            drop(hop);
+            let at = match last {
+                Some(l) if l > now => {
+                    now + l
+                        .duration_since(now)
+                        .unwrap_or_default()
+                        .mul_f64(self.rng.lock().random::<f64>())
+                }
+                _ => now,
+            };
+            self.store.reschedule(
+                &item.id,
+                wall_ms_ceil(at),
+                item.attempts,
+                Some(wall_ms(now)),
+            )?;
+            Counters::bump(&self.counters.hop_fallbacks);
+            tracing::warn!(
+                tries,
+                "gave up handing an item to the successor; it is released here before the end"
+            );
+        }
+        tracing::debug!(reason = %e, "hand-off failure reason");
+        self.entered(item.id, false)?;
+        Ok(Left::No)
+    }
+
+    /// After an attempt: make a departure durable, free the slot.
+    async fn settle(self: &Arc<Self>, left: Result<Left, dust_storage::StorageError>) {
+        match left {
             Ok(Left::Yes) if self.store.is_durable() => {
                 // The item left the mote: its removal is made durable (one
                 // flush shared with admissions and other completions) before

@@ -40,6 +40,26 @@ pub struct Status {
     pub mix: MixStatus,
     /// Download jobs by state.
     pub fetches: FetchCounts,
+    /// Hop at drain (`[mote] hop = "at_drain"`), if on.
+    #[serde(default)]
+    pub hop: Option<HopStatus>,
+}
+
+/// The hand-off to a successor, as the status shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HopStatus {
+    /// The successor's `[[peers]]` name, if one is named.
+    pub successor: Option<String>,
+    /// When the hand-off begins (RFC 3339).
+    pub hop_at: String,
+    /// `waiting` (before the hop point), `handing_off`, `no_successor`
+    /// (past the hop point with none named: everything is released here),
+    /// or `over` (past the drain point).
+    pub state: String,
+    /// Items handed to the successor so far.
+    pub handed_off: u64,
+    /// Items the hand-off gave up on (released here instead).
+    pub fallbacks: u64,
 }
 
 /// What runs: read once at startup from `/proc/self/exe`.
@@ -225,6 +245,22 @@ impl Collector for Snapshot {
             ),
         ] {
             put(&mut e, name, help, kind, v)?;
+        }
+        if let Some(h) = &s.hop {
+            put(
+                &mut e,
+                "dustmote_hop_handed_off",
+                "Items handed to the successor mote.",
+                Counter,
+                Count(h.handed_off),
+            )?;
+            put(
+                &mut e,
+                "dustmote_hop_fallbacks",
+                "Items the hand-off gave up on and released here.",
+                Counter,
+                Count(h.fallbacks),
+            )?;
         }
         let buckets: Vec<(f64, u64)> = m.latency_counts().collect();
         let count = m.latency_buckets_s.last().map_or(0, |(_, c)| *c);

@@ -162,6 +162,8 @@ impl Mixer {
                 max: self.retry_max,
             },
             max_in_flight: self.max_in_flight,
+            // `[mote] hop`: set by the caller.
+            hop_window: None,
         })
     }
 }

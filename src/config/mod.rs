@@ -122,6 +122,8 @@ pub struct Checked {
     pub cover: Option<CoverTargets>,
     /// The `[[peers]]` that may hand items to this mote.
     pub peers: dust_proxies::peer::Peers,
+    /// `[mote] successor`: where the queue goes at the hop point.
+    pub successor: Option<dust_proxies::peer::PeerTarget>,
 }
 
 /// Parse `text` (from `file`) and check it.
@@ -210,8 +212,16 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
         let route = config.delivery.check(&config.peers, &mut warnings)?;
         let lifetime = config.mote.check()?;
         let (cover, cover_targets) = config.cover.check(route.is_some())?.unzip();
-        let mixer = config.mixer.check(&config.fetch.delay, cover, lifetime)?;
+        let mut mixer = config.mixer.check(&config.fetch.delay, cover, lifetime)?;
+        mixer.hop_window = config.mote.hop_window();
         let peers = peers::check(&config.peers)?;
+        let successor = config
+            .mote
+            .successor
+            .as_deref()
+            .map(|name| peers::target(&config.peers, name))
+            .transpose()
+            .map_err(|e| invalid("mote.successor", e))?;
         Ok((
             smtp,
             http_users,
@@ -221,10 +231,11 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
             mixer,
             cover_targets,
             peers,
+            successor,
         ))
     })();
-    let (smtp, http_users, http_operators, fetch, route, mixer, cover, peers) =
-        sections.map_err(|Invalid { key, reason }| ConfigError {
+    let (smtp, http_users, http_operators, fetch, route, mixer, cover, peers, successor) = sections
+        .map_err(|Invalid { key, reason }| ConfigError {
             file: file.to_string(),
             key,
             reason,
@@ -241,6 +252,7 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
         fetch,
         warnings,
         peers,
+        successor,
     })
 }
 
@@ -391,6 +403,50 @@ arti_config = "arti.toml"     # optional: a file in Arti's own configuration for
         )
         .expect_err("min > max");
         assert_eq!(e.key, "fetch.chunk");
+    }
+
+    #[test]
+    fn hopping_is_checked() {
+        let key = |text: &str| parse(text, "t.toml").expect_err(text).key;
+        let peer = "[[peers]]\nname = \"b\"\nurl = \"http://127.0.0.1:9\"\ntoken = \"a:x\"\n";
+        // Hopping needs an end; a window that fits in the lifetime; a
+        // successor that is a peer one can send to; a successor only
+        // with hopping.
+        assert_eq!(key("[mote]\nhop = \"at_drain\"\n"), "mote.hop");
+        assert_eq!(
+            key("[mote]\nlifetime = \"15m\"\nhop = \"at_drain\"\n"),
+            "mote.hop_window"
+        );
+        assert_eq!(
+            key("[mote]\nlifetime = \"1h\"\nhop = \"at_drain\"\nhop_window = \"0s\"\n"),
+            "mote.hop_window"
+        );
+        assert_eq!(
+            key("[mote]\nlifetime = \"1h\"\nhop = \"at_drain\"\nsuccessor = \"c\"\n"),
+            "mote.successor"
+        );
+        assert_eq!(
+            key(&format!(
+                "[mote]\nlifetime = \"1h\"\nsuccessor = \"b\"\n{peer}"
+            )),
+            "mote.successor"
+        );
+        let c = parse(
+            &format!("[mote]\nlifetime = \"1h\"\nhop = \"at_drain\"\nhop_window = \"5m\"\nsuccessor = \"b\"\n{peer}"),
+            "t.toml",
+        )
+        .expect("a hopping mote");
+        assert_eq!(c.mixer.hop_window, Some(Duration::from_secs(300)));
+        let s = c.successor.expect("a successor");
+        assert_eq!(
+            (s.name.as_str(), s.host.as_str(), s.port),
+            ("b", "127.0.0.1", 9)
+        );
+        // Off by default.
+        assert_eq!(
+            parse("", "t.toml").map(|c| c.mixer.hop_window).ok(),
+            Some(None)
+        );
     }
 
     #[test]

@@ -21,6 +21,27 @@ pub struct Mote {
     /// Everything must have left this long before `expires_at`.
     #[serde(with = "hts")]
     pub drain_margin: Duration,
+    /// `"at_drain"`: hand what is still queued to `successor` before the
+    /// end instead of releasing it at the drain point. `"off"`: never.
+    pub hop: Hop,
+    /// The hand-off begins this long before the drain point (what cannot
+    /// be handed over is released here in that time).
+    #[serde(with = "hts")]
+    pub hop_window: Duration,
+    /// The `[[peers]]` entry (with `url` and `token`) to hand over to; may
+    /// be named later with `dustmote reload`.
+    pub successor: Option<String>,
+}
+
+/// `[mote] hop`
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hop {
+    /// Release everything here before the end.
+    #[default]
+    Off,
+    /// Hand the queue to the successor before the drain point.
+    AtDrain,
 }
 
 impl Default for Mote {
@@ -29,6 +50,9 @@ impl Default for Mote {
             expires_at: None,
             lifetime: None,
             drain_margin: Duration::from_secs(600),
+            hop: Hop::Off,
+            hop_window: Duration::from_secs(600),
+            successor: None,
         }
     }
 }
@@ -49,6 +73,31 @@ impl Mote {
                 "the lifetime must be longer than drain_margin",
             ));
         }
+        if self.hop == Hop::AtDrain {
+            if self.expires_at.is_none() && self.lifetime.is_none() {
+                return Err(invalid(
+                    "mote.hop",
+                    "hopping at the drain point needs an end: expires_at or lifetime",
+                ));
+            }
+            if self.hop_window.is_zero() {
+                return Err(invalid("mote.hop_window", "must be positive"));
+            }
+            if self
+                .lifetime
+                .is_some_and(|l| l <= self.drain_margin + self.hop_window)
+            {
+                return Err(invalid(
+                    "mote.hop_window",
+                    "the lifetime must be longer than drain_margin + hop_window",
+                ));
+            }
+        } else if self.successor.is_some() {
+            return Err(invalid(
+                "mote.successor",
+                "a successor is only used with hop = \"at_drain\"",
+            ));
+        }
         let Some(t) = &self.expires_at else {
             return Ok(None);
         };
@@ -58,6 +107,13 @@ impl Mote {
             expires_at,
             drain_margin: self.drain_margin,
         }))
+    }
+}
+
+impl Mote {
+    /// How long before the drain point the hand-off begins, if hopping.
+    pub fn hop_window(&self) -> Option<Duration> {
+        (self.hop == Hop::AtDrain).then_some(self.hop_window)
     }
 }
 

@@ -569,13 +569,33 @@ impl Store {
     /// Crash behaviour: the in-flight mark is not flushed here; if the process
     /// dies before the next flush, the item is simply due again at restart.
     pub fn take_due(&self, now_ms: u64, limit: usize) -> Result<Vec<Item>> {
-        let end = schedule_key(now_ms, &ItemId([0xff; 16]));
+        self.take_until(now_ms, limit, |_, _| true)
+    }
+
+    /// Like [`take_due`](Self::take_due) up to `until_ms` (inclusive; at
+    /// most the last time before [`HELD`]), taking only the entries for
+    /// which `pick(id, release_ms)` is true; the others stay scheduled.
+    /// Used by the hand-off to a successor, which takes items whatever
+    /// their release time, except those it gave up on.
+    pub fn take_until(
+        &self,
+        until_ms: u64,
+        limit: usize,
+        mut pick: impl FnMut(&ItemId, u64) -> bool,
+    ) -> Result<Vec<Item>> {
+        let end = schedule_key(until_ms.min(HELD - 1), &ItemId([0xff; 16]));
         let mut out = Vec::new();
-        for kv in self.schedule.range(..=end.as_slice()).take(limit) {
+        for kv in self.schedule.range(..=end.as_slice()) {
+            if out.len() >= limit {
+                break;
+            }
             let (k, _) = kv.map_err(db_err("scanning due items"))?;
             let mut id = [0u8; 16];
             id.copy_from_slice(&k[8..24]);
             let id = ItemId(id);
+            if !pick(&id, release_of(&k)) {
+                continue;
+            }
             // Each item has one owner at a time (the schedule loop while it
             // is queued, one delivery task while it is in flight), so these
             // writes need no transaction. Order: mark in flight, then drop

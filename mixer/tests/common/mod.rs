@@ -95,6 +95,7 @@ pub fn cfg(delay: DelaySpec) -> MixerConfig {
             max: Duration::from_secs(600),
         },
         max_in_flight: 16,
+        hop_window: None,
     }
 }
 
