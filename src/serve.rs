@@ -9,7 +9,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use dust_mixer::tokio_rt::TokioRt;
-use dust_mixer::{Deliver, DeliveryError, Item, ItemKind, Lifetime, Mixer, Outcome};
+use dust_mixer::{Deliver, DeliveryError, Item, ItemId, ItemKind, Lifetime, Mixer, Outcome};
 use dust_proxies::delivery::MailDelivery;
 use dust_proxies::fetch::Fetcher;
 use dust_proxies::job::FetchCounts;
@@ -47,6 +47,7 @@ pub struct Egress {
     /// `dustmote reload`).
     successor: Arc<StdMutex<Option<PeerTarget>>>,
     connector: Arc<dyn Connector>,
+    store: Arc<Store>,
     /// One Tor circuit for the whole hand-off: the successor learns that
     /// the items come from one mote anyway (it is that mote's successor),
     /// and a circuit per item would make a 10,000-item hand-off take hours.
@@ -58,6 +59,93 @@ pub struct Egress {
 fn lock(s: &StdMutex<Option<PeerTarget>>) -> std::sync::MutexGuard<'_, Option<PeerTarget>> {
     s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
+
+/// Hand download job `job` (with item id `item`, the transfer's id) to
+/// `peer` and mark it moved here.
+async fn hand_off_job(
+    connector: &dyn Connector,
+    peer: &PeerTarget,
+    isolation: u64,
+    item: &ItemId,
+    store: &Arc<Store>,
+    job: ItemId,
+) -> Result<(), DeliveryError> {
+    let send = dust_proxies::peer::send_job(connector, peer, isolation, item, store, job);
+    // A large download over Tor takes longer than a message: 120 s plus a
+    // second per MiB.
+    let mib = store.content_len(&job).unwrap_or(0) / (1024 * 1024);
+    let limit = HAND_OFF_TIMEOUT + Duration::from_secs(mib);
+    match tokio::time::timeout(limit, send).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(DeliveryError::temporary(format!(
+                "hand-off to {} timed out",
+                peer.name
+            )))
+        }
+    }
+    dust_proxies::peer::mark_moved(store, &job, peer)
+        .await
+        .map_err(DeliveryError::from)
+}
+
+/// Downloads that are complete (or failed) have no item in the mix; at the
+/// hop point they are handed over here, each under its job id, until the
+/// drain point (a failure is tried again on the next round).
+async fn hand_off_finished_jobs(
+    mixer: MoteMixer,
+    store: Arc<Store>,
+    connector: Arc<dyn Connector>,
+    successor: Arc<StdMutex<Option<PeerTarget>>>,
+    isolation: u64,
+) {
+    loop {
+        let cfg = mixer.config();
+        let (Some(hop_at), Some(l)) = (cfg.hop_point(), cfg.lifetime) else {
+            // No hopping (a reload may turn it on).
+            tokio::time::sleep(JOB_HOP_ROUND).await;
+            continue;
+        };
+        let now = SystemTime::now();
+        if now >= l.last_release() {
+            return;
+        }
+        if let Ok(wait) = hop_at.duration_since(now) {
+            tokio::time::sleep(wait.min(JOB_HOP_ROUND)).await;
+            continue;
+        }
+        let peer = lock(&successor).clone();
+        if let Some(peer) = peer {
+            let finished: Vec<ItemId> = store
+                .jobs()
+                .flatten()
+                .filter_map(|(id, rec)| {
+                    let job = dust_proxies::job::Job::decode(&rec)?;
+                    let finished = matches!(
+                        job.state,
+                        dust_proxies::job::JobState::Ready | dust_proxies::job::JobState::Failed
+                    );
+                    (finished && !job.cover && job.moved_to.is_none()).then_some(id)
+                })
+                .collect();
+            for id in finished {
+                match hand_off_job(&*connector, &peer, isolation, &id, &store, id).await {
+                    Ok(()) => tracing::debug!("a finished download was handed to the successor"),
+                    Err(e) => {
+                        tracing::info!(
+                            "handing a finished download to the successor failed; trying again"
+                        );
+                        tracing::debug!(reason = %e, "hand-off failure reason");
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(JOB_HOP_ROUND).await;
+    }
+}
+
+/// How often finished downloads are looked at for the hand-off.
+const JOB_HOP_ROUND: Duration = Duration::from_secs(2);
 
 /// How long one hand-off to the successor may take (connect, send, the
 /// successor's fsync).
@@ -82,30 +170,42 @@ impl Deliver for Egress {
         let Some(peer) = lock(&self.successor).clone() else {
             return Err(DeliveryError::temporary("no successor named"));
         };
-        let kind = if item.kind == ItemKind::Mail as u8 {
-            ItemKind::Mail
-        } else {
-            // The fetcher releases it here before the end instead.
-            return Err(DeliveryError::permanent(
-                "downloads are not handed to a successor yet",
-            ));
+        let timed_out = || {
+            Err(DeliveryError::temporary(format!(
+                "hand-off to {} timed out",
+                peer.name
+            )))
         };
-        let send = dust_proxies::peer::send(
+        if item.kind != ItemKind::Fetch as u8 {
+            let send = dust_proxies::peer::send(
+                &*self.connector,
+                &peer,
+                self.hop_isolation,
+                &item.id,
+                ItemKind::Mail,
+                item.payload.clone(),
+            );
+            return tokio::time::timeout(HAND_OFF_TIMEOUT, send)
+                .await
+                .unwrap_or_else(|_| timed_out());
+        }
+        // A download job: its record and content go; the record stays here
+        // marked moved, so that its user is sent to the successor.
+        let job = ItemId(
+            item.payload
+                .as_slice()
+                .try_into()
+                .map_err(|_| DeliveryError::permanent("fetch item without a job id"))?,
+        );
+        hand_off_job(
             &*self.connector,
             &peer,
             self.hop_isolation,
             &item.id,
-            kind,
-            item.payload.clone(),
-        );
-        tokio::time::timeout(HAND_OFF_TIMEOUT, send)
-            .await
-            .unwrap_or_else(|_| {
-                Err(DeliveryError::temporary(format!(
-                    "hand-off to {} timed out",
-                    peer.name
-                )))
-            })
+            &self.store,
+            job,
+        )
+        .await
     }
 }
 
@@ -317,6 +417,7 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
         ..
     } = checked;
     let dir = config.storage.dir.clone();
+    let job_users: Vec<String> = http_users.names().map(str::to_string).collect();
     let store = open_store(&config.storage)?;
     store.set_min_free(config.storage.min_free.0);
     let stats = store.stats(0)?;
@@ -360,13 +461,15 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
         .with_context(|| format!("listening on {}", config.http.listen))?;
     let connector = connector(&config)?;
     let successor = Arc::new(StdMutex::new(successor));
+    let hop_isolation = rand::random();
     let egress = Egress {
         mail: route
             .map(|(r, timeout)| MailDelivery::with_route(Arc::clone(&connector), r, timeout)),
         fetch: Fetcher::new(Arc::clone(&store), Arc::clone(&connector), fetch),
         successor: Arc::clone(&successor),
         connector: Arc::clone(&connector),
-        hop_isolation: rand::random(),
+        store: Arc::clone(&store),
+        hop_isolation,
     };
     let mixer = Mixer::start(
         TokioRt::current(),
@@ -377,6 +480,13 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
     if let Some(targets) = cover_targets {
         mixer.set_cover_source(cover::source(targets, Arc::clone(&store), smtp.sanitize));
     }
+    tokio::spawn(hand_off_finished_jobs(
+        mixer.clone(),
+        Arc::clone(&store),
+        Arc::clone(&connector),
+        Arc::clone(&successor),
+        hop_isolation,
+    ));
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
     let status = status_source(
@@ -420,7 +530,10 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
         http_operators,
         status,
         Arc::new(mixer.clone()),
-        Some(dust_proxies::peer::endpoint(peers, Arc::new(mixer.clone()))),
+        Some(dust_proxies::peer::endpoint(
+            peers.accept_jobs_of(job_users),
+            Arc::new(mixer.clone()),
+        )),
     );
     let http_task =
         tokio::spawn(api.serve(http_listener, stop_rx.clone(), config.http.max_connections));

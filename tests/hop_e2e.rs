@@ -245,3 +245,148 @@ fn kill_9_of_the_sender_in_the_middle_of_the_hand_off_loses_and_duplicates_nothi
     assert_eq!(a.queue_counts(), Some((0, 0)));
     let _ = b;
 }
+
+/// curl: (status, body) of a GET with the test user's token.
+fn get(url: &str) -> (u16, Vec<u8>) {
+    let out = Command::new("curl")
+        .args(["-sS", "-w", "\n%{http_code}", "-H"])
+        .arg(format!("Authorization: Bearer {PASSWORD}"))
+        .arg(url)
+        .output()
+        .unwrap();
+    let mut body = out.stdout;
+    let nl = body.iter().rposition(|&b| b == b'\n').unwrap();
+    let code = String::from_utf8_lossy(&body[nl + 1..])
+        .trim()
+        .parse()
+        .unwrap();
+    body.truncate(nl);
+    (code, body)
+}
+
+/// The issue's scene: mote A holds mail, a finished download and a
+/// half-finished one (nginx, Range) when its hop point comes; everything
+/// moves to B; A answers for the downloads with B's address; B finishes
+/// the download from where A stopped, and the user retrieves both from B
+/// with the original ids and token, byte-identical; all mail leaves B.
+#[test]
+fn mail_and_downloads_hop_and_are_retrieved_at_the_successor_with_the_same_id() {
+    use common::origins::Nginx;
+    use rand::{Rng, SeedableRng};
+    const N: usize = 10;
+    let nginx = Nginx::start();
+    let sink = Sink::start();
+    let fetch = |delay: &str| {
+        format!(
+            "[fetch]\nchunk = {{ min = \"128KiB\", max = \"128KiB\" }}\n\
+             delay = {{ distribution = \"constant\", value = \"{delay}\" }}\n\
+             allow_private_addresses = true\n"
+        )
+    };
+    let mut cb = MoteConfig::new(sink.port);
+    cb.delay = r#"{ distribution = "constant", value = "1s" }"#.into();
+    cb.extra = format!(
+        "{}[[peers]]\nname = \"a\"\ntoken_hash = \"{}\"\nmax_item_bytes = \"16MiB\"\n",
+        fetch("50ms"),
+        password_hash()
+    );
+    let b = Mote::start(&cb);
+    let life = Duration::from_secs(34);
+    let a = predecessor(
+        &sink,
+        &format!("{}{}", fetch("1s"), mote_section(life, Some("b"))),
+        &successor_peer(b.http_port),
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(12);
+    let small: Vec<u8> = (0..100_000).map(|_| rng.random()).collect();
+    let big: Vec<u8> = (0..4 * 1024 * 1024).map(|_| rng.random()).collect();
+    let add = |url: String| -> String {
+        let out = Command::new("curl")
+            .args(["-sS", "-X", "POST", "-H"])
+            .arg(format!("Authorization: Bearer {PASSWORD}"))
+            .arg(format!("http://127.0.0.1:{}/v1/fetches", a.http_port))
+            .args(["-d", &serde_json::json!({ "url": url }).to_string()])
+            .output()
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["id"].as_str().unwrap().to_string()
+    };
+    let small_id = add(nginx.put("small.bin", &small));
+    let big_id = add(nginx.put("big.bin", &big));
+    smtp_source(a.port, N);
+    let at_a = |id: &str| format!("http://127.0.0.1:{}/v1/fetches/{id}", a.http_port);
+    let at_b = |id: &str| format!("http://127.0.0.1:{}/v1/fetches/{id}", b.http_port);
+    // Both downloads move: A then sends the user to B.
+    let moved = wait_for(Duration::from_secs(60), || {
+        let (s1, v1) = get(&at_a(&small_id));
+        let (s2, v2) = get(&at_a(&big_id));
+        (s1 == 308 && s2 == 308).then(|| {
+            (
+                serde_json::from_slice::<serde_json::Value>(&v1).unwrap(),
+                serde_json::from_slice::<serde_json::Value>(&v2).unwrap(),
+            )
+        })
+    });
+    let (v_small, v_big) = moved.unwrap_or_else(|| panic!("not moved: {}", a.log()));
+    assert_eq!(v_small["moved_to"], at_b(&small_id), "{v_small}");
+    assert_eq!(v_big["moved_to"], at_b(&big_id), "{v_big}");
+    let (code, _) = get(&format!("{}/content", at_a(&big_id)));
+    assert_eq!(code, 308);
+    let big_at_hop = get(&at_b(&big_id));
+    println!(
+        "the big download at B right after the hop: {}",
+        String::from_utf8_lossy(&big_at_hop.1)
+    );
+    // At B, with the same id and token: finished, byte-identical.
+    let ready = |id: &str| {
+        wait_for(Duration::from_secs(60), || {
+            let (code, body) = get(&at_b(id));
+            assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_ne!(v["state"], "failed", "{v}");
+            (v["state"] == "ready").then_some(v)
+        })
+        .unwrap_or_else(|| panic!("not ready at B: {}", b.log()))
+    };
+    ready(&small_id);
+    let v = ready(&big_id);
+    assert_eq!(v["total"].as_u64(), Some(big.len() as u64));
+    assert_eq!(get(&format!("{}/content", at_b(&small_id))).1, small);
+    assert_eq!(get(&format!("{}/content", at_b(&big_id))).1, big);
+    // The download was half done when it moved, and no chunk was fetched
+    // twice: B went on from where A stopped.
+    let starts: Vec<u64> = nginx
+        .requests()
+        .iter()
+        .filter(|r| r.0.contains("big.bin"))
+        .filter_map(|r| r.2.strip_prefix("bytes=")?.split_once('-')?.0.parse().ok())
+        .collect();
+    let distinct: HashSet<u64> = starts.iter().copied().collect();
+    println!(
+        "big.bin: {} chunk requests, {} distinct",
+        starts.len(),
+        distinct.len()
+    );
+    assert_eq!(
+        starts.len(),
+        distinct.len(),
+        "a chunk fetched twice: {starts:?}"
+    );
+    let before_hop = big_at_hop
+        .0
+        .eq(&200)
+        .then(|| serde_json::from_slice::<serde_json::Value>(&big_at_hop.1).unwrap())
+        .and_then(|v| v["bytes_stored"].as_u64())
+        .unwrap_or(0);
+    assert!(
+        before_hop > 0 && before_hop < big.len() as u64,
+        "half finished when it moved: {before_hop}"
+    );
+    // All mail leaves B, once; A's queue is empty and its status counts
+    // the moved downloads.
+    exactly_once(&sink, N, Duration::from_secs(60));
+    assert_eq!(a.queue_counts(), Some((0, 0)));
+    let st = a.status_json();
+    assert_eq!(st["fetches"]["moved"], 2, "{st}");
+    assert!(st["hop"]["handed_off"].as_u64().unwrap() > N as u64, "{st}");
+}

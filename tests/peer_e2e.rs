@@ -22,6 +22,31 @@ fn post(
     kind: &str,
     body: &[u8],
 ) -> (u16, serde_json::Value, String) {
+    post_with(mote, token, id, kind, &[], body)
+}
+
+/// A download job handed over: its record (JSON) then its content.
+fn post_job(
+    mote: &Mote,
+    token: &str,
+    id: &str,
+    record: &serde_json::Value,
+    content: &[u8],
+) -> (u16, serde_json::Value, String) {
+    let mut body = serde_json::to_vec(record).unwrap();
+    let len = format!("Dust-Job-Length: {}", body.len());
+    body.extend_from_slice(content);
+    post_with(mote, token, id, "fetch", &[&len], &body)
+}
+
+fn post_with(
+    mote: &Mote,
+    token: &str,
+    id: &str,
+    kind: &str,
+    extra: &[&str],
+    body: &[u8],
+) -> (u16, serde_json::Value, String) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("item");
     std::fs::write(&file, body).unwrap();
@@ -30,6 +55,7 @@ fn post(
         .args(["-H", &format!("Authorization: Bearer {token}")])
         .args(["-H", &format!("Dust-Item-Id: {id}")])
         .args(["-H", &format!("Dust-Item-Kind: {kind}")])
+        .args(extra.iter().flat_map(|h| ["-H", h]))
         .args(["-H", "Content-Type: application/octet-stream"])
         .arg("--data-binary")
         .arg(format!("@{}", file.display()))
@@ -177,11 +203,13 @@ fn bad_transfers_get_a_clear_4xx_and_store_nothing() {
         (
             token.clone(),
             id,
-            "fetch",
+            "video",
             item.clone(),
             400,
             "bad_item_kind",
         ),
+        // A download job without its record's length.
+        (token.clone(), id, "fetch", item.clone(), 400, "bad_item"),
         (
             token.clone(),
             id,
@@ -205,6 +233,43 @@ fn bad_transfers_get_a_clear_4xx_and_store_nothing() {
             (status, Some(code)),
             "{token} {id} {kind}: {v}"
         );
+    }
+    // Download jobs: only for a user of this mote, only http(s), never
+    // more content than the job's size.
+    let job = |user: &str, url: &str, total: u64| {
+        serde_json::json!({
+            "id": "00000000000000000000000000000001",
+            "job": {
+                "url": url, "user": user, "state": "fetching", "reason": null,
+                "created_ms": 1, "not_before_ms": null, "deadline_ms": null,
+                "total": total, "etag": "\"x\"", "expected_ready_ms": null,
+            }
+        })
+    };
+    for (record, content, code) in [
+        (
+            job("nobody", "http://127.0.0.1:9/f", 10),
+            &b"12345"[..],
+            "unknown_user",
+        ),
+        (
+            job(common::USER, "file:///etc/passwd", 10),
+            &b"12345"[..],
+            "bad_item",
+        ),
+        (
+            job(common::USER, "http://127.0.0.1:9/f", 3),
+            &b"12345"[..],
+            "bad_item",
+        ),
+        (
+            serde_json::json!({ "id": "1", "job": {} }),
+            &b""[..],
+            "bad_item",
+        ),
+    ] {
+        let (s, v, _) = post_job(&mote, &token, id, &record, content);
+        assert_eq!((s, v["error"].as_str()), (400, Some(code)), "{record}: {v}");
     }
     assert_eq!(mote.queue_counts(), Some((0, 0)));
     // A peer's token is not a user's: it cannot queue downloads.

@@ -62,6 +62,11 @@ impl Users {
         self.by_name.is_empty()
     }
 
+    /// The users' names.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.by_name.keys().map(String::as_str)
+    }
+
     /// The only user, if there is exactly one.
     pub fn only(&self) -> Option<&str> {
         let mut names = self.by_name.keys();

@@ -158,6 +158,24 @@ fn not_modified(headers: &HeaderMap, etag: &str, ready_ms: Option<u64>) -> bool 
 }
 
 /// `401` asking for a bearer token.
+/// A job handed to the successor mote (hop at drain): `308` to it, the
+/// same id and the same token there; the JSON says so for clients that do
+/// not follow redirects (curl sends no `Authorization` to another host).
+fn moved(to: &str) -> Resp {
+    let mut r = json_response(
+        StatusCode::PERMANENT_REDIRECT,
+        &json!({
+            "error": "moved",
+            "message": "this download moved to the successor mote; same id and token there",
+            "moved_to": to,
+        }),
+    );
+    if let Ok(v) = HeaderValue::from_str(to) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
 fn unauthorized(message: &str) -> Resp {
     let mut r = error(StatusCode::UNAUTHORIZED, "unauthorized", message);
     r.headers_mut()
@@ -570,6 +588,9 @@ impl<S: Schedule> Api<S> {
             Ok(j) => j,
             Err(r) => return r,
         };
+        if let Some(to) = &job.moved_to {
+            return moved(to);
+        }
         let stored = match self.store.content_len(&id) {
             Ok(n) => n,
             Err(e) => return unavailable(&e),
@@ -607,6 +628,9 @@ impl<S: Schedule> Api<S> {
             Ok(j) => j,
             Err(r) => return r,
         };
+        if let Some(to) = &job.moved_to {
+            return moved(&format!("{to}/content"));
+        }
         let ready = job.state == JobState::Ready;
         let Some(total) = job.total else {
             return error(

@@ -69,6 +69,11 @@ pub struct Job {
     /// `Last-Modified` here.
     #[serde(default)]
     pub ready_ms: Option<u64>,
+    /// Handed to the successor mote (hop at drain): the job's URL there.
+    /// The record stays here (without its content) so that the user who
+    /// asks this mote is sent there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moved_to: Option<String>,
 }
 
 impl Job {
@@ -95,6 +100,7 @@ impl Job {
             cover: false,
             content_type: None,
             ready_ms: None,
+            moved_to: None,
         }
     }
 
@@ -158,6 +164,9 @@ pub struct FetchCounts {
     pub ready: u64,
     /// Given up, or unreadable.
     pub failed: u64,
+    /// Handed to the successor mote.
+    #[serde(default)]
+    pub moved: u64,
 }
 
 impl FetchCounts {
@@ -165,7 +174,12 @@ impl FetchCounts {
     pub fn count(store: &Store) -> Self {
         let mut c = FetchCounts::default();
         for (_, rec) in store.jobs().flatten() {
-            match Job::decode(&rec).map(|j| j.state) {
+            let job = Job::decode(&rec);
+            if job.as_ref().is_some_and(|j| j.moved_to.is_some()) {
+                c.moved += 1;
+                continue;
+            }
+            match job.map(|j| j.state) {
                 Some(JobState::Queued) => c.queued += 1,
                 Some(JobState::Fetching) => c.fetching += 1,
                 Some(JobState::Ready) => c.ready += 1,

@@ -6,7 +6,13 @@
 //! `[[peers]]` with a `token_hash`: peers and users are separate, a user's
 //! token cannot push items and a peer's cannot queue downloads),
 //! `Dust-Item-Id: <32 hex digits>` (the sender's id of the item),
-//! `Dust-Item-Kind: mail`, and the item's payload as the body.
+//! `Dust-Item-Kind: mail`, and the item's payload as the body; or
+//! `Dust-Item-Kind: fetch` for a download job handed to a successor:
+//! `Dust-Job-Length: N`, and as the body the job's record (N bytes of
+//! JSON: URL, owner, state, size, validators) followed by the content
+//! stored so far (a prefix of the object). The job keeps its id, so the
+//! user's job URL and token work at the successor (which must have the
+//! same user, by name).
 //!
 //! The answer comes only after the item is durably admitted (fsynced):
 //! `201` for a new item, `200` for one admitted before (same peer, same
@@ -42,6 +48,12 @@ pub const TRANSFER_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How long the whole body may take to arrive.
 const BODY_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Largest job record accepted (the JSON before the content).
+const MAX_JOB_RECORD: usize = 64 * 1024;
+
+/// Pieces in which a job's content is read and sent.
+const SEND_PIECE: u64 = 1024 * 1024;
+
 /// Limits of one peer.
 #[derive(Debug, Clone, Copy)]
 pub struct PeerLimits {
@@ -64,6 +76,9 @@ pub struct Peers {
     verifier: Verifier,
     limits: HashMap<String, PeerLimits>,
     buckets: parking_lot::Mutex<HashMap<String, Bucket>>,
+    /// The HTTP users of this mote: a download job is taken over only for
+    /// one of them (by name), so that its owner can fetch it here.
+    job_users: std::collections::HashSet<String>,
 }
 
 impl std::fmt::Debug for Peers {
@@ -81,7 +96,14 @@ impl Peers {
             verifier: Verifier::new(users),
             limits,
             buckets: parking_lot::Mutex::new(HashMap::new()),
+            job_users: std::collections::HashSet::new(),
         }
+    }
+
+    /// Take over download jobs of these HTTP users (by name).
+    pub fn accept_jobs_of(mut self, users: impl IntoIterator<Item = String>) -> Self {
+        self.job_users = users.into_iter().collect();
+        self
     }
 
     /// Take one item from `peer`'s bucket: `Err(seconds)` until the next
@@ -139,6 +161,29 @@ pub trait Transfer: Send + Sync + 'static {
         digest: [u8; 32],
         window: Duration,
     ) -> impl Future<Output = Result<bool, TransferError>> + Send;
+
+    /// Take over download job `id`: its `record` and the first bytes of
+    /// its `content`, then its fetch item (as [`admit_transfer`]), unless
+    /// `digest` was admitted within `window` (then nothing is written: the
+    /// job may have moved on here since). `true`: stored now.
+    ///
+    /// [`admit_transfer`]: Self::admit_transfer
+    fn admit_job(
+        &self,
+        id: ItemId,
+        record: Vec<u8>,
+        content: Bytes,
+        digest: [u8; 32],
+        window: Duration,
+    ) -> impl Future<Output = Result<bool, TransferError>> + Send;
+}
+
+/// A storage error as a transfer's refusal.
+fn storage_refusal(e: StorageError) -> TransferError {
+    match e {
+        StorageError::Full { .. } => TransferError::NoSpace,
+        e => TransferError::Other(MixerError::Storage(e)),
+    }
 }
 
 impl<R, D> Transfer for Mixer<R, D>
@@ -166,6 +211,37 @@ where
             Err(MixerError::Storage(StorageError::Full { .. })) => Err(TransferError::NoSpace),
             Err(e) => Err(TransferError::Other(e)),
         }
+    }
+
+    async fn admit_job(
+        &self,
+        id: ItemId,
+        record: Vec<u8>,
+        content: Bytes,
+        digest: [u8; 32],
+        window: Duration,
+    ) -> Result<bool, TransferError> {
+        let store = std::sync::Arc::clone(self.store());
+        let now = dust_mixer::wall_ms(std::time::SystemTime::now());
+        if store.digest_seen(&digest, now).map_err(storage_refusal)? {
+            // Taken over before (the sender never saw the answer): what is
+            // here now is newer than what was sent.
+            store.sync().await.map_err(storage_refusal)?;
+            return Ok(false);
+        }
+        // The content first (its frame fdatasynced, its index entry durable
+        // with the admission's flush), then the record, then the item: a
+        // crash before the item leaves nothing a resend would not replace.
+        if !content.is_empty() {
+            let s = std::sync::Arc::clone(&store);
+            tokio::task::spawn_blocking(move || s.put_chunk(&id, 0, &content))
+                .await
+                .map_err(|_| TransferError::Unavailable("shutting down"))?
+                .map_err(storage_refusal)?;
+        }
+        store.put_job(&id, &record).map_err(storage_refusal)?;
+        self.admit_transfer(ItemKind::Fetch, id.0.to_vec(), digest, window)
+            .await
     }
 }
 
@@ -285,14 +361,20 @@ pub async fn receive<T: Transfer>(peers: &Peers, transfer: &T, req: Request<Inco
     };
     let kind = match req.headers().get("dust-item-kind").map(|v| v.as_bytes()) {
         Some(b"mail") => ItemKind::Mail,
+        Some(b"fetch") => ItemKind::Fetch,
         _ => {
             return Answer::err(
                 StatusCode::BAD_REQUEST,
                 "bad_item_kind",
-                "Dust-Item-Kind must be \"mail\"",
+                "Dust-Item-Kind must be \"mail\" or \"fetch\"",
             )
         }
     };
+    let job_len = req
+        .headers()
+        .get("dust-job-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
     let read = Limited::new(req.into_body(), limits.max_item_bytes).collect();
     let body: Bytes = match tokio::time::timeout(BODY_TIMEOUT, read).await {
         Ok(Ok(b)) => b.to_bytes(),
@@ -314,24 +396,30 @@ pub async fn receive<T: Transfer>(peers: &Peers, transfer: &T, req: Request<Inco
             )
         }
     };
-    // Nothing that could not be delivered is stored: the payload must be
-    // a message this mote can send on.
-    if let Err(e) = StoredMail::decode(&body) {
-        return Answer::err(
-            StatusCode::BAD_REQUEST,
-            "bad_item",
-            format!("not a stored message: {e}"),
-        );
-    }
-    match transfer
-        .admit_transfer(
-            kind,
-            body.to_vec(),
-            transfer_digest(&peer, &id),
-            TRANSFER_WINDOW,
-        )
-        .await
-    {
+    let digest = transfer_digest(&peer, &id);
+    let admitted = if kind == ItemKind::Fetch {
+        let (job_id, record, content) = match take_job(peers, job_len, body) {
+            Ok(j) => j,
+            Err(a) => return a,
+        };
+        transfer
+            .admit_job(job_id, record, content, digest, TRANSFER_WINDOW)
+            .await
+    } else {
+        // Nothing that could not be delivered is stored: the payload must
+        // be a message this mote can send on.
+        if let Err(e) = StoredMail::decode(&body) {
+            return Answer::err(
+                StatusCode::BAD_REQUEST,
+                "bad_item",
+                format!("not a stored message: {e}"),
+            );
+        }
+        transfer
+            .admit_transfer(kind, body.to_vec(), digest, TRANSFER_WINDOW)
+            .await
+    };
+    match admitted {
         Ok(true) => {
             tracing::debug!("admitted an item from a peer");
             Answer {
@@ -370,6 +458,56 @@ pub async fn receive<T: Transfer>(peers: &Peers, transfer: &T, req: Request<Inco
     }
 }
 
+/// A job handed over: its id (from the record's `id`), the record as it is
+/// stored here, and its content so far; or the refusal.
+fn take_job(
+    peers: &Peers,
+    job_len: Option<usize>,
+    body: Bytes,
+) -> Result<(ItemId, Vec<u8>, Bytes), Answer> {
+    let bad = |what: String| Answer::err(StatusCode::BAD_REQUEST, "bad_item", what);
+    let n = job_len
+        .filter(|n| *n <= body.len() && *n <= MAX_JOB_RECORD)
+        .ok_or_else(|| bad("Dust-Job-Length must give the job record's length".into()))?;
+    let envelope: JobTransfer =
+        serde_json::from_slice(&body[..n]).map_err(|e| bad(format!("not a job record: {e}")))?;
+    let id: ItemId = envelope
+        .id
+        .parse()
+        .map_err(|_| bad("the job's id must be 32 hex digits".into()))?;
+    let mut job = envelope.job;
+    let content = body.slice(n..);
+    if job.cover || job.moved_to.is_some() {
+        return Err(bad("a cover or moved job is not handed over".into()));
+    }
+    if !crate::job::is_http_url(&job.url) {
+        return Err(bad("the job's URL is not http(s)".into()));
+    }
+    if job.total.is_some_and(|t| (content.len() as u64) > t) {
+        return Err(bad("more content than the job's size".into()));
+    }
+    if !peers.job_users.contains(&job.user) {
+        return Err(Answer::err(
+            StatusCode::BAD_REQUEST,
+            "unknown_user",
+            "this mote has no HTTP user of that name to hand the download to",
+        ));
+    }
+    // This mote estimates its own ready time.
+    job.expected_ready_ms = None;
+    Ok((id, job.encode(), content))
+}
+
+/// The JSON before a handed-over job's content.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct JobTransfer {
+    /// The job's id, 32 hex digits (kept: the user's URL and token stay
+    /// valid).
+    id: String,
+    /// The record.
+    job: crate::job::Job,
+}
+
 /// Where this mote hands items to: a peer's API (`[[peers]] url`, `token`).
 #[derive(Clone)]
 pub struct PeerTarget {
@@ -381,6 +519,17 @@ pub struct PeerTarget {
     pub port: u16,
     /// Sent as `Bearer NAME:TOKEN`: the name this mote has at the peer.
     pub credential: String,
+}
+
+impl PeerTarget {
+    /// The peer's API as a URL (`http://HOST[:PORT]`), for users sent there.
+    pub fn api_base(&self) -> String {
+        if self.port == 80 {
+            format!("http://{}", self.host)
+        } else {
+            format!("http://{}:{}", self.host, self.port)
+        }
+    }
 }
 
 impl std::fmt::Debug for PeerTarget {
@@ -410,8 +559,105 @@ pub async fn send(
     kind: ItemKind,
     payload: Vec<u8>,
 ) -> Result<(), dust_mixer::DeliveryError> {
+    if kind != ItemKind::Mail {
+        return Err(dust_mixer::DeliveryError::permanent(
+            "a download is handed over with send_job",
+        ));
+    }
+    let body = http_body_util::Full::new(Bytes::from(payload));
+    post_item(connector, peer, isolation, id, "mail", None, body).await
+}
+
+/// Hand download job `job_id` (fetch item `id`) to `peer`: its record and
+/// the content stored so far, read from `store` and streamed in 1 MiB
+/// pieces. `Ok` once the peer stored it durably; the caller then marks the
+/// job moved ([`mark_moved`]) and drops its item.
+pub async fn send_job(
+    connector: &dyn crate::tor::Connector,
+    peer: &PeerTarget,
+    isolation: u64,
+    id: &ItemId,
+    store: &std::sync::Arc<dust_mixer::Store>,
+    job_id: ItemId,
+) -> Result<(), dust_mixer::DeliveryError> {
     use dust_mixer::DeliveryError;
-    use http_body_util::Full;
+    let record = store
+        .job(&job_id)?
+        .ok_or_else(|| DeliveryError::permanent("the job is gone"))?;
+    let job = crate::job::Job::decode(&record)
+        .ok_or_else(|| DeliveryError::permanent("unreadable job"))?;
+    let head = serde_json::to_vec(&JobTransfer {
+        id: job_id.to_string(),
+        job,
+    })
+    .map_err(|e| DeliveryError::permanent(format!("encoding the job: {e}")))?;
+    let len = store.content_len(&job_id)?;
+    let head_len = head.len();
+    let first = futures::stream::once(async move {
+        Ok::<_, std::io::Error>(hyper::body::Frame::data(Bytes::from(head)))
+    });
+    let store = std::sync::Arc::clone(store);
+    let pieces = futures::stream::try_unfold(0u64, move |at| {
+        let store = std::sync::Arc::clone(&store);
+        async move {
+            if at >= len {
+                return Ok(None);
+            }
+            let to = (at + SEND_PIECE).min(len);
+            let bytes = tokio::task::spawn_blocking(move || store.read_content(&job_id, at, to))
+                .await
+                .map_err(std::io::Error::other)?
+                .map_err(std::io::Error::other)?
+                .ok_or_else(|| std::io::Error::other("stored content has a gap"))?;
+            Ok(Some((hyper::body::Frame::data(Bytes::from(bytes)), to)))
+        }
+    });
+    use futures::StreamExt;
+    let body = http_body_util::StreamBody::new(first.chain(pieces));
+    post_item(
+        connector,
+        peer,
+        isolation,
+        id,
+        "fetch",
+        Some((head_len, head_len as u64 + len)),
+        body,
+    )
+    .await
+}
+
+/// Record that job `id` now lives at `peer` and drop its content here
+/// (durably: when this returns, the user asking here is sent there).
+pub async fn mark_moved(
+    store: &dust_mixer::Store,
+    id: &ItemId,
+    peer: &PeerTarget,
+) -> Result<(), StorageError> {
+    let Some(mut job) = store.job(id)?.as_deref().and_then(crate::job::Job::decode) else {
+        return Ok(());
+    };
+    job.moved_to = Some(format!("{}/v1/fetches/{id}", peer.api_base()));
+    store.put_job(id, &job.encode())?;
+    store.clear_chunks(id).await
+}
+
+/// POST one item to a peer's `/v1/peer/items`; `job`: (record length,
+/// whole body length) of a download job.
+async fn post_item<B>(
+    connector: &dyn crate::tor::Connector,
+    peer: &PeerTarget,
+    isolation: u64,
+    id: &ItemId,
+    kind_name: &str,
+    job: Option<(usize, u64)>,
+    body: B,
+) -> Result<(), dust_mixer::DeliveryError>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    use dust_mixer::DeliveryError;
     let temporary = |what: String| DeliveryError::temporary(format!("peer {}: {what}", peer.name));
     let stream = connector
         .connect(&crate::tor::Target {
@@ -428,26 +674,20 @@ pub async fn send(
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let kind_name = match kind {
-        ItemKind::Mail => "mail",
-        ItemKind::Fetch => {
-            return Err(DeliveryError::permanent(
-                "downloads cannot be handed to a peer yet",
-            ))
-        }
-    };
-    let host = if peer.port == 80 {
-        peer.host.clone()
-    } else {
-        format!("{}:{}", peer.host, peer.port)
-    };
-    let req = Request::post("/v1/peer/items")
+    let host = peer.api_base().trim_start_matches("http://").to_string();
+    let mut req = Request::post("/v1/peer/items")
         .header(header::HOST, host)
         .header(header::AUTHORIZATION, format!("Bearer {}", peer.credential))
         .header("dust-item-id", id.to_string())
         .header("dust-item-kind", kind_name)
-        .header(header::CONTENT_TYPE, "application/octet-stream")
-        .body(Full::new(Bytes::from(payload)))
+        .header(header::CONTENT_TYPE, "application/octet-stream");
+    if let Some((record, total)) = job {
+        req = req
+            .header("dust-job-length", record)
+            .header(header::CONTENT_LENGTH, total);
+    }
+    let req = req
+        .body(body)
         .map_err(|e| DeliveryError::permanent(format!("building the request: {e}")))?;
     let resp = sender
         .send_request(req)

@@ -167,6 +167,19 @@ impl Store {
         self.schedule_item(item)
     }
 
+    /// Whether an admission with `digest` happened and its window has not
+    /// ended at `now_ms` (a transfer that is about to write more than its
+    /// item checks first).
+    pub fn digest_seen(&self, digest: &[u8], now_ms: u64) -> Result<bool> {
+        let key = self.replay.keyed(digest);
+        Ok(self
+            .replay
+            .tree
+            .get(key)
+            .map_err(db_err("reading a replay digest"))?
+            .is_some_and(|v| expiry(&v) > now_ms))
+    }
+
     /// Replay digests kept now (expired ones not yet pruned included).
     pub fn replay_digests(&self) -> usize {
         self.replay.tree.len()
