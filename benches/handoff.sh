@@ -44,22 +44,8 @@ allow_clearnet = true
 CONF
 }
 
-# The receiving mote: holds everything for 6 h (this measures admission).
-B_SMTP=$(free_port); B_HTTP=$(free_port)
-{ common "$work/b" "$B_SMTP" "$B_HTTP"
-  cat <<CONF
-[mixer]
-delay = { distribution = "constant", value = "6h" }
-[[peers]]
-name = "a"
-token_hash = "$HASH"
-rate = "100000/s"
-burst = 100000
-CONF
-} > "$work/b.toml"
-RUST_LOG=warn "$BIN" serve --config "$work/b.toml" 2>"$work/b.log" &
-pids+=($!)
-wait_port "$B_HTTP"
+# The receiving mote (benches/lib.sh).
+start_receiver "$HASH"
 
 SINK_PORT=$(free_port)
 smtp-sink -u nobody "127.0.0.1:$SINK_PORT" 256 &

@@ -39,3 +39,34 @@ bench_cleanup() {
     sleep 0.5
     rm -rf "$work" "$keys"
 }
+
+# Start the receiving mote of a hand-off benchmark: it holds everything
+# for 6 h (so what is measured is admission) and takes items from peer
+# "a" (token hash $1) without a rate limit. Sets B_SMTP and B_HTTP; its
+# config is $work/b.toml, its log $work/b.log.
+start_receiver() {
+    B_SMTP=$(free_port); B_HTTP=$(free_port)
+    cat > "$work/b.toml" <<CONF
+[storage]
+dir = "$work/b"
+[smtp]
+listen = "127.0.0.1:$B_SMTP"
+require_auth = false
+max_connections = 64
+[http]
+listen = "127.0.0.1:$B_HTTP"
+[tor]
+mode = "direct"
+allow_clearnet = true
+[mixer]
+delay = { distribution = "constant", value = "6h" }
+[[peers]]
+name = "a"
+token_hash = "$1"
+rate = "100000/s"
+burst = 100000
+CONF
+    RUST_LOG=warn "$BIN" serve --config "$work/b.toml" 2>"$work/b.log" &
+    pids+=($!)
+    wait_port "$B_HTTP"
+}
