@@ -170,6 +170,7 @@ impl Collector for Snapshot {
                 ("fetching", f.fetching),
                 ("ready", f.ready),
                 ("failed", f.failed),
+                ("moved", f.moved),
             ],
         )?;
         put_by(
