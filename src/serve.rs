@@ -205,7 +205,9 @@ impl Deliver for Egress {
             .and_then(dust_proxies::job::Job::decode)
             .is_some_and(|j| j.cover);
         if cover {
-            return Err(DeliveryError::permanent("a cover download is not handed over"));
+            return Err(DeliveryError::permanent(
+                "a cover download is not handed over",
+            ));
         }
         hand_off_job(
             &*self.connector,

@@ -520,7 +520,11 @@ where
                 return Err(e);
             }
         }
-        let drain_wake = drain.filter(|d| *d > now && !pool.held.is_empty());
+        // Wake at the drain point, and at the hop point, for what is held.
+        let hop_at = cfg
+            .hop_point()
+            .filter(|h| *h > now && self.deliver.has_successor());
+        let drain_wake = earliest(drain, hop_at).filter(|d| *d > now && !pool.held.is_empty());
         Ok((pool.next_round, drain_wake))
     }
 
