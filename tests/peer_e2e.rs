@@ -267,6 +267,16 @@ fn bad_transfers_get_a_clear_4xx_and_store_nothing() {
             &b""[..],
             "bad_item",
         ),
+        // A finished download without all of its content.
+        (
+            {
+                let mut j = job(common::USER, "http://127.0.0.1:9/f", 10);
+                j["job"]["state"] = "ready".into();
+                j
+            },
+            &b"12345"[..],
+            "bad_item",
+        ),
     ] {
         let (s, v, _) = post_job(&mote, &token, id, &record, content);
         assert_eq!((s, v["error"].as_str()), (400, Some(code)), "{record}: {v}");

@@ -486,6 +486,10 @@ fn take_job(
     if job.total.is_some_and(|t| (content.len() as u64) > t) {
         return Err(bad("more content than the job's size".into()));
     }
+    // A finished download must come whole: this mote will not fetch it.
+    if job.state == crate::job::JobState::Ready && job.total != Some(content.len() as u64) {
+        return Err(bad("a finished download without all of its content".into()));
+    }
     if !peers.job_users.contains(&job.user) {
         return Err(Answer::err(
             StatusCode::BAD_REQUEST,
