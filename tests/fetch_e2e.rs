@@ -13,22 +13,6 @@ use common::*;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
-fn curl(args: &[&str]) -> (u16, Vec<u8>) {
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "-w", "\n%{http_code}"])
-        .args(args)
-        .output()
-        .unwrap();
-    let mut body = out.stdout;
-    let nl = body.iter().rposition(|&b| b == b'\n').unwrap();
-    let code = String::from_utf8_lossy(&body[nl + 1..])
-        .trim()
-        .parse()
-        .unwrap();
-    body.truncate(nl);
-    (code, body)
-}
-
 struct Client {
     base: String,
     auth: String,

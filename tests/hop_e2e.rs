@@ -55,31 +55,12 @@ fn predecessor(sink: &Sink, mote: &str, peers: &str) -> Mote {
     Mote::start(&ca)
 }
 
-/// smtp-source (Postfix): `count` messages over 4 sessions, numbered
-/// recipients, so no two are replays of each other.
+/// smtp-source (Postfix): `count` messages, each got 250.
 fn smtp_source(port: u16, count: usize) {
-    let ok = Command::new("smtp-source")
-        .args(["-c", "-N", "-s", "4", "-m", &count.to_string(), "-l", "512"])
-        .args(["-M", "[127.0.0.1]", "-f", "hop@example.org"])
-        .args(["-t", "sink@example.net"])
-        .arg(format!("127.0.0.1:{port}"))
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("smtp-source (postfix)")
-        .success();
-    assert!(ok, "not every message got 250");
-}
-
-fn message_ids(got: &[Delivered]) -> Vec<String> {
-    got.iter()
-        .map(|m| {
-            let (h, _) = m.split();
-            h.lines()
-                .find(|l| l.to_ascii_lowercase().starts_with("message-id:"))
-                .unwrap_or_else(|| panic!("no Message-ID in {h}"))
-                .to_string()
-        })
-        .collect()
+    assert!(
+        common::smtp_source(port, "hop@example.org", count, 512),
+        "not every message got 250"
+    );
 }
 
 /// Exactly `n` messages at the sink, each once.
@@ -88,8 +69,7 @@ fn exactly_once(sink: &Sink, n: usize, timeout: Duration) -> Vec<Delivered> {
     // A duplicate would arrive shortly after the rest: give it the time.
     std::thread::sleep(Duration::from_millis(500));
     let got = sink.messages();
-    let ids = message_ids(&got);
-    let distinct: HashSet<&String> = ids.iter().collect();
+    let distinct: HashSet<String> = got.iter().map(|m| m.message_id()).collect();
     println!(
         "{} delivered, {} distinct, {n} acknowledged",
         got.len(),
@@ -248,20 +228,7 @@ fn kill_9_of_the_sender_in_the_middle_of_the_hand_off_loses_and_duplicates_nothi
 
 /// curl: (status, body) of a GET with the test user's token.
 fn get(url: &str) -> (u16, Vec<u8>) {
-    let out = Command::new("curl")
-        .args(["-sS", "-w", "\n%{http_code}", "-H"])
-        .arg(format!("Authorization: Bearer {PASSWORD}"))
-        .arg(url)
-        .output()
-        .unwrap();
-    let mut body = out.stdout;
-    let nl = body.iter().rposition(|&b| b == b'\n').unwrap();
-    let code = String::from_utf8_lossy(&body[nl + 1..])
-        .trim()
-        .parse()
-        .unwrap();
-    body.truncate(nl);
-    (code, body)
+    common::curl(&["-H", &format!("Authorization: Bearer {PASSWORD}"), url])
 }
 
 /// The scene: mote A holds mail, a finished download and a

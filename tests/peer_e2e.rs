@@ -399,34 +399,6 @@ fn mail_through_a_cascade_of_three_motes_leaves_like_a_direct_message() {
     }
 }
 
-/// smtp-source (Postfix): `count` messages over 4 sessions, each recipient
-/// numbered (`-N`), so no two are replays of each other.
-fn smtp_source(port: u16, round: usize, count: usize) -> bool {
-    Command::new("smtp-source")
-        .args([
-            "-c",
-            "-N",
-            "-s",
-            "4",
-            "-m",
-            &count.to_string(),
-            "-l",
-            "1024",
-        ])
-        .args([
-            "-M",
-            "[127.0.0.1]",
-            "-f",
-            &format!("round{round}@example.org"),
-        ])
-        .args(["-t", "sink@example.net"])
-        .arg(format!("127.0.0.1:{port}"))
-        .stdout(std::process::Stdio::null())
-        .status()
-        .expect("smtp-source (postfix)")
-        .success()
-}
-
 /// kill -9 of the sender (two rounds) and of the receiver (one round) while
 /// items move from A to C: every message A acknowledged reaches the sink
 /// exactly once. C holds what it receives for 15 s, so that no kill hits
@@ -458,7 +430,12 @@ fn kill_9_during_hand_off_loses_nothing_and_duplicates_nothing() {
     let mut rng = rand::rng();
     for (round, victim) in ["sender", "receiver", "sender"].iter().enumerate() {
         assert!(
-            smtp_source(a.port, round, PER_ROUND),
+            common::smtp_source(
+                a.port,
+                &format!("round{round}@example.org"),
+                PER_ROUND,
+                1024
+            ),
             "round {round}: not every message got 250"
         );
         // The kill moment, drawn at random while A hands items over.
@@ -484,16 +461,7 @@ fn kill_9_during_hand_off_loses_nothing_and_duplicates_nothing() {
     c.wait_drained(Duration::from_secs(60));
     let total = 3 * PER_ROUND;
     let got = sink.wait_messages(total, Duration::from_secs(10));
-    let ids: std::collections::HashSet<String> = got
-        .iter()
-        .map(|m| {
-            let (h, _) = m.split();
-            h.lines()
-                .find(|l| l.to_ascii_lowercase().starts_with("message-id:"))
-                .unwrap_or_else(|| panic!("no Message-ID in {h}"))
-                .to_string()
-        })
-        .collect();
+    let ids: std::collections::HashSet<String> = got.iter().map(|m| m.message_id()).collect();
     println!(
         "{} delivered, {} distinct, {total} acknowledged",
         got.len(),

@@ -128,6 +128,15 @@ pub struct Delivered {
 }
 
 impl Delivered {
+    /// The `Message-ID:` header line (panics if there is none).
+    pub fn message_id(&self) -> String {
+        let (h, _) = self.split();
+        h.lines()
+            .find(|l| l.to_ascii_lowercase().starts_with("message-id:"))
+            .unwrap_or_else(|| panic!("no Message-ID in {h}"))
+            .to_string()
+    }
+
     /// (header, body) split at the first empty line.
     pub fn split(&self) -> (String, &[u8]) {
         let i = self
@@ -818,4 +827,36 @@ pub fn retry_after(head: &str) -> u64 {
         .trim()
         .parse()
         .unwrap()
+}
+
+/// smtp-source (Postfix): `count` messages of `size` bytes from `sender`
+/// over 4 sessions, each recipient numbered (`-N`), so no two are replays
+/// of each other. Whether every message got 250.
+pub fn smtp_source(port: u16, sender: &str, count: usize, size: usize) -> bool {
+    Command::new("smtp-source")
+        .args(["-c", "-N", "-s", "4", "-m", &count.to_string()])
+        .args(["-l", &size.to_string(), "-M", "[127.0.0.1]", "-f", sender])
+        .args(["-t", "sink@example.net"])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .status()
+        .expect("smtp-source (postfix)")
+        .success()
+}
+
+/// curl `args` (silent, errors shown): (status, body).
+pub fn curl(args: &[&str]) -> (u16, Vec<u8>) {
+    let out = Command::new("curl")
+        .args(["-sS", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .unwrap();
+    let mut body = out.stdout;
+    let nl = body.iter().rposition(|&b| b == b'\n').unwrap();
+    let code = String::from_utf8_lossy(&body[nl + 1..])
+        .trim()
+        .parse()
+        .unwrap();
+    body.truncate(nl);
+    (code, body)
 }
