@@ -47,16 +47,9 @@ pub struct Report {
     pub items: u64,
     /// Real items that left during the measured part.
     pub outputs: u64,
-    /// Latency quantiles of those outputs, seconds.
-    pub latency_p50_s: f64,
-    /// 90th percentile.
-    pub latency_p90_s: f64,
-    /// 99th percentile.
-    pub latency_p99_s: f64,
-    /// Largest.
-    pub latency_max_s: f64,
-    /// Mean latency.
-    pub latency_mean_s: f64,
+    /// Their latency.
+    #[serde(flatten)]
+    pub latency: Latency,
     /// Time-averaged number of items in the pool (ρ).
     pub mean_pool: f64,
     /// Mean sender-anonymity entropy of the outputs, bits.
@@ -71,6 +64,58 @@ pub struct Report {
     pub measured_s: f64,
     /// Real seconds the simulation took.
     pub wall_s: f64,
+}
+
+/// Latency quantiles and mean of a run's outputs, seconds (in the JSON:
+/// `latency_p50_s`, …).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Latency {
+    /// Median.
+    #[serde(rename = "latency_p50_s")]
+    pub p50_s: f64,
+    /// 90th percentile.
+    #[serde(rename = "latency_p90_s")]
+    pub p90_s: f64,
+    /// 99th percentile.
+    #[serde(rename = "latency_p99_s")]
+    pub p99_s: f64,
+    /// Largest.
+    #[serde(rename = "latency_max_s")]
+    pub max_s: f64,
+    /// Mean.
+    #[serde(rename = "latency_mean_s")]
+    pub mean_s: f64,
+}
+
+impl Latency {
+    /// Of latencies `sorted` in ascending order (all zero if none).
+    fn of(sorted: &[f64]) -> Self {
+        let q = |q: f64| -> f64 {
+            if sorted.is_empty() {
+                return 0.0;
+            }
+            let i = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1;
+            sorted[i]
+        };
+        Latency {
+            p50_s: q(0.5),
+            p90_s: q(0.9),
+            p99_s: q(0.99),
+            max_s: sorted.last().copied().unwrap_or(0.0),
+            mean_s: sorted.iter().sum::<f64>() / sorted.len().max(1) as f64,
+        }
+    }
+
+    /// "p50 … p90 … p99 … max …" in whole seconds.
+    fn text(&self) -> String {
+        format!(
+            "p50 {} p90 {} p99 {} max {}",
+            fmt_secs(self.p50_s),
+            fmt_secs(self.p90_s),
+            fmt_secs(self.p99_s),
+            fmt_secs(self.max_s),
+        )
+    }
 }
 
 /// Delivers instantly (the simulation is about timing, not transport).
@@ -503,23 +548,12 @@ pub fn run(p: &Params) -> anyhow::Result<(Report, Vec<f64>)> {
         .collect();
     let mut lat: Vec<f64> = outs.iter().map(|o| o.latency_s).collect();
     lat.sort_by(f64::total_cmp);
-    let q = |q: f64| -> f64 {
-        if lat.is_empty() {
-            return 0.0;
-        }
-        let i = ((q * lat.len() as f64).ceil() as usize).clamp(1, lat.len()) - 1;
-        lat[i]
-    };
     let n = outs.len().max(1) as f64;
     let report = Report {
         strategy: strategy.into(),
         items,
         outputs: outs.len() as u64,
-        latency_p50_s: q(0.5),
-        latency_p90_s: q(0.9),
-        latency_p99_s: q(0.99),
-        latency_max_s: lat.last().copied().unwrap_or(0.0),
-        latency_mean_s: lat.iter().sum::<f64>() / n,
+        latency: Latency::of(&lat),
         mean_pool: stats.mean_pool,
         entropy_bits: outs.iter().map(|o| o.entropy_bits).sum::<f64>() / n,
         p_unmixed: outs.iter().filter(|o| o.unmixed).count() as f64 / n,
@@ -594,7 +628,7 @@ pub fn plot(path: &Path, lat: &[f64], curve: &[Report], current: &Report) -> any
         .map_err(|x| e(&x))?;
 
     // Entropy against mean latency.
-    let xs: Vec<f64> = curve.iter().map(|r| r.latency_mean_s / 60.0).collect();
+    let xs: Vec<f64> = curve.iter().map(|r| r.latency.mean_s / 60.0).collect();
     let ys: Vec<f64> = curve.iter().map(|r| r.entropy_bits).collect();
     let xmax = xs.iter().copied().fold(0.0f64, f64::max).max(1e-3) * 1.05;
     let ymax = ys.iter().copied().fold(0.0f64, f64::max).max(1.0) * 1.1;
@@ -629,7 +663,7 @@ pub fn plot(path: &Path, lat: &[f64], curve: &[Report], current: &Report) -> any
         .map_err(|x| e(&x))?;
     chart
         .draw_series(std::iter::once(Circle::new(
-            (current.latency_mean_s / 60.0, current.entropy_bits),
+            (current.latency.mean_s / 60.0, current.entropy_bits),
             6,
             BLACK.stroke_width(2),
         )))
@@ -713,16 +747,9 @@ pub struct CloudReport {
     pub items: u64,
     /// Items that left the cloud.
     pub outputs: u64,
-    /// End-to-end latency quantiles and mean, seconds.
-    pub latency_p50_s: f64,
-    /// 90th percentile.
-    pub latency_p90_s: f64,
-    /// 99th percentile.
-    pub latency_p99_s: f64,
-    /// Largest.
-    pub latency_max_s: f64,
-    /// Mean.
-    pub latency_mean_s: f64,
+    /// End-to-end latency.
+    #[serde(flatten)]
+    pub latency: Latency,
     /// Mean entropy of the departures for an observer of the cloud's edges
     /// ([`edge_entropy_bits`]), bits.
     pub entropy_bits: f64,
@@ -747,13 +774,6 @@ impl CloudReport {
     fn of(run: &CloudRun, from: f64) -> Self {
         let mut lat: Vec<f64> = run.trips.iter().map(|(a, d)| d - a).collect();
         lat.sort_by(f64::total_cmp);
-        let q = |q: f64| -> f64 {
-            if lat.is_empty() {
-                return 0.0;
-            }
-            let i = ((q * lat.len() as f64).ceil() as usize).clamp(1, lat.len()) - 1;
-            lat[i]
-        };
         let departures: Vec<f64> = run
             .trips
             .iter()
@@ -763,11 +783,7 @@ impl CloudReport {
         CloudReport {
             items: run.arrivals.len() as u64,
             outputs: run.trips.len() as u64,
-            latency_p50_s: q(0.5),
-            latency_p90_s: q(0.9),
-            latency_p99_s: q(0.99),
-            latency_max_s: lat.last().copied().unwrap_or(0.0),
-            latency_mean_s: lat.iter().sum::<f64>() / lat.len().max(1) as f64,
+            latency: Latency::of(&lat),
             entropy_bits: edge_entropy_bits(&run.arrivals, &departures, &lat),
             provider_entropy_bits: None,
             share_last_margin: None,
@@ -777,12 +793,9 @@ impl CloudReport {
 
     fn line(&self) -> String {
         format!(
-            "latency p50 {} p90 {} p99 {} max {} mean {}; entropy {:.2} bits ({} of {} items left)",
-            fmt_secs(self.latency_p50_s),
-            fmt_secs(self.latency_p90_s),
-            fmt_secs(self.latency_p99_s),
-            fmt_secs(self.latency_max_s),
-            fmt_secs(self.latency_mean_s),
+            "latency {} mean {}; entropy {:.2} bits ({} of {} items left)",
+            self.latency.text(),
+            fmt_secs(self.latency.mean_s),
             self.entropy_bits,
             self.outputs,
             self.items,
@@ -820,7 +833,7 @@ fn cascade(params: &Params, n: usize, json: bool) -> anyhow::Result<String> {
         &run_cloud(&params.cfg, &Cloud::Cascade(1), rate, arrive, settle, seed)?,
         from,
     );
-    let k = chain.latency_mean_s / one.latency_mean_s.max(1e-9);
+    let k = chain.latency.mean_s / one.latency.mean_s.max(1e-9);
     let mut same_mean = CloudReport::of(
         &run_cloud(
             &scaled(&params.cfg, k),
@@ -1000,7 +1013,7 @@ pub fn command(a: SimulateArgs) -> anyhow::Result<()> {
     } else {
         format!(
             "strategy {}: {} items at {} over {} (measured {}; simulated in {:.1} s)\n\
-             latency p50 {} p90 {} p99 {} max {}\n\
+             latency {}\n\
              mean pool {:.2}, entropy {:.2} bits, unmixed {:.3} %, cover {:.1}/h",
             report.strategy,
             report.items,
@@ -1008,10 +1021,7 @@ pub fn command(a: SimulateArgs) -> anyhow::Result<()> {
             humantime::format_duration(a.duration),
             humantime::format_duration(Duration::from_secs(report.measured_s as u64)),
             report.wall_s,
-            fmt_secs(report.latency_p50_s),
-            fmt_secs(report.latency_p90_s),
-            fmt_secs(report.latency_p99_s),
-            fmt_secs(report.latency_max_s),
+            report.latency.text(),
             report.mean_pool,
             report.entropy_bits,
             report.p_unmixed * 100.0,
