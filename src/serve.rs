@@ -190,25 +190,14 @@ impl Deliver for Egress {
                 .unwrap_or_else(|_| timed_out());
         }
         // A download job: its record and content go; the record stays here
-        // marked moved, so that its user is sent to the successor. A cover
-        // download stays (it belongs to no one; it is released here).
+        // marked moved, so that its user is sent to the successor (a cover
+        // download stays: `send_job` refuses it).
         let job = ItemId(
             item.payload
                 .as_slice()
                 .try_into()
                 .map_err(|_| DeliveryError::permanent("fetch item without a job id"))?,
         );
-        let cover = self
-            .store
-            .job(&job)?
-            .as_deref()
-            .and_then(dust_proxies::job::Job::decode)
-            .is_some_and(|j| j.cover);
-        if cover {
-            return Err(DeliveryError::permanent(
-                "a cover download is not handed over",
-            ));
-        }
         hand_off_job(
             &*self.connector,
             &peer,

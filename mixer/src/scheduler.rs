@@ -521,10 +521,8 @@ where
             }
         }
         // Wake at the drain point, and at the hop point, for what is held.
-        let hop_at = cfg
-            .hop_point()
-            .filter(|h| *h > now && self.deliver.has_successor());
-        let drain_wake = earliest(drain, hop_at).filter(|d| *d > now && !pool.held.is_empty());
+        let drain_wake = earliest(drain, self.coming_hop(&cfg, now))
+            .filter(|d| *d > now && !pool.held.is_empty());
         Ok((pool.next_round, drain_wake))
     }
 
@@ -621,9 +619,7 @@ where
                     return Ok(next.map(|_| earliest(Some(now + HOP_POLL), retry).unwrap_or(now)));
                 }
                 // Wake up for the hand-off if one is coming.
-                let hop_at = cfg
-                    .hop_point()
-                    .filter(|h| *h > now && next.is_some() && self.deliver.has_successor());
+                let hop_at = next.and(self.coming_hop(&cfg, now));
                 return Ok(earliest(next, hop_at));
             }
             let leaving: Vec<(ItemId, f64)> = due
@@ -661,6 +657,12 @@ where
                 return Ok(None);
             }
         }
+    }
+
+    /// The hop point, if it is still to come and a successor is named.
+    fn coming_hop(&self, cfg: &MixerConfig, now: SystemTime) -> Option<SystemTime> {
+        cfg.hop_point()
+            .filter(|h| *h > now && self.deliver.has_successor())
     }
 
     /// Whether the hand-off to a successor is on now: past the hop point,

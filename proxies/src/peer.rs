@@ -347,12 +347,7 @@ pub async fn receive<T: Transfer>(peers: &Peers, transfer: &T, req: Request<Inco
             )
         };
     }
-    let id = req
-        .headers()
-        .get("dust-item-id")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|s| s.parse::<ItemId>().ok());
-    let Some(id) = id else {
+    let Some(id) = header_value::<ItemId>(req.headers(), "dust-item-id") else {
         return Answer::err(
             StatusCode::BAD_REQUEST,
             "bad_item_id",
@@ -370,11 +365,7 @@ pub async fn receive<T: Transfer>(peers: &Peers, transfer: &T, req: Request<Inco
             )
         }
     };
-    let job_len = req
-        .headers()
-        .get("dust-job-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let job_len = header_value::<usize>(req.headers(), "dust-job-length");
     let read = Limited::new(req.into_body(), limits.max_item_bytes).collect();
     let body: Bytes = match tokio::time::timeout(BODY_TIMEOUT, read).await {
         Ok(Ok(b)) => b.to_bytes(),
@@ -456,6 +447,11 @@ pub async fn receive<T: Transfer>(peers: &Peers, transfer: &T, req: Request<Inco
             )
         }
     }
+}
+
+/// Header `name`, parsed (`None` if missing or unparsable).
+fn header_value<T: std::str::FromStr>(headers: &HeaderMap, name: &str) -> Option<T> {
+    headers.get(name)?.to_str().ok()?.parse().ok()
 }
 
 /// A job handed over: its id (from the record's `id`), the record as it is
@@ -590,6 +586,12 @@ pub async fn send_job(
         .ok_or_else(|| DeliveryError::permanent("the job is gone"))?;
     let job = crate::job::Job::decode(&record)
         .ok_or_else(|| DeliveryError::permanent("unreadable job"))?;
+    if job.cover {
+        // It belongs to no one: it is released here.
+        return Err(DeliveryError::permanent(
+            "a cover download is not handed over",
+        ));
+    }
     let head = serde_json::to_vec(&JobTransfer {
         id: job_id.to_string(),
         job,
