@@ -208,7 +208,7 @@ where
             Ok(new) => Ok(new.is_some()),
             Err(MixerError::ShuttingDown) => Err(TransferError::Unavailable("shutting down")),
             Err(MixerError::Expiring) => Err(TransferError::Unavailable("expiring")),
-            Err(MixerError::Storage(StorageError::Full { .. })) => Err(TransferError::NoSpace),
+            Err(MixerError::Storage(e)) => Err(storage_refusal(e)),
             Err(e) => Err(TransferError::Other(e)),
         }
     }
