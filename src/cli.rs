@@ -73,6 +73,28 @@ pub enum Command {
     /// Print the `#cloud-config` user data that makes a VM with dustmote
     /// and tor installed into a mote (see "Spawn a mote" in the README).
     CloudInit(CloudInitArgs),
+    /// Make an account on the running mote (applied at once): an SMTP
+    /// password and/or an HTTP token, shown once, with quotas and an end.
+    Invite(crate::accounts_cli::InviteArgs),
+    /// List the running mote's accounts: quotas, usage today, sessions,
+    /// end (never a secret).
+    Accounts {
+        /// Configuration file (for the data directory).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// One JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// End an account at once: its credentials stop working and its open
+    /// SMTP sessions are closed.
+    Revoke {
+        /// The account.
+        name: String,
+        /// Configuration file (for the data directory).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
     /// Configuration commands.
     Config {
         #[command(subcommand)]

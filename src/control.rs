@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Context};
 use dust_mixer::{ItemKind, QueueStats, HELD};
+use dust_proxies::accounts::{Accounts, Invite};
 use dust_proxies::mail::StoredMail;
 use dust_proxies::status::{Status, StatusFn};
 use dust_storage::{ItemState, Store};
@@ -135,8 +136,24 @@ pub fn bind(dir: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
+/// What the control socket answers with.
+#[derive(Clone)]
+pub struct Handlers {
+    /// The queue.
+    pub store: Arc<Store>,
+    /// `status`.
+    pub status: StatusFn,
+    /// `reload`.
+    pub reload: ReloadFn,
+    /// `invite`, `accounts`, `revoke`, `card`.
+    pub accounts: Arc<Accounts>,
+}
+
+/// The longest request line (an invitation's JSON fits easily).
+const MAX_REQUEST: u64 = 4096;
+
 /// One request's answer as JSON.
-fn answer(request: &str, store: &Store, status: &StatusFn, reload: &ReloadFn) -> String {
+async fn answer(request: &str, h: &Handlers) -> String {
     fn json<T: Serialize>(r: anyhow::Result<T>) -> String {
         let r = r.and_then(|v| Ok(serde_json::to_string(&v)?));
         r.unwrap_or_else(|e| {
@@ -146,11 +163,30 @@ fn answer(request: &str, store: &Store, status: &StatusFn, reload: &ReloadFn) ->
             .unwrap_or_default()
         })
     }
-    match request {
-        "queue" => json(report(store, false)),
-        "queue addresses" => json(report(store, true)),
-        "status" => json(status().map_err(anyhow::Error::from)),
-        "reload" => json(reload().map(|reloaded| Reloaded { reloaded })),
+    let (verb, arg) = request.split_once(' ').unwrap_or((request, ""));
+    match (verb, arg) {
+        ("queue", "") => json(report(&h.store, false)),
+        ("queue", "addresses") => json(report(&h.store, true)),
+        ("status", "") => json((h.status)().map_err(anyhow::Error::from)),
+        ("reload", "") => json((h.reload)().map(|reloaded| Reloaded { reloaded })),
+        ("invite", invite) => {
+            let r = match serde_json::from_str::<Invite>(invite) {
+                Ok(i) => h.accounts.invite(i).await.map_err(anyhow::Error::from),
+                Err(e) => Err(anyhow!("bad invitation: {e}")),
+            };
+            json(r)
+        }
+        ("accounts", "") => json(h.accounts.list().map_err(anyhow::Error::from)),
+        ("revoke", name) => json(
+            h.accounts
+                .revoke(name)
+                .await
+                .map(|()| Reloaded {
+                    reloaded: format!("account {name} revoked"),
+                })
+                .map_err(anyhow::Error::from),
+        ),
+        ("card", name) => json(h.accounts.reissue(name).await.map_err(anyhow::Error::from)),
         _ => json::<()>(Err(anyhow!("unknown request"))),
     }
 }
@@ -158,9 +194,7 @@ fn answer(request: &str, store: &Store, status: &StatusFn, reload: &ReloadFn) ->
 /// Answer requests on `listener` (from [`bind`]) until `stop`.
 pub fn serve(
     listener: tokio::net::UnixListener,
-    store: Arc<Store>,
-    status: StatusFn,
-    reload: ReloadFn,
+    handlers: Handlers,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -170,16 +204,15 @@ pub fn serve(
                 _ = stop.wait_for(|s| *s) => return,
             };
             let Ok((sock, _)) = conn else { continue };
-            let store = Arc::clone(&store);
-            let (status, reload) = (Arc::clone(&status), Arc::clone(&reload));
+            let h = handlers.clone();
             tokio::spawn(async move {
                 let (rd, mut wr) = sock.into_split();
                 let mut line = String::new();
-                let mut rd = BufReader::new(rd.take(256));
+                let mut rd = BufReader::new(rd.take(MAX_REQUEST));
                 if rd.read_line(&mut line).await.is_err() {
                     return;
                 }
-                let out = answer(line.trim(), &store, &status, &reload);
+                let out = answer(line.trim(), &h).await;
                 let _ = wr.write_all(out.as_bytes()).await;
                 let _ = wr.shutdown().await;
             });
@@ -211,7 +244,7 @@ fn data_dir(config: Option<&Path>) -> anyhow::Result<PathBuf> {
 }
 
 /// Ask the running mote; an error if none answers.
-fn ask_required<T: DeserializeOwned>(config: Option<&Path>, req: &str) -> anyhow::Result<T> {
+pub fn ask_required<T: DeserializeOwned>(config: Option<&Path>, req: &str) -> anyhow::Result<T> {
     let dir = data_dir(config)?;
     ask_running(&dir, req)
         .ok_or_else(|| anyhow!("no running mote answers on {}", socket_path(&dir).display()))?

@@ -1,6 +1,7 @@
 //! `dustmote`: the mote's command-line entry point. Each subcommand's body
 //! lives in its own module (see `cli`).
 
+mod accounts_cli;
 mod cli;
 mod cloud_init;
 mod config;
@@ -42,6 +43,9 @@ fn main() -> ExitCode {
             token_file,
             command,
         } => fetch_cli::run(config, api, token_file, command),
+        Command::Invite(args) => accounts_cli::invite(args),
+        Command::Accounts { config, json } => accounts_cli::accounts(config.as_deref(), json),
+        Command::Revoke { name, config } => accounts_cli::revoke(config.as_deref(), &name),
         Command::Config {
             command: ConfigCommand::Check { file },
         } => config_check(&file),

@@ -10,6 +10,8 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use dust_mixer::tokio_rt::TokioRt;
 use dust_mixer::{Deliver, DeliveryError, Item, ItemId, ItemKind, Lifetime, Mixer, Outcome};
+use dust_proxies::accounts::Accounts;
+use dust_proxies::auth::Verifier;
 use dust_proxies::delivery::MailDelivery;
 use dust_proxies::fetch::Fetcher;
 use dust_proxies::job::FetchCounts;
@@ -370,6 +372,23 @@ fn status_source(
     })
 }
 
+/// End accounts when their time is over (their sessions are closed).
+async fn end_expired_accounts(accounts: Arc<Accounts>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let next = accounts.end_expired().await;
+        // Accounts made meanwhile are looked at within the minute.
+        let wait = next
+            .and_then(|t| t.duration_since(SystemTime::now()).ok())
+            .unwrap_or(Duration::from_secs(60))
+            .min(Duration::from_secs(60));
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = accounts.invited() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
 /// Re-read the configuration and apply its mixer and cover settings.
 fn reloader(
     config_path: Option<PathBuf>,
@@ -490,6 +509,24 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
     ));
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
+    // The configuration's users, and accounts added while the mote runs.
+    let smtp_verifier = Arc::new(Verifier::new(smtp.users.clone()));
+    let http_only = http_users.only().map(str::to_string);
+    let configured: Vec<String> = smtp
+        .users
+        .names()
+        .chain(http_users.names())
+        .map(str::to_string)
+        .collect();
+    let http_verifier = Arc::new(Verifier::new(http_users));
+    let accounts = Accounts::open(
+        Arc::clone(&store),
+        Arc::clone(&smtp_verifier),
+        Arc::clone(&http_verifier),
+        configured,
+        lifetime.map(|l| l.expires_at),
+    )?;
+    tokio::spawn(end_expired_accounts(Arc::clone(&accounts), stop_rx.clone()));
     let status = status_source(
         Arc::clone(&store),
         Arc::clone(&connector),
@@ -507,9 +544,12 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
     );
     let control = control::serve(
         control_listener,
-        Arc::clone(&store),
-        Arc::clone(&status),
-        Arc::clone(&reload),
+        control::Handlers {
+            store: Arc::clone(&store),
+            status: Arc::clone(&status),
+            reload: Arc::clone(&reload),
+            accounts: Arc::clone(&accounts),
+        },
         stop_rx.clone(),
     );
     tokio::spawn(reload_on_sighup(reload));
@@ -525,9 +565,10 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
             stop_limit,
         ));
     }
-    let api = dust_proxies::http::Api::with_peers(
+    let api = dust_proxies::http::Api::with_accounts(
         Arc::clone(&store),
-        http_users,
+        http_verifier,
+        http_only,
         http_operators,
         status,
         Arc::new(mixer.clone()),
@@ -535,6 +576,7 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
             peers.accept_jobs_of(job_users),
             Arc::new(mixer.clone()),
         )),
+        Arc::clone(&accounts),
     );
     let http_task =
         tokio::spawn(api.serve(http_listener, stop_rx.clone(), config.http.max_connections));
@@ -559,7 +601,12 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
         tracing::warn!("second stop signal: exiting at once");
         std::process::exit(1);
     });
-    let server = Server::new(smtp, Arc::new(mixer.clone()));
+    let server = Server::with_accounts(
+        smtp,
+        Arc::new(mixer.clone()),
+        smtp_verifier,
+        Some(Arc::clone(&accounts)),
+    );
     server
         .serve(listener, stop_rx, config.shutdown.session_grace)
         .await;

@@ -1,7 +1,7 @@
 //! Users, their argon2 password hashes, and a [`Verifier`] that bounds the
 //! work anyone can cause before authenticating.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -57,6 +57,38 @@ impl Users {
         Ok(Self { by_name, decoy })
     }
 
+    /// Add `name` or replace its hash (checked to parse).
+    pub fn set(&mut self, name: &str, hash: String) -> Result<(), BadHash> {
+        if let Err(e) = PasswordHash::new(&hash) {
+            return Err(BadHash {
+                user: name.to_string(),
+                reason: e.to_string(),
+            });
+        }
+        self.decoy.get_or_insert_with(|| hash.clone());
+        self.by_name.insert(name.to_string(), hash);
+        Ok(())
+    }
+
+    /// Remove `name`; whether it was there.
+    pub fn remove(&mut self, name: &str) -> bool {
+        self.by_name.remove(name).is_some()
+    }
+
+    /// Whether `name` is a user.
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    /// `name`'s hash, or the decoy (`false`: `name` is no user), or `None`
+    /// when there is no user at all.
+    fn hash_for(&self, name: &str) -> Option<(String, bool)> {
+        match self.by_name.get(name) {
+            Some(h) => Some((h.clone(), true)),
+            None => self.decoy.clone().map(|h| (h, false)),
+        }
+    }
+
     /// No users configured.
     pub fn is_empty(&self) -> bool {
         self.by_name.is_empty()
@@ -86,14 +118,10 @@ impl Users {
     /// allocation each time makes the allocator keep freed blocks, and
     /// memory grows by tens of MiB per thread.
     pub fn verify_with(&self, user: &str, password: &[u8], memory: &mut Vec<Block>) -> bool {
-        let (hash, exists) = match self.by_name.get(user) {
-            Some(h) => (h, true),
-            None => match &self.decoy {
-                Some(h) => (h, false),
-                None => return false,
-            },
-        };
-        check(hash, password, memory) && exists
+        match self.hash_for(user) {
+            Some((hash, exists)) => check(&hash, password, memory) && exists,
+            None => false,
+        }
     }
 }
 
@@ -191,12 +219,15 @@ struct Throttle {
 /// credentials already verified once are recognized by a keyed digest
 /// without argon2, so a real user stays prompt while strangers guess.
 pub struct Verifier {
-    users: Users,
+    /// The users: those of the configuration, and accounts added and
+    /// removed while the mote runs ([`set`](Self::set), [`remove`](Self::remove)).
+    users: parking_lot::RwLock<Users>,
     /// Work for the verification threads; bounded at [`MAX_WAITING`].
     jobs: std::sync::mpsc::SyncSender<Job>,
     throttle: parking_lot::Mutex<Throttle>,
-    /// Keyed digests of (name, secret) that verified.
-    known: parking_lot::Mutex<HashSet<[u8; 32]>>,
+    /// Keyed digests of (name, secret) that verified, with the name (so a
+    /// removed user's are forgotten with it).
+    known: parking_lot::Mutex<HashMap<[u8; 32], String>>,
     /// The key of those digests (random per process, never stored).
     key: [u8; 32],
 }
@@ -209,7 +240,8 @@ impl std::fmt::Debug for Verifier {
 
 /// One verification for a verification thread.
 struct Job {
-    name: String,
+    /// The hash to check against (the user's, or the decoy).
+    hash: String,
     secret: Vec<u8>,
     answer: tokio::sync::oneshot::Sender<bool>,
 }
@@ -221,7 +253,7 @@ impl Verifier {
         let (jobs, rx) = std::sync::mpsc::sync_channel::<Job>(MAX_WAITING);
         let rx = Arc::new(parking_lot::Mutex::new(rx));
         for i in 0..MAX_VERIFYING {
-            let (rx, users) = (Arc::clone(&rx), users.clone());
+            let rx = Arc::clone(&rx);
             let spawned = std::thread::Builder::new()
                 .name(format!("verify-{i}"))
                 .spawn(move || {
@@ -231,7 +263,7 @@ impl Verifier {
                     loop {
                         let job = rx.lock().recv();
                         let Ok(job) = job else { return };
-                        let ok = users.verify_with(&job.name, &job.secret, &mut memory);
+                        let ok = check(&job.hash, &job.secret, &mut memory);
                         let _ = job.answer.send(ok);
                     }
                 });
@@ -240,17 +272,37 @@ impl Verifier {
             }
         }
         Self {
-            users,
+            users: parking_lot::RwLock::new(users),
             jobs,
             throttle: parking_lot::Mutex::new(Throttle::default()),
-            known: parking_lot::Mutex::new(HashSet::new()),
+            known: parking_lot::Mutex::new(HashMap::new()),
             key: rand::rng().random(),
         }
     }
 
-    /// The users.
-    pub fn users(&self) -> &Users {
-        &self.users
+    /// The users now.
+    pub fn users(&self) -> parking_lot::RwLockReadGuard<'_, Users> {
+        self.users.read()
+    }
+
+    /// Add a user or replace its hash, while the mote runs: credentials
+    /// of `name` that verified before must verify again.
+    pub fn set(&self, name: &str, hash: String) -> Result<(), BadHash> {
+        self.users.write().set(name, hash)?;
+        self.forget(name);
+        Ok(())
+    }
+
+    /// Remove a user while the mote runs: its credentials stop working at
+    /// once (also those that verified before). Whether it was a user.
+    pub fn remove(&self, name: &str) -> bool {
+        let was = self.users.write().remove(name);
+        self.forget(name);
+        was
+    }
+
+    fn forget(&self, name: &str) {
+        self.known.lock().retain(|_, n| n != name);
     }
 
     fn digest(&self, name: &str, secret: &[u8]) -> [u8; 32] {
@@ -269,15 +321,19 @@ impl Verifier {
     /// credentials that verified before.
     pub async fn verify(&self, name: &str, secret: &[u8]) -> Verdict {
         let digest = self.digest(name, secret);
-        if self.known.lock().contains(&digest) {
+        if self.known.lock().contains_key(&digest) {
             return Verdict::Ok;
         }
         if let Some(wait) = self.refused_for(name, Instant::now()) {
             return Verdict::Busy(wait);
         }
+        let Some((hash, exists)) = self.users.read().hash_for(name) else {
+            self.record(name, false, digest, None, Instant::now());
+            return Verdict::Wrong;
+        };
         let (answer, verdict) = tokio::sync::oneshot::channel();
         let job = Job {
-            name: name.to_string(),
+            hash: hash.clone(),
             secret: secret.to_vec(),
             answer,
         };
@@ -289,8 +345,9 @@ impl Verifier {
         // tests in paused time see that work is under way.
         let ok = tokio::task::spawn_blocking(move || verdict.blocking_recv().unwrap_or(false))
             .await
-            .unwrap_or(false);
-        self.record(name, ok, digest, Instant::now());
+            .unwrap_or(false)
+            && exists;
+        let ok = self.record(name, ok, digest, Some(&hash), Instant::now());
         if ok {
             Verdict::Ok
         } else {
@@ -310,17 +367,33 @@ impl Verifier {
         (tokens < 1.0).then(|| Duration::from_secs_f64((1.0 - tokens) / FAIL_RATE))
     }
 
-    fn record(&self, name: &str, ok: bool, digest: [u8; 32], now: Instant) {
+    /// Book the outcome of a verification against `hash`; whether it
+    /// stands (a success does not if the user was removed or given new
+    /// credentials meanwhile).
+    fn record(
+        &self,
+        name: &str,
+        ok: bool,
+        digest: [u8; 32],
+        hash: Option<&str>,
+        now: Instant,
+    ) -> bool {
         let mut t = self.throttle.lock();
         if ok {
             t.names.remove(name);
             drop(t);
+            // Under the users' lock: a removal either happened before
+            // (then this success does not stand) or forgets it after.
+            let users = self.users.read();
+            if users.by_name.get(name).map(String::as_str) != hash {
+                return false;
+            }
             let mut known = self.known.lock();
             if known.len() >= MAX_KNOWN {
                 known.clear();
             }
-            known.insert(digest);
-            return;
+            known.insert(digest, name.to_string());
+            return true;
         }
         let (tokens, at) = fill(&mut t.bucket, now);
         t.bucket = Some(((tokens - 1.0).max(0.0), at));
@@ -343,6 +416,7 @@ impl Verifier {
                 .min(FAIL_MAX);
             entry.1 = now + backoff;
         }
+        false
     }
 }
 

@@ -27,6 +27,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
+use crate::accounts::{Accounts, Exceeded, FETCHES};
 use crate::auth::{Users, Verdict, Verifier};
 use crate::job::{is_http_url, Job, JobState, Schedule, ScheduleError};
 use crate::status::{StatusFn, OPENMETRICS_TYPE};
@@ -51,8 +52,14 @@ pub struct Api<S> {
     store: Arc<Store>,
     /// Users who see the mix's counts (`/metrics`, the full `/status`).
     operators: Vec<String>,
-    /// Checks bearer tokens with bounded work.
-    verifier: Verifier,
+    /// Checks bearer tokens with bounded work (shared with the accounts,
+    /// which add and remove users while the mote runs).
+    verifier: Arc<Verifier>,
+    /// The configuration's only user, if it has one: a bare `TOKEN` is
+    /// theirs (accounts always use `NAME:TOKEN`).
+    only: Option<String>,
+    /// Accounts made while the mote runs (quotas, sessions).
+    accounts: Option<Arc<Accounts>>,
     status: StatusFn,
     schedule: Arc<S>,
     /// `POST /v1/peer/items` (none: 404).
@@ -186,6 +193,35 @@ fn unauthorized(message: &str) -> Resp {
 /// `503` for a storage failure (the client may try again).
 fn unavailable(e: &dyn std::fmt::Display) -> Resp {
     error(StatusCode::SERVICE_UNAVAILABLE, "storage", &e.to_string())
+}
+
+/// One more download today.
+fn quota_delta() -> dust_storage::accounts::Usage {
+    let mut d = [0; dust_storage::accounts::USAGE_FIELDS];
+    d[FETCHES] = 1;
+    d
+}
+
+/// `429` for a daily quota, with `Retry-After` until it is reset.
+fn quota_exceeded(over: &Exceeded) -> Resp {
+    let what = if over.which == FETCHES {
+        "downloads"
+    } else {
+        "downloaded bytes"
+    };
+    let mut r = json_response(
+        StatusCode::TOO_MANY_REQUESTS,
+        &json!({
+            "error": "quota",
+            "message": format!("this account's daily quota of {what} is used up"),
+            "resets_at": over.resets(),
+        }),
+    );
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(over.retry_after_secs()),
+    );
+    r
 }
 
 /// The token of an `Authorization: Bearer …` header (users and peers).
@@ -338,10 +374,39 @@ impl<S: Schedule> Api<S> {
         schedule: Arc<S>,
         peer: Option<crate::peer::Endpoint>,
     ) -> Arc<Self> {
+        let only = users.only().map(str::to_string);
         Arc::new(Self {
             store,
             operators,
-            verifier: Verifier::new(users),
+            verifier: Arc::new(Verifier::new(users)),
+            only,
+            accounts: None,
+            status,
+            schedule,
+            peer,
+        })
+    }
+
+    /// [`with_peers`](Self::with_peers) with a verifier shared with
+    /// `accounts` (made with the configuration's users, `only` the one of
+    /// them if there is exactly one).
+    #[allow(clippy::too_many_arguments)]
+    pub fn with_accounts(
+        store: Arc<Store>,
+        verifier: Arc<Verifier>,
+        only: Option<String>,
+        operators: Vec<String>,
+        status: StatusFn,
+        schedule: Arc<S>,
+        peer: Option<crate::peer::Endpoint>,
+        accounts: Arc<Accounts>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            operators,
+            verifier,
+            only,
+            accounts: Some(accounts),
             status,
             schedule,
             peer,
@@ -406,8 +471,7 @@ impl<S: Schedule> Api<S> {
             )
         };
         let token = bearer(headers).ok_or_else(unauthorized)?;
-        let users = self.verifier.users();
-        let (name, secret) = match (token.split_once(':'), users.only()) {
+        let (name, secret) = match (token.split_once(':'), self.only.as_deref()) {
             (Some((name, secret)), _) => (name, secret),
             (None, Some(only)) => (only, token),
             (None, None) => return Err(unauthorized()),
@@ -458,6 +522,21 @@ impl<S: Schedule> Api<S> {
         let user = match self.user(req.headers()).await {
             Ok(u) => u,
             Err(r) => return r,
+        };
+        // An account's requests at once are bounded by its quota.
+        let _slot = match self.accounts.as_ref().map(|a| a.open_session(&user, true)) {
+            Some(Err(())) => {
+                let mut r = error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_sessions",
+                    "this account has as many requests under way as its quota allows",
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return r;
+            }
+            Some(Ok(slot)) => slot,
+            None => None,
         };
         match (method, segs.as_slice()) {
             (Method::POST, ["v1", "fetches"]) => self.create(&user, req).await,
@@ -530,6 +609,23 @@ impl<S: Schedule> Api<S> {
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
             return r;
         }
+        // Counted before the job is stored (durable with its fsync below),
+        // taken back if it is refused.
+        let charged = match self
+            .accounts
+            .as_ref()
+            .map(|a| a.charge(user, quota_delta()))
+        {
+            None => None,
+            Some(Ok(Ok(c))) => c,
+            Some(Ok(Err(over))) => return quota_exceeded(&over),
+            Some(Err(e)) => return unavailable(&e),
+        };
+        let refund = || {
+            if let Some(a) = &self.accounts {
+                a.refund(charged);
+            }
+        };
         let id = ItemId(rand::random());
         let job = Job::new(
             url.to_string(),
@@ -547,6 +643,7 @@ impl<S: Schedule> Api<S> {
         };
         if let Err(e) = self.store.put_job(&id, &job.encode()) {
             tracing::error!(error = %e, "storing a fetch job failed");
+            refund();
             return refused();
         }
         // 202 only once the job and its fetch item are on disk (the
@@ -559,6 +656,7 @@ impl<S: Schedule> Api<S> {
             Ok(()) => {}
             Err(ScheduleError::Expiring { retry_after_s }) => {
                 let _ = self.store.delete_job(&id).await;
+                refund();
                 let mut r = error(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "expiring",
@@ -571,6 +669,7 @@ impl<S: Schedule> Api<S> {
             Err(e) => {
                 tracing::error!(error = %e, "scheduling a fetch job failed");
                 let _ = self.store.delete_job(&id).await;
+                refund();
                 let mut r = refused();
                 r.headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));

@@ -102,7 +102,7 @@ impl Smtp {
         )?;
         if self.require_auth && users.is_empty() {
             warnings.push(
-                "no [[smtp.users]] configured: every submission is refused (530); add a user with `dustmote passwd`"
+                "no [[smtp.users]] configured: submissions are refused (530) until `dustmote invite` makes an account; add a user with `dustmote passwd`"
                     .into(),
             );
         }

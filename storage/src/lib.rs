@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod accounts;
 mod fetch;
 pub mod flusher;
 mod record;
@@ -146,6 +147,8 @@ pub struct Store {
     counts: Counts,
     /// Digests of recent admissions (see `replay.rs`).
     replay: replay::Replay,
+    /// Accounts and their usage (see `accounts.rs`).
+    accounts: accounts::AccountTrees,
     /// Seals payloads, job records and content (see `seal.rs`).
     sealer: Arc<Sealer>,
     /// The free-space reserve (see `space.rs`).
@@ -311,6 +314,7 @@ impl Store {
             .open_tree("chunks")
             .map_err(db_err("opening tree chunks"))?;
         let replay = replay::Replay::open(&db, key)?;
+        let accounts = accounts::AccountTrees::open(&db, key)?;
         let flusher = Flusher::start(db.clone(), dir)
             .map_err(|e| StorageError::Flush(format!("starting the flusher: {e}")))?;
         let store = Self {
@@ -324,6 +328,7 @@ impl Store {
             temporary_content,
             counts: Counts::default(),
             replay,
+            accounts,
             sealer,
             space,
             flusher,

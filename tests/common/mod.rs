@@ -555,6 +555,17 @@ delivery_grace = "2s"
             .unwrap()
     }
 
+    /// Run `dustmote ARGS… --config FILE` against this mote.
+    pub fn cli_args(&self, args: &[&str]) -> Output {
+        Command::new(bin())
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUNTIME_DIRECTORY", self.runtime.path())
+            .output()
+            .unwrap()
+    }
+
     /// `GET path` of the HTTP API as the operator: the body.
     fn operator_get(&self, path: &str) -> Vec<u8> {
         Command::new("curl")

@@ -4,6 +4,11 @@
   submit.py send  --port P [--user U --password W --auth plain|login] --from F --to T [--to T2] --file MSG [--smtputf8]
       Sends one message; prints one JSON object: {"ok": true} or
       {"ok": false, "stage": ..., "code": N, "text": ...}.
+  submit.py hold --port P --user U --password W --wait SECS
+      Authenticates, prints {"authenticated": true} (or the refusal as
+      send does), then waits up to SECS for a line the server sends by
+      itself and prints it: {"code": N, "text": ...}, {"closed": true} or
+      {"timeout": true}.
   submit.py track --port P --user U --password W --sessions S --count N --deadline SECS --out FILE
       S sessions send N messages in all, each with a unique token in its
       Subject and body, reconnecting whenever the server is unreachable
@@ -51,6 +56,24 @@ def send(a):
         print(json.dumps({"ok": False, "stage": "data", "code": e.smtp_code, "text": e.smtp_error.decode()}))
     except smtplib.SMTPResponseException as e:
         print(json.dumps({"ok": False, "stage": stage, "code": e.smtp_code, "text": e.smtp_error.decode()}))
+
+
+def hold(a):
+    try:
+        s = smtplib.SMTP("127.0.0.1", a.port, timeout=a.wait)
+        s.ehlo("client.invalid")
+        login(s, a)
+    except smtplib.SMTPResponseException as e:
+        print(json.dumps({"ok": False, "stage": "auth", "code": e.smtp_code, "text": e.smtp_error.decode()}), flush=True)
+        return
+    print(json.dumps({"authenticated": True}), flush=True)
+    try:
+        code, text = s.getreply()
+        print(json.dumps({"code": code, "text": text.decode()}), flush=True)
+    except smtplib.SMTPServerDisconnected as e:
+        # smtplib reports its own read timeout as a disconnection.
+        key = "timeout" if "timed out" in str(e) else "closed"
+        print(json.dumps({key: True}), flush=True)
 
 
 def track(a):
@@ -102,7 +125,7 @@ def track(a):
 def main():
     p = argparse.ArgumentParser()
     sub = p.add_subparsers(dest="cmd", required=True)
-    for name in ("send", "track"):
+    for name in ("send", "track", "hold"):
         q = sub.add_parser(name)
         q.add_argument("--port", type=int, required=True)
         q.add_argument("--user")
@@ -118,8 +141,9 @@ def main():
     t.add_argument("--count", type=int, required=True)
     t.add_argument("--deadline", type=float, required=True)
     t.add_argument("--out", required=True)
+    sub.choices["hold"].add_argument("--wait", type=float, required=True)
     a = p.parse_args()
-    {"send": send, "track": track}[a.cmd](a)
+    {"send": send, "track": track, "hold": hold}[a.cmd](a)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tor_rtcompat::{Blocking, SleepProvider};
 
+use crate::accounts::{Accounts, SessionSlot, MAIL, MAIL_BYTES};
 use crate::auth::{Users, Verdict, Verifier};
 use crate::mail::{replay_digest, sanitize, SanitizeError, SanitizeOptions, StoredMail};
 
@@ -156,6 +157,8 @@ pub struct Server<A> {
     cfg: Arc<SmtpConfig>,
     admission: Arc<A>,
     verifier: Arc<Verifier>,
+    /// Accounts made while the mote runs (quotas, sessions, revocation).
+    accounts: Option<Arc<Accounts>>,
     slots: Arc<Semaphore>,
     strangers: Arc<parking_lot::Mutex<Strangers>>,
 }
@@ -163,12 +166,24 @@ pub struct Server<A> {
 impl<A: Admission> Server<A> {
     /// A server admitting through `admission`.
     pub fn new(cfg: SmtpConfig, admission: Arc<A>) -> Self {
-        let slots = Arc::new(Semaphore::new(cfg.max_connections));
         let verifier = Arc::new(Verifier::new(cfg.users.clone()));
+        Self::with_accounts(cfg, admission, verifier, None)
+    }
+
+    /// A server whose users are checked by `verifier` (made with the
+    /// configuration's users), shared with `accounts`.
+    pub fn with_accounts(
+        cfg: SmtpConfig,
+        admission: Arc<A>,
+        verifier: Arc<Verifier>,
+        accounts: Option<Arc<Accounts>>,
+    ) -> Self {
+        let slots = Arc::new(Semaphore::new(cfg.max_connections));
         Self {
             cfg: Arc::new(cfg),
             admission,
             verifier,
+            accounts,
             slots,
             strangers: Arc::default(),
         }
@@ -219,6 +234,7 @@ impl<A: Admission> Server<A> {
             let cfg = Arc::clone(&self.cfg);
             let admission = Arc::clone(&self.admission);
             let verifier = Arc::clone(&self.verifier);
+            let accounts = self.accounts.clone();
             let (slots, strangers) = (Arc::clone(&self.slots), Arc::clone(&self.strangers));
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
@@ -234,6 +250,7 @@ impl<A: Admission> Server<A> {
                 };
                 let ticket = cfg.require_auth.then(|| Ticket::new(&strangers));
                 let mut s = Session::new(&cfg, &*admission, &verifier, rd, wr, shutdown, ticket);
+                s.accounts = accounts;
                 if let Err(e) = s.run().await {
                     tracing::debug!(error = %e, "session ended with an I/O error");
                 }
@@ -331,6 +348,11 @@ struct Session<'a, A, R, W> {
     auth_failures: u32,
     errors: u32,
     line: Vec<u8>,
+    /// The mote's accounts, if it has any.
+    accounts: Option<Arc<Accounts>>,
+    /// The session's place under its account's quota (an account's
+    /// session only).
+    slot: Option<SessionSlot>,
 }
 
 /// Close the session after this many failed AUTH attempts.
@@ -380,6 +402,27 @@ where
             auth_failures: 0,
             errors: 0,
             line: Vec::with_capacity(1024),
+            accounts: None,
+            slot: None,
+        }
+    }
+
+    /// Completes when this session's account has ended (revoked or
+    /// expired); never for a configured user or before AUTH.
+    fn account_ended(&self) -> impl Future<Output = ()> + 'static {
+        let watch = match (&self.accounts, &self.slot, &self.user) {
+            (Some(a), Some(_), Some(u)) => Some((Arc::clone(a), a.ended(), u.clone())),
+            _ => None,
+        };
+        async move {
+            let Some((accounts, mut ended, user)) = watch else {
+                return futures::future::pending().await;
+            };
+            while accounts.is_account(&user) {
+                if ended.changed().await.is_err() {
+                    return futures::future::pending().await;
+                }
+            }
         }
     }
 
@@ -418,6 +461,7 @@ where
                 return self.close_with(&msg).await;
             }
             let timeout = self.cfg.command_timeout.min(left);
+            let revoked = self.account_ended();
             let read = {
                 let Self {
                     rd,
@@ -436,6 +480,7 @@ where
                     r = tokio::time::timeout(timeout, read_line(rd, line, limit)) => Ok(r),
                     _ = shutdown.wait_for(|s| *s) => Err("421 4.3.2 Service shutting down"),
                     _ = evicted => Err("421 4.7.0 Too many connections without authentication"),
+                    _ = revoked => Err("421 4.7.0 This account has ended, closing connection"),
                 }
             };
             let line = match read {
@@ -541,7 +586,7 @@ where
                     "250-{}\r\n250-PIPELINING\r\n250-SIZE {}\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n",
                     self.cfg.hostname, self.cfg.max_message_bytes
                 );
-                if !self.cfg.users.is_empty() && self.user.is_none() {
+                if !self.verifier.users().is_empty() && self.user.is_none() {
                     r.push_str("250-AUTH PLAIN LOGIN\r\n");
                 }
                 r.push_str("250 ENHANCEDSTATUSCODES");
@@ -624,6 +669,10 @@ where
         }
         if !addr.is_empty() && lettre::Address::from_str(addr).is_err() {
             return self.error("501 5.1.7 Bad sender address syntax").await;
+        }
+        if let Some(reply) = self.quota_refusal(size) {
+            self.reply(&reply).await?;
+            return Ok(Flow::Continue);
         }
         if !self.admission.has_room(size) {
             // Not the client's fault: no error counted, try again later.
@@ -756,6 +805,15 @@ where
             window,
             exact: false,
         });
+        // Counted before the admission (durable with its fsync); taken
+        // back if it fails. A replay is counted again (an over-count).
+        let charged = match self.charge(message.len() as u64) {
+            Ok(c) => c,
+            Err(reply) => {
+                self.reply(&reply).await?;
+                return Ok(Flow::Continue);
+            }
+        };
         let payload = StoredMail {
             from,
             rcpts,
@@ -763,7 +821,13 @@ where
             smtputf8: self.smtputf8,
         }
         .encode();
-        match self.admission.admit(payload, once).await {
+        let admitted = self.admission.admit(payload, once).await;
+        if admitted.is_err() {
+            if let Some(a) = &self.accounts {
+                a.refund(charged);
+            }
+        }
+        match admitted {
             Ok(()) => {
                 self.reply("250 2.0.0 Ok: queued").await?;
                 Ok(Flow::Continue)
@@ -794,6 +858,36 @@ where
         }
     }
 
+    /// The reply refusing a message of about `size` bytes (0: unknown)
+    /// at MAIL, if the account's quota for today is used up.
+    fn quota_refusal(&self, size: u64) -> Option<String> {
+        let (a, user) = (self.accounts.as_ref()?, self.user.as_ref()?);
+        let room = |which| a.room(user, which).unwrap_or(u64::MAX);
+        if room(MAIL) == 0 {
+            return Some(quota_reply(MAIL, &day_end()));
+        }
+        let bytes = room(MAIL_BYTES);
+        (bytes == 0 || size > bytes).then(|| quota_reply(MAIL_BYTES, &day_end()))
+    }
+
+    /// Count a message of `bytes` against the account's quotas.
+    fn charge(&self, bytes: u64) -> Result<Option<crate::accounts::Charged>, String> {
+        let (Some(a), Some(user)) = (&self.accounts, &self.user) else {
+            return Ok(None);
+        };
+        let mut delta = [0; dust_storage::accounts::USAGE_FIELDS];
+        delta[MAIL] = 1;
+        delta[MAIL_BYTES] = bytes;
+        match a.charge(user, delta) {
+            Ok(Ok(c)) => Ok(c),
+            Ok(Err(over)) => Err(quota_reply(over.which, &over.resets())),
+            Err(e) => {
+                tracing::error!(error = %e, "counting usage failed; client told 451");
+                Err("451 4.3.0 Temporary storage failure, try again later".into())
+            }
+        }
+    }
+
     /// Read one AUTH continuation line; `None` if cancelled or broken.
     async fn auth_line(&mut self, prompt: &str) -> std::io::Result<Result<Vec<u8>, &'static str>> {
         self.reply(prompt).await?;
@@ -818,7 +912,7 @@ where
     }
 
     async fn auth(&mut self, arg: &str) -> std::io::Result<Flow> {
-        if self.cfg.users.is_empty() {
+        if self.verifier.users().is_empty() {
             return self.error("503 5.5.1 AUTH not available").await;
         }
         if self.user.is_some() {
@@ -882,6 +976,19 @@ where
         };
         match self.verifier.verify(&user, &pass).await {
             Verdict::Ok => {
+                // An account's sessions at once are bounded by its quota.
+                if let Some(a) = &self.accounts {
+                    match a.open_session(&user, false) {
+                        Ok(slot) => self.slot = slot,
+                        Err(()) => {
+                            return self
+                                .error(
+                                    "454 4.7.0 Too many sessions for this account, try again later",
+                                )
+                                .await
+                        }
+                    }
+                }
                 self.user = Some(user);
                 self.ticket = None;
                 self.reply("235 2.7.0 Authentication successful").await?;
@@ -918,6 +1025,23 @@ where
             .await?;
         Ok(Flow::Continue)
     }
+}
+
+/// The reply for a daily quota used up: messages `452 4.5.3`, bytes
+/// `552 5.2.3` (RFC 3463: the message exceeds an administrative limit).
+fn quota_reply(which: usize, resets: &str) -> String {
+    if which == MAIL {
+        format!("452 4.5.3 Daily message quota of this account reached; it resets at {resets}")
+    } else {
+        format!("552 5.2.3 Daily byte quota of this account exceeded; it resets at {resets}")
+    }
+}
+
+/// The start of the next UTC day, RFC 3339.
+fn day_end() -> String {
+    let now = dust_mixer::wall_ms(std::time::SystemTime::now());
+    let next = (now / 86_400_000 + 1) * 86_400_000;
+    humantime::format_rfc3339_seconds(dust_mixer::from_wall_ms(next)).to_string()
 }
 
 fn trim_eol(l: &[u8]) -> &[u8] {

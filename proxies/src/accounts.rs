@@ -1,0 +1,724 @@
+//! Accounts made while the mote runs, so that a mote can be shared: `dustmote
+//! invite` makes one (an SMTP password and/or an HTTP bearer token, shown
+//! once; only argon2 hashes are kept, sealed in the store), `revoke` ends one
+//! at once (its open SMTP sessions are closed), and each has quotas per day
+//! and on concurrent sessions. Accounts live beside the configuration's
+//! users (whose names they cannot take) and never outlive the mote.
+//!
+//! Usage is counted before the work it pays for is acknowledged, in the
+//! same flush (see `dust_storage::accounts`): after any crash it is never
+//! under-counted.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use dust_mixer::{from_wall_ms, wall_ms, StorageError, Store};
+use dust_storage::accounts::Usage;
+use parking_lot::{Mutex, RwLock};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::auth::{hash_password, Verifier};
+
+/// Usage counters (see [`Usage`]).
+pub const MAIL: usize = 0;
+/// See [`MAIL`].
+pub const MAIL_BYTES: usize = 1;
+/// See [`MAIL`].
+pub const FETCHES: usize = 2;
+/// See [`MAIL`].
+pub const FETCH_BYTES: usize = 3;
+
+/// Concurrent sessions of an account unless its invitation said otherwise
+/// (SMTP sessions and HTTP requests, counted apart).
+pub const DEFAULT_SESSIONS: u32 = 4;
+const DAY_MS: u64 = 86_400_000;
+/// Letters of generated passwords and tokens (no look-alikes are left
+/// out: they are pasted, not typed; 62 letters, 5.95 bits each).
+const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+/// Letters of a password (131 bits) and of a token (190 bits).
+const PASSWORD_LEN: usize = 22;
+const TOKEN_LEN: usize = 32;
+
+/// An account's limits per UTC day (`None`: none) and on sessions.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quota {
+    /// Mail messages per day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mail: Option<u64>,
+    /// Mail bytes per day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mail_bytes: Option<u64>,
+    /// Downloads queued per day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetches: Option<u64>,
+    /// Downloaded bytes per day.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fetch_bytes: Option<u64>,
+    /// Concurrent SMTP sessions, and concurrent HTTP requests (apart);
+    /// `None`: [`DEFAULT_SESSIONS`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<u32>,
+}
+
+impl Quota {
+    fn limits(&self) -> Usage {
+        let l = |v: Option<u64>| v.unwrap_or(u64::MAX);
+        [
+            l(self.mail),
+            l(self.mail_bytes),
+            l(self.fetches),
+            l(self.fetch_bytes),
+        ]
+    }
+
+    fn sessions(&self) -> u32 {
+        self.sessions.unwrap_or(DEFAULT_SESSIONS)
+    }
+}
+
+/// An account as stored (sealed).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Account {
+    name: String,
+    #[serde(default)]
+    smtp_hash: Option<String>,
+    #[serde(default)]
+    http_hash: Option<String>,
+    #[serde(default)]
+    quota: Quota,
+    created_ms: u64,
+    /// When it ends (at the latest the mote's end).
+    #[serde(default)]
+    expires_ms: Option<u64>,
+}
+
+/// What `dustmote invite` asks for.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Invite {
+    /// The account's name (letters, digits, `.`, `_`, `-`; at most 64).
+    pub name: String,
+    /// Its limits.
+    #[serde(default)]
+    pub quota: Quota,
+    /// How long it lasts (at most until the mote ends; default: that).
+    #[serde(with = "humantime_serde_opt")]
+    pub expires_in: Option<Duration>,
+    /// An SMTP password.
+    pub smtp: bool,
+    /// An HTTP bearer token.
+    pub http: bool,
+}
+
+/// Credentials, shown once (`dustmote invite`, `dustmote card`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Credentials {
+    /// The account's name (the SMTP user name; the token is `NAME:TOKEN`).
+    pub name: String,
+    /// Its SMTP password.
+    pub smtp_password: Option<String>,
+    /// Its HTTP bearer token (the part after `NAME:`).
+    pub http_token: Option<String>,
+    /// When it ends (RFC 3339), if ever.
+    pub expires_at: Option<String>,
+}
+
+/// One line of `dustmote accounts` (never a secret).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccountView {
+    /// The name.
+    pub name: String,
+    /// Whether it has an SMTP password.
+    pub smtp: bool,
+    /// Whether it has an HTTP token.
+    pub http: bool,
+    /// Its limits.
+    pub quota: Quota,
+    /// Used today (UTC): mail messages, mail bytes, downloads, download bytes.
+    pub today: Usage,
+    /// SMTP sessions open now.
+    pub sessions: u32,
+    /// When it ends (RFC 3339), if ever.
+    pub expires_at: Option<String>,
+}
+
+/// Why an account operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AccountError {
+    /// The name is taken (by an account or a configured user).
+    #[error("{0:?} is taken (an account or a user of the configuration)")]
+    Taken(String),
+    /// No such account.
+    #[error("no account {0:?}")]
+    Unknown(String),
+    /// The name has characters a name cannot have.
+    #[error("an account name is 1 to 64 letters, digits, '.', '_' or '-'")]
+    BadName,
+    /// Neither SMTP nor HTTP.
+    #[error("an account needs SMTP or HTTP access")]
+    Nothing,
+    /// The mote is over (or ends before the account would start).
+    #[error("the mote has ended")]
+    MoteOver,
+    /// The store failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// A quota that a request would pass: which, and when it is reset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Exceeded {
+    /// The counter ([`MAIL`], [`MAIL_BYTES`], [`FETCHES`], [`FETCH_BYTES`]).
+    pub which: usize,
+    /// The start of the next UTC day.
+    pub resets_at: SystemTime,
+}
+
+impl Exceeded {
+    /// Seconds until the reset (at least 1), for `Retry-After`.
+    pub fn retry_after_secs(&self) -> u64 {
+        self.resets_at
+            .duration_since(SystemTime::now())
+            .map_or(1, |d| d.as_secs().max(1))
+    }
+
+    /// The reset time, for replies.
+    pub fn resets(&self) -> String {
+        humantime::format_rfc3339_seconds(self.resets_at).to_string()
+    }
+}
+
+/// Usage added for one admission; [`refund`](Accounts::refund) it if the
+/// admission fails.
+#[derive(Debug)]
+pub struct Charged {
+    name: String,
+    day: u32,
+    delta: Usage,
+}
+
+/// A session of an account (dropped: the session ended).
+pub struct SessionSlot {
+    accounts: Arc<Accounts>,
+    name: String,
+    http: bool,
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        let mut open = self.accounts.open.lock();
+        let key = (self.name.clone(), self.http);
+        if let Some(n) = open.get_mut(&key) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&key);
+            }
+        }
+    }
+}
+
+/// The accounts of a running mote.
+pub struct Accounts {
+    store: Arc<Store>,
+    smtp: Arc<Verifier>,
+    http: Arc<Verifier>,
+    live: RwLock<HashMap<String, Account>>,
+    /// Names of the configuration's users (SMTP and HTTP).
+    configured: HashSet<String>,
+    /// When the mote ends (ms since the epoch).
+    mote_ends_ms: Option<u64>,
+    /// Open sessions per (name, HTTP?).
+    open: Mutex<HashMap<(String, bool), u32>>,
+    /// Bumped whenever an account ends: sessions check whether theirs did.
+    ended: watch::Sender<u64>,
+    /// Serializes invite, reissue and revoke.
+    changing: tokio::sync::Mutex<()>,
+    /// Notified when an account is made (its end may be the next).
+    invited: tokio::sync::Notify,
+}
+
+impl std::fmt::Debug for Accounts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Accounts").finish_non_exhaustive()
+    }
+}
+
+fn day_of(ms: u64) -> u32 {
+    u32::try_from(ms / DAY_MS).unwrap_or(u32::MAX)
+}
+
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(from_wall_ms(ms)).to_string()
+}
+
+fn secret(len: usize) -> String {
+    let mut rng = rand::rng();
+    (0..len)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+async fn hash(secret: String) -> Result<String, AccountError> {
+    tokio::task::spawn_blocking(move || hash_password(secret.as_bytes()))
+        .await
+        .map_err(|e| AccountError::Storage(StorageError::Flush(e.to_string())))?
+        .map_err(|e| AccountError::Storage(StorageError::Flush(format!("hashing: {e}"))))
+}
+
+impl Accounts {
+    /// The accounts in `store` (expired ones are removed), added to the
+    /// SMTP and HTTP verifiers. `configured`: the configuration's user
+    /// names; `mote_ends`: the end of the mote's life, if it has one.
+    pub fn open(
+        store: Arc<Store>,
+        smtp: Arc<Verifier>,
+        http: Arc<Verifier>,
+        configured: impl IntoIterator<Item = String>,
+        mote_ends: Option<SystemTime>,
+    ) -> Result<Arc<Self>, AccountError> {
+        let now = wall_ms(SystemTime::now());
+        let mut live = HashMap::new();
+        for record in store.accounts()? {
+            let a: Account =
+                serde_json::from_slice(&record).map_err(|e| StorageError::Corrupt {
+                    doing: "reading an account",
+                    what: e.to_string(),
+                })?;
+            if a.expires_ms.is_some_and(|e| e <= now) {
+                store.remove_account(&a.name)?;
+                continue;
+            }
+            live.insert(a.name.clone(), a);
+        }
+        let accounts = Arc::new(Self {
+            store,
+            smtp,
+            http,
+            live: RwLock::new(HashMap::new()),
+            configured: configured.into_iter().collect(),
+            mote_ends_ms: mote_ends.map(wall_ms),
+            open: Mutex::new(HashMap::new()),
+            ended: watch::Sender::new(0),
+            changing: tokio::sync::Mutex::new(()),
+            invited: tokio::sync::Notify::new(),
+        });
+        for a in live.into_values() {
+            accounts.enter(a);
+        }
+        Ok(accounts)
+    }
+
+    /// Put `a` into the verifiers and the live set.
+    fn enter(&self, a: Account) {
+        let set = |v: &Verifier, h: &Option<String>| match h {
+            Some(h) => {
+                if let Err(e) = v.set(&a.name, h.clone()) {
+                    tracing::warn!(error = %e, "an account's stored hash does not parse");
+                }
+            }
+            None => {
+                v.remove(&a.name);
+            }
+        };
+        set(&self.smtp, &a.smtp_hash);
+        set(&self.http, &a.http_hash);
+        self.live.write().insert(a.name.clone(), a);
+    }
+
+    /// Make an account; its credentials, shown once.
+    pub async fn invite(&self, invite: Invite) -> Result<Credentials, AccountError> {
+        if !valid_name(&invite.name) {
+            return Err(AccountError::BadName);
+        }
+        if !invite.smtp && !invite.http {
+            return Err(AccountError::Nothing);
+        }
+        let _changing = self.changing.lock().await;
+        if self.configured.contains(&invite.name) || self.live.read().contains_key(&invite.name) {
+            return Err(AccountError::Taken(invite.name));
+        }
+        let now = wall_ms(SystemTime::now());
+        let asked = invite
+            .expires_in
+            .map(|d| now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX)));
+        let expires_ms = match (asked, self.mote_ends_ms) {
+            (Some(a), Some(m)) => Some(a.min(m)),
+            (a, m) => a.or(m),
+        };
+        if expires_ms.is_some_and(|e| e <= now) {
+            return Err(AccountError::MoteOver);
+        }
+        let mut a = Account {
+            name: invite.name,
+            smtp_hash: None,
+            http_hash: None,
+            quota: invite.quota,
+            created_ms: now,
+            expires_ms,
+        };
+        let creds = self.issue(&mut a, invite.smtp, invite.http).await?;
+        self.invited.notify_one();
+        Ok(creds)
+    }
+
+    /// New credentials for `a` (those asked for), stored durably and put
+    /// into force before they are returned.
+    async fn issue(
+        &self,
+        a: &mut Account,
+        smtp: bool,
+        http: bool,
+    ) -> Result<Credentials, AccountError> {
+        let password = smtp.then(|| secret(PASSWORD_LEN));
+        let token = http.then(|| secret(TOKEN_LEN));
+        a.smtp_hash = match &password {
+            Some(p) => Some(hash(p.clone()).await?),
+            None => None,
+        };
+        a.http_hash = match &token {
+            Some(t) => Some(hash(t.clone()).await?),
+            None => None,
+        };
+        let record = serde_json::to_vec(&*a).map_err(|e| StorageError::Corrupt {
+            doing: "writing an account",
+            what: e.to_string(),
+        })?;
+        self.store.put_account(&a.name, &record)?;
+        self.store.sync().await?;
+        self.enter(a.clone());
+        Ok(Credentials {
+            name: a.name.clone(),
+            smtp_password: password,
+            http_token: token,
+            expires_at: a.expires_ms.map(rfc3339),
+        })
+    }
+
+    /// New credentials for account `name` (the ones it has); the old ones
+    /// stop working at once. For a new access card.
+    pub async fn reissue(&self, name: &str) -> Result<Credentials, AccountError> {
+        let _changing = self.changing.lock().await;
+        let mut a = self
+            .live
+            .read()
+            .get(name)
+            .cloned()
+            .ok_or_else(|| AccountError::Unknown(name.to_string()))?;
+        let (smtp, http) = (a.smtp_hash.is_some(), a.http_hash.is_some());
+        self.issue(&mut a, smtp, http).await
+    }
+
+    /// End account `name` at once: its credentials stop working and its
+    /// open SMTP sessions are closed.
+    pub async fn revoke(&self, name: &str) -> Result<(), AccountError> {
+        let _changing = self.changing.lock().await;
+        if !self.live.read().contains_key(name) {
+            return Err(AccountError::Unknown(name.to_string()));
+        }
+        self.end(name).await
+    }
+
+    async fn end(&self, name: &str) -> Result<(), AccountError> {
+        // Out of force first: whatever the store does next, the account
+        // no longer works.
+        self.live.write().remove(name);
+        self.smtp.remove(name);
+        self.http.remove(name);
+        self.ended.send_modify(|n| *n += 1);
+        self.store.remove_account(name)?;
+        self.store.sync().await?;
+        Ok(())
+    }
+
+    /// End the accounts whose time is over; when the next one ends.
+    pub async fn end_expired(&self) -> Option<SystemTime> {
+        let now = wall_ms(SystemTime::now());
+        let over: Vec<String> = self
+            .live
+            .read()
+            .values()
+            .filter(|a| a.expires_ms.is_some_and(|e| e <= now))
+            .map(|a| a.name.clone())
+            .collect();
+        for name in over {
+            let _changing = self.changing.lock().await;
+            if let Err(e) = self.end(&name).await {
+                tracing::warn!(error = %e, "could not remove an expired account");
+            }
+        }
+        self.live
+            .read()
+            .values()
+            .filter_map(|a| a.expires_ms)
+            .min()
+            .map(from_wall_ms)
+    }
+
+    /// Completes when an account is made (for the task that ends them).
+    pub async fn invited(&self) {
+        self.invited.notified().await;
+    }
+
+    /// Every account, with today's usage.
+    pub fn list(&self) -> Result<Vec<AccountView>, AccountError> {
+        let day = day_of(wall_ms(SystemTime::now()));
+        let live = self.live.read();
+        let open = self.open.lock();
+        let mut out = live
+            .values()
+            .map(|a| {
+                Ok(AccountView {
+                    name: a.name.clone(),
+                    smtp: a.smtp_hash.is_some(),
+                    http: a.http_hash.is_some(),
+                    quota: a.quota.clone(),
+                    today: self.store.usage(&a.name, day)?,
+                    sessions: open.get(&(a.name.clone(), false)).copied().unwrap_or(0),
+                    expires_at: a.expires_ms.map(rfc3339),
+                })
+            })
+            .collect::<Result<Vec<_>, AccountError>>()?;
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// Whether `name` is an account now (not a configured user).
+    pub fn is_account(&self, name: &str) -> bool {
+        self.live.read().contains_key(name)
+    }
+
+    /// Changes whenever an account ends; a session of an account checks
+    /// [`is_account`](Self::is_account) then.
+    pub fn ended(&self) -> watch::Receiver<u64> {
+        self.ended.subscribe()
+    }
+
+    /// A session slot for `name` (`http`: an HTTP request, else an SMTP
+    /// session): `Ok(None)` for a configured user (no limit), `Err(())`
+    /// when the account has as many open as its quota allows.
+    #[allow(clippy::result_unit_err)]
+    pub fn open_session(
+        self: &Arc<Self>,
+        name: &str,
+        http: bool,
+    ) -> Result<Option<SessionSlot>, ()> {
+        let Some(limit) = self.live.read().get(name).map(|a| a.quota.sessions()) else {
+            return Ok(None);
+        };
+        let mut open = self.open.lock();
+        let n = open.entry((name.to_string(), http)).or_insert(0);
+        if *n >= limit {
+            return Err(());
+        }
+        *n += 1;
+        Ok(Some(SessionSlot {
+            accounts: Arc::clone(self),
+            name: name.to_string(),
+            http,
+        }))
+    }
+
+    /// Count `delta` against `name`'s quotas for today before the work is
+    /// acknowledged (it becomes durable with the work's own flush).
+    /// `Ok(Ok(None))` for a configured user; `Ok(Err(_))` when a quota
+    /// would be passed (nothing counted).
+    pub fn charge(
+        &self,
+        name: &str,
+        delta: Usage,
+    ) -> Result<Result<Option<Charged>, Exceeded>, StorageError> {
+        let Some(limits) = self.live.read().get(name).map(|a| a.quota.limits()) else {
+            return Ok(Ok(None));
+        };
+        let now = wall_ms(SystemTime::now());
+        let day = day_of(now);
+        match self.store.add_usage(name, day, delta, limits)? {
+            Ok(_) => Ok(Ok(Some(Charged {
+                name: name.to_string(),
+                day,
+                delta,
+            }))),
+            Err(used) => {
+                let which = (0..delta.len())
+                    .find(|&i| delta[i] > 0 && used[i].saturating_add(delta[i]) > limits[i])
+                    .unwrap_or(0);
+                Ok(Err(Exceeded {
+                    which,
+                    resets_at: from_wall_ms((u64::from(day) + 1) * DAY_MS),
+                }))
+            }
+        }
+    }
+
+    /// Take back a charge whose work was refused (not synced: a crash
+    /// keeps the charge, an over-count).
+    pub fn refund(&self, charged: Option<Charged>) {
+        if let Some(c) = charged {
+            if let Err(e) = self.store.refund_usage(&c.name, c.day, c.delta) {
+                tracing::warn!(error = %e, "could not refund usage");
+            }
+        }
+    }
+
+    /// Remaining room of `which` for `name` today (`u64::MAX`: no limit or
+    /// no account).
+    pub fn room(&self, name: &str, which: usize) -> Result<u64, StorageError> {
+        let Some(limits) = self.live.read().get(name).map(|a| a.quota.limits()) else {
+            return Ok(u64::MAX);
+        };
+        if limits[which] == u64::MAX {
+            return Ok(u64::MAX);
+        }
+        let used = self.store.usage(name, day_of(wall_ms(SystemTime::now())))?;
+        Ok(limits[which].saturating_sub(used[which]))
+    }
+}
+
+/// `Option<Duration>` as a humantime string (`"12h"`) in JSON.
+mod humantime_serde_opt {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<String>::deserialize(d)?
+            .map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::{Users, Verdict};
+
+    fn accounts(store: Arc<Store>) -> (Arc<Accounts>, Arc<Verifier>, Arc<Verifier>) {
+        let smtp = Arc::new(Verifier::new(Users::default()));
+        let http = Arc::new(Verifier::new(Users::default()));
+        let a = Accounts::open(
+            store,
+            Arc::clone(&smtp),
+            Arc::clone(&http),
+            ["owner".to_string()],
+            None,
+        )
+        .expect("open");
+        (a, smtp, http)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn invite_verify_reissue_revoke_and_reopen() {
+        let store = Store::temporary().expect("store");
+        let (a, smtp, http) = accounts(Arc::clone(&store));
+        let invite = |name: &str| Invite {
+            name: name.into(),
+            smtp: true,
+            http: true,
+            ..Invite::default()
+        };
+        assert!(matches!(
+            a.invite(invite("owner")).await,
+            Err(AccountError::Taken(_))
+        ));
+        assert!(matches!(
+            a.invite(invite("a:b")).await,
+            Err(AccountError::BadName)
+        ));
+        let c = a.invite(invite("bea")).await.expect("invite");
+        let (pw, tok) = (c.smtp_password.expect("pw"), c.http_token.expect("token"));
+        assert_eq!((pw.len(), tok.len()), (PASSWORD_LEN, TOKEN_LEN));
+        assert_eq!(smtp.verify("bea", pw.as_bytes()).await, Verdict::Ok);
+        assert_eq!(http.verify("bea", tok.as_bytes()).await, Verdict::Ok);
+        assert_eq!(smtp.verify("bea", tok.as_bytes()).await, Verdict::Wrong);
+        // A new card: the old password stops working at once.
+        let c2 = a.reissue("bea").await.expect("reissue");
+        assert_eq!(smtp.verify("bea", pw.as_bytes()).await, Verdict::Wrong);
+        let pw2 = c2.smtp_password.expect("pw");
+        assert_eq!(smtp.verify("bea", pw2.as_bytes()).await, Verdict::Ok);
+        // Stored: a second mote process over the same store knows it.
+        let (b, smtp_b, _) = accounts(Arc::clone(&store));
+        assert_eq!(smtp_b.verify("bea", pw2.as_bytes()).await, Verdict::Ok);
+        assert!(b.is_account("bea"));
+        let ended = a.ended();
+        a.revoke("bea").await.expect("revoke");
+        assert!(ended.has_changed().expect("watch"));
+        assert_eq!(smtp.verify("bea", pw2.as_bytes()).await, Verdict::Wrong);
+        assert!(matches!(
+            a.revoke("bea").await,
+            Err(AccountError::Unknown(_))
+        ));
+        assert!(store.accounts().expect("list").is_empty());
+    }
+
+    #[tokio::test]
+    async fn quotas_and_sessions_are_counted() {
+        let store = Store::temporary().expect("store");
+        let (a, _, _) = accounts(store);
+        a.invite(Invite {
+            name: "q".into(),
+            quota: Quota {
+                mail: Some(2),
+                mail_bytes: Some(1000),
+                sessions: Some(1),
+                ..Quota::default()
+            },
+            smtp: true,
+            ..Invite::default()
+        })
+        .await
+        .expect("invite");
+        let one = a.charge("q", [1, 400, 0, 0]).expect("store").expect("room");
+        assert!(one.is_some());
+        let too_big = a
+            .charge("q", [1, 700, 0, 0])
+            .expect("store")
+            .expect_err("bytes");
+        assert_eq!(too_big.which, MAIL_BYTES);
+        assert!(too_big.retry_after_secs() <= 86_400);
+        a.charge("q", [1, 500, 0, 0]).expect("store").expect("room");
+        assert_eq!(
+            a.charge("q", [1, 1, 0, 0])
+                .expect("store")
+                .expect_err("count")
+                .which,
+            MAIL
+        );
+        a.refund(one);
+        a.charge("q", [1, 1, 0, 0])
+            .expect("store")
+            .expect("refunded room");
+        assert_eq!(a.room("q", MAIL_BYTES).expect("room"), 499);
+        // A configured user has no quota.
+        assert!(a
+            .charge("owner", [1, 1 << 40, 0, 0])
+            .expect("store")
+            .expect("none")
+            .is_none());
+        let s = a
+            .open_session("q", false)
+            .expect("first")
+            .expect("an account");
+        assert!(a.open_session("q", false).is_err());
+        assert!(a.open_session("q", true).expect("http apart").is_some());
+        drop(s);
+        assert!(a.open_session("q", false).is_ok());
+        assert_eq!(a.list().expect("list")[0].today, [2, 501, 0, 0]);
+    }
+}
