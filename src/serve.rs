@@ -482,10 +482,13 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
     let connector = connector(&config)?;
     let successor = Arc::new(StdMutex::new(successor));
     let hop_isolation = rand::random();
+    // Filled once the accounts are open (below), before anything is served.
+    let accounts_cell = Arc::new(std::sync::OnceLock::new());
     let egress = Egress {
         mail: route
             .map(|(r, timeout)| MailDelivery::with_route(Arc::clone(&connector), r, timeout)),
-        fetch: Fetcher::new(Arc::clone(&store), Arc::clone(&connector), fetch),
+        fetch: Fetcher::new(Arc::clone(&store), Arc::clone(&connector), fetch)
+            .with_accounts(Arc::clone(&accounts_cell)),
         successor: Arc::clone(&successor),
         connector: Arc::clone(&connector),
         store: Arc::clone(&store),
@@ -526,6 +529,7 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
         configured,
         lifetime.map(|l| l.expires_at),
     )?;
+    let _ = accounts_cell.set(Arc::clone(&accounts));
     tokio::spawn(end_expired_accounts(Arc::clone(&accounts), stop_rx.clone()));
     let status = status_source(
         Arc::clone(&store),

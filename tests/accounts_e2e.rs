@@ -369,3 +369,47 @@ fn an_account_ends_with_its_time_and_never_outlives_the_mote() {
     assert!(!ok && t.contains("535"), "{t}");
     sink.stop();
 }
+
+#[test]
+fn downloaded_bytes_per_day_bound_what_is_fetched() {
+    let nginx = common::origins::Nginx::start();
+    let mut sink = Sink::start();
+    let mut cfg = MoteConfig::new(sink.port);
+    cfg.extra = "[fetch]\nchunk = { min = \"100KiB\", max = \"300KiB\" }\ndelay = { distribution = \"constant\", value = \"20ms\" }\nallow_private_addresses = true\n".into();
+    let mote = Mote::start(&cfg);
+    let h = invite(&mote, &["dora", "--http", "--quota-fetch-bytes", "1MiB/d"]);
+    let bearer = format!(
+        "Authorization: Bearer {}",
+        h["http_token"].as_str().unwrap()
+    );
+    let api = format!("http://127.0.0.1:{}/v1/fetches", mote.http_port);
+    let data = vec![7u8; 3 * 1024 * 1024];
+    let body = serde_json::json!({ "url": nginx.put("three.bin", &data) }).to_string();
+    let (code, b) = curl(&["-X", "POST", "-H", &bearer, "-d", &body, &api]);
+    assert_eq!(code, 202, "{}", String::from_utf8_lossy(&b));
+    let id = serde_json::from_slice::<serde_json::Value>(&b).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let job = || {
+        let (code, b) = curl(&["-H", &bearer, &format!("{api}/{id}")]);
+        assert_eq!(code, 200);
+        serde_json::from_slice::<serde_json::Value>(&b).unwrap()
+    };
+    // The last chunk of the day is cut to what is left: exactly 1 MiB.
+    let v = wait_for(Duration::from_secs(60), || {
+        let v = job();
+        (v["bytes_stored"].as_u64().unwrap() >= 1 << 20).then_some(v)
+    })
+    .expect("a mebibyte fetched");
+    assert_eq!(v["bytes_stored"], 1 << 20, "{v}");
+    assert_eq!(v["state"], "fetching", "waits for the next day: {v}");
+    assert_eq!(usage_today(&mote, "dora")[3], 1 << 20);
+    // A new download today: 429 until the quota is reset.
+    let (code, b) = curl(&["-i", "-X", "POST", "-H", &bearer, "-d", &body, &api]);
+    let text = String::from_utf8_lossy(&b);
+    assert_eq!(code, 429, "{text}");
+    assert!(text.contains("downloaded bytes"), "{text}");
+    assert_eq!(job()["bytes_stored"], 1 << 20, "nothing more fetched");
+    sink.stop();
+}

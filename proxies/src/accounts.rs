@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use dust_mixer::{from_wall_ms, wall_ms, StorageError, Store};
-use dust_storage::accounts::Usage;
+use dust_storage::accounts::{Usage, USAGE_FIELDS};
 use parking_lot::{Mutex, RwLock};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -552,10 +552,7 @@ impl Accounts {
                 let which = (0..delta.len())
                     .find(|&i| delta[i] > 0 && used[i].saturating_add(delta[i]) > limits[i])
                     .unwrap_or(0);
-                Ok(Err(Exceeded {
-                    which,
-                    resets_at: from_wall_ms((u64::from(day) + 1) * DAY_MS),
-                }))
+                Ok(Err(self.exceeded(which)))
             }
         }
     }
@@ -568,6 +565,40 @@ impl Accounts {
                 tracing::warn!(error = %e, "could not refund usage");
             }
         }
+    }
+
+    /// Count `delta` for `name` today whatever the limits (bytes already
+    /// stored that a reservation did not cover).
+    pub fn charge_over(&self, name: &str, delta: Usage) -> Result<(), StorageError> {
+        if self.live.read().contains_key(name) {
+            let day = day_of(wall_ms(SystemTime::now()));
+            self.store
+                .add_usage(name, day, delta, [u64::MAX; USAGE_FIELDS])?
+                .ok();
+        }
+        Ok(())
+    }
+
+    /// Give back `part` of a charge (a reservation not used in full).
+    pub fn refund_part(&self, charged: Option<Charged>, part: Usage) {
+        self.refund(charged.map(|c| Charged { delta: part, ..c }));
+    }
+
+    /// `which` is used up until the next UTC day.
+    pub fn exceeded(&self, which: usize) -> Exceeded {
+        let day = day_of(wall_ms(SystemTime::now()));
+        Exceeded {
+            which,
+            resets_at: from_wall_ms((u64::from(day) + 1) * DAY_MS),
+        }
+    }
+
+    /// `name`'s daily limit of `which` (`u64::MAX`: none, or no account).
+    pub fn limit(&self, name: &str, which: usize) -> u64 {
+        self.live
+            .read()
+            .get(name)
+            .map_or(u64::MAX, |a| a.quota.limits()[which])
     }
 
     /// Remaining room of `which` for `name` today (`u64::MAX`: no limit or

@@ -25,6 +25,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use rand::Rng;
 
+use crate::accounts::{Accounts, Charged, FETCH_BYTES};
 use crate::addr::is_private;
 use crate::job::{is_http_url, Job, JobState};
 use crate::tls::{TlsClient, TlsError};
@@ -34,6 +35,12 @@ use crate::tor::{BoxStream, ConnectError, Connector, Target};
 const USER_CAP: &str = "the user's downloads would exceed the per-user limit";
 
 /// The reason a job fails when its object is larger than `max_job_bytes`.
+/// Why a download fails that its account could never fetch in one day.
+const DAY_CAP: &str =
+    "the whole object (the origin ignores Range) is larger than the account's daily download quota";
+/// Why a whole-object answer waits for another day.
+const DAY_ROOM: &str =
+    "the whole object (the origin ignores Range) exceeds what the account may download today";
 const JOB_CAP: &str = "object larger than the per-job limit";
 
 /// Bytes of a response body collected before they are written to the
@@ -120,6 +127,9 @@ struct Answer {
     chunk: Chunk,
     headers: http::HeaderMap,
     body: Incoming,
+    /// What the job's account may still download today, this chunk's
+    /// reservation included (`u64::MAX`: no limit).
+    day_room: u64,
 }
 
 /// `[fetch]` settings.
@@ -156,6 +166,15 @@ pub struct Fetcher {
     direct: bool,
     isolation: AtomicU64,
     tls: TlsClient,
+    /// The mote's accounts (their daily download bytes), once they exist.
+    accounts: Arc<std::sync::OnceLock<Arc<Accounts>>>,
+}
+
+/// `n` downloaded bytes, as usage.
+fn fetch_bytes(n: u64) -> dust_storage::accounts::Usage {
+    let mut d = [0; dust_storage::accounts::USAGE_FIELDS];
+    d[FETCH_BYTES] = n;
+    d
 }
 
 /// `bytes a-b/total` → (a, b inclusive, total).
@@ -182,6 +201,51 @@ impl Fetcher {
             direct,
             isolation: AtomicU64::new(rand::random()),
             tls: TlsClient::default(),
+            accounts: Arc::default(),
+        }
+    }
+
+    /// Count downloaded bytes against the accounts in `accounts` (set
+    /// when they are opened, after the fetcher is made).
+    pub fn with_accounts(mut self, accounts: Arc<std::sync::OnceLock<Arc<Accounts>>>) -> Self {
+        self.accounts = accounts;
+        self
+    }
+
+    /// Reserve up to `size` bytes of `user`'s downloads today: the bytes
+    /// reserved (`None`: no account or no limit; `Some(0)`: none left)
+    /// and the room today with them.
+    fn reserve(&self, user: &str, size: u64) -> Result<(Option<Charged>, u64, u64), FetchError> {
+        let Some(a) = self.accounts.get() else {
+            return Ok((None, size, u64::MAX));
+        };
+        let room = a.room(user, FETCH_BYTES)?;
+        if room == u64::MAX {
+            return Ok((None, size, u64::MAX));
+        }
+        let size = size.min(room);
+        if size == 0 {
+            return Ok((None, 0, 0));
+        }
+        match a.charge(user, fetch_bytes(size))? {
+            Ok(c) => Ok((c, size, room)),
+            // Another chunk of the same account took it meanwhile.
+            Err(_) => Ok((None, 0, 0)),
+        }
+    }
+
+    /// Settle a reservation of `reserved` bytes of which `used` were
+    /// stored: the rest is given back, more is counted (an origin that
+    /// ignores Range sends the whole object, bounded by the day's room).
+    fn settle(&self, user: &str, charged: Option<Charged>, reserved: u64, used: u64) {
+        let Some(a) = self.accounts.get() else { return };
+        if used > reserved {
+            if let Err(e) = a.charge_over(user, fetch_bytes(used - reserved)) {
+                tracing::warn!(error = %e, "could not count downloaded bytes");
+            }
+        }
+        if used < reserved {
+            a.refund_part(charged, fetch_bytes(reserved - used));
         }
     }
 
@@ -242,6 +306,33 @@ impl Fetcher {
         }
         let size = rand::rng()
             .random_range(self.cfg.chunk_min..=self.cfg.chunk_max.max(self.cfg.chunk_min));
+        // An account's downloaded bytes today bound the chunk; with none
+        // left it waits (a later release, a new day).
+        let (charged, size, day_room) = if job.cover {
+            (None, size, u64::MAX)
+        } else {
+            self.reserve(&job.user, size)?
+        };
+        if size == 0 {
+            return Ok(Outcome::Again);
+        }
+        let user = job.user.clone();
+        let mut used = 0;
+        let outcome = self.chunk(id, job, have, size, day_room, &mut used).await;
+        self.settle(&user, charged, size, used);
+        outcome
+    }
+
+    /// Ask for `size` bytes of `job` from `have` on and handle the answer.
+    async fn chunk(
+        &self,
+        id: ItemId,
+        job: &mut Job,
+        have: u64,
+        size: u64,
+        day_room: u64,
+        used: &mut u64,
+    ) -> Result<Outcome, FetchError> {
         let chunk = Chunk {
             id,
             have,
@@ -267,10 +358,11 @@ impl Fetcher {
             chunk,
             headers,
             body,
+            day_room,
         };
         match status {
-            StatusCode::PARTIAL_CONTENT => self.partial(job, answer).await,
-            StatusCode::OK => self.full(job, answer).await,
+            StatusCode::PARTIAL_CONTENT => self.partial(job, answer, used).await,
+            StatusCode::OK => self.full(job, answer, used).await,
             StatusCode::RANGE_NOT_SATISFIABLE
                 if unsatisfiable_length(&answer.headers) == Some(answer.chunk.have) =>
             {
@@ -304,7 +396,13 @@ impl Fetcher {
     }
 
     /// `206`: the chunk we asked for; store it and go on.
-    async fn partial(&self, job: &mut Job, answer: Answer) -> Result<Outcome, FetchError> {
+    /// `used`: the bytes stored.
+    async fn partial(
+        &self,
+        job: &mut Job,
+        answer: Answer,
+        used: &mut u64,
+    ) -> Result<Outcome, FetchError> {
         let (chunk, headers) = (&answer.chunk, &answer.headers);
         let (id, have) = (chunk.id, chunk.have);
         let (a, b, total) = headers
@@ -336,6 +434,7 @@ impl Fetcher {
                 "206 body of {got} bytes for a range of {want}"
             )));
         }
+        *used = got;
         if have == 0 {
             job.etag = validator(headers);
             job.content_type = content_type(headers);
@@ -367,7 +466,15 @@ impl Fetcher {
     /// `200`: the whole object. The origin ignores Range, or (with our
     /// If-Range) the object changed. Either way it replaces what we have,
     /// as one chunk.
-    async fn full(&self, job: &mut Job, answer: Answer) -> Result<Outcome, FetchError> {
+    /// `used`: the bytes stored. An account's daily download quota bounds
+    /// the object: larger than the whole quota fails the job; larger than
+    /// what is left today waits for a later release.
+    async fn full(
+        &self,
+        job: &mut Job,
+        answer: Answer,
+        used: &mut u64,
+    ) -> Result<Outcome, FetchError> {
         let (chunk, headers) = (&answer.chunk, &answer.headers);
         let id = chunk.id;
         if chunk.have > 0 {
@@ -390,15 +497,28 @@ impl Fetcher {
         if let Some(n) = announced.filter(|n| *n > limit) {
             return Err(too_large(n));
         }
+        let quota = self
+            .accounts
+            .get()
+            .map_or(u64::MAX, |a| a.limit(&job.user, FETCH_BYTES));
+        if announced.is_some_and(|n| n > quota) {
+            return Err(FetchError::Refused(DAY_CAP.into()));
+        }
+        if announced.is_some_and(|n| n > answer.day_room) {
+            return Ok(Outcome::Again);
+        }
+        let (limit, over) = if answer.day_room < limit {
+            (answer.day_room, FetchError::Origin(DAY_ROOM.into()))
+        } else {
+            (limit, too_large(limit + 1))
+        };
         // The old content's index goes first (durably), so a crash while
         // the new object is written cannot mix the two.
         self.store.clear_chunks(&id).await?;
         let (writer, got) = self
-            .timed(
-                chunk,
-                self.store_body(&id, 0, answer.body, limit, || too_large(limit + 1)),
-            )
+            .timed(chunk, self.store_body(&id, 0, answer.body, limit, || over))
             .await??;
+        *used = got;
         if !self.commit(&id, writer).await? {
             return Ok(Outcome::Done);
         }

@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
-use crate::accounts::{Accounts, Exceeded, FETCHES};
+use crate::accounts::{Accounts, Exceeded, FETCHES, FETCH_BYTES};
 use crate::auth::{Users, Verdict, Verifier};
 use crate::job::{is_http_url, Job, JobState, Schedule, ScheduleError};
 use crate::status::{StatusFn, OPENMETRICS_TYPE};
@@ -626,6 +626,13 @@ impl<S: Schedule> Api<S> {
                 a.refund(charged);
             }
         };
+        // Nothing more may be downloaded today: say so now.
+        if let Some(a) = &self.accounts {
+            if a.room(user, FETCH_BYTES).is_ok_and(|r| r == 0) {
+                refund();
+                return quota_exceeded(&a.exceeded(FETCH_BYTES));
+            }
+        }
         let id = ItemId(rand::random());
         let job = Job::new(
             url.to_string(),
