@@ -95,6 +95,10 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Issue an access card for an account (new credentials and onion
+    /// key, shown once as a `dustmote:` URI and a QR code), or import one
+    /// (`card import URI`).
+    Card(crate::card::CardArgs),
     /// Configuration commands.
     Config {
         #[command(subcommand)]

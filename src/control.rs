@@ -16,6 +16,7 @@ use anyhow::{anyhow, bail, Context};
 use dust_mixer::{ItemKind, QueueStats, HELD};
 use dust_proxies::accounts::{Accounts, Invite};
 use dust_proxies::mail::StoredMail;
+use dust_proxies::onion::Onions;
 use dust_proxies::status::{Status, StatusFn};
 use dust_storage::{ItemState, Store};
 use serde::de::DeserializeOwned;
@@ -147,6 +148,8 @@ pub struct Handlers {
     pub reload: ReloadFn,
     /// `invite`, `accounts`, `revoke`, `card`.
     pub accounts: Arc<Accounts>,
+    /// The onion services the mote publishes (their addresses go on cards).
+    pub onions: Option<Arc<Onions>>,
 }
 
 /// The longest request line (an invitation's JSON fits easily).
@@ -186,9 +189,25 @@ async fn answer(request: &str, h: &Handlers) -> String {
                 })
                 .map_err(anyhow::Error::from),
         ),
-        ("card", name) => json(h.accounts.reissue(name).await.map_err(anyhow::Error::from)),
+        ("card", name) => json(card(h, name).await),
         _ => json::<()>(Err(anyhow!("unknown request"))),
     }
+}
+
+/// `card NAME`: new credentials and card key, with the onion addresses.
+async fn card(h: &Handlers, name: &str) -> anyhow::Result<crate::card::Issued> {
+    let Some(onions) = &h.onions else {
+        bail!(
+            "a card needs the mote's onion addresses: set [onion] control so that the mote \
+             publishes its onion services itself"
+        );
+    };
+    let credentials = h.accounts.reissue(name).await?;
+    Ok(crate::card::Issued {
+        credentials,
+        smtp: onions.smtp_address(),
+        http: onions.http_address(),
+    })
 }
 
 /// Answer requests on `listener` (from [`bind`]) until `stop`.

@@ -62,6 +62,12 @@ pub fn load(storage: &Storage, missing: Missing) -> anyhow::Result<SealKey> {
 
 /// The default key file of the data directory `dir`.
 fn default_path(dir: &Path) -> anyhow::Result<PathBuf> {
+    runtime_file(dir, "key")
+}
+
+/// `dustmote-<hash of dir>.<suffix>` in memory (see the module): where the
+/// data directory `dir` keeps a secret that must not reach a disk.
+pub fn runtime_file(dir: &Path, suffix: &str) -> anyhow::Result<PathBuf> {
     let base = std::env::var_os("RUNTIME_DIRECTORY")
         // systemd lists several directories separated by colons.
         .and_then(|v| {
@@ -88,5 +94,5 @@ fn default_path(dir: &Path) -> anyhow::Result<PathBuf> {
     let digest =
         Blake2b::<blake2::digest::consts::U32>::digest(absolute.as_os_str().as_encoded_bytes());
     let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-    Ok(base.join(format!("dustmote-{name}.key")))
+    Ok(base.join(format!("dustmote-{name}.{suffix}")))
 }

@@ -2,6 +2,7 @@
 //! lives in its own module (see `cli`).
 
 mod accounts_cli;
+mod card;
 mod cli;
 mod cloud_init;
 mod config;
@@ -44,6 +45,7 @@ fn main() -> ExitCode {
             command,
         } => fetch_cli::run(config, api, token_file, command),
         Command::Invite(args) => accounts_cli::invite(args),
+        Command::Card(args) => card::command(args),
         Command::Accounts { config, json } => accounts_cli::accounts(config.as_deref(), json),
         Command::Revoke { name, config } => accounts_cli::revoke(config.as_deref(), &name),
         Command::Config {

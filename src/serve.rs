@@ -15,6 +15,7 @@ use dust_proxies::auth::Verifier;
 use dust_proxies::delivery::MailDelivery;
 use dust_proxies::fetch::Fetcher;
 use dust_proxies::job::FetchCounts;
+use dust_proxies::onion::{OnionConfig, Onions};
 use dust_proxies::peer::PeerTarget;
 use dust_proxies::smtp::Server;
 use dust_proxies::status::{Executable, HopStatus, Status, StatusFn};
@@ -372,6 +373,42 @@ fn status_source(
     })
 }
 
+/// Publish the mote's onion services through tor's control port, for the
+/// cards' keys now, and again whenever they change (a task).
+async fn publish_onions(cfg: OnionConfig, accounts: &Arc<Accounts>) -> anyhow::Result<Arc<Onions>> {
+    let onions = Arc::new(
+        Onions::open(cfg)
+            .await
+            .context("publishing the onion services ([onion])")?,
+    );
+    let mut keys = accounts.client_keys();
+    let now = keys.borrow_and_update().clone();
+    onions
+        .publish(&now)
+        .await
+        .context("publishing the onion services ([onion])")?;
+    tracing::info!(
+        smtp = onions.smtp_address().as_deref().unwrap_or("-"),
+        http = onions.http_address().as_deref().unwrap_or("-"),
+        client_auth = onions.client_auth(),
+        "onion services published"
+    );
+    let o = Arc::clone(&onions);
+    tokio::spawn(async move {
+        while keys.changed().await.is_ok() {
+            let now = keys.borrow_and_update().clone();
+            if !o.client_auth() {
+                continue;
+            }
+            match o.publish(&now).await {
+                Ok(()) => tracing::info!(clients = now.len(), "onion services published again"),
+                Err(e) => tracing::error!(error = %e, "publishing the onion services again failed"),
+            }
+        }
+    });
+    Ok(onions)
+}
+
 /// End accounts when their time is over (their sessions are closed).
 async fn end_expired_accounts(accounts: Arc<Accounts>, mut stop: watch::Receiver<bool>) {
     loop {
@@ -434,6 +471,7 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
         cover: cover_targets,
         peers,
         successor,
+        onion,
         ..
     } = checked;
     let dir = config.storage.dir.clone();
@@ -530,6 +568,15 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
         lifetime.map(|l| l.expires_at),
     )?;
     let _ = accounts_cell.set(Arc::clone(&accounts));
+    let onions = match onion {
+        Some(mut cfg) => {
+            if cfg.key_file.as_os_str().is_empty() {
+                cfg.key_file = crate::key::runtime_file(&dir, "onion")?;
+            }
+            Some(publish_onions(cfg, &accounts).await?)
+        }
+        None => None,
+    };
     tokio::spawn(end_expired_accounts(Arc::clone(&accounts), stop_rx.clone()));
     let status = status_source(
         Arc::clone(&store),
@@ -553,6 +600,7 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
             status: Arc::clone(&status),
             reload: Arc::clone(&reload),
             accounts: Arc::clone(&accounts),
+            onions: onions.clone(),
         },
         stop_rx.clone(),
     );

@@ -31,6 +31,8 @@ command -v cloud-init >/dev/null || need+=(cloud-init)
 command -v socat >/dev/null || need+=(socat)
 command -v debugfs >/dev/null || [ -x /usr/sbin/debugfs ] || need+=(e2fsprogs)
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+# zbarimg decodes the QR code `dustmote card` prints (tests/card.rs).
+command -v zbarimg >/dev/null || need+=(zbar-tools)
 if [ "${#need[@]}" -gt 0 ]; then
     # Postfix asks which mail setup to use; we only need its binaries.
     echo "postfix postfix/main_mailer_type select No configuration" | $SUDO debconf-set-selections

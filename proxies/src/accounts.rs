@@ -93,6 +93,10 @@ struct Account {
     /// When it ends (at the latest the mote's end).
     #[serde(default)]
     expires_ms: Option<u64>,
+    /// The x25519 public key (base32) of its card, for the onion
+    /// services' client authorization; the private key is on the card.
+    #[serde(default)]
+    client_key: Option<String>,
 }
 
 /// What `dustmote invite` asks for.
@@ -111,6 +115,9 @@ pub struct Invite {
     pub smtp: bool,
     /// An HTTP bearer token.
     pub http: bool,
+    /// A client-authorization key for an access card (else a card is
+    /// issued later, with `reissue`).
+    pub card: bool,
 }
 
 /// Credentials, shown once (`dustmote invite`, `dustmote card`).
@@ -124,6 +131,10 @@ pub struct Credentials {
     pub http_token: Option<String>,
     /// When it ends (RFC 3339), if ever.
     pub expires_at: Option<String>,
+    /// The card's x25519 private key (base32) for the onion services'
+    /// client authorization, if one was made.
+    #[serde(default)]
+    pub client_auth_key: Option<String>,
 }
 
 /// One line of `dustmote accounts` (never a secret).
@@ -238,6 +249,8 @@ pub struct Accounts {
     changing: tokio::sync::Mutex<()>,
     /// Notified when an account is made (its end may be the next).
     invited: tokio::sync::Notify,
+    /// The cards' client-authorization keys (public), whenever they change.
+    clients: watch::Sender<Vec<String>>,
 }
 
 impl std::fmt::Debug for Accounts {
@@ -311,6 +324,7 @@ impl Accounts {
             ended: watch::Sender::new(0),
             changing: tokio::sync::Mutex::new(()),
             invited: tokio::sync::Notify::new(),
+            clients: watch::Sender::new(Vec::new()),
         });
         for a in live.into_values() {
             accounts.enter(a);
@@ -333,6 +347,29 @@ impl Accounts {
         set(&self.smtp, &a.smtp_hash);
         set(&self.http, &a.http_hash);
         self.live.write().insert(a.name.clone(), a);
+        self.clients_changed();
+    }
+
+    /// Tell the onion services the current set of card keys.
+    fn clients_changed(&self) {
+        let mut keys: Vec<String> = self
+            .live
+            .read()
+            .values()
+            .filter_map(|a| a.client_key.clone())
+            .collect();
+        keys.sort();
+        self.clients.send_if_modified(|old| {
+            let changed = *old != keys;
+            *old = keys;
+            changed
+        });
+    }
+
+    /// The cards' client-authorization keys (x25519 public, base32), now
+    /// and whenever they change.
+    pub fn client_keys(&self) -> watch::Receiver<Vec<String>> {
+        self.clients.subscribe()
     }
 
     /// Make an account; its credentials, shown once.
@@ -365,8 +402,11 @@ impl Accounts {
             quota: invite.quota,
             created_ms: now,
             expires_ms,
+            client_key: None,
         };
-        let creds = self.issue(&mut a, invite.smtp, invite.http).await?;
+        let creds = self
+            .issue(&mut a, invite.smtp, invite.http, invite.card)
+            .await?;
         self.invited.notify_one();
         Ok(creds)
     }
@@ -378,9 +418,18 @@ impl Accounts {
         a: &mut Account,
         smtp: bool,
         http: bool,
+        card: bool,
     ) -> Result<Credentials, AccountError> {
         let password = smtp.then(|| secret(PASSWORD_LEN));
         let token = http.then(|| secret(TOKEN_LEN));
+        let (client_private, client_public) = match card {
+            true => {
+                let (private, public) = crate::onion::client_auth_keys();
+                (Some(private), Some(public))
+            }
+            false => (None, None),
+        };
+        a.client_key = client_public;
         a.smtp_hash = match &password {
             Some(p) => Some(hash(p.clone()).await?),
             None => None,
@@ -401,11 +450,12 @@ impl Accounts {
             smtp_password: password,
             http_token: token,
             expires_at: a.expires_ms.map(rfc3339),
+            client_auth_key: client_private,
         })
     }
 
-    /// New credentials for account `name` (the ones it has); the old ones
-    /// stop working at once. For a new access card.
+    /// New credentials for account `name` (the ones it has) and a new
+    /// card key; the old ones stop working at once. For an access card.
     pub async fn reissue(&self, name: &str) -> Result<Credentials, AccountError> {
         let _changing = self.changing.lock().await;
         let mut a = self
@@ -415,7 +465,7 @@ impl Accounts {
             .cloned()
             .ok_or_else(|| AccountError::Unknown(name.to_string()))?;
         let (smtp, http) = (a.smtp_hash.is_some(), a.http_hash.is_some());
-        self.issue(&mut a, smtp, http).await
+        self.issue(&mut a, smtp, http, true).await
     }
 
     /// End account `name` at once: its credentials stop working and its
@@ -435,6 +485,7 @@ impl Accounts {
         self.smtp.remove(name);
         self.http.remove(name);
         self.ended.send_modify(|n| *n += 1);
+        self.clients_changed();
         self.store.remove_account(name)?;
         self.store.sync().await?;
         Ok(())

@@ -9,6 +9,7 @@ pub mod http;
 pub mod job;
 pub mod mail;
 pub mod mx;
+pub mod onion;
 pub mod peer;
 pub mod smtp;
 pub mod status;

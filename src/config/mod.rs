@@ -14,6 +14,7 @@ mod fetch;
 mod http;
 mod mixer;
 mod mote;
+mod onion;
 mod peers;
 mod smtp;
 mod storage;
@@ -94,6 +95,8 @@ pub struct Config {
     pub cover: Cover,
     /// `[[peers]]`
     pub peers: Vec<peers::Peer>,
+    /// `[onion]`
+    pub onion: onion::Onion,
 }
 
 /// A checked configuration, ready to run.
@@ -124,6 +127,9 @@ pub struct Checked {
     pub peers: dust_proxies::peer::Peers,
     /// `[mote] successor`: where the queue goes at the hop point.
     pub successor: Option<dust_proxies::peer::PeerTarget>,
+    /// `[onion]`: the onion services the mote publishes (the key file
+    /// empty when it is the default, which `serve` knows).
+    pub onion: Option<dust_proxies::onion::OnionConfig>,
 }
 
 /// Parse `text` (from `file`) and check it.
@@ -222,7 +228,9 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
             .map(|name| peers::target(&config.peers, name))
             .transpose()
             .map_err(|e| invalid("mote.successor", e))?;
+        let onion = config.onion.check(config.smtp.listen, config.http.listen)?;
         Ok((
+            onion,
             smtp,
             http_users,
             http_operators,
@@ -234,8 +242,8 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
             successor,
         ))
     })();
-    let (smtp, http_users, http_operators, fetch, route, mixer, cover, peers, successor) = sections
-        .map_err(|Invalid { key, reason }| ConfigError {
+    let (onion, smtp, http_users, http_operators, fetch, route, mixer, cover, peers, successor) =
+        sections.map_err(|Invalid { key, reason }| ConfigError {
             file: file.to_string(),
             key,
             reason,
@@ -253,6 +261,7 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
         warnings,
         peers,
         successor,
+        onion,
     })
 }
 
