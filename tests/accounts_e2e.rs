@@ -413,3 +413,82 @@ fn downloaded_bytes_per_day_bound_what_is_fetched() {
     assert_eq!(job()["bytes_stored"], 1 << 20, "nothing more fetched");
     sink.stop();
 }
+
+#[test]
+fn guessing_against_many_accounts_is_bounded_and_real_users_are_served() {
+    // The exact numbers for 10,000 guesses a side: benches/bruteforce.sh.
+    const ACCOUNTS: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = Sink::start();
+    let mut cfg = MoteConfig::new(sink.port);
+    cfg.with_user = false;
+    let mote = Mote::start(&cfg);
+    let mut names = String::new();
+    let mut real = None;
+    for i in 0..ACCOUNTS {
+        let name = format!("acct{i:03}");
+        let c = invite(&mote, &[&name]);
+        real.get_or_insert(c);
+        names.push_str(&name);
+        names.push('\n');
+    }
+    let real = real.unwrap();
+    let names_file = dir.path().join("names");
+    std::fs::write(&names_file, names).unwrap();
+    let out = Command::new("python3")
+        .arg(peer("bruteforce.py"))
+        .args(["--pid", &mote.pid().to_string()])
+        .args([
+            "--smtp",
+            &mote.port.to_string(),
+            "--http",
+            &mote.http_port.to_string(),
+        ])
+        .arg("--names")
+        .arg(&names_file)
+        .args(["--user", real["name"].as_str().unwrap()])
+        .args(["--password", real["smtp_password"].as_str().unwrap()])
+        .args(["--token", real["http_token"].as_str().unwrap()])
+        .args(["--attempts", "2000", "--deadline", "90"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    println!("{d}");
+    let seconds = d["seconds"].as_f64().unwrap();
+    for side in ["smtp", "http"] {
+        let s = &d[side];
+        assert_eq!(s["attempts"], 2000, "{d}");
+        // At most the failure burst plus 2 a second reach argon2 (slack
+        // for the refill while verifications run); the rest are turned
+        // away at once.
+        let verified = s["verified"].as_f64().unwrap();
+        assert!(
+            verified <= 30.0 + 2.0 * seconds + 10.0,
+            "{side}: {verified} in {seconds} s: {d}"
+        );
+        assert!(s["turned_away"].as_u64().unwrap() >= 1000, "{d}");
+        assert!(
+            s["max_verified_per_name_per_minute"].as_u64().unwrap() <= 60,
+            "{d}"
+        );
+    }
+    // The real account, one of the names guessed at, is served throughout.
+    let r = &d["real"];
+    assert_eq!(r["failures"].as_array().unwrap().len(), 0, "{d}");
+    for k in ["smtp", "http"] {
+        let lat: Vec<f64> = r[k]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert!(!lat.is_empty(), "{d}");
+        assert!(lat.iter().all(|&l| l <= 2.0), "{k}: {lat:?}");
+    }
+    sink.stop();
+}

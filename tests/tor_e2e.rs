@@ -485,6 +485,160 @@ fn no_exit_for_port_25_is_a_clear_temporary_error(net: &TorNet) {
     assert!(sink.messages().is_empty());
 }
 
+/// curl through the SOCKS port `socks` with `args`: (success, stderr).
+fn curl_through(socks: &str, args: &[&str]) -> (bool, String) {
+    let o = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "30", "--socks5-hostname", socks])
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// A field of a `dustmote:card?…` URI.
+fn card_field<'u>(uri: &'u str, key: &str) -> &'u str {
+    uri.split('&')
+        .find_map(|p| p.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key} in {uri}"))
+}
+
+/// Sharing a mote (issue 13): the mote publishes its onion services itself,
+/// through the client tor's control port, with client authorization. A
+/// tor configured by `dustmote card import` (the `ClientOnionAuthDir` line
+/// it prints) reaches the mote's SMTP and API with the card's credentials;
+/// a tor without a card, or with a revoked card's key, cannot even find the
+/// services (SOCKS5 extended errors F4/F5: client authorization missing or
+/// wrong).
+fn shared_mote_with_client_authorization(net: &TorNet) {
+    let sink = Sink::start();
+    let work = tempfile::tempdir().unwrap();
+    let mut cfg = MoteConfig::new(sink.port);
+    cfg.delay = r#"{ distribution = "constant", value = "100ms" }"#.into();
+    cfg.tor = format!("mode = \"socks5\"\nsocks = \"{}\"", net.socks());
+    cfg.extra = format!(
+        "[onion]\ncontrol = \"{}\"\nclient_auth = true\n",
+        net.control()
+    );
+    let mote = Mote::start(&cfg);
+    let card = |name: &str| {
+        assert!(mote.cli_args(&["invite", name]).status.success());
+        let o = mote.cli_args(&["card", name, "--uri"]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout).unwrap().trim().to_string()
+    };
+    // What `card import` writes, as the torrc line it prints.
+    let import = |uri: &str, dir: &str| {
+        let o = std::process::Command::new(bin())
+            .args(["card", "import", uri, "--auth-dir"])
+            .arg(work.path().join(dir))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8(o.stdout)
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("ClientOnionAuthDir "))
+            .expect("a torrc line")
+            .to_string()
+    };
+    let bea = card("bea");
+    let carl = card("carl");
+    let (smtp, http) = (card_field(&bea, "smtp"), card_field(&bea, "http"));
+    let bea_auth = import(&bea, "bea");
+    let carl_auth = import(&carl, "carl");
+    let msg = work.path().join("m.eml");
+    std::fs::write(
+        &msg,
+        "From: a@example.org\r\nTo: x@example.net\r\nSubject: shared\r\n\r\nthrough a shared mote\r\n",
+    )
+    .unwrap();
+    let user = format!("bea:{}", card_field(&bea, "pass"));
+    let submit = |socks: &str| {
+        curl_through(
+            socks,
+            &[
+                &format!("smtp://{smtp}"),
+                "--mail-from",
+                "a@example.org",
+                "--mail-rcpt",
+                "x@example.net",
+                "--user",
+                &user,
+                "--login-options",
+                "AUTH=PLAIN",
+                "--upload-file",
+                msg.to_str().unwrap(),
+            ],
+        )
+    };
+
+    // The card holder's tor: SMTP and the API answer.
+    let t0 = Instant::now();
+    let holder = net.add_client("holder", &bea_auth);
+    assert!(
+        wait_for(Duration::from_secs(120), || submit(&holder).0.then_some(())).is_some(),
+        "the card holder never reached {smtp}: {}",
+        submit(&holder).1
+    );
+    println!(
+        "card holder submitted through the onion service after {:?}",
+        t0.elapsed()
+    );
+    let got = sink.wait_messages(1, Duration::from_secs(60));
+    assert!(String::from_utf8_lossy(&got[0].raw).contains("through a shared mote"));
+    let bearer = format!("Authorization: Bearer bea:{}", card_field(&bea, "token"));
+    let api = format!("http://{http}/v1/fetches/00000000000000000000000000000000");
+    let o = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "30",
+        ])
+        .args(["--socks5-hostname", &holder, "-H", &bearer, &api])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "404",
+        "authenticated through the onion API"
+    );
+
+    // A tor without a card cannot find the services: F4 (244), client
+    // authorization missing.
+    let stranger = net.add_client("stranger", "");
+    let (ok, err) = submit(&stranger);
+    assert!(!ok && err.contains("(244)"), "{err}");
+
+    // Revoke carl: the services are published again without carl's key.
+    // Once a fresh tor with bea's card gets through (the old descriptor's
+    // introduction points are gone with it), the new descriptor is the one
+    // on the directory; a tor with carl's card finds it unreadable.
+    assert!(mote.cli_args(&["revoke", "carl"]).status.success());
+    let holder2 = net.add_client("holder2", &bea_auth);
+    assert!(
+        wait_for(Duration::from_secs(120), || submit(&holder2)
+            .0
+            .then_some(()))
+        .is_some(),
+        "bea's card stopped working after carl's revocation: {}",
+        submit(&holder2).1
+    );
+    let revoked = net.add_client("revoked", &carl_auth);
+    let (ok, err) = submit(&revoked);
+    assert!(
+        !ok && (err.contains("(244)") || err.contains("(245)")),
+        "{err}"
+    );
+    assert!(mote.log().contains("onion services published again"));
+}
+
 #[test]
 fn mail_through_a_private_tor_network() {
     let t0 = Instant::now();
@@ -503,4 +657,5 @@ fn mail_through_a_private_tor_network() {
     cascade_over_onion_services(&net);
     fetch_through_tor(&net);
     no_exit_for_port_25_is_a_clear_temporary_error(&net);
+    shared_mote_with_client_authorization(&net);
 }

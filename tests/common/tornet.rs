@@ -103,6 +103,38 @@ ipv6_subnet_family_prefix = 129
         format!("mode = \"arti\"\narti_config = \"{}\"", path.display())
     }
 
+    /// Start one more client tor, `name`, with the torrc lines in
+    /// `extra` (none: a plain client); returns its SOCKS address. Its
+    /// SocksPort has ExtendedErrors: a SOCKS5 failure says why.
+    pub fn add_client(&self, name: &str, extra: &str) -> String {
+        let lines = self.dir.path().join(format!("{name}.extra"));
+        std::fs::write(&lines, extra).unwrap();
+        let out = Command::new("bash")
+            .arg(script())
+            .args(["add-client"])
+            .arg(self.dir.path())
+            .arg(name)
+            .arg(&lines)
+            .env("TORNET_OWNER_PID", std::process::id().to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "tornet.sh add-client {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let port = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find_map(|l| l.strip_prefix("SOCKS_PORT=").map(str::to_string))
+            .expect("SOCKS_PORT");
+        format!("127.0.0.1:{port}")
+    }
+
+    /// The client tor's control port address.
+    pub fn control(&self) -> String {
+        format!("127.0.0.1:{}", self.port("CONTROL_PORT"))
+    }
+
     pub fn stop_client(&self) {
         self.run("stop-client");
     }

@@ -24,6 +24,12 @@
 #                         stop the client tor, or start it again on the same
 #                         ports (tests of "Tor is down"); start-client waits
 #                         for a SOCKS round trip like start.
+#   tornet.sh add-client DIR NAME [TORRC_LINES_FILE]
+#                         start one more client tor, NAME, with a SocksPort
+#                         (ExtendedErrors, so a refused onion service tells
+#                         why) and the lines of TORRC_LINES_FILE (such as a
+#                         ClientOnionAuthDir); waits for its bootstrap and
+#                         prints SOCKS_PORT=...; stopped with the network.
 #
 # With TORNET_OWNER_PID set, every tor also exits by itself once that process
 # is gone (tor's __OwningControllerProcess), so a killed test run leaves
@@ -53,6 +59,8 @@ stop_all() {
 }
 
 if [ "$cmd" = stop ]; then
+    # The network's tors and any client added with add-client.
+    NODES=$(for f in "$dir"/*/pid; do [ -f "$f" ] && basename "$(dirname "$f")"; done)
     stop_all
     exit 0
 fi
@@ -60,7 +68,8 @@ if [ "$cmd" = stop-client ]; then
     NODES=client stop_all
     exit 0
 fi
-[ "$cmd" = start ] || [ "$cmd" = start-client ] || { echo "usage: tornet.sh start|stop|stop-client|start-client DIR" >&2; exit 2; }
+[ "$cmd" = start ] || [ "$cmd" = start-client ] || [ "$cmd" = add-client ] ||
+    { echo "usage: tornet.sh start|stop|stop-client|start-client|add-client DIR" >&2; exit 2; }
 
 t0=$(date +%s.%N)
 mkdir -p "$dir"
@@ -76,9 +85,10 @@ fail() {
 }
 elapsed() { python3 -c "import time; print(f'{time.time() - $t0:.1f}')"; }
 
-wait_bootstrap() {
-    until grep -q "Bootstrapped 100%" "$dir/client/log" 2>/dev/null; do
-        [ "$(date +%s)" -lt "$deadline" ] || fail "client not bootstrapped after ${TIMEOUT}s"
+wait_bootstrap() { # [node]
+    local node=${1:-client}
+    until grep -q "Bootstrapped 100%" "$dir/$node/log" 2>/dev/null; do
+        [ "$(date +%s)" -lt "$deadline" ] || fail "$node not bootstrapped after ${TIMEOUT}s"
         sleep 0.2
     done
 }
@@ -100,6 +110,40 @@ probe() { # socks port
     done
     kill "$pid" 2>/dev/null || true
 }
+
+if [ "$cmd" = add-client ]; then
+    # shellcheck disable=SC1091
+    . "$dir/network.env"
+    name=${3:?usage: tornet.sh add-client DIR NAME [TORRC_LINES_FILE]}
+    extra=${4:-}
+    NODES=$name
+    mkdir -p "$dir/$name"
+    chmod 700 "$dir/$name"
+    port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+    {
+        cat <<CONF
+TestingTorNetwork 1
+Nickname $name
+DataDirectory $dir/$name
+PidFile $dir/$name/pid
+Log notice file $dir/$name/log
+RunAsDaemon 1
+UseDefaultFallbackDirs 0
+DirAuthority auth1 orport=$AUTH1_OR no-v2 v3ident=$AUTH_V3IDENT 127.0.0.1:$AUTH_DIR_PORT $AUTH1_FP
+SocksPort 127.0.0.1:$port ExtendedErrors
+ClientOnly 1
+ConfluxEnabled 0
+VanguardsLiteEnabled 0
+CONF
+        [ -n "${TORNET_OWNER_PID:-}" ] && echo "__OwningControllerProcess $TORNET_OWNER_PID"
+        [ -n "$extra" ] && cat "$extra"
+    } > "$dir/$name/torrc"
+    tor --defaults-torrc "$dir/empty-torrc" --hush -f "$dir/$name/torrc" >"$dir/$name/stdout" 2>&1 ||
+        fail "$name did not start: $(tail -n 5 "$dir/$name/stdout")"
+    wait_bootstrap "$name"
+    echo "SOCKS_PORT=$port"
+    exit 0
+fi
 
 if [ "$cmd" = start-client ]; then
     # shellcheck disable=SC1091

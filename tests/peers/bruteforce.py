@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""Password and token guessing against a mote with many accounts, on
+127.0.0.1, while a real account keeps authenticating.
+
+  bruteforce.py --pid PID --smtp PORT --http PORT --names FILE
+                --user U --password P --token NAME:TOKEN
+                [--attempts N] [--concurrency C] [--deadline S]
+
+N wrong SMTP passwords (AUTH PLAIN, cycling over the names in FILE, one per
+line; a session is reopened whenever the mote closes it) and N wrong HTTP
+bearer tokens (GET /v1/fetches/x), each side with C concurrent clients,
+bounded by N and by S seconds. Meanwhile the real account U authenticates
+over SMTP (P) and HTTP (its token) every half second. Prints one JSON object:
+per side how many attempts were answered by a verification (SMTP 535, HTTP
+401) and how many were turned away before one (454 / 429, or the session
+closed), the most verified attempts for one name in any 60-second window,
+the mote's CPU seconds during the attack, and the real account's latencies
+and failures."""
+import argparse
+import asyncio
+import base64
+import collections
+import json
+import os
+import time
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Side:
+    def __init__(self):
+        self.attempts = 0
+        self.verified = 0
+        self.turned_away = 0
+        self.other = collections.Counter()
+        self.by_name = collections.defaultdict(list)
+
+    def window_max(self):
+        """Most verified attempts for one name in any 60 s window."""
+        best = 0
+        for times in self.by_name.values():
+            times.sort()
+            j = 0
+            for i, t in enumerate(times):
+                while times[j] < t - 60:
+                    j += 1
+                best = max(best, i - j + 1)
+        return best
+
+    def json(self):
+        return {
+            "attempts": self.attempts,
+            "verified": self.verified,
+            "turned_away": self.turned_away,
+            "other": dict(self.other),
+            "names_verified": len(self.by_name),
+            "max_verified_per_name_per_minute": self.window_max(),
+        }
+
+
+async def smtp_attacker(a, names, side, budget, deadline):
+    async def one(i):
+        k = i
+        while side.attempts < budget and time.monotonic() < deadline:
+            try:
+                r, w = await asyncio.open_connection("127.0.0.1", a.smtp)
+                await asyncio.wait_for(r.readline(), 10)
+                w.write(b"EHLO guesser.invalid\r\n")
+                line = b"250-"
+                while line.startswith(b"250-"):
+                    line = await asyncio.wait_for(r.readline(), 10)
+                while side.attempts < budget and time.monotonic() < deadline:
+                    name = names[k % len(names)]
+                    k += 7
+                    creds = base64.b64encode(f"\0{name}\0guess-{os.urandom(6).hex()}".encode()).decode()
+                    side.attempts += 1
+                    w.write(f"AUTH PLAIN {creds}\r\n".encode())
+                    line = await asyncio.wait_for(r.readline(), 30)
+                    code = line[:3]
+                    if code == b"535":
+                        side.verified += 1
+                        side.by_name[name].append(time.monotonic())
+                    elif code == b"454":
+                        side.turned_away += 1
+                    else:
+                        side.other[line[:3].decode(errors="replace") or "closed"] += 1
+                        break
+                w.close()
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+                side.other["error"] += 1
+                await asyncio.sleep(0.05)
+
+    await asyncio.gather(*(one(i) for i in range(a.concurrency)))
+
+
+async def http_attacker(a, names, side, budget, deadline):
+    async def one(i):
+        k = i
+        while side.attempts < budget and time.monotonic() < deadline:
+            name = names[k % len(names)]
+            k += 7
+            side.attempts += 1
+            try:
+                r, w = await asyncio.open_connection("127.0.0.1", a.http)
+                tok = base64.urlsafe_b64encode(os.urandom(24)).decode()
+                w.write(f"GET /v1/fetches/x HTTP/1.1\r\nHost: m\r\nAuthorization: Bearer {name}:{tok}\r\nConnection: close\r\n\r\n".encode())
+                status = (await asyncio.wait_for(r.readline(), 30)).split(b" ")
+                code = status[1] if len(status) > 1 else b"closed"
+                if code == b"401":
+                    side.verified += 1
+                    side.by_name[name].append(time.monotonic())
+                elif code == b"429":
+                    side.turned_away += 1
+                else:
+                    side.other[code.decode(errors="replace")] += 1
+                w.close()
+            except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
+                side.other["error"] += 1
+                await asyncio.sleep(0.05)
+
+    await asyncio.gather(*(one(i) for i in range(a.concurrency)))
+
+
+async def real_account(a, deadline, out):
+    """SMTP AUTH and an HTTP request with the right credentials every half
+    second: the time from connecting to the 235 (or the HTTP status)."""
+    plain = base64.b64encode(f"\0{a.user}\0{a.password}".encode()).decode()
+    while time.monotonic() < deadline:
+        t0 = time.monotonic()
+        try:
+            r, w = await asyncio.open_connection("127.0.0.1", a.smtp)
+            await asyncio.wait_for(r.readline(), 10)
+            w.write(f"EHLO real.invalid\r\nAUTH PLAIN {plain}\r\n".encode())
+            line = b"250-"
+            while line.startswith(b"250"):
+                line = await asyncio.wait_for(r.readline(), 10)
+            w.write(b"QUIT\r\n")
+            w.close()
+            if line.startswith(b"235"):
+                out["smtp"].append(time.monotonic() - t0)
+            else:
+                out["failures"].append(line.decode(errors="replace").strip())
+        except (OSError, asyncio.TimeoutError) as e:
+            out["failures"].append(f"smtp {type(e).__name__}")
+        t1 = time.monotonic()
+        try:
+            r, w = await asyncio.open_connection("127.0.0.1", a.http)
+            w.write(f"GET /v1/fetches/00000000000000000000000000000000 HTTP/1.1\r\nHost: m\r\nAuthorization: Bearer {a.token}\r\nConnection: close\r\n\r\n".encode())
+            status = (await asyncio.wait_for(r.readline(), 10)).split(b" ")
+            w.close()
+            if len(status) > 1 and status[1] == b"404":
+                out["http"].append(time.monotonic() - t1)
+            else:
+                out["failures"].append(f"http {status}")
+        except (OSError, asyncio.TimeoutError) as e:
+            out["failures"].append(f"http {type(e).__name__}")
+        await asyncio.sleep(max(0.0, 0.5 - (time.monotonic() - t0)))
+
+
+async def run(a):
+    names = [n.strip() for n in open(a.names) if n.strip()]
+    smtp, http = Side(), Side()
+    real = {"smtp": [], "http": [], "failures": []}
+    cpu0, t0 = cpu_seconds(a.pid), time.monotonic()
+    deadline = t0 + a.deadline
+    attack = asyncio.gather(
+        smtp_attacker(a, names, smtp, a.attempts, deadline),
+        http_attacker(a, names, http, a.attempts, deadline),
+    )
+    done = asyncio.Event()
+
+    async def attack_then_stop():
+        await attack
+        done.set()
+
+    async def real_until_done():
+        task = asyncio.create_task(real_account(a, deadline, real))
+        await done.wait()
+        task.cancel()
+
+    await asyncio.gather(attack_then_stop(), real_until_done())
+    elapsed = time.monotonic() - t0
+    print(json.dumps({
+        "seconds": elapsed,
+        "mote_cpu_seconds": cpu_seconds(a.pid) - cpu0,
+        "smtp": smtp.json(),
+        "http": http.json(),
+        "real": real,
+    }))
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--pid", type=int, required=True)
+    p.add_argument("--smtp", type=int, required=True)
+    p.add_argument("--http", type=int, required=True)
+    p.add_argument("--names", required=True)
+    p.add_argument("--user", required=True)
+    p.add_argument("--password", required=True)
+    p.add_argument("--token", required=True)
+    p.add_argument("--attempts", type=int, default=10_000)
+    p.add_argument("--concurrency", type=int, default=20)
+    p.add_argument("--deadline", type=float, default=300)
+    asyncio.run(run(p.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
