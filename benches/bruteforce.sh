@@ -47,10 +47,13 @@ for i in $(seq 1 "$ACCOUNTS"); do
     "$BIN" invite "$name" --json --config "$work/mote.toml" > "$work/invite-$name.json"
 done
 echo "$ACCOUNTS accounts invited in $(python3 -c "import time; print(f'{time.time() - $t0:.1f}')") s" >&2
-real=$(head -n 1 "$work/names")
+real=$(sed -n 1p "$work/names")
+fresh=$(sed -n 2p "$work/names")
 read -r PASSWORD TOKEN < <(python3 -c 'import json, sys; d = json.load(open(sys.argv[1])); print(d["smtp_password"], d["http_token"])' "$work/invite-$real.json")
+FRESH_PASSWORD=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["smtp_password"])' "$work/invite-$fresh.json")
 python3 "$root/tests/peers/bruteforce.py" --pid "$pid" --smtp "$SMTP" --http "$HTTP" \
     --names "$work/names" --user "$real" --password "$PASSWORD" --token "$TOKEN" \
+    --fresh-user "$fresh" --fresh-password "$FRESH_PASSWORD" \
     --attempts "$ATTEMPTS" --deadline 600 > "$work/out.json"
 python3 - "$work/out.json" <<'PY'
 import json, statistics, sys
@@ -68,4 +71,7 @@ for k in ["smtp", "http"]:
     print(f"real account {k}: {len(r[k])} times, median {statistics.median(lat) * 1000:.1f} ms, "
           f"max {max(lat) * 1000:.1f} ms")
 print(f"real account failures: {len(r['failures'])} {r['failures'][:3]}")
+f = d["first_login"]
+if f:
+    print(f"a first login ever, 0.5 s into the attack: {f['reply']!r} after {f['tries']} tries, {f['seconds']:.1f} s")
 PY

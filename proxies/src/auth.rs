@@ -324,11 +324,13 @@ impl Verifier {
         if self.known.lock().contains_key(&digest) {
             return Verdict::Ok;
         }
-        if let Some(wait) = self.refused_for(name, Instant::now()) {
+        // The attempt is counted as a failure before it runs (so that
+        // attempts at once cannot pass the bounds), and taken back if the
+        // credentials are right or it does not run.
+        if let Err(wait) = self.admit(name, Instant::now()) {
             return Verdict::Busy(wait);
         }
         let Some((hash, exists)) = self.users.read().hash_for(name) else {
-            self.record(name, false, digest, None, Instant::now());
             return Verdict::Wrong;
         };
         let (answer, verdict) = tokio::sync::oneshot::channel();
@@ -338,6 +340,7 @@ impl Verifier {
             answer,
         };
         if self.jobs.try_send(job).is_err() {
+            self.unadmit(name);
             return Verdict::Busy(Duration::from_secs(1));
         }
         // Waited for on the blocking pool (a cheap thread: the argon2 work
@@ -347,56 +350,28 @@ impl Verifier {
             .await
             .unwrap_or(false)
             && exists;
-        let ok = self.record(name, ok, digest, Some(&hash), Instant::now());
-        if ok {
+        if ok && self.succeeded(name, digest, &hash) {
             Verdict::Ok
         } else {
             Verdict::Wrong
         }
     }
 
-    /// How long attempts for `name` are refused now, if they are.
-    fn refused_for(&self, name: &str, now: Instant) -> Option<Duration> {
+    /// Let an attempt for `name` be verified now, counting it as a failure
+    /// (of the name, and from the global bucket) until it succeeds; or how
+    /// long attempts are refused.
+    fn admit(&self, name: &str, now: Instant) -> Result<(), Duration> {
         let mut t = self.throttle.lock();
         if let Some((_, until)) = t.names.get(name) {
             if *until > now {
-                return Some(*until - now);
+                return Err(*until - now);
             }
-        }
-        let (tokens, _) = fill(&mut t.bucket, now);
-        (tokens < 1.0).then(|| Duration::from_secs_f64((1.0 - tokens) / FAIL_RATE))
-    }
-
-    /// Book the outcome of a verification against `hash`; whether it
-    /// stands (a success does not if the user was removed or given new
-    /// credentials meanwhile).
-    fn record(
-        &self,
-        name: &str,
-        ok: bool,
-        digest: [u8; 32],
-        hash: Option<&str>,
-        now: Instant,
-    ) -> bool {
-        let mut t = self.throttle.lock();
-        if ok {
-            t.names.remove(name);
-            drop(t);
-            // Under the users' lock: a removal either happened before
-            // (then this success does not stand) or forgets it after.
-            let users = self.users.read();
-            if users.by_name.get(name).map(String::as_str) != hash {
-                return false;
-            }
-            let mut known = self.known.lock();
-            if known.len() >= MAX_KNOWN {
-                known.clear();
-            }
-            known.insert(digest, name.to_string());
-            return true;
         }
         let (tokens, at) = fill(&mut t.bucket, now);
-        t.bucket = Some(((tokens - 1.0).max(0.0), at));
+        if tokens < 1.0 {
+            return Err(Duration::from_secs_f64((1.0 - tokens) / FAIL_RATE));
+        }
+        t.bucket = Some((tokens - 1.0, at));
         if t.names.len() >= MAX_TRACKED_NAMES && !t.names.contains_key(name) {
             // Forget the name that may be tried again soonest.
             if let Some(k) = t
@@ -416,7 +391,48 @@ impl Verifier {
                 .min(FAIL_MAX);
             entry.1 = now + backoff;
         }
-        false
+        Ok(())
+    }
+
+    /// Take back an admitted attempt that did not run.
+    fn unadmit(&self, name: &str) {
+        let mut t = self.throttle.lock();
+        if let Some((tokens, at)) = t.bucket {
+            t.bucket = Some(((tokens + 1.0).min(FAIL_BURST), at));
+        }
+        if let Some(e) = t.names.get_mut(name) {
+            e.0 = e.0.saturating_sub(1);
+            if e.0 <= FAIL_FREE {
+                e.1 = Instant::now();
+            }
+        }
+    }
+
+    /// Book a verification of `name` against `hash` that succeeded: its
+    /// failures are forgiven (the global token back, the name's count
+    /// reset) and the credentials are known from now on. Whether the
+    /// success stands: not if the user was removed or given new
+    /// credentials meanwhile.
+    fn succeeded(&self, name: &str, digest: [u8; 32], hash: &str) -> bool {
+        {
+            let mut t = self.throttle.lock();
+            t.names.remove(name);
+            if let Some((tokens, at)) = t.bucket {
+                t.bucket = Some(((tokens + 1.0).min(FAIL_BURST), at));
+            }
+        }
+        // Under the users' lock: a removal either happened before (then
+        // this success does not stand) or forgets it after.
+        let users = self.users.read();
+        if users.by_name.get(name).map(String::as_str) != Some(hash) {
+            return false;
+        }
+        let mut known = self.known.lock();
+        if known.len() >= MAX_KNOWN {
+            known.clear();
+        }
+        known.insert(digest, name.to_string());
+        true
     }
 }
 

@@ -9,8 +9,12 @@
 N wrong SMTP passwords (AUTH PLAIN, cycling over the names in FILE, one per
 line; a session is reopened whenever the mote closes it) and N wrong HTTP
 bearer tokens (GET /v1/fetches/x), each side with C concurrent clients,
-bounded by N and by S seconds. Meanwhile the real account U authenticates
-over SMTP (P) and HTTP (its token) every half second. Prints one JSON object:
+bounded by N and by S seconds. Meanwhile the real account U, which has
+used the mote before (it authenticates once before the attack), does so
+again over SMTP (P) and HTTP (its token) every half second. With
+--fresh-user/--fresh-password, another account tries its first login ever
+in the middle of the attack (reported, not judged: before any success its
+right password and a guess look the same). Prints one JSON object:
 per side how many attempts were answered by a verification (SMTP 535, HTTP
 401) and how many were turned away before one (454 / 429, or the session
 closed), the most verified attempts for one name in any 60-second window,
@@ -161,10 +165,36 @@ async def real_account(a, deadline, out):
         await asyncio.sleep(max(0.0, 0.5 - (time.monotonic() - t0)))
 
 
+async def first_login(a, delay, out):
+    """--fresh-user's first AUTH, `delay` seconds into the attack,
+    retried every second while refused for now (454), for up to 60 s."""
+    await asyncio.sleep(delay)
+    plain = base64.b64encode(f"\0{a.fresh_user}\0{a.fresh_password}".encode()).decode()
+    t0 = time.monotonic()
+    tries = 0
+    while time.monotonic() - t0 < 60:
+        tries += 1
+        r, w = await asyncio.open_connection("127.0.0.1", a.smtp)
+        await asyncio.wait_for(r.readline(), 10)
+        w.write(f"EHLO fresh.invalid\r\nAUTH PLAIN {plain}\r\n".encode())
+        line = b"250-"
+        while line.startswith(b"250"):
+            line = await asyncio.wait_for(r.readline(), 10)
+        w.close()
+        if not line.startswith(b"454"):
+            break
+        await asyncio.sleep(1)
+    out.update({"reply": line.decode(errors="replace").strip(), "tries": tries,
+                "seconds": time.monotonic() - t0})
+
+
 async def run(a):
     names = [n.strip() for n in open(a.names) if n.strip()]
     smtp, http = Side(), Side()
     real = {"smtp": [], "http": [], "failures": []}
+    # The real account has used the mote before.
+    await real_account(a, time.monotonic() + 0.1, {"smtp": [], "http": [], "failures": []})
+    fresh = {}
     cpu0, t0 = cpu_seconds(a.pid), time.monotonic()
     deadline = t0 + a.deadline
     attack = asyncio.gather(
@@ -182,7 +212,10 @@ async def run(a):
         await done.wait()
         task.cancel()
 
-    await asyncio.gather(attack_then_stop(), real_until_done())
+    jobs = [attack_then_stop(), real_until_done()]
+    if a.fresh_user:
+        jobs.append(first_login(a, 0.5, fresh))
+    await asyncio.gather(*jobs)
     elapsed = time.monotonic() - t0
     print(json.dumps({
         "seconds": elapsed,
@@ -190,6 +223,7 @@ async def run(a):
         "smtp": smtp.json(),
         "http": http.json(),
         "real": real,
+        "first_login": fresh,
     }))
 
 
@@ -202,6 +236,8 @@ def main():
     p.add_argument("--user", required=True)
     p.add_argument("--password", required=True)
     p.add_argument("--token", required=True)
+    p.add_argument("--fresh-user")
+    p.add_argument("--fresh-password")
     p.add_argument("--attempts", type=int, default=10_000)
     p.add_argument("--concurrency", type=int, default=20)
     p.add_argument("--deadline", type=float, default=300)
