@@ -336,8 +336,10 @@ impl Accounts {
     fn enter(&self, a: Account) {
         let set = |v: &Verifier, h: &Option<String>| match h {
             Some(h) => {
+                // (The error names the account: not logged at warn.)
                 if let Err(e) = v.set(&a.name, h.clone()) {
-                    tracing::warn!(error = %e, "an account's stored hash does not parse");
+                    tracing::debug!(error = %e, "an account's stored hash does not parse");
+                    tracing::warn!("an account's stored hash does not parse; it cannot log in");
                 }
             }
             None => {

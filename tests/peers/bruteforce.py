@@ -4,16 +4,17 @@
 
   bruteforce.py --pid PID --smtp PORT --http PORT --names FILE
                 --user U --password P --token NAME:TOKEN
-                [--attempts N] [--concurrency C] [--deadline S]
+                [--attempts N] [--concurrency C] [--deadline S] [--rate R]
 
 N wrong SMTP passwords (AUTH PLAIN, cycling over the names in FILE, one per
 line; a session is reopened whenever the mote closes it) and N wrong HTTP
 bearer tokens (GET /v1/fetches/x), each side with C concurrent clients,
-bounded by N and by S seconds. Meanwhile the real account U, which has
+bounded by N and by S seconds; with --rate, at most R attempts a second a
+side (paced from the start), else as fast as the mote answers. Meanwhile the real account U, which has
 used the mote before (it authenticates once before the attack), does so
 again over SMTP (P) and HTTP (its token) every half second. With
 --fresh-user/--fresh-password, another account tries its first login ever
-in the middle of the attack (reported, not judged: before any success its
+--fresh-after seconds (default 60) into the attack (reported, not judged: before any success its
 right password and a guess look the same). Prints one JSON object:
 per side how many attempts were answered by a verification (SMTP 535, HTTP
 401) and how many were turned away before one (454 / 429, or the session
@@ -36,12 +37,20 @@ def cpu_seconds(pid):
 
 
 class Side:
-    def __init__(self):
+    def __init__(self, rate):
+        self.rate, self.t0 = rate, time.monotonic()
         self.attempts = 0
         self.verified = 0
         self.turned_away = 0
         self.other = collections.Counter()
         self.by_name = collections.defaultdict(list)
+
+    async def next(self):
+        """Count one attempt; with a rate, wait for its turn."""
+        n = self.attempts
+        self.attempts += 1
+        if self.rate:
+            await asyncio.sleep(max(0.0, self.t0 + n / self.rate - time.monotonic()))
 
     def window_max(self):
         """Most verified attempts for one name in any 60 s window."""
@@ -81,7 +90,7 @@ async def smtp_attacker(a, names, side, budget, deadline):
                     name = names[k % len(names)]
                     k += 7
                     creds = base64.b64encode(f"\0{name}\0guess-{os.urandom(6).hex()}".encode()).decode()
-                    side.attempts += 1
+                    await side.next()
                     w.write(f"AUTH PLAIN {creds}\r\n".encode())
                     line = await asyncio.wait_for(r.readline(), 30)
                     code = line[:3]
@@ -107,7 +116,7 @@ async def http_attacker(a, names, side, budget, deadline):
         while side.attempts < budget and time.monotonic() < deadline:
             name = names[k % len(names)]
             k += 7
-            side.attempts += 1
+            await side.next()
             try:
                 r, w = await asyncio.open_connection("127.0.0.1", a.http)
                 tok = base64.urlsafe_b64encode(os.urandom(24)).decode()
@@ -190,12 +199,13 @@ async def first_login(a, delay, out):
 
 async def run(a):
     names = [n.strip() for n in open(a.names) if n.strip()]
-    smtp, http = Side(), Side()
+    smtp, http = Side(a.rate), Side(a.rate)
     real = {"smtp": [], "http": [], "failures": []}
     # The real account has used the mote before.
     await real_account(a, time.monotonic() + 0.1, {"smtp": [], "http": [], "failures": []})
     fresh = {}
     cpu0, t0 = cpu_seconds(a.pid), time.monotonic()
+    smtp.t0 = http.t0 = t0
     deadline = t0 + a.deadline
     attack = asyncio.gather(
         smtp_attacker(a, names, smtp, a.attempts, deadline),
@@ -214,11 +224,13 @@ async def run(a):
 
     jobs = [attack_then_stop(), real_until_done()]
     if a.fresh_user:
-        jobs.append(first_login(a, 0.5, fresh))
+        jobs.append(first_login(a, a.fresh_after, fresh))
     await asyncio.gather(*jobs)
     elapsed = time.monotonic() - t0
+    verified_per_minute = {k: v.verified / (elapsed / 60) for k, v in (("smtp", smtp), ("http", http))}
     print(json.dumps({
         "seconds": elapsed,
+        "verified_per_minute": verified_per_minute,
         "mote_cpu_seconds": cpu_seconds(a.pid) - cpu0,
         "smtp": smtp.json(),
         "http": http.json(),
@@ -238,9 +250,11 @@ def main():
     p.add_argument("--token", required=True)
     p.add_argument("--fresh-user")
     p.add_argument("--fresh-password")
+    p.add_argument("--fresh-after", type=float, default=60)
     p.add_argument("--attempts", type=int, default=10_000)
     p.add_argument("--concurrency", type=int, default=20)
     p.add_argument("--deadline", type=float, default=300)
+    p.add_argument("--rate", type=float, default=0)
     asyncio.run(run(p.parse_args()))
 
 
