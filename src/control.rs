@@ -409,6 +409,22 @@ pub fn status(config: Option<&Path>) -> anyhow::Result<()> {
             h.fallbacks,
         ));
     }
+    if let Some(sh) = &s.sharing {
+        if sh.accounts > 0 || sh.smtp_onion.is_some() || sh.http_onion.is_some() {
+            out.push_str(&format!(
+                "sharing:   {} accounts, {} with a card; onion smtp {} http {}{}\n",
+                sh.accounts,
+                sh.cards,
+                sh.smtp_onion.as_deref().unwrap_or("-"),
+                sh.http_onion.as_deref().unwrap_or("-"),
+                if sh.client_auth {
+                    " (client authorization)"
+                } else {
+                    ""
+                },
+            ));
+        }
+    }
     if let Some(le) = m.median_bound() {
         let median = if le.is_finite() {
             humantime::format_duration(Duration::from_secs_f64(le)).to_string()

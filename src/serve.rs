@@ -18,7 +18,7 @@ use dust_proxies::job::FetchCounts;
 use dust_proxies::onion::{OnionConfig, Onions};
 use dust_proxies::peer::PeerTarget;
 use dust_proxies::smtp::Server;
-use dust_proxies::status::{Executable, HopStatus, Status, StatusFn};
+use dust_proxies::status::{Executable, HopStatus, SharingStatus, Status, StatusFn};
 use dust_proxies::tor::{arti_config, install_crypto_provider, Arti, Connector, Direct, Socks5};
 use dust_storage::Store;
 use std::sync::Mutex as StdMutex;
@@ -334,8 +334,18 @@ fn status_source(
     expires_at: Option<String>,
     executable: Arc<std::sync::OnceLock<Executable>>,
     successor: Arc<StdMutex<Option<PeerTarget>>>,
+    sharing: (Arc<Accounts>, Option<Arc<Onions>>),
 ) -> StatusFn {
     Arc::new(move || {
+        let (accounts, onions) = &sharing;
+        let (n, cards) = accounts.counts();
+        let sharing = SharingStatus {
+            accounts: n,
+            cards,
+            smtp_onion: onions.as_ref().and_then(|o| o.smtp_address()),
+            http_onion: onions.as_ref().and_then(|o| o.http_address()),
+            client_auth: onions.as_ref().is_some_and(|o| o.client_auth()),
+        };
         let cfg = mixer.config();
         let hop = cfg.hop_point().zip(cfg.lifetime).map(|(at, l)| {
             let now = SystemTime::now();
@@ -369,6 +379,7 @@ fn status_source(
             mix: mixer.status(),
             fetches: FetchCounts::count(&store),
             hop,
+            sharing: Some(sharing),
         })
     })
 }
@@ -585,6 +596,7 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
         expires_at,
         executable(),
         Arc::clone(&successor),
+        (Arc::clone(&accounts), onions.clone()),
     );
     let reload = reloader(
         config_path,

@@ -259,6 +259,17 @@ fn a_card_is_a_uri_and_a_qr_code_that_import_turns_into_a_tor_client_config() {
         );
     }
 
+    // The operator sees counts and addresses, never a name.
+    let status = String::from_utf8(mote.cli("status").stdout).unwrap();
+    assert!(
+        status.contains(&format!("sharing:   2 accounts, 1 with a card; onion smtp {smtp} http {http} (client authorization)")),
+        "{status}"
+    );
+    assert!(
+        !status.contains("bea") && !status.contains("carl"),
+        "{status}"
+    );
+
     // `--uri` alone; after a restart the addresses are the same (their
     // keys live in the runtime directory).
     mote.terminate();

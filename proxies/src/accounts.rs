@@ -545,6 +545,13 @@ impl Accounts {
         Ok(out)
     }
 
+    /// How many accounts there are, and how many of them have a card key.
+    pub fn counts(&self) -> (usize, usize) {
+        let live = self.live.read();
+        let cards = live.values().filter(|a| a.client_key.is_some()).count();
+        (live.len(), cards)
+    }
+
     /// Whether `name` is an account now (not a configured user).
     pub fn is_account(&self, name: &str) -> bool {
         self.live.read().contains_key(name)

@@ -43,6 +43,25 @@ pub struct Status {
     /// Hop at drain (`[mote] hop = "at_drain"`), if on.
     #[serde(default)]
     pub hop: Option<HopStatus>,
+    /// Accounts and the onion services cards point to.
+    #[serde(default)]
+    pub sharing: Option<SharingStatus>,
+}
+
+/// Sharing the mote (accounts, cards, onion services), as the status shows
+/// it: counts and the mote's own addresses, never a name or a secret.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SharingStatus {
+    /// Accounts made with `dustmote invite` that have not ended.
+    pub accounts: usize,
+    /// Of them, those with a card key (client authorization).
+    pub cards: usize,
+    /// The SMTP onion service the mote publishes (`host.onion:port`).
+    pub smtp_onion: Option<String>,
+    /// The HTTP onion service the mote publishes.
+    pub http_onion: Option<String>,
+    /// Whether the services are restricted to the cards' keys.
+    pub client_auth: bool,
 }
 
 /// The hand-off to a successor, as the status shows it.
