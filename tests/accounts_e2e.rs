@@ -492,3 +492,65 @@ fn guessing_against_many_accounts_is_bounded_and_real_users_are_served() {
     }
     sink.stop();
 }
+
+#[test]
+fn a_download_in_progress_holds_its_accounts_session() {
+    let nginx = common::origins::Nginx::start();
+    let mut sink = Sink::start();
+    let mut cfg = MoteConfig::new(sink.port);
+    cfg.extra = "[fetch]\nchunk = { min = \"4MiB\", max = \"4MiB\" }\ndelay = { distribution = \"constant\", value = \"10ms\" }\nallow_private_addresses = true\n".into();
+    let mote = Mote::start(&cfg);
+    let h = invite(&mote, &["ella", "--http", "--sessions", "1"]);
+    let bearer = format!(
+        "Authorization: Bearer {}",
+        h["http_token"].as_str().unwrap()
+    );
+    let api = format!("http://127.0.0.1:{}/v1/fetches", mote.http_port);
+    // Larger than what loopback's socket buffers take at once, so the
+    // response body is still being sent while the reader is slow.
+    let body = serde_json::json!({ "url": nginx.put("big.bin", &vec![9u8; 32 << 20]) }).to_string();
+    let (code, b) = curl(&["-X", "POST", "-H", &bearer, "-d", &body, &api]);
+    assert_eq!(code, 202, "{}", String::from_utf8_lossy(&b));
+    let id = serde_json::from_slice::<serde_json::Value>(&b).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let job = format!("{api}/{id}");
+    wait_for(Duration::from_secs(60), || {
+        let (_, b) = curl(&["-H", &bearer, &job]);
+        (serde_json::from_slice::<serde_json::Value>(&b).unwrap()["state"] == "ready").then_some(())
+    })
+    .expect("ready");
+    // A slow reader (64 KiB/s: the 2 MiB take 30 s) holds the one slot
+    // while its body is sent ...
+    let mut slow = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "--limit-rate",
+            "64K",
+            "-H",
+            &bearer,
+        ])
+        .arg(format!("{job}/content"))
+        .spawn()
+        .unwrap();
+    let busy = wait_for(Duration::from_secs(10), || {
+        let (code, _) = curl(&["-H", &bearer, &job]);
+        (code == 429).then_some(())
+    });
+    assert!(
+        busy.is_some(),
+        "a second request was served while the download ran"
+    );
+    // ... and gives it back when it ends.
+    slow.kill().unwrap();
+    slow.wait().unwrap();
+    let free = wait_for(Duration::from_secs(10), || {
+        let (code, _) = curl(&["-H", &bearer, &job]);
+        (code == 200).then_some(())
+    });
+    assert!(free.is_some(), "the slot was not given back");
+    sink.stop();
+}

@@ -523,8 +523,10 @@ impl<S: Schedule> Api<S> {
             Ok(u) => u,
             Err(r) => return r,
         };
-        // An account's requests at once are bounded by its quota.
-        let _slot = match self.accounts.as_ref().map(|a| a.open_session(&user, true)) {
+        // An account's requests at once are bounded by its quota; the slot
+        // lives as long as the response body (a content download holds it
+        // until the last byte is sent).
+        let slot = match self.accounts.as_ref().map(|a| a.open_session(&user, true)) {
             Some(Err(())) => {
                 let mut r = error(
                     StatusCode::TOO_MANY_REQUESTS,
@@ -538,7 +540,7 @@ impl<S: Schedule> Api<S> {
             Some(Ok(slot)) => slot,
             None => None,
         };
-        match (method, segs.as_slice()) {
+        let resp = match (method, segs.as_slice()) {
             (Method::POST, ["v1", "fetches"]) => self.create(&user, req).await,
             (Method::GET, ["v1", "fetches", id]) => self.show(&user, id),
             (Method::DELETE, ["v1", "fetches", id]) => self.delete(&user, id).await,
@@ -550,6 +552,16 @@ impl<S: Schedule> Api<S> {
                 "method_not_allowed",
                 "not allowed here",
             ),
+        };
+        match slot {
+            Some(slot) => resp.map(|body| {
+                body.map_frame(move |frame| {
+                    let _held = &slot;
+                    frame
+                })
+                .boxed_unsync()
+            }),
+            None => resp,
         }
     }
 
