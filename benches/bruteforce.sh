@@ -24,25 +24,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 bench_setup bruteforce
 
 build_release
-SMTP=$(free_port)
-HTTP=$(free_port)
-cat > "$work/mote.toml" <<CONF
-[storage]
-dir = "$work/data"
-[smtp]
-listen = "127.0.0.1:$SMTP"
-[mixer]
-delay = { distribution = "constant", value = "6h" }
-[http]
-listen = "127.0.0.1:$HTTP"
-[tor]
-mode = "direct"
-allow_clearnet = true
-CONF
-RUST_LOG=warn "$BIN" serve --config "$work/mote.toml" 2>"$work/mote.log" &
-pid=$!
-pids+=("$pid")
-wait_port "$SMTP"
+start_mote
+pid=$MOTE_PID
 t0=$(date +%s.%N)
 for i in $(seq 1 "$ACCOUNTS"); do
     name=$(printf 'acct%03d' "$i")
@@ -76,5 +59,5 @@ for k in ["smtp", "http"]:
 print(f"real account failures: {len(r['failures'])} {r['failures'][:3]}")
 f = d["first_login"]
 if f:
-    print(f"a first login ever, 60 s into the attack: {f['reply']!r} after {f['tries']} tries, {f['seconds']:.1f} s")
+    print(f"a first login ever, 60 s after the attack began: {f['reply']!r} after {f['tries']} tries, {f['seconds']:.1f} s")
 PY

@@ -19,33 +19,12 @@ bench_setup hostile
 build_release
 PASSWORD=hostile-bench-password
 HASH=$(echo "$PASSWORD" | "$BIN" passwd)
-SMTP=$(free_port)
-HTTP=$(free_port)
-cat > "$work/mote.toml" <<CONF
-[storage]
-dir = "$work/data"
-[smtp]
-listen = "127.0.0.1:$SMTP"
-[[smtp.users]]
-name = "alice"
-password_hash = "$HASH"
-[mixer]
-delay = { distribution = "constant", value = "6h" }
-[http]
-listen = "127.0.0.1:$HTTP"
-[[http.users]]
-name = "alice"
-token_hash = "$HASH"
-# No delivery is configured; "direct" keeps the mote off the Tor network
-# (the default, embedded Arti, would bootstrap from the public one).
-[tor]
-mode = "direct"
-allow_clearnet = true
-CONF
-RUST_LOG=warn "$BIN" serve --config "$work/mote.toml" 2>"$work/mote.log" &
-pid=$!
-pids+=("$pid")
-wait_port "$SMTP"
+start_mote "[[smtp.users]]
+name = \"alice\"
+password_hash = \"$HASH\"" "[[http.users]]
+name = \"alice\"
+token_hash = \"$HASH\""
+pid=$MOTE_PID
 python3 "$root/tests/peers/hostile.py" --pid "$pid" --smtp "$SMTP" --http "$HTTP" \
     --user alice --password "$PASSWORD" --seconds "$SECONDS_PER_PHASE" > "$work/out.json"
 python3 - "$work/out.json" <<'PY'

@@ -70,3 +70,32 @@ CONF
     pids+=($!)
     wait_port "$B_HTTP"
 }
+
+# Start a mote ($BIN) on free ports that holds everything for 6 h (so what
+# is measured is what happens before delivery), with no delivery and
+# "direct" transport (the default, embedded Arti, would bootstrap from the
+# public network). $1: more lines for [smtp], $2: more lines for [http].
+# Sets SMTP, HTTP and MOTE_PID; its config is $work/mote.toml, its log
+# $work/mote.log.
+start_mote() {
+    SMTP=$(free_port); HTTP=$(free_port)
+    cat > "$work/mote.toml" <<CONF
+[storage]
+dir = "$work/data"
+[smtp]
+listen = "127.0.0.1:$SMTP"
+${1:-}
+[mixer]
+delay = { distribution = "constant", value = "6h" }
+[http]
+listen = "127.0.0.1:$HTTP"
+${2:-}
+[tor]
+mode = "direct"
+allow_clearnet = true
+CONF
+    RUST_LOG=warn "$BIN" serve --config "$work/mote.toml" 2>"$work/mote.log" &
+    MOTE_PID=$!
+    pids+=("$MOTE_PID")
+    wait_port "$SMTP"
+}

@@ -29,20 +29,14 @@ fn attacks_without_credentials_neither_exhaust_the_mote_nor_lock_out_its_user() 
     let mut cfg = MoteConfig::new(sink.port);
     cfg.delay = r#"{ distribution = "constant", value = "1s" }"#.into();
     let mote = Mote::start(&cfg);
-    let out = Command::new("python3")
-        .arg(peer("hostile.py"))
-        .args(["--pid", &mote.pid().to_string()])
-        .args(["--smtp", &mote.port.to_string()])
-        .args(["--http", &mote.http_port.to_string()])
-        .args(["--user", USER, "--password", PASSWORD, "--seconds", "6"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let v = json_of(
+        Command::new("python3")
+            .arg(peer("hostile.py"))
+            .args(["--pid", &mote.pid().to_string()])
+            .args(["--smtp", &mote.port.to_string()])
+            .args(["--http", &mote.http_port.to_string()])
+            .args(["--user", USER, "--password", PASSWORD, "--seconds", "6"]),
     );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     println!("hostile load: {v}");
     assert!(
         v["before"]["failures"].as_array().unwrap().is_empty(),

@@ -334,21 +334,8 @@ fn cascade_over_onion_services(net: &TorNet) {
     // seconds to publish), so that hand-offs rarely need a retry.
     for onion in [&b_onion, &c_onion] {
         let up = wait_for(Duration::from_secs(120), || {
-            let o = std::process::Command::new("curl")
-                .args([
-                    "-s",
-                    "-o",
-                    "/dev/null",
-                    "-w",
-                    "%{http_code}",
-                    "--max-time",
-                    "30",
-                ])
-                .args(["--socks5-hostname", &net.socks()])
-                .arg(format!("http://{onion}/status"))
-                .output()
-                .unwrap();
-            (o.stdout == b"200").then_some(())
+            let url = format!("http://{onion}/status");
+            (http_code_through(&net.socks(), &[&url]) == "200").then_some(())
         });
         assert!(up.is_some(), "{onion} never answered");
     }
@@ -498,6 +485,26 @@ fn curl_through(socks: &str, args: &[&str]) -> (bool, String) {
     )
 }
 
+/// The HTTP status code of curl's request (`args`) through the SOCKS port
+/// `socks` ("000" when there was no answer).
+fn http_code_through(socks: &str, args: &[&str]) -> String {
+    let o = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "30",
+        ])
+        .args(["--socks5-hostname", socks])
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
 /// A field of a `dustmote:card?…` URI.
 fn card_field<'u>(uri: &'u str, key: &str) -> &'u str {
     uri.split('&')
@@ -591,21 +598,8 @@ fn shared_mote_with_client_authorization(net: &TorNet) {
     assert!(String::from_utf8_lossy(&got[0].raw).contains("through a shared mote"));
     let bearer = format!("Authorization: Bearer bea:{}", card_field(&bea, "token"));
     let api = format!("http://{http}/v1/fetches/00000000000000000000000000000000");
-    let o = std::process::Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "30",
-        ])
-        .args(["--socks5-hostname", &holder, "-H", &bearer, &api])
-        .output()
-        .unwrap();
     assert_eq!(
-        String::from_utf8_lossy(&o.stdout),
+        http_code_through(&holder, &["-H", &bearer, &api]),
         "404",
         "authenticated through the onion API"
     );

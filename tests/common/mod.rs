@@ -601,6 +601,19 @@ delivery_grace = "2s"
     }
 }
 
+/// Run `c` to its end; it must succeed (else its stderr is shown), and
+/// its stdout is one JSON value, returned.
+pub fn json_of(c: &mut Command) -> serde_json::Value {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{c:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
 /// Run Python smtplib (`tests/peers/submit.py send`) and return its JSON
 /// verdict.
 pub fn smtplib_send(

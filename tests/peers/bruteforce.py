@@ -213,8 +213,11 @@ async def run(a):
     )
     done = asyncio.Event()
 
+    attack_end = []
+
     async def attack_then_stop():
         await attack
+        attack_end.append(time.monotonic())
         done.set()
 
     async def real_until_done():
@@ -226,12 +229,13 @@ async def run(a):
     if a.fresh_user:
         jobs.append(first_login(a, a.fresh_after, fresh))
     await asyncio.gather(*jobs)
-    elapsed = time.monotonic() - t0
+    elapsed = attack_end[0] - t0
     verified_per_minute = {k: v.verified / (elapsed / 60) for k, v in (("smtp", smtp), ("http", http))}
+    cpu = cpu_seconds(a.pid) - cpu0
     print(json.dumps({
         "seconds": elapsed,
         "verified_per_minute": verified_per_minute,
-        "mote_cpu_seconds": cpu_seconds(a.pid) - cpu0,
+        "mote_cpu_seconds": cpu,
         "smtp": smtp.json(),
         "http": http.json(),
         "real": real,
