@@ -62,6 +62,9 @@ pub struct Issued {
     pub smtp: Option<String>,
     /// `host.onion:port` of the HTTP service.
     pub http: Option<String>,
+    /// Whether the onion services are published with the card's key yet.
+    #[serde(default)]
+    pub published: bool,
 }
 
 /// A card's contents.
@@ -208,6 +211,9 @@ fn issue(config: Option<&Path>, name: &str, uri_only: bool) -> anyhow::Result<()
     let uri = card.uri();
     let mut out = std::io::stdout().lock();
     if uri_only {
+        if card.key.is_some() && !i.published {
+            eprintln!("warning: tor has not yet published the onion services with this card's key");
+        }
         writeln!(out, "{uri}")?;
         return Ok(());
     }

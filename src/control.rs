@@ -180,15 +180,22 @@ async fn answer(request: &str, h: &Handlers) -> String {
             json(r)
         }
         ("accounts", "") => json(h.accounts.list().map_err(anyhow::Error::from)),
-        ("revoke", name) => json(
-            h.accounts
-                .revoke(name)
-                .await
-                .map(|()| Reloaded {
-                    reloaded: format!("account {name} revoked"),
-                })
-                .map_err(anyhow::Error::from),
-        ),
+        ("revoke", name) => {
+            let r = match h.accounts.revoke(name).await {
+                Ok(()) => {
+                    let onion = if onions_caught_up(h).await {
+                        ""
+                    } else {
+                        "; the onion services are not yet published without its key"
+                    };
+                    Ok(Reloaded {
+                        reloaded: format!("account {name} revoked{onion}"),
+                    })
+                }
+                Err(e) => Err(anyhow::Error::from(e)),
+            };
+            json(r)
+        }
         ("card", name) => json(card(h, name).await),
         _ => json::<()>(Err(anyhow!("unknown request"))),
     }
@@ -203,11 +210,46 @@ async fn card(h: &Handlers, name: &str) -> anyhow::Result<crate::card::Issued> {
         );
     };
     let credentials = h.accounts.reissue(name).await?;
+    // The card works once the services are published with its key.
+    let key = credentials
+        .client_auth_key
+        .as_deref()
+        .and_then(dust_proxies::onion::client_public_key);
+    let published = onions
+        .wait_in_force(
+            |clients| key.as_ref().is_none_or(|k| clients.contains(k)),
+            PUBLISH_WAIT,
+        )
+        .await;
     Ok(crate::card::Issued {
         credentials,
         smtp: onions.smtp_address(),
         http: onions.http_address(),
+        published,
     })
+}
+
+/// How long `card` and `revoke` wait for the onion services to be
+/// published for the new set of card keys.
+const PUBLISH_WAIT: Duration = Duration::from_secs(90);
+
+/// Wait until the onion services are published (and their descriptors
+/// uploaded) without any key of an account that has ended; whether they
+/// are (true at once without client authorization or onion services).
+async fn onions_caught_up(h: &Handlers) -> bool {
+    let Some(onions) = &h.onions else {
+        return true;
+    };
+    let live = h.accounts.client_keys();
+    onions
+        .wait_in_force(
+            |clients| {
+                let live = live.borrow();
+                clients.iter().all(|k| live.contains(k))
+            },
+            PUBLISH_WAIT,
+        )
+        .await
 }
 
 /// Answer requests on `listener` (from [`bind`]) until `stop`.

@@ -384,6 +384,12 @@ fn status_source(
     })
 }
 
+/// Quiet time after a change of the cards' keys before the onion services
+/// are published again (changes in a row make one publication).
+const ONION_SETTLE: Duration = Duration::from_secs(1);
+/// Least time between two publications of the onion services.
+const ONION_REPUBLISH: Duration = Duration::from_secs(3);
+
 /// Publish the mote's onion services through tor's control port, for the
 /// cards' keys now, and again whenever they change (a task).
 async fn publish_onions(cfg: OnionConfig, accounts: &Arc<Accounts>) -> anyhow::Result<Arc<Onions>> {
@@ -395,7 +401,7 @@ async fn publish_onions(cfg: OnionConfig, accounts: &Arc<Accounts>) -> anyhow::R
     let mut keys = accounts.client_keys();
     let now = keys.borrow_and_update().clone();
     onions
-        .publish(&now)
+        .publish(&now, false)
         .await
         .context("publishing the onion services ([onion])")?;
     tracing::info!(
@@ -406,15 +412,30 @@ async fn publish_onions(cfg: OnionConfig, accounts: &Arc<Accounts>) -> anyhow::R
     );
     let o = Arc::clone(&onions);
     tokio::spawn(async move {
+        let mut last = tokio::time::Instant::now();
         while keys.changed().await.is_ok() {
-            let now = keys.borrow_and_update().clone();
             if !o.client_auth() {
                 continue;
             }
-            match o.publish(&now).await {
+            // Changes in a row (cards issued one after another) make one
+            // publication, once they have settled, and never sooner than
+            // ONION_REPUBLISH after the last: each publication makes new
+            // introduction points and a new descriptor, and tor clients
+            // and directories cope badly with descriptors replaced within
+            // the same seconds.
+            loop {
+                tokio::select! {
+                    changed = keys.changed() => if changed.is_err() { return },
+                    _ = tokio::time::sleep(ONION_SETTLE) => break,
+                }
+            }
+            tokio::time::sleep_until(last + ONION_REPUBLISH).await;
+            let now = keys.borrow_and_update().clone();
+            match o.publish(&now, true).await {
                 Ok(()) => tracing::info!(clients = now.len(), "onion services published again"),
                 Err(e) => tracing::error!(error = %e, "publishing the onion services again failed"),
             }
+            last = tokio::time::Instant::now();
         }
     });
     Ok(onions)

@@ -119,6 +119,16 @@ impl Control {
         }
     }
 
+    /// The next line tor sends (an asynchronous event on a connection
+    /// that asked for events), without its line end.
+    async fn event(&mut self) -> Result<String, OnionError> {
+        let mut l = String::new();
+        if self.io.read_line(&mut l).await? == 0 {
+            return Err(OnionError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        Ok(l.trim_end().to_string())
+    }
+
     /// PROTOCOLINFO, then AUTHENTICATE with what tor asks for.
     async fn authenticate(&mut self, password: Option<&str>) -> Result<(), OnionError> {
         let info = self.command("PROTOCOLINFO 1", "PROTOCOLINFO").await?;
@@ -171,127 +181,156 @@ pub fn client_auth_keys() -> (String, String) {
     )
 }
 
-/// The two services' keys (`ED25519-V3:…`, tor's own blob), read from
-/// `path` or `None` when there is no file yet.
-fn read_keys(path: &Path) -> Result<Option<(String, String)>, OnionError> {
+/// The public key (base32) of a client-authorization private key (base32),
+/// if it is one.
+pub fn client_public_key(private: &str) -> Option<String> {
+    let bytes: [u8; 32] = BASE32_NOPAD
+        .decode(private.as_bytes())
+        .ok()?
+        .try_into()
+        .ok()?;
+    let public = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(bytes));
+    Some(BASE32_NOPAD.encode(public.as_bytes()))
+}
+
+/// The services' keys (`ED25519-V3:…`, tor's own blob), SMTP then HTTP,
+/// read from `path` (none when there is no file yet).
+fn read_keys(path: &Path) -> Result<[Option<String>; 2], OnionError> {
     let bad = |reason: String| OnionError::Keys {
         path: path.display().to_string(),
         reason,
     };
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok([None, None]),
         Err(e) => return Err(bad(e.to_string())),
     };
-    let mut smtp = None;
-    let mut http = None;
+    let mut keys = [None, None];
     for l in text.lines() {
         match l.split_once(' ') {
-            Some(("smtp", k)) if k.starts_with("ED25519-V3:") => smtp = Some(k.to_string()),
-            Some(("http", k)) if k.starts_with("ED25519-V3:") => http = Some(k.to_string()),
+            Some(("smtp", k)) if k.starts_with("ED25519-V3:") => keys[0] = Some(k.to_string()),
+            Some(("http", k)) if k.starts_with("ED25519-V3:") => keys[1] = Some(k.to_string()),
             _ => return Err(bad("not a dustmote onion key file".into())),
         }
     }
-    match (smtp, http) {
-        (Some(s), Some(h)) => Ok(Some((s, h))),
-        _ => Err(bad("a key is missing".into())),
+    if keys.iter().all(Option::is_none) {
+        return Err(bad("no key in it".into()));
     }
+    Ok(keys)
 }
 
-/// Write both keys to a new file, mode 0600 from its creation.
-fn write_keys(path: &Path, smtp: &str, http: &str) -> Result<(), OnionError> {
+/// Write the keys there are to the key file, mode 0600 from its creation,
+/// replacing it (a service turned on later adds its key).
+fn write_keys(path: &Path, keys: &[Option<String>; 2]) -> Result<(), OnionError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    let bad = |e: std::io::Error| OnionError::Keys {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    };
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)
-        .map_err(|e| OnionError::Keys {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-    f.write_all(format!("smtp {smtp}\nhttp {http}\n").as_bytes())?;
-    f.sync_all()?;
+        .open(&tmp)
+        .map_err(bad)?;
+    let mut text = String::new();
+    for (name, k) in ["smtp", "http"].iter().zip(keys) {
+        if let Some(k) = k {
+            text.push_str(&format!("{name} {k}\n"));
+        }
+    }
+    f.write_all(text.as_bytes()).map_err(bad)?;
+    f.sync_all().map_err(bad)?;
+    std::fs::rename(&tmp, path).map_err(bad)?;
     Ok(())
 }
 
 /// The mote's published onion services.
 pub struct Onions {
     cfg: OnionConfig,
-    control: tokio::sync::Mutex<Control>,
-    /// The services' keys, SMTP then HTTP.
-    keys: [String; 2],
-    /// Their ids (addresses without `.onion`), as tor reported them.
-    ids: [String; 2],
-    /// Whether the services are published now.
-    published: tokio::sync::Mutex<bool>,
+    /// The control connection and what is published through it.
+    state: tokio::sync::Mutex<Published>,
+    /// The services' ids (addresses without `.onion`), SMTP then HTTP,
+    /// as tor reported them at the first publication.
+    ids: parking_lot::Mutex<[Option<String>; 2]>,
+    /// The client keys of the publication whose descriptors tor has
+    /// uploaded (or given up waiting for).
+    in_force: tokio::sync::watch::Sender<Option<Vec<String>>>,
+}
+
+/// How long a publication waits for tor to upload the new descriptors.
+const UPLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What [`Onions::publish`] keeps between calls.
+struct Published {
+    control: Control,
+    /// The services' keys (`ED25519-V3:…`), once known.
+    keys: [Option<String>; 2],
+    /// The client keys of the publication in force (`None`: nothing
+    /// published).
+    clients: Option<Vec<String>>,
 }
 
 impl std::fmt::Debug for Onions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Onions")
-            .field("ids", &self.ids)
+            .field("ids", &*self.ids.lock())
             .finish_non_exhaustive()
     }
 }
 
 impl Onions {
-    /// Connect and authenticate to tor, and learn (or make) the services'
-    /// keys and addresses. Nothing is published yet: see
+    /// Connect and authenticate to tor and read the services' keys, if a
+    /// previous start kept them. Nothing is published yet: see
     /// [`publish`](Self::publish).
     pub async fn open(cfg: OnionConfig) -> Result<Self, OnionError> {
         let mut control = Control::connect(&cfg.control).await?;
         control.authenticate(cfg.password.as_deref()).await?;
-        // Each key is added once to learn its address (tor derives it), and
-        // removed at once: it is published properly, with the clients, by
-        // `publish`. New keys come from tor and are kept for a restart.
-        let stored = read_keys(&cfg.key_file)?;
-        let mut keys = Vec::new();
-        let mut ids = Vec::new();
-        for i in 0..2 {
-            let key = stored.as_ref().map(|(s, h)| if i == 0 { s } else { h });
-            let line = format!(
-                "ADD_ONION {} Port=1,127.0.0.1:9",
-                key.map_or("NEW:ED25519-V3", String::as_str)
-            );
-            let r = control.command(&line, "ADD_ONION").await?;
-            let id = field(&r, "ServiceID=")?;
-            control
-                .command(&format!("DEL_ONION {id}"), "DEL_ONION")
-                .await?;
-            keys.push(match key {
-                Some(k) => k.clone(),
-                None => field(&r, "PrivateKey=")?,
-            });
-            ids.push(id);
-        }
-        if stored.is_none() {
-            write_keys(&cfg.key_file, &keys[0], &keys[1])?;
-        }
-        let keys = [keys[0].clone(), keys[1].clone()];
-        let ids = [ids[0].clone(), ids[1].clone()];
+        let keys = read_keys(&cfg.key_file)?;
         Ok(Self {
             cfg,
-            control: tokio::sync::Mutex::new(control),
-            keys,
-            ids,
-            published: tokio::sync::Mutex::new(false),
+            state: tokio::sync::Mutex::new(Published {
+                control,
+                keys,
+                clients: None,
+            }),
+            ids: parking_lot::Mutex::new([None, None]),
+            in_force: tokio::sync::watch::Sender::new(None),
         })
     }
 
-    /// The SMTP service's `host:port`, if there is one.
-    pub fn smtp_address(&self) -> Option<String> {
-        self.cfg
-            .smtp
-            .map(|(port, _)| format!("{}.onion:{port}", self.ids[0]))
+    /// Wait (at most `timeout`) until the client keys of the publication
+    /// in force satisfy `ok`; whether they do (at once without client
+    /// authorization).
+    pub async fn wait_in_force(
+        &self,
+        ok: impl Fn(&[String]) -> bool,
+        timeout: std::time::Duration,
+    ) -> bool {
+        if !self.cfg.client_auth {
+            return true;
+        }
+        let mut rx = self.in_force.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|c| c.as_deref().is_some_and(&ok)))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
-    /// The HTTP service's `host:port`, if there is one.
+    /// The SMTP service's `host:port`, once published.
+    pub fn smtp_address(&self) -> Option<String> {
+        let (port, _) = self.cfg.smtp?;
+        let id = self.ids.lock()[0].clone()?;
+        Some(format!("{id}.onion:{port}"))
+    }
+
+    /// The HTTP service's `host:port`, once published.
     pub fn http_address(&self) -> Option<String> {
-        self.cfg
-            .http
-            .map(|(port, _)| format!("{}.onion:{port}", self.ids[1]))
+        let (port, _) = self.cfg.http?;
+        let id = self.ids.lock()[1].clone()?;
+        Some(format!("{id}.onion:{port}"))
     }
 
     /// Whether client authorization is on.
@@ -300,43 +339,111 @@ impl Onions {
     }
 
     /// Publish the services (again), readable by `clients` (base32 x25519
-    /// public keys) when client authorization is on. With it on and no
-    /// client, a key nobody holds stands in: the services exist (their
-    /// addresses stay) and nobody can find them.
-    pub async fn publish(&self, clients: &[String]) -> Result<(), OnionError> {
-        let mut control = self.control.lock().await;
-        let mut published = self.published.lock().await;
-        if *published {
-            for id in &self.ids {
+    /// public keys) when client authorization is on; nothing to do when
+    /// they are published for these clients already. With authorization
+    /// on and no client, a key nobody holds stands in: the services exist
+    /// (their addresses stay) and nobody can find them. The first
+    /// publication of a new mote makes the keys (tor does) and keeps them
+    /// in the key file.
+    ///
+    /// With `wait`, it returns once tor has uploaded the new descriptors
+    /// (at most [`UPLOAD_WAIT`]; not at all while tor has no circuit, as
+    /// with its network off): until then clients still find the old ones.
+    pub async fn publish(&self, clients: &[String], wait: bool) -> Result<(), OnionError> {
+        let mut st = self.state.lock().await;
+        let wanted = if self.cfg.client_auth {
+            clients.to_vec()
+        } else {
+            Vec::new()
+        };
+        if st.clients.as_ref() == Some(&wanted) {
+            return Ok(());
+        }
+        if st.clients.take().is_some() {
+            let ids = self.ids.lock().clone();
+            for id in ids.iter().flatten() {
                 // Gone already is fine (tor restarted its services).
-                let _ = control
+                let _ = st
+                    .control
                     .command(&format!("DEL_ONION {id}"), "DEL_ONION")
                     .await;
             }
-            *published = false;
         }
         let mut auth = String::new();
         if self.cfg.client_auth {
             let nobody;
-            let keys: &[String] = if clients.is_empty() {
+            let keys: &[String] = if wanted.is_empty() {
                 nobody = [client_auth_keys().1];
                 &nobody
             } else {
-                clients
+                &wanted
             };
             auth.push_str(" Flags=V3Auth");
             for k in keys {
                 auth.push_str(&format!(" ClientAuthV3={k}"));
             }
         }
+        // A second connection hears when tor has uploaded the new
+        // descriptors (until then clients still find the old ones).
+        let online = st
+            .control
+            .command("GETINFO status/circuit-established", "GETINFO")
+            .await?
+            .iter()
+            .any(|l| l == "status/circuit-established=1");
+        let mut events = None;
+        if wait && online {
+            let mut e = Control::connect(&self.cfg.control).await?;
+            e.authenticate(self.cfg.password.as_deref()).await?;
+            e.command("SETEVENTS HS_DESC", "SETEVENTS").await?;
+            events = Some(e);
+        }
+        let mut made = false;
         for (i, service) in [self.cfg.smtp, self.cfg.http].iter().enumerate() {
             let Some((port, target)) = service else {
                 continue;
             };
-            let line = format!("ADD_ONION {} Port={port},{target}{auth}", self.keys[i]);
-            control.command(&line, "ADD_ONION").await?;
+            let key = st.keys[i]
+                .clone()
+                .unwrap_or_else(|| "NEW:ED25519-V3".into());
+            let line = format!("ADD_ONION {key} Port={port},{target}{auth}");
+            let reply = st.control.command(&line, "ADD_ONION").await?;
+            self.ids.lock()[i] = Some(field(&reply, "ServiceID=")?);
+            if st.keys[i].is_none() {
+                st.keys[i] = Some(field(&reply, "PrivateKey=")?);
+                made = true;
+            }
         }
-        *published = true;
+        if made {
+            write_keys(&self.cfg.key_file, &st.keys)?;
+        }
+        let mut waiting: Vec<String> = match events {
+            Some(_) => self.ids.lock().iter().flatten().cloned().collect(),
+            None => Vec::new(),
+        };
+        let uploaded = tokio::time::timeout(UPLOAD_WAIT, async {
+            while let (false, Some(events)) = (waiting.is_empty(), events.as_mut()) {
+                let line = events.event().await?;
+                // 650 HS_DESC UPLOADED <address> <auth> <hsdir> ...
+                let mut w = line.split(' ');
+                if let (Some("650"), Some("HS_DESC"), Some("UPLOADED"), Some(addr)) =
+                    (w.next(), w.next(), w.next(), w.next())
+                {
+                    waiting.retain(|id| id != addr);
+                }
+            }
+            Ok::<(), OnionError>(())
+        })
+        .await;
+        match uploaded {
+            Ok(r) => r?,
+            Err(_) => tracing::warn!(
+                "tor has not uploaded the onion services' new descriptors after {UPLOAD_WAIT:?}; \
+                 clients may find the old ones until it does"
+            ),
+        }
+        st.clients = Some(wanted.clone());
+        self.in_force.send_replace(Some(wanted));
         Ok(())
     }
 }
@@ -367,6 +474,8 @@ mod tests {
             .expect("32 bytes");
         let derived = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::from(p));
         assert_eq!(BASE32_NOPAD.encode(derived.as_bytes()), public);
+        assert_eq!(client_public_key(&private), Some(public.clone()));
+        assert_eq!(client_public_key("not base32!"), None);
         assert_ne!(client_auth_keys().0, private);
     }
 
@@ -375,15 +484,18 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().expect("dir");
         let p = dir.path().join("k");
-        assert!(read_keys(&p).expect("none").is_none());
-        write_keys(&p, "ED25519-V3:AAAA", "ED25519-V3:BBBB").expect("write");
-        assert_eq!(
-            read_keys(&p).expect("read"),
-            Some(("ED25519-V3:AAAA".into(), "ED25519-V3:BBBB".into()))
-        );
+        assert_eq!(read_keys(&p).expect("none"), [None, None]);
+        let keys = [
+            Some("ED25519-V3:AAAA".to_string()),
+            Some("ED25519-V3:BBBB".to_string()),
+        ];
+        write_keys(&p, &keys).expect("write");
+        assert_eq!(read_keys(&p).expect("read"), keys);
         let mode = std::fs::metadata(&p).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        assert!(write_keys(&p, "x", "y").is_err(), "never overwritten");
+        let one = [None, Some("ED25519-V3:CCCC".to_string())];
+        write_keys(&p, &one).expect("replace");
+        assert_eq!(read_keys(&p).expect("read"), one);
         std::fs::write(&p, "hello\n").expect("write");
         assert!(read_keys(&p).is_err());
     }
