@@ -91,7 +91,6 @@ pub fn invite(args: InviteArgs) -> anyhow::Result<()> {
         expires_in: args.expires,
         smtp: args.smtp || both,
         http: args.http || both,
-        card: false,
     };
     let request = format!("invite {}\n", serde_json::to_string(&invite)?);
     let c: Credentials = ask_required(args.config.as_deref(), &request)?;

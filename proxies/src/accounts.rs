@@ -115,9 +115,6 @@ pub struct Invite {
     pub smtp: bool,
     /// An HTTP bearer token.
     pub http: bool,
-    /// A client-authorization key for an access card (else a card is
-    /// issued later, with `reissue`).
-    pub card: bool,
 }
 
 /// Credentials, shown once (`dustmote invite`, `dustmote card`).
@@ -406,9 +403,8 @@ impl Accounts {
             expires_ms,
             client_key: None,
         };
-        let creds = self
-            .issue(&mut a, invite.smtp, invite.http, invite.card)
-            .await?;
+        // No card key yet: a card (`reissue`) makes one.
+        let creds = self.issue(&mut a, invite.smtp, invite.http, false).await?;
         self.invited.notify_one();
         Ok(creds)
     }
