@@ -239,23 +239,6 @@ fn default_auth_dir() -> anyhow::Result<PathBuf> {
     Ok(PathBuf::from(home).join(".dustmote").join("onion-auth"))
 }
 
-/// Write `text` to a new (or replaced) file of mode 0600.
-fn write_private(path: &Path, text: &str) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
-}
-
 fn import(uri: &str, auth_dir: Option<PathBuf>, socks: &str) -> anyhow::Result<()> {
     use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
     let card = Card::parse(uri)?;
@@ -277,7 +260,8 @@ fn import(uri: &str, auth_dir: Option<PathBuf>, socks: &str) -> anyhow::Result<(
             let Some(addr) = addr else { continue };
             let id = onion_id(addr)?;
             let file = dir.join(format!("dustmote-{name}-{service}.auth_private"));
-            write_private(&file, &format!("{id}:descriptor:x25519:{key}\n"))?;
+            dust_proxies::onion::write_private(&file, &format!("{id}:descriptor:x25519:{key}\n"))
+                .with_context(|| format!("writing {}", file.display()))?;
         }
         let dir = std::fs::canonicalize(&dir)?;
         writeln!(

@@ -410,13 +410,14 @@ async fn publish_onions(cfg: OnionConfig, accounts: &Arc<Accounts>) -> anyhow::R
         client_auth = onions.client_auth(),
         "onion services published"
     );
+    // Without client authorization the cards' keys change nothing.
+    if !onions.client_auth() {
+        return Ok(onions);
+    }
     let o = Arc::clone(&onions);
     tokio::spawn(async move {
         let mut last = tokio::time::Instant::now();
         while keys.changed().await.is_ok() {
-            if !o.client_auth() {
-                continue;
-            }
             // Changes in a row (cards issued one after another) make one
             // publication, once they have settled, and never sooner than
             // ONION_REPUBLISH after the last: each publication makes new
@@ -661,7 +662,7 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
             peers.accept_jobs_of(job_users),
             Arc::new(mixer.clone()),
         )),
-        Arc::clone(&accounts),
+        Some(Arc::clone(&accounts)),
     );
     let http_task =
         tokio::spawn(api.serve(http_listener, stop_rx.clone(), config.http.max_connections));

@@ -31,6 +31,13 @@ pub const FETCHES: usize = 2;
 /// See [`MAIL`].
 pub const FETCH_BYTES: usize = 3;
 
+/// Usage of `n` in counter `which` ([`MAIL`] …), the others 0.
+pub fn one(which: usize, n: u64) -> Usage {
+    let mut u = [0; USAGE_FIELDS];
+    u[which] = n;
+    u
+}
+
 /// Concurrent sessions of an account unless its invitation said otherwise
 /// (SMTP sessions and HTTP requests, counted apart).
 pub const DEFAULT_SESSIONS: u32 = 4;
@@ -171,6 +178,9 @@ pub enum AccountError {
     /// The mote is over (or ends before the account would start).
     #[error("the mote has ended")]
     MoteOver,
+    /// Hashing a new secret failed.
+    #[error("hashing a new secret: {0}")]
+    Hash(String),
     /// The store failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -281,8 +291,8 @@ fn valid_name(name: &str) -> bool {
 async fn hash(secret: String) -> Result<String, AccountError> {
     tokio::task::spawn_blocking(move || hash_password(secret.as_bytes()))
         .await
-        .map_err(|e| AccountError::Storage(StorageError::Flush(e.to_string())))?
-        .map_err(|e| AccountError::Storage(StorageError::Flush(format!("hashing: {e}"))))
+        .map_err(|e| AccountError::Hash(e.to_string()))?
+        .map_err(|e| AccountError::Hash(e.to_string()))
 }
 
 impl Accounts {

@@ -75,11 +75,6 @@ impl Users {
         self.by_name.remove(name).is_some()
     }
 
-    /// Whether `name` is a user.
-    pub fn contains(&self, name: &str) -> bool {
-        self.by_name.contains_key(name)
-    }
-
     /// `name`'s hash, or the decoy (`false`: `name` is no user), or `None`
     /// when there is no user at all.
     fn hash_for(&self, name: &str) -> Option<(String, bool)> {
@@ -397,9 +392,7 @@ impl Verifier {
     /// Take back an admitted attempt that did not run.
     fn unadmit(&self, name: &str) {
         let mut t = self.throttle.lock();
-        if let Some((tokens, at)) = t.bucket {
-            t.bucket = Some(((tokens + 1.0).min(FAIL_BURST), at));
-        }
+        t.give_back();
         if let Some(e) = t.names.get_mut(name) {
             e.0 = e.0.saturating_sub(1);
             if e.0 <= FAIL_FREE {
@@ -417,9 +410,7 @@ impl Verifier {
         {
             let mut t = self.throttle.lock();
             t.names.remove(name);
-            if let Some((tokens, at)) = t.bucket {
-                t.bucket = Some(((tokens + 1.0).min(FAIL_BURST), at));
-            }
+            t.give_back();
         }
         // Under the users' lock: a removal either happened before (then
         // this success does not stand) or forgets it after.
@@ -433,6 +424,15 @@ impl Verifier {
         }
         known.insert(digest, name.to_string());
         true
+    }
+}
+
+impl Throttle {
+    /// Put back the global token of an attempt that does not count.
+    fn give_back(&mut self) {
+        if let Some((tokens, at)) = self.bucket {
+            self.bucket = Some(((tokens + 1.0).min(FAIL_BURST), at));
+        }
     }
 }
 

@@ -25,7 +25,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use rand::Rng;
 
-use crate::accounts::{Accounts, Charged, FETCH_BYTES};
+use crate::accounts::{one, Accounts, Charged, FETCH_BYTES};
 use crate::addr::is_private;
 use crate::job::{is_http_url, Job, JobState};
 use crate::tls::{TlsClient, TlsError};
@@ -170,13 +170,6 @@ pub struct Fetcher {
     accounts: Arc<std::sync::OnceLock<Arc<Accounts>>>,
 }
 
-/// `n` downloaded bytes, as usage.
-fn fetch_bytes(n: u64) -> dust_storage::accounts::Usage {
-    let mut d = [0; dust_storage::accounts::USAGE_FIELDS];
-    d[FETCH_BYTES] = n;
-    d
-}
-
 /// `bytes a-b/total` → (a, b inclusive, total).
 fn content_range(v: &str) -> Option<(u64, u64, Option<u64>)> {
     let rest = v.trim().strip_prefix("bytes ")?;
@@ -227,7 +220,7 @@ impl Fetcher {
         if size == 0 {
             return Ok((None, 0, 0));
         }
-        match a.charge(user, fetch_bytes(size))? {
+        match a.charge(user, one(FETCH_BYTES, size))? {
             Ok(c) => Ok((c, size, room)),
             // Another chunk of the same account took it meanwhile.
             Err(_) => Ok((None, 0, 0)),
@@ -240,12 +233,12 @@ impl Fetcher {
     fn settle(&self, user: &str, charged: Option<Charged>, reserved: u64, used: u64) {
         let Some(a) = self.accounts.get() else { return };
         if used > reserved {
-            if let Err(e) = a.charge_over(user, fetch_bytes(used - reserved)) {
+            if let Err(e) = a.charge_over(user, one(FETCH_BYTES, used - reserved)) {
                 tracing::warn!(error = %e, "could not count downloaded bytes");
             }
         }
         if used < reserved {
-            a.refund_part(charged, fetch_bytes(reserved - used));
+            a.refund_part(charged, one(FETCH_BYTES, reserved - used));
         }
     }
 

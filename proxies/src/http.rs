@@ -27,7 +27,7 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
-use crate::accounts::{Accounts, Exceeded, FETCHES, FETCH_BYTES};
+use crate::accounts::{one, Accounts, Exceeded, FETCHES, FETCH_BYTES};
 use crate::auth::{Users, Verdict, Verifier};
 use crate::job::{is_http_url, Job, JobState, Schedule, ScheduleError};
 use crate::status::{StatusFn, OPENMETRICS_TYPE};
@@ -193,13 +193,6 @@ fn unauthorized(message: &str) -> Resp {
 /// `503` for a storage failure (the client may try again).
 fn unavailable(e: &dyn std::fmt::Display) -> Resp {
     error(StatusCode::SERVICE_UNAVAILABLE, "storage", &e.to_string())
-}
-
-/// One more download today.
-fn quota_delta() -> dust_storage::accounts::Usage {
-    let mut d = [0; dust_storage::accounts::USAGE_FIELDS];
-    d[FETCHES] = 1;
-    d
 }
 
 /// `429` for a daily quota, with `Retry-After` until it is reset.
@@ -375,16 +368,10 @@ impl<S: Schedule> Api<S> {
         peer: Option<crate::peer::Endpoint>,
     ) -> Arc<Self> {
         let only = users.only().map(str::to_string);
-        Arc::new(Self {
-            store,
-            operators,
-            verifier: Arc::new(Verifier::new(users)),
-            only,
-            accounts: None,
-            status,
-            schedule,
-            peer,
-        })
+        let verifier = Arc::new(Verifier::new(users));
+        Self::with_accounts(
+            store, verifier, only, operators, status, schedule, peer, None,
+        )
     }
 
     /// [`with_peers`](Self::with_peers) with a verifier shared with
@@ -399,14 +386,14 @@ impl<S: Schedule> Api<S> {
         status: StatusFn,
         schedule: Arc<S>,
         peer: Option<crate::peer::Endpoint>,
-        accounts: Arc<Accounts>,
+        accounts: Option<Arc<Accounts>>,
     ) -> Arc<Self> {
         Arc::new(Self {
             store,
             operators,
             verifier,
             only,
-            accounts: Some(accounts),
+            accounts,
             status,
             schedule,
             peer,
@@ -626,7 +613,7 @@ impl<S: Schedule> Api<S> {
         let charged = match self
             .accounts
             .as_ref()
-            .map(|a| a.charge(user, quota_delta()))
+            .map(|a| a.charge(user, one(FETCHES, 1)))
         {
             None => None,
             Some(Ok(Ok(c))) => c,

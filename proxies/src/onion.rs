@@ -97,11 +97,7 @@ impl Control {
             .await?;
         let mut out = Vec::new();
         loop {
-            let mut l = String::new();
-            if self.io.read_line(&mut l).await? == 0 {
-                return Err(OnionError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-            }
-            let l = l.trim_end().to_string();
+            let l = self.line().await?;
             if l.len() < 4 {
                 continue;
             }
@@ -119,9 +115,9 @@ impl Control {
         }
     }
 
-    /// The next line tor sends (an asynchronous event on a connection
-    /// that asked for events), without its line end.
-    async fn event(&mut self) -> Result<String, OnionError> {
+    /// The next line tor sends (a reply's, or an asynchronous event on a
+    /// connection that asked for events), without its line end.
+    async fn line(&mut self) -> Result<String, OnionError> {
         let mut l = String::new();
         if self.io.read_line(&mut l).await? == 0 {
             return Err(OnionError::Io(std::io::ErrorKind::UnexpectedEof.into()));
@@ -219,33 +215,37 @@ fn read_keys(path: &Path) -> Result<[Option<String>; 2], OnionError> {
     Ok(keys)
 }
 
-/// Write the keys there are to the key file, mode 0600 from its creation,
-/// replacing it (a service turned on later adds its key).
+/// Write the keys there are to the key file, replacing it (a service
+/// turned on later adds its key).
 fn write_keys(path: &Path, keys: &[Option<String>; 2]) -> Result<(), OnionError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let bad = |e: std::io::Error| OnionError::Keys {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    };
-    let tmp = path.with_extension("tmp");
-    let _ = std::fs::remove_file(&tmp);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(bad)?;
     let mut text = String::new();
     for (name, k) in ["smtp", "http"].iter().zip(keys) {
         if let Some(k) = k {
             text.push_str(&format!("{name} {k}\n"));
         }
     }
-    f.write_all(text.as_bytes()).map_err(bad)?;
-    f.sync_all().map_err(bad)?;
-    std::fs::rename(&tmp, path).map_err(bad)?;
-    Ok(())
+    write_private(path, &text).map_err(|e| OnionError::Keys {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Write `text` to `path` (made or replaced whole), mode 0600 from the
+/// file's creation: a new file beside it, synced, renamed over it. For
+/// keys (the onion services', a card's client-authorization key).
+pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// The mote's published onion services.
@@ -423,7 +423,7 @@ impl Onions {
         };
         let uploaded = tokio::time::timeout(UPLOAD_WAIT, async {
             while let (false, Some(events)) = (waiting.is_empty(), events.as_mut()) {
-                let line = events.event().await?;
+                let line = events.line().await?;
                 // 650 HS_DESC UPLOADED <address> <auth> <hsdir> ...
                 let mut w = line.split(' ');
                 if let (Some("650"), Some("HS_DESC"), Some("UPLOADED"), Some(addr)) =

@@ -52,6 +52,20 @@ class Side:
         if self.rate:
             await asyncio.sleep(max(0.0, self.t0 + n / self.rate - time.monotonic()))
 
+    def book(self, name, code, verified, turned_away):
+        """Count an answer: `verified` (a verification said no) or
+        `turned_away` (refused before one); anything else goes to `other`
+        and gives False."""
+        if code == verified:
+            self.verified += 1
+            self.by_name[name].append(time.monotonic())
+        elif code == turned_away:
+            self.turned_away += 1
+        else:
+            self.other[code.decode(errors="replace") or "closed"] += 1
+            return False
+        return True
+
     def window_max(self):
         """Most verified attempts for one name in any 60 s window."""
         best = 0
@@ -93,14 +107,7 @@ async def smtp_attacker(a, names, side, budget, deadline):
                     await side.next()
                     w.write(f"AUTH PLAIN {creds}\r\n".encode())
                     line = await asyncio.wait_for(r.readline(), 30)
-                    code = line[:3]
-                    if code == b"535":
-                        side.verified += 1
-                        side.by_name[name].append(time.monotonic())
-                    elif code == b"454":
-                        side.turned_away += 1
-                    else:
-                        side.other[line[:3].decode(errors="replace") or "closed"] += 1
+                    if not side.book(name, line[:3], b"535", b"454"):
                         break
                 w.close()
             except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
@@ -123,13 +130,7 @@ async def http_attacker(a, names, side, budget, deadline):
                 w.write(f"GET /v1/fetches/x HTTP/1.1\r\nHost: m\r\nAuthorization: Bearer {name}:{tok}\r\nConnection: close\r\n\r\n".encode())
                 status = (await asyncio.wait_for(r.readline(), 30)).split(b" ")
                 code = status[1] if len(status) > 1 else b"closed"
-                if code == b"401":
-                    side.verified += 1
-                    side.by_name[name].append(time.monotonic())
-                elif code == b"429":
-                    side.turned_away += 1
-                else:
-                    side.other[code.decode(errors="replace")] += 1
+                side.book(name, code, b"401", b"429")
                 w.close()
             except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
                 side.other["error"] += 1

@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tor_rtcompat::{Blocking, SleepProvider};
 
-use crate::accounts::{Accounts, SessionSlot, MAIL, MAIL_BYTES};
+use crate::accounts::{one, Accounts, Exceeded, SessionSlot, MAIL, MAIL_BYTES};
 use crate::auth::{Users, Verdict, Verifier};
 use crate::mail::{replay_digest, sanitize, SanitizeError, SanitizeOptions, StoredMail};
 
@@ -864,10 +864,10 @@ where
         let (a, user) = (self.accounts.as_ref()?, self.user.as_ref()?);
         let room = |which| a.room(user, which).unwrap_or(u64::MAX);
         if room(MAIL) == 0 {
-            return Some(quota_reply(MAIL, &day_end()));
+            return Some(quota_reply(&a.exceeded(MAIL)));
         }
         let bytes = room(MAIL_BYTES);
-        (bytes == 0 || size > bytes).then(|| quota_reply(MAIL_BYTES, &day_end()))
+        (bytes == 0 || size > bytes).then(|| quota_reply(&a.exceeded(MAIL_BYTES)))
     }
 
     /// Count a message of `bytes` against the account's quotas.
@@ -875,12 +875,11 @@ where
         let (Some(a), Some(user)) = (&self.accounts, &self.user) else {
             return Ok(None);
         };
-        let mut delta = [0; dust_storage::accounts::USAGE_FIELDS];
-        delta[MAIL] = 1;
+        let mut delta = one(MAIL, 1);
         delta[MAIL_BYTES] = bytes;
         match a.charge(user, delta) {
             Ok(Ok(c)) => Ok(c),
-            Ok(Err(over)) => Err(quota_reply(over.which, &over.resets())),
+            Ok(Err(over)) => Err(quota_reply(&over)),
             Err(e) => {
                 tracing::error!(error = %e, "counting usage failed; client told 451");
                 Err("451 4.3.0 Temporary storage failure, try again later".into())
@@ -1029,19 +1028,13 @@ where
 
 /// The reply for a daily quota used up: messages `452 4.5.3`, bytes
 /// `552 5.2.3` (RFC 3463: the message exceeds an administrative limit).
-fn quota_reply(which: usize, resets: &str) -> String {
-    if which == MAIL {
+fn quota_reply(over: &Exceeded) -> String {
+    let resets = over.resets();
+    if over.which == MAIL {
         format!("452 4.5.3 Daily message quota of this account reached; it resets at {resets}")
     } else {
         format!("552 5.2.3 Daily byte quota of this account exceeded; it resets at {resets}")
     }
-}
-
-/// The start of the next UTC day, RFC 3339.
-fn day_end() -> String {
-    let now = dust_mixer::wall_ms(std::time::SystemTime::now());
-    let next = (now / 86_400_000 + 1) * 86_400_000;
-    humantime::format_rfc3339_seconds(dust_mixer::from_wall_ms(next)).to_string()
 }
 
 fn trim_eol(l: &[u8]) -> &[u8] {
