@@ -693,9 +693,14 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
         smtp_verifier,
         Some(Arc::clone(&accounts)),
     );
-    server
-        .serve(listener, stop_rx, config.shutdown.session_grace)
-        .await;
+    // On a worker of the runtime, not on the thread that waits in
+    // `block_on`: a session spawned by the accept loop then starts on the
+    // worker that accepted it, without a wake-up of another thread.
+    let grace = config.shutdown.session_grace;
+    let smtp_task = tokio::spawn(async move { server.serve(listener, stop_rx, grace).await });
+    if let Err(e) = smtp_task.await {
+        tracing::error!(error = %e, "the SMTP server stopped abnormally");
+    }
     let left = mixer.shutdown(config.shutdown.delivery_grace).await;
     let _ = http_task.await;
     control.abort();

@@ -3,6 +3,7 @@
 pub mod accounts;
 mod fetch;
 pub mod flusher;
+mod journal;
 mod record;
 mod replay;
 mod seal;
@@ -315,7 +316,29 @@ impl Store {
             .map_err(db_err("opening tree chunks"))?;
         let replay = replay::Replay::open(&db, key)?;
         let accounts = accounts::AccountTrees::open(&db, key)?;
-        let flusher = Flusher::start(db.clone(), dir)
+        let (journal, replayed) = match &dir {
+            None => (None, 0),
+            Some(d) => match journal::Journal::open(d) {
+                Ok(Some((j, ops))) => {
+                    let n = ops.len();
+                    replay_journal(&items, &replay, ops)?;
+                    (Some(j), n)
+                }
+                // No room for it (a restart on a nearly full disk): every
+                // durable write is then a sled flush, as without a journal.
+                Ok(None) => {
+                    tracing::warn!("no room for the intake journal; every write is made durable by a full flush until a restart with space");
+                    (None, 0)
+                }
+                Err(e) => {
+                    return Err(StorageError::Io {
+                        doing: "reading the intake journal",
+                        source: e,
+                    })
+                }
+            },
+        };
+        let flusher = Flusher::start(db.clone(), dir, journal)
             .map_err(|e| StorageError::Flush(format!("starting the flusher: {e}")))?;
         let store = Self {
             db,
@@ -336,6 +359,13 @@ impl Store {
         store.count_schedule()?;
         store.recover()?;
         store.remove_orphan_content()?;
+        if replayed > 0 {
+            // Into sled and onto the disk; then the journal starts over.
+            // Not awaited (`open` may run inside a runtime): until it is
+            // done, a crash replays the same ops again.
+            store.flusher.request_checkpoint()?;
+            tracing::info!(ops = replayed, "intake journal replayed");
+        }
         Ok(Arc::new(store))
     }
 
@@ -355,10 +385,13 @@ impl Store {
     }
 
     fn insert_item(&self, item: &Item, doing: &'static str) -> Result<()> {
+        let value = item.encode(&self.sealer);
         let old = self
             .items
-            .insert(item.id.0, item.encode(&self.sealer))
+            .insert(item.id.0, value.as_slice())
             .map_err(db_err(doing))?;
+        self.flusher
+            .append(|ops| journal::put(ops, &item.id.0, &value));
         if old.is_none() {
             self.counts.items.fetch_add(1, Ordering::Relaxed);
         }
@@ -444,9 +477,15 @@ impl Store {
     /// Refused with [`StorageError::Full`] (nothing written) while free
     /// space is below the reserve.
     pub async fn admit(&self, item: &Item) -> Result<()> {
+        self.write_admission(item)?;
+        self.flusher.sync_journal().await
+    }
+
+    /// The writes of an admission (refused below the free-space reserve),
+    /// without waiting for them to be durable.
+    fn write_admission(&self, item: &Item) -> Result<()> {
         self.space.check(item.payload.len() as u64)?;
-        self.put(item)?;
-        self.sync().await
+        self.put(item)
     }
 
     /// Store a new item without waiting for it to reach the disk: for items
@@ -463,7 +502,7 @@ impl Store {
     pub fn admit_blocking(&self, item: &Item) -> Result<()> {
         self.space.check(item.payload.len() as u64)?;
         self.put(item)?;
-        self.flusher.sync_blocking()
+        self.flusher.sync_journal_blocking()
     }
 
     /// Keep `bytes` free on the store's filesystem: admissions, new jobs and
@@ -524,6 +563,20 @@ impl Store {
     /// [`sync`](Self::sync) for a blocking thread.
     pub fn sync_blocking(&self) -> Result<()> {
         self.flusher.sync_blocking()
+    }
+
+    /// Wait until every write to the queue's items made before this call
+    /// (admissions, completions, reschedules) is on disk: one `fdatasync`
+    /// of the intake journal, shared with concurrent callers, instead of a
+    /// checkpoint. Writes to other trees need [`sync`](Self::sync).
+    pub fn sync_items_blocking(&self) -> Result<()> {
+        self.flusher.sync_journal_blocking()
+    }
+
+    /// How many checkpoints (sled flushes) the flusher has done; the rest
+    /// of [`flush_count`](Self::flush_count) were journal writes.
+    pub fn checkpoint_count(&self) -> u64 {
+        self.flusher.checkpoints()
     }
 
     /// How many fsyncs the group-commit flusher has done (a metric: compare
@@ -639,6 +692,7 @@ impl Store {
             .items
             .remove(id.0)
             .map_err(db_err("removing a delivered item"))?;
+        self.flusher.append(|ops| journal::remove(ops, &id.0));
         if old.is_some() {
             self.counts.items.fetch_sub(1, Ordering::Relaxed);
         }
@@ -798,6 +852,29 @@ fn sweep_temporary() {
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
+}
+
+/// Apply the intake journal's ops (see `journal.rs`) to sled, in order, at
+/// open: what was acknowledged since the last checkpoint.
+fn replay_journal(
+    items: &sled::Tree,
+    replay: &replay::Replay,
+    ops: Vec<journal::Op>,
+) -> Result<()> {
+    for op in ops {
+        match op {
+            journal::Op::Put { id, value } => {
+                items
+                    .insert(id, value)
+                    .map_err(db_err("replaying the journal"))?;
+            }
+            journal::Op::Remove { id } => {
+                items.remove(id).map_err(db_err("replaying the journal"))?;
+            }
+            journal::Op::Digest { key, expiry } => replay.restore(&key, expiry)?,
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

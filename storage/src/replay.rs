@@ -9,24 +9,28 @@
 //! from the sealing key and the caller's digest → expiry, ms since the
 //! epoch, big endian); no content. Without the sealing key, a digest on the
 //! disk cannot be tested against a guessed message. Expired entries are
-//! ignored and pruned now and then.
+//! ignored, and pruned a few at a time: each admission looks at the next
+//! [`PRUNE_STEP`] entries after the last one looked at, wrapping around, so
+//! no admission pays for a scan of the whole tree (SMTP admits on an async
+//! task) and the tree stays within 4/3 of the digests in their window.
 
 use blake2::digest::consts::U32;
 use blake2::{Blake2b, Digest};
 use parking_lot::Mutex;
 
-use crate::{db_err, Item, Result, SealKey, Store};
+use crate::{db_err, journal, Item, Result, SealKey, Store};
 
-/// Prune expired entries every this many unique admissions (a scan of the
-/// tree, which holds one entry per admission within the window).
-const PRUNE_EVERY: u32 = 1024;
+/// Entries looked at (and removed if expired) per new admission: more
+/// than the one each admission adds.
+const PRUNE_STEP: usize = 4;
 
 /// The replay state of a store.
 pub(crate) struct Replay {
     tree: sled::Tree,
     key: [u8; 32],
-    /// Serializes check-and-insert; counts admissions since the last prune.
-    lock: Mutex<u32>,
+    /// Serializes check-and-insert; the last key pruning looked at (`None`:
+    /// start from the first).
+    lock: Mutex<Option<sled::IVec>>,
 }
 
 impl Replay {
@@ -39,7 +43,7 @@ impl Replay {
         Ok(Self {
             tree,
             key,
-            lock: Mutex::new(0),
+            lock: Mutex::new(None),
         })
     }
 
@@ -51,14 +55,33 @@ impl Replay {
             .into()
     }
 
-    fn prune(&self, now_ms: u64) -> Result<()> {
-        for kv in self.tree.iter() {
+    /// A digest from the intake journal, at open.
+    pub(crate) fn restore(&self, key: &[u8; 32], expiry: [u8; 8]) -> Result<()> {
+        self.tree
+            .insert(key, &expiry)
+            .map_err(db_err("replaying a digest"))?;
+        Ok(())
+    }
+
+    /// Look at the next [`PRUNE_STEP`] entries after `cursor`.
+    fn prune_step(&self, cursor: &mut Option<sled::IVec>, now_ms: u64) -> Result<()> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let from = match cursor.take() {
+            Some(k) => Excluded(k),
+            None => Unbounded,
+        };
+        for kv in self
+            .tree
+            .range::<sled::IVec, _>((from, Unbounded))
+            .take(PRUNE_STEP)
+        {
             let (k, v) = kv.map_err(db_err("scanning replay digests"))?;
             if expiry(&v) <= now_ms {
                 self.tree
-                    .remove(k)
+                    .remove(&k)
                     .map_err(db_err("pruning a replay digest"))?;
             }
+            *cursor = Some(k);
         }
         Ok(())
     }
@@ -105,6 +128,22 @@ impl Store {
         self.admit_once_blocking(item, digest, now_ms, expires_ms, true)
     }
 
+    /// Both of the above without a blocking thread: the writes are made on
+    /// the calling task (sled's writes are in memory) and the journal is
+    /// awaited.
+    pub async fn admit_once(
+        &self,
+        item: &Item,
+        digest: &[u8],
+        now_ms: u64,
+        expires_ms: u64,
+        exact: bool,
+    ) -> Result<bool> {
+        let new = self.write_once(item, digest, now_ms, expires_ms, exact)?;
+        self.flusher.sync_journal().await?;
+        Ok(new)
+    }
+
     /// Both of the above: check the digest, write item and digest (in one
     /// transaction if `exact`), flush.
     fn admit_once_blocking(
@@ -115,14 +154,24 @@ impl Store {
         expires_ms: u64,
         exact: bool,
     ) -> Result<bool> {
+        let new = self.write_once(item, digest, now_ms, expires_ms, exact)?;
+        self.flusher.sync_journal_blocking()?;
+        Ok(new)
+    }
+
+    /// The writes of an admission once per digest; whether it was new.
+    fn write_once(
+        &self,
+        item: &Item,
+        digest: &[u8],
+        now_ms: u64,
+        expires_ms: u64,
+        exact: bool,
+    ) -> Result<bool> {
         let r = &self.replay;
         let key = r.keyed(digest);
         let new = {
-            let mut since_prune = r.lock.lock();
-            if *since_prune >= PRUNE_EVERY {
-                r.prune(now_ms)?;
-                *since_prune = 0;
-            }
+            let mut cursor = r.lock.lock();
             let seen = r
                 .tree
                 .get(key)
@@ -130,7 +179,7 @@ impl Store {
                 .is_some_and(|v| expiry(&v) > now_ms);
             if !seen {
                 self.space.check(item.payload.len() as u64)?;
-                *since_prune += 1;
+                r.prune_step(&mut cursor, now_ms)?;
                 if exact {
                     self.put_with_digest(item, &key, expires_ms)?;
                 } else {
@@ -138,11 +187,12 @@ impl Store {
                     r.tree
                         .insert(key, &expires_ms.to_be_bytes())
                         .map_err(db_err("writing a replay digest"))?;
+                    self.flusher
+                        .append(|ops| journal::digest(ops, &key, expires_ms.to_be_bytes()));
                 }
             }
             !seen
         };
-        self.flusher.sync_blocking()?;
         Ok(new)
     }
 
@@ -163,6 +213,10 @@ impl Store {
                 TransactionError::Storage(e) => db_err("writing an item and its digest")(e),
                 TransactionError::Abort(()) => unreachable_abort(),
             })?;
+        self.flusher.append(|ops| {
+            journal::put(ops, &item.id.0, &value);
+            journal::digest(ops, key, expires_ms.to_be_bytes());
+        });
         self.counted_new_item();
         self.schedule_item(item)
     }

@@ -114,20 +114,15 @@ where
     D: Deliver,
 {
     async fn admit(&self, payload: Vec<u8>, once: Option<Once>) -> Result<(), AdmitError> {
-        let admitted = match once {
-            None => Mixer::admit(self, ItemKind::Mail, payload)
-                .await
-                .map(|_| ()),
-            Some(o) => Mixer::admit_once(self, ItemKind::Mail, payload, o)
-                .await
-                .map(|new| {
-                    if new.is_none() {
-                        tracing::info!(
-                            "a resent message was acknowledged without storing it again"
-                        );
-                    }
-                }),
-        };
+        // The SMTP server runs on tokio (never in simulated time): the
+        // direct admission, without a blocking thread.
+        let admitted = Mixer::admit_direct(self, ItemKind::Mail, payload, once)
+            .await
+            .map(|new| {
+                if once.is_some() && new.is_none() {
+                    tracing::info!("a resent message was acknowledged without storing it again");
+                }
+            });
         match admitted {
             Ok(()) => Ok(()),
             Err(MixerError::ShuttingDown) => Err(AdmitError::ShuttingDown),
