@@ -356,6 +356,9 @@ impl Store {
             space,
             flusher,
         };
+        if replayed > 0 {
+            store.drop_stale_schedule()?;
+        }
         store.count_schedule()?;
         store.recover()?;
         store.remove_orphan_content()?;
@@ -367,6 +370,35 @@ impl Store {
             tracing::info!(ops = replayed, "intake journal replayed");
         }
         Ok(Arc::new(store))
+    }
+
+    /// After a crash (the journal had ops): remove schedule entries that
+    /// point to no queued item at that time. The schedule is not in the
+    /// journal; sled may have written an entry whose removal it had not,
+    /// and the counts would show it until its time came.
+    fn drop_stale_schedule(&self) -> Result<()> {
+        for k in self.schedule.iter().keys() {
+            let k = k.map_err(db_err("checking the schedule after a crash"))?;
+            let mut id = [0u8; 16];
+            id.copy_from_slice(&k[8..24]);
+            let live = match self
+                .items
+                .get(id)
+                .map_err(db_err("checking the schedule after a crash"))?
+            {
+                None => false,
+                Some(v) => {
+                    let item = Item::decode(&id, &v, &self.sealer)?;
+                    schedule_key(item.release_ms, &item.id) == k.as_ref()
+                }
+            };
+            if !live {
+                self.schedule
+                    .remove(&k)
+                    .map_err(db_err("checking the schedule after a crash"))?;
+            }
+        }
+        Ok(())
     }
 
     /// Count the schedule's entries (keys only). Runs once at open.
