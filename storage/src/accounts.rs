@@ -81,6 +81,7 @@ impl Store {
         t.accounts
             .insert(t.keyed(name), self.sealer.seal(AAD, record))
             .map_err(db_err("writing an account"))?;
+        self.flusher.mark_dirty();
         Ok(())
     }
 
@@ -96,6 +97,7 @@ impl Store {
             let k = k.map_err(db_err("scanning usage"))?;
             t.usage.remove(k).map_err(db_err("removing usage"))?;
         }
+        self.flusher.mark_dirty();
         Ok(old.is_some())
     }
 
@@ -126,7 +128,8 @@ impl Store {
     /// `limits` (per counter; `u64::MAX` for none): the new counters, or
     /// `Err(counters now)` (nothing added) when one would pass its limit.
     /// Atomic against concurrent callers. Not synced: the admission it
-    /// precedes makes it durable with its own flush.
+    /// precedes makes it durable with its own flush (a checkpoint: usage
+    /// is not in the intake journal, see `Flusher::mark_dirty`).
     pub fn add_usage(
         &self,
         name: &str,
@@ -152,6 +155,7 @@ impl Store {
                 Some(encode_usage(&sum))
             })
             .map_err(db_err("adding usage"))?;
+        self.flusher.mark_dirty();
         Ok(match refused {
             Some(now) => Err(now),
             None => Ok(decode_usage(new.as_deref())),
@@ -171,6 +175,7 @@ impl Store {
                 Some(encode_usage(&u))
             })
             .map_err(db_err("refunding usage"))?;
+        self.flusher.mark_dirty();
         Ok(())
     }
 }

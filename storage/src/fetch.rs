@@ -274,6 +274,7 @@ impl Store {
         self.fetches
             .insert(id.0, self.sealer.seal(&job_aad(id), record))
             .map_err(db_err("writing a fetch job"))?;
+        self.flusher.mark_dirty();
         Ok(())
     }
 
@@ -312,6 +313,7 @@ impl Store {
         for k in keys {
             self.chunks.remove(k).map_err(db_err("removing a chunk"))?;
         }
+        self.flusher.mark_dirty();
         Ok(())
     }
 
@@ -322,6 +324,7 @@ impl Store {
         self.fetches
             .remove(id.0)
             .map_err(db_err("removing a fetch job"))?;
+        self.flusher.mark_dirty();
         self.sync().await?;
         match std::fs::remove_file(self.content_path(id)) {
             Ok(()) => Ok(()),
@@ -409,6 +412,7 @@ impl Store {
         self.chunks
             .insert(chunk_key(&w.id, w.offset), &chunk.value())
             .map_err(db_err("writing a chunk index entry"))?;
+        self.flusher.mark_dirty();
         w.committed = true;
         Ok(())
     }

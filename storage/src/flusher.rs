@@ -80,6 +80,9 @@ struct Shared {
     /// Whether there is a journal; without one every sync is a checkpoint
     /// and ops are not kept.
     journaling: bool,
+    /// A tree the journal does not cover was written since the last
+    /// checkpoint began: the next journal waiter needs a checkpoint.
+    dirty: std::sync::atomic::AtomicBool,
 }
 
 /// Handle to the flusher thread; dropping it stops the thread after a last
@@ -106,6 +109,7 @@ impl Flusher {
             in_flush: std::sync::atomic::AtomicUsize::new(0),
             checkpoints: std::sync::atomic::AtomicU64::new(0),
             journaling: journal.is_some(),
+            dirty: std::sync::atomic::AtomicBool::new(false),
         });
         let mut disk = DiskSync::new(dir)?;
         let s = shared.clone();
@@ -151,6 +155,17 @@ impl Flusher {
         }
     }
 
+    /// A write the journal does not cover (fetch jobs and their index,
+    /// accounts and their usage, meta) was made: the next wait for the
+    /// journal is a checkpoint, so that whatever it acknowledges (a `202`
+    /// for a job, a `250` whose usage was counted) is on disk with it.
+    /// Call after the write.
+    pub(crate) fn mark_dirty(&self) {
+        self.shared
+            .dirty
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
     /// Ask for a checkpoint without waiting for it (at open, after the
     /// journal was replayed: until it is done, a crash replays it again).
     pub(crate) fn request_checkpoint(&self) -> Result<()> {
@@ -172,7 +187,13 @@ impl Flusher {
             if st.shutdown || self.thread.is_none() {
                 return Err(StorageError::Closed);
             }
-            if journal && self.shared.journaling {
+            // The flag is cleared when a checkpoint's flush is about to
+            // start, which then covers the write that set it; a writer
+            // that finds it cleared is answered after that checkpoint.
+            if journal
+                && self.shared.journaling
+                && !self.shared.dirty.load(std::sync::atomic::Ordering::SeqCst)
+            {
                 st.journal_waiters.push(tx);
             } else {
                 st.waiters.push(tx);
@@ -348,8 +369,20 @@ fn checkpoint(
     disk: &mut DiskSync,
     journal: Option<&mut Journal>,
 ) -> Result<(), String> {
-    db.flush().map_err(|e| e.to_string())?;
-    disk.sync().map_err(|e| format!("fsync: {e}"))?;
+    shared
+        .dirty
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    let flushed = db
+        .flush()
+        .map_err(|e| e.to_string())
+        .and_then(|_| disk.sync().map_err(|e| format!("fsync: {e}")));
+    if let Err(e) = flushed {
+        // What set the flag is not on disk yet.
+        shared
+            .dirty
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        return Err(e);
+    }
     shared
         .checkpoints
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

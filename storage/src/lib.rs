@@ -576,6 +576,7 @@ impl Store {
         self.meta
             .insert(FIRST_START_KEY, &now_ms.to_be_bytes())
             .map_err(db_err("writing the first start"))?;
+        self.flusher.mark_dirty();
         self.sync().await?;
         Ok(now_ms)
     }

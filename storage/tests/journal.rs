@@ -3,7 +3,8 @@
 //! its journal batch was fdatasynced), checks that no checkpoint (sled
 //! flush) ran, and aborts without any cleanup; the parent reopens the store
 //! and finds exactly what was acknowledged. (The crash test in `tests/`
-//! does the same with kill -9 of a running mote under load.)
+//! does the same with kill -9 of a running mote under load.) A write the
+//! journal does not cover makes the next journal wait a checkpoint.
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 use std::process::Command;
@@ -52,6 +53,15 @@ fn child(dir: &str) -> ! {
         store.flush_count(),
         store.checkpoint_count()
     );
+    // A write the journal does not cover (a fetch job's record), then an
+    // admission: its wait must be a checkpoint, or the job's 202 would be
+    // sent before the record is on disk.
+    store.put_job(&item(ADMITTED).id, b"job record").unwrap();
+    store.admit_blocking(&item(ADMITTED)).unwrap();
+    println!(
+        "child: after a job record and an admission, checkpoints {}",
+        store.checkpoint_count()
+    );
     std::process::abort();
 }
 
@@ -80,15 +90,20 @@ fn acknowledged_admissions_and_completions_survive_an_abort_through_the_journal(
     assert!(
         stdout.contains(&format!(
             "child: admitted {ADMITTED}, completed {COMPLETED}"
-        )) && stdout.contains("checkpoints 0"),
+        )) && stdout.contains("checkpoints 0")
+            && stdout.contains("after a job record and an admission, checkpoints 1"),
         "child output: {stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
 
     let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES, &key()).unwrap();
+    assert_eq!(
+        store.job(&item(ADMITTED).id).unwrap().as_deref(),
+        Some(&b"job record"[..])
+    );
     let stats = store.stats(0).unwrap();
-    assert_eq!(stats.queued, u64::from(ADMITTED - COMPLETED));
-    for n in 0..ADMITTED {
+    assert_eq!(stats.queued, u64::from(ADMITTED + 1 - COMPLETED));
+    for n in 0..=ADMITTED {
         let got = store.get(&item(n).id).unwrap();
         if n < COMPLETED {
             assert!(got.is_none(), "completed item {n} came back");
@@ -111,6 +126,6 @@ fn acknowledged_admissions_and_completions_survive_an_abort_through_the_journal(
     };
     assert_eq!(
         again.stats(0).unwrap().queued,
-        u64::from(ADMITTED - COMPLETED)
+        u64::from(ADMITTED + 1 - COMPLETED)
     );
 }
