@@ -14,7 +14,14 @@ wait_port() {
 }
 
 # Build the release binary of the checkout at $root; sets BIN to it.
+# DUSTMOTE_BIN=path uses that binary instead (a before/after comparison
+# with another commit's release build, in alternating runs).
 build_release() {
+    if [ -n "${DUSTMOTE_BIN:-}" ]; then
+        BIN=$DUSTMOTE_BIN
+        echo "using $BIN" >&2
+        return
+    fi
     echo "building dustmote (release)..." >&2
     cargo build --release -q --manifest-path "$root/Cargo.toml"
     BIN="$root/target/release/dustmote"
