@@ -44,15 +44,15 @@ use crate::{Result, StorageError};
 
 type Waiter = oneshot::Sender<Result<(), String>>;
 
-/// Group commit on a busy store (the previous batch less than [`BUSY`]
-/// ago): a batch of journal waiters smaller than [`COMMIT_SIBLINGS`] waits
-/// up to [`COMMIT_DELAY`] for more, as PostgreSQL's `commit_delay` /
-/// `commit_siblings`. One `fdatasync` per message was what the flusher cost
-/// under `smtp-source` (≈ 44 µs of CPU a message); a quiet store never
-/// waits.
+/// Group commit among concurrent writers (the previous batch had more than
+/// one, or some registered while it was being written): a batch of journal waiters smaller
+/// than [`COMMIT_SIBLINGS`] waits up to [`COMMIT_DELAY`] for more, as
+/// PostgreSQL's `commit_delay` / `commit_siblings`. One `fdatasync` per
+/// message was what the flusher cost under `smtp-source` (≈ 44 µs of CPU a
+/// message). A lone writer (nobody arrived during the last write) never
+/// waits: it would only be slowed down.
 const COMMIT_DELAY: Duration = Duration::from_micros(250);
 const COMMIT_SIBLINGS: usize = 3;
-const BUSY: Duration = Duration::from_millis(2);
 
 #[derive(Default)]
 struct State {
@@ -294,7 +294,8 @@ impl DiskSync {
 }
 
 fn run(shared: &Shared, db: &sled::Db, disk: &mut DiskSync, mut journal: Option<&mut Journal>) {
-    let mut last_batch: Option<Instant> = None;
+    // Whether writers arrived while the last batch was written.
+    let mut concurrent = false;
     loop {
         let (full, light, ops) = {
             let mut st = shared.state.lock();
@@ -307,7 +308,7 @@ fn run(shared: &Shared, db: &sled::Db, disk: &mut DiskSync, mut journal: Option<
             if st.waiters.is_empty()
                 && !st.shutdown
                 && disk.dir.is_some()
-                && last_batch.is_some_and(|t| t.elapsed() < BUSY)
+                && concurrent
             {
                 let until = Instant::now() + COMMIT_DELAY;
                 while st.journal_waiters.len() < COMMIT_SIBLINGS
@@ -354,7 +355,12 @@ fn run(shared: &Shared, db: &sled::Db, disk: &mut DiskSync, mut journal: Option<
         shared
             .in_flush
             .store(0, std::sync::atomic::Ordering::SeqCst);
-        last_batch = Some(Instant::now());
+        {
+            let st = shared.state.lock();
+            concurrent = full.len() + light.len() > 1
+                || !st.journal_waiters.is_empty()
+                || !st.waiters.is_empty();
+        }
         for w in full.into_iter().chain(light) {
             // A waiter that went away (its session was dropped) is fine.
             let _ = w.send(result.clone());
