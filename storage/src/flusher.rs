@@ -305,11 +305,7 @@ fn run(shared: &Shared, db: &sled::Db, disk: &mut DiskSync, mut journal: Option<
             if st.waiters.is_empty() && st.journal_waiters.is_empty() {
                 return; // shutdown and nothing pending
             }
-            if st.waiters.is_empty()
-                && !st.shutdown
-                && disk.dir.is_some()
-                && concurrent
-            {
+            if st.waiters.is_empty() && !st.shutdown && disk.dir.is_some() && concurrent {
                 let until = Instant::now() + COMMIT_DELAY;
                 while st.journal_waiters.len() < COMMIT_SIBLINGS
                     && st.waiters.is_empty()
