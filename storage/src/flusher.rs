@@ -339,9 +339,19 @@ fn run(shared: &Shared, db: &sled::Db, disk: &mut DiskSync, mut journal: Option<
                             j.write(&ops).map_err(|e| format!("journal: {e}"))
                         }
                     }
-                    // A checkpoint covers the ops without writing them:
-                    // their sled writes came before this flush.
-                    j => checkpoint(shared, db, disk, j),
+                    // A checkpoint covers the ops (their sled writes came
+                    // before its flush). They are still written if they
+                    // fit, so that the journal stays a log without gaps if
+                    // the checkpoint cannot start a new generation (a gap
+                    // would let a replay undo a later write).
+                    mut j => {
+                        if let Some(j) = j.as_deref_mut() {
+                            if !ops.is_empty() && j.fits(ops.len()) {
+                                let _ = j.write(&ops);
+                            }
+                        }
+                        checkpoint(shared, db, disk, j)
+                    }
                 }
             }
         };

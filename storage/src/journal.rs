@@ -26,6 +26,12 @@
 //!   leaves out) finished, the journal's records are redundant, and a new
 //!   generation starts (the header is rewritten and synced; records of an
 //!   older generation are ignored).
+//! - A checkpoint still writes its batch's ops when they fit: if it then
+//!   fails to start a new generation, the journal is still a complete log
+//!   of its generation, and a replay cannot undo a later write. (Left: a
+//!   batch too big for the journal whose checkpoint then fails to start a
+//!   generation, two I/O failures in a row, leaves a gap until the next
+//!   checkpoint succeeds.)
 //! - At open, the records of the current generation are replayed in order
 //!   (puts and removes are idempotent as a sequence), then a checkpoint
 //!   runs. A torn batch at the tail fails its CRC and is ignored: none of
@@ -270,8 +276,16 @@ impl Journal {
         let mut header = [0u8; 16];
         header[..8].copy_from_slice(MAGIC);
         header[8..].copy_from_slice(&generation.to_le_bytes());
-        self.file.write_all_at(&header, 0)?;
-        self.file.sync_data()?;
+        if let Err(e) = self
+            .file
+            .write_all_at(&header, 0)
+            .and_then(|()| self.file.sync_data())
+        {
+            // Nothing more is written to this generation: the next batch
+            // checkpoints and tries again.
+            self.broken = true;
+            return Err(e);
+        }
         self.generation = generation;
         self.offset = HEADER;
         self.broken = false;
