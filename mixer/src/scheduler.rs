@@ -308,10 +308,12 @@ where
                     .store
                     .admit_once(
                         &item,
-                        &o.digest,
-                        wall_ms(now),
-                        wall_ms(now + o.window),
-                        o.exact,
+                        dust_storage::OnceAt {
+                            digest: &o.digest,
+                            now_ms: wall_ms(now),
+                            expires_ms: wall_ms(now + o.window),
+                            exact: o.exact,
+                        },
                     )
                     .await
             }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 pub use fetch::ContentWriter;
 pub use record::{Item, ItemId, ItemState};
+pub use replay::OnceAt;
 pub use seal::{SealKey, KEY_BYTES, OVERHEAD as SEAL_OVERHEAD};
 
 use seal::Sealer;

@@ -87,6 +87,21 @@ impl Replay {
     }
 }
 
+/// An admission's replay digest, its time and the end of its window (ms
+/// since the epoch), and whether item and digest go in one transaction
+/// (see [`Store::admit_exactly_once_blocking`]).
+#[derive(Debug, Clone, Copy)]
+pub struct OnceAt<'a> {
+    /// The caller's digest of the admission.
+    pub digest: &'a [u8],
+    /// Now.
+    pub now_ms: u64,
+    /// When the digest is forgotten.
+    pub expires_ms: u64,
+    /// Item and digest in one transaction.
+    pub exact: bool,
+}
+
 fn expiry(v: &[u8]) -> u64 {
     v.try_into().map(u64::from_be_bytes).unwrap_or(0)
 }
@@ -108,7 +123,15 @@ impl Store {
         now_ms: u64,
         expires_ms: u64,
     ) -> Result<bool> {
-        self.admit_once_blocking(item, digest, now_ms, expires_ms, false)
+        self.admit_once_blocking(
+            item,
+            OnceAt {
+                digest,
+                now_ms,
+                expires_ms,
+                exact: false,
+            },
+        )
     }
 
     /// Like [`admit_unique_blocking`](Self::admit_unique_blocking), but
@@ -125,49 +148,42 @@ impl Store {
         now_ms: u64,
         expires_ms: u64,
     ) -> Result<bool> {
-        self.admit_once_blocking(item, digest, now_ms, expires_ms, true)
+        self.admit_once_blocking(
+            item,
+            OnceAt {
+                digest,
+                now_ms,
+                expires_ms,
+                exact: true,
+            },
+        )
     }
 
     /// Both of the above without a blocking thread: the writes are made on
     /// the calling task (sled's writes are in memory) and the journal is
     /// awaited.
-    pub async fn admit_once(
-        &self,
-        item: &Item,
-        digest: &[u8],
-        now_ms: u64,
-        expires_ms: u64,
-        exact: bool,
-    ) -> Result<bool> {
-        let new = self.write_once(item, digest, now_ms, expires_ms, exact)?;
+    pub async fn admit_once(&self, item: &Item, once: OnceAt<'_>) -> Result<bool> {
+        let new = self.write_once(item, once)?;
         self.flusher.sync_journal().await?;
         Ok(new)
     }
 
     /// Both of the above: check the digest, write item and digest (in one
     /// transaction if `exact`), flush.
-    fn admit_once_blocking(
-        &self,
-        item: &Item,
-        digest: &[u8],
-        now_ms: u64,
-        expires_ms: u64,
-        exact: bool,
-    ) -> Result<bool> {
-        let new = self.write_once(item, digest, now_ms, expires_ms, exact)?;
+    fn admit_once_blocking(&self, item: &Item, once: OnceAt<'_>) -> Result<bool> {
+        let new = self.write_once(item, once)?;
         self.flusher.sync_journal_blocking()?;
         Ok(new)
     }
 
     /// The writes of an admission once per digest; whether it was new.
-    fn write_once(
-        &self,
-        item: &Item,
-        digest: &[u8],
-        now_ms: u64,
-        expires_ms: u64,
-        exact: bool,
-    ) -> Result<bool> {
+    fn write_once(&self, item: &Item, once: OnceAt<'_>) -> Result<bool> {
+        let OnceAt {
+            digest,
+            now_ms,
+            expires_ms,
+            exact,
+        } = once;
         let r = &self.replay;
         let key = r.keyed(digest);
         let new = {
