@@ -26,6 +26,9 @@ pub(crate) struct AccountTrees {
     accounts: sled::Tree,
     usage: sled::Tree,
     key: [u8; 32],
+    /// Held around a usage update and its journal op, so that the journal
+    /// has a day's values in the order sled took them.
+    usage_order: parking_lot::Mutex<()>,
 }
 
 impl AccountTrees {
@@ -38,7 +41,16 @@ impl AccountTrees {
                 .open_tree("usage")
                 .map_err(db_err("opening tree usage"))?,
             key: key.derive(b"dustmote account names"),
+            usage_order: parking_lot::Mutex::new(()),
         })
+    }
+
+    /// Usage counters from the intake journal, at open.
+    pub(crate) fn restore_usage(&self, key: &[u8; 36], value: &[u8; 32]) -> Result<()> {
+        self.usage
+            .insert(key, &value[..])
+            .map_err(db_err("replaying usage"))?;
+        Ok(())
     }
 
     fn keyed(&self, name: &str) -> [u8; 32] {
@@ -128,8 +140,8 @@ impl Store {
     /// `limits` (per counter; `u64::MAX` for none): the new counters, or
     /// `Err(counters now)` (nothing added) when one would pass its limit.
     /// Atomic against concurrent callers. Not synced: the admission it
-    /// precedes makes it durable with its own flush (a checkpoint: usage
-    /// is not in the intake journal, see `Flusher::mark_dirty`).
+    /// precedes makes it durable with its own wait (the new counters are
+    /// an op in the intake journal).
     pub fn add_usage(
         &self,
         name: &str,
@@ -138,10 +150,12 @@ impl Store {
         limits: Usage,
     ) -> Result<std::result::Result<Usage, Usage>> {
         let t = &self.accounts;
+        let key = t.usage_key(name, day);
+        let _order = t.usage_order.lock();
         let mut refused = None;
         let new = t
             .usage
-            .update_and_fetch(t.usage_key(name, day), |old| {
+            .update_and_fetch(key, |old| {
                 let now = decode_usage(old);
                 let mut sum = now;
                 for i in 0..USAGE_FIELDS {
@@ -155,10 +169,13 @@ impl Store {
                 Some(encode_usage(&sum))
             })
             .map_err(db_err("adding usage"))?;
-        self.flusher.mark_dirty();
         Ok(match refused {
             Some(now) => Err(now),
-            None => Ok(decode_usage(new.as_deref())),
+            None => {
+                let counters = decode_usage(new.as_deref());
+                self.journal_usage(&key, &counters);
+                Ok(counters)
+            }
         })
     }
 
@@ -166,8 +183,11 @@ impl Store {
     /// failed after its usage was added). Not synced.
     pub fn refund_usage(&self, name: &str, day: u32, delta: Usage) -> Result<()> {
         let t = &self.accounts;
-        t.usage
-            .update_and_fetch(t.usage_key(name, day), |old| {
+        let key = t.usage_key(name, day);
+        let _order = t.usage_order.lock();
+        let new = t
+            .usage
+            .update_and_fetch(key, |old| {
                 let mut u = decode_usage(old);
                 for i in 0..USAGE_FIELDS {
                     u[i] = u[i].saturating_sub(delta[i]);
@@ -175,8 +195,18 @@ impl Store {
                 Some(encode_usage(&u))
             })
             .map_err(db_err("refunding usage"))?;
-        self.flusher.mark_dirty();
+        self.journal_usage(&key, &decode_usage(new.as_deref()));
         Ok(())
+    }
+
+    /// The journal op of a usage update (under `usage_order`).
+    fn journal_usage(&self, key: &[u8; 36], counters: &Usage) {
+        let mut value = [0u8; 32];
+        for (i, c) in counters.iter().enumerate() {
+            value[i * 8..i * 8 + 8].copy_from_slice(&c.to_be_bytes());
+        }
+        self.flusher
+            .append(|ops| crate::journal::usage(ops, key, &value));
     }
 }
 

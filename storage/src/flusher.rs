@@ -156,7 +156,7 @@ impl Flusher {
     }
 
     /// A write the journal does not cover (fetch jobs and their index,
-    /// accounts and their usage, meta) was made: the next wait for the
+    /// account records, meta) was made: the next wait for the
     /// journal is a checkpoint, so that whatever it acknowledges (a `202`
     /// for a job, a `250` whose usage was counted) is on disk with it.
     /// Call after the write.

@@ -37,6 +37,11 @@
 //!   runs. A torn batch at the tail fails its CRC and is ignored: none of
 //!   its writers was answered.
 //!
+//! Also journaled: an account's usage counters after each update (the
+//! value after it, written under a lock with the update so that the
+//! journal's order is sled's), so that an account user's admission, which
+//! counts usage first, needs no checkpoint either.
+//!
 //! File: a 4 KiB header (`MAGIC`, generation), then batches, each framed
 //! as generation (u64 LE), length (u32 LE), CRC-32 of those and the body
 //! (u32 LE), body. The file is preallocated and zero-filled once, so that
@@ -60,6 +65,7 @@ const FRAME: usize = 16;
 const PUT: u8 = 1;
 const REMOVE: u8 = 2;
 const DIGEST: u8 = 3;
+const USAGE: u8 = 4;
 
 /// One write to replay.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +76,8 @@ pub(crate) enum Op {
     Remove { id: [u8; 16] },
     /// `replay[key] = expiry` (big-endian ms).
     Digest { key: [u8; 32], expiry: [u8; 8] },
+    /// `usage[key] = counters` (an account's day, after an update).
+    Usage { key: [u8; 36], value: [u8; 32] },
 }
 
 /// Append the encoding of a put to `buf`.
@@ -91,6 +99,13 @@ pub(crate) fn digest(buf: &mut Vec<u8>, key: &[u8; 32], expiry: [u8; 8]) {
     buf.push(DIGEST);
     buf.extend_from_slice(key);
     buf.extend_from_slice(&expiry);
+}
+
+/// Append the encoding of an account's usage counters to `buf`.
+pub(crate) fn usage(buf: &mut Vec<u8>, key: &[u8; 36], value: &[u8; 32]) {
+    buf.push(USAGE);
+    buf.extend_from_slice(key);
+    buf.extend_from_slice(value);
 }
 
 /// Decode a batch body; `None` if it is malformed (then nothing of it is
@@ -119,6 +134,10 @@ pub(crate) fn decode(mut body: &[u8]) -> Option<Vec<Op>> {
             DIGEST => ops.push(Op::Digest {
                 key: take(&mut body, 32)?.try_into().ok()?,
                 expiry: take(&mut body, 8)?.try_into().ok()?,
+            }),
+            USAGE => ops.push(Op::Usage {
+                key: take(&mut body, 36)?.try_into().ok()?,
+                value: take(&mut body, 32)?.try_into().ok()?,
             }),
             _ => return None,
         }
@@ -305,6 +324,7 @@ mod tests {
                 Op::Put { id, value } => put(&mut b, id, value),
                 Op::Remove { id } => remove(&mut b, id),
                 Op::Digest { key, expiry } => digest(&mut b, key, *expiry),
+                Op::Usage { key, value } => usage(&mut b, key, value),
             }
         }
         b
@@ -321,6 +341,10 @@ mod tests {
                 expiry: 7u64.to_be_bytes(),
             },
             Op::Remove { id: [1; 16] },
+            Op::Usage {
+                key: [3; 36],
+                value: [4; 32],
+            },
         ]
     }
 

@@ -322,7 +322,7 @@ impl Store {
             Some(d) => match journal::Journal::open(d) {
                 Ok(Some((j, ops))) => {
                     let n = ops.len();
-                    replay_journal(&items, &replay, ops)?;
+                    replay_journal(&items, &replay, &accounts, ops)?;
                     (Some(j), n)
                 }
                 // No room for it (a restart on a nearly full disk): every
@@ -893,6 +893,7 @@ fn sweep_temporary() {
 fn replay_journal(
     items: &sled::Tree,
     replay: &replay::Replay,
+    accounts: &accounts::AccountTrees,
     ops: Vec<journal::Op>,
 ) -> Result<()> {
     for op in ops {
@@ -906,6 +907,7 @@ fn replay_journal(
                 items.remove(id).map_err(db_err("replaying the journal"))?;
             }
             journal::Op::Digest { key, expiry } => replay.restore(&key, expiry)?,
+            journal::Op::Usage { key, value } => accounts.restore_usage(&key, &value)?,
         }
     }
     Ok(())

@@ -2,7 +2,8 @@
 //! child process admits and completes items (each acknowledged only after
 //! its journal batch was fdatasynced), checks that no checkpoint (sled
 //! flush) ran, and aborts without any cleanup; the parent reopens the store
-//! and finds exactly what was acknowledged. (The crash test in `tests/`
+//! and finds exactly what was acknowledged, and the usage an account's
+//! admissions counted. (The crash test in `tests/`
 //! does the same with kill -9 of a running mote under load.) A write the
 //! journal does not cover makes the next journal wait a checkpoint.
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
@@ -14,6 +15,7 @@ use dust_storage::{Item, ItemId, ItemState, SealKey, Store, DEFAULT_CACHE_BYTES}
 const CHILD: &str = "DUST_JOURNAL_TEST_CHILD";
 const ADMITTED: u16 = 300;
 const COMPLETED: u16 = 120;
+const DAY: u32 = 20_000;
 
 fn item(n: u16) -> Item {
     let b = n.to_be_bytes();
@@ -37,6 +39,11 @@ fn key() -> SealKey {
 fn child(dir: &str) -> ! {
     let store = Store::open(std::path::Path::new(dir), DEFAULT_CACHE_BYTES, &key()).unwrap();
     for n in 0..ADMITTED {
+        // An account's message is counted before it is admitted.
+        store
+            .add_usage("bea", DAY, [1, 2048, 0, 0], [u64::MAX; 4])
+            .unwrap()
+            .unwrap();
         store.admit_blocking(&item(n)).unwrap();
     }
     // Delivered as the mixer does it: taken (in flight), then removed.
@@ -100,6 +107,11 @@ fn acknowledged_admissions_and_completions_survive_an_abort_through_the_journal(
     assert_eq!(
         store.job(&item(ADMITTED).id).unwrap().as_deref(),
         Some(&b"job record"[..])
+    );
+    assert_eq!(
+        store.usage("bea", DAY).unwrap(),
+        [u64::from(ADMITTED), 2048 * u64::from(ADMITTED), 0, 0],
+        "usage counted with the admissions"
     );
     let stats = store.stats(0).unwrap();
     assert_eq!(stats.queued, u64::from(ADMITTED + 1 - COMPLETED));
