@@ -361,6 +361,10 @@ fn run(shared: &Shared, db: &sled::Db, disk: &mut DiskSync, mut journal: Option<
         shared
             .in_flush
             .store(0, std::sync::atomic::Ordering::SeqCst);
+        // Looked at here, before the waiters are woken: a lone writer
+        // registers its next wait as soon as it is woken, often before the
+        // loop locks again, and would look concurrent there (tried: `admit
+        // x1` fell from ≈ 6000 to 2785 items/s).
         {
             let st = shared.state.lock();
             concurrent = full.len() + light.len() > 1

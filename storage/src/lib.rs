@@ -533,8 +533,7 @@ impl Store {
     /// [`admit`](Self::admit) for a blocking thread (the mixer runs it via
     /// its runtime's `spawn_blocking`, so simulated-time tests see the wait).
     pub fn admit_blocking(&self, item: &Item) -> Result<()> {
-        self.space.check(item.payload.len() as u64)?;
-        self.put(item)?;
+        self.write_admission(item)?;
         self.flusher.sync_journal_blocking()
     }
 
