@@ -8,6 +8,8 @@
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -462,39 +464,43 @@ fn guessing_against_many_accounts_is_bounded_and_real_users_are_served() {
 #[test]
 fn a_download_in_progress_holds_its_accounts_session() {
     let mut d = Downloads::start("4MiB", "ella", &["--sessions", "1"]);
-    // Larger than what loopback's socket buffers take at once, so the
-    // response body is still being sent while the reader is slow.
     let id = d.add("big.bin", &vec![9u8; 32 << 20]);
     wait_for(Duration::from_secs(60), || {
         (d.job(&id)["state"] == "ready").then_some(())
     })
     .expect("ready");
     let job = format!("{}/{id}", d.api);
-    // A slow reader (1 MiB/s: the 32 MiB take 30 s) holds the one slot
-    // while its body is sent ...
-    let mut slow = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "--limit-rate",
-            "1M",
-            "-H",
-            &d.bearer,
-        ])
-        .arg(format!("{job}/content"))
-        .spawn()
-        .unwrap();
-    let busy = wait_for(Duration::from_secs(10), || {
-        (curl(&["-H", &d.bearer, &job]).0 == 429).then_some(())
-    });
-    assert!(
-        busy.is_some(),
-        "a second request was served while the download ran"
+    // A reader that has the response's head and stops reading holds the
+    // one slot while its body is being sent (32 MiB: more than loopback's
+    // socket buffers take while nobody reads) ...
+    let mut held = TcpStream::connect(("127.0.0.1", d.mote.http_port)).unwrap();
+    held.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    write!(
+        held,
+        "GET /v1/fetches/{id}/content HTTP/1.1\r\nHost: mote\r\n{}\r\nConnection: close\r\n\r\n",
+        d.bearer
+    )
+    .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(held.read(&mut byte).unwrap(), 1, "the response ended early");
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // The slot is taken before the head is sent: no waiting needed.
+    let (code, body) = curl(&["-H", &d.bearer, &job]);
+    assert_eq!(
+        code,
+        429,
+        "a second request was served while the download ran: {}",
+        String::from_utf8_lossy(&body)
     );
-    // ... and gives it back when it ends.
-    slow.kill().unwrap();
-    slow.wait().unwrap();
+    // ... and gives it back when the body has been sent to the end.
+    let mut rest = Vec::new();
+    held.read_to_end(&mut rest).unwrap();
+    assert_eq!(rest.len(), 32 << 20);
     let free = wait_for(Duration::from_secs(10), || {
         (curl(&["-H", &d.bearer, &job]).0 == 200).then_some(())
     });
