@@ -474,7 +474,8 @@ fn a_download_in_progress_holds_its_accounts_session() {
     // one slot while its body is being sent (32 MiB: more than loopback's
     // socket buffers take while nobody reads) ...
     let mut held = TcpStream::connect(("127.0.0.1", d.mote.http_port)).unwrap();
-    held.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    held.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     write!(
         held,
         "GET /v1/fetches/{id}/content HTTP/1.1\r\nHost: mote\r\n{}\r\nConnection: close\r\n\r\n",

@@ -403,7 +403,19 @@ fn checkpoint(
         .checkpoints
         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     match journal {
-        Some(j) => j.restart().map_err(|e| format!("journal: {e}")),
+        Some(j) => j.restart().or_else(|e| {
+            // The header still names a generation that is all in sled now
+            // and whose log may have a gap: say so in sled (`journal.rs`).
+            // Then what the waiters wrote is on disk, and replaying the
+            // old generation can no longer undo any of it.
+            let covered = j.next_generation();
+            tracing::warn!(error = %e, "the intake journal could not start a new generation; recording in the database that its records are covered");
+            db.open_tree("meta")
+                .and_then(|meta| meta.insert(crate::journal::COVERED_KEY, &covered.to_le_bytes()))
+                .and_then(|_| db.flush())
+                .map(|_| ())
+                .map_err(|f| format!("journal: {e}; then the database: {f}"))
+        }),
         None => Ok(()),
     }
 }

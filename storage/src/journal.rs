@@ -28,10 +28,15 @@
 //!   older generation are ignored).
 //! - A checkpoint still writes its batch's ops when they fit: if it then
 //!   fails to start a new generation, the journal is still a complete log
-//!   of its generation, and a replay cannot undo a later write. (Left: a
-//!   batch too big for the journal whose checkpoint then fails to start a
-//!   generation, two I/O failures in a row, leaves a gap until the next
-//!   checkpoint succeeds.)
+//!   of its generation, and a replay cannot undo a later write.
+//! - A checkpoint whose sled flush succeeded but whose new generation
+//!   could not be started (the header write failed) leaves the file naming
+//!   a generation that is all in sled, and whose log may have a gap (a
+//!   batch that did not fit, or whose write failed): replaying it could
+//!   undo a later write (bring back a delivered item). The checkpoint then
+//!   records in sled's `meta` tree, with a second flush, that generations
+//!   below the next one are covered ([`COVERED_KEY`]); `open` ignores them
+//!   and starts at least there. Only this failure path pays the flush.
 //! - At open, the records of the current generation are replayed in order
 //!   (puts and removes are idempotent as a sequence), then a checkpoint
 //!   runs. A torn batch at the tail fails its CRC and is ignored: none of
@@ -61,6 +66,36 @@ pub(crate) const CAPACITY: u64 = 4 * 1024 * 1024;
 const HEADER: u64 = 4096;
 const MAGIC: &[u8; 8] = b"dustjnl1";
 const FRAME: usize = 16;
+/// Key in sled's `meta` tree: generations below this one (u64 LE) are all
+/// in sled, whatever the journal's header says (see the module's notes).
+pub(crate) const COVERED_KEY: &[u8] = b"journal_covered";
+
+/// Journal I/O operations still to fail, for tests of the failure paths
+/// (set through [`fail_io`]).
+static FAIL_IO: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Make the journal's next `n` writes (batches or headers) fail as an I/O
+/// error would. For tests of what a failing disk does; process-wide.
+#[doc(hidden)]
+pub fn fail_io(n: u32) {
+    FAIL_IO.store(n, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// An injected failure, if one is due.
+fn injected() -> std::io::Result<()> {
+    let due = FAIL_IO
+        .fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |n| n.checked_sub(1),
+        )
+        .is_ok();
+    if due {
+        Err(std::io::Error::other("injected journal I/O failure"))
+    } else {
+        Ok(())
+    }
+}
 
 const PUT: u8 = 1;
 const REMOVE: u8 = 2;
@@ -167,9 +202,12 @@ pub(crate) struct Journal {
 impl Journal {
     /// Open the journal in `dir`, creating and preallocating it if needed,
     /// and return it with the ops of its current generation, in order.
+    /// `covered`: generations below it are all in sled (read from
+    /// [`COVERED_KEY`]); their records are not returned, and the journal
+    /// goes on at `covered` at least.
     /// `None`: there was none and there is no room to make one (a restart
     /// on a nearly full disk); the store then goes without.
-    pub(crate) fn open(dir: &Path) -> std::io::Result<Option<(Self, Vec<Op>)>> {
+    pub(crate) fn open(dir: &Path, covered: u64) -> std::io::Result<Option<(Self, Vec<Op>)>> {
         let path = dir.join(FILE);
         let file = OpenOptions::new()
             .read(true)
@@ -205,7 +243,7 @@ impl Journal {
                     j.file.write_all_at(&zeros, at)?;
                     at += zeros.len() as u64;
                 }
-                j.start_generation(1)?;
+                j.start_generation(covered.max(1))?;
                 File::open(dir)?.sync_all()
             })();
             return match made {
@@ -220,6 +258,16 @@ impl Journal {
             };
         }
         let generation = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+        if generation < covered {
+            let mut j = Self {
+                file,
+                generation,
+                offset: HEADER,
+                broken: false,
+            };
+            j.start_generation(covered)?;
+            return Ok(Some((j, Vec::new())));
+        }
         let mut ops = Vec::new();
         let mut offset = HEADER;
         let mut reader = std::io::BufReader::with_capacity(1 << 20, &file);
@@ -269,9 +317,8 @@ impl Journal {
         frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
         frame.extend_from_slice(&crc(self.generation, body).to_le_bytes());
         frame.extend_from_slice(body);
-        let written = self
-            .file
-            .write_all_at(&frame, self.offset)
+        let written = injected()
+            .and_then(|()| self.file.write_all_at(&frame, self.offset))
             .and_then(|()| self.file.sync_data());
         match written {
             Ok(()) => {
@@ -288,16 +335,21 @@ impl Journal {
     /// After a checkpoint: everything in the file is in sled and on disk;
     /// start the next generation at the beginning.
     pub(crate) fn restart(&mut self) -> std::io::Result<()> {
-        self.start_generation(self.generation + 1)
+        self.start_generation(self.next_generation())
+    }
+
+    /// The generation the next [`restart`](Self::restart) starts: every
+    /// one below it is in sled once a checkpoint's flush succeeded.
+    pub(crate) fn next_generation(&self) -> u64 {
+        self.generation + 1
     }
 
     fn start_generation(&mut self, generation: u64) -> std::io::Result<()> {
         let mut header = [0u8; 16];
         header[..8].copy_from_slice(MAGIC);
         header[8..].copy_from_slice(&generation.to_le_bytes());
-        if let Err(e) = self
-            .file
-            .write_all_at(&header, 0)
+        if let Err(e) = injected()
+            .and_then(|()| self.file.write_all_at(&header, 0))
             .and_then(|()| self.file.sync_data())
         {
             // Nothing more is written to this generation: the next batch
@@ -360,7 +412,7 @@ mod tests {
     #[test]
     fn batches_replay_in_order_until_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut j, ops) = Journal::open(dir.path()).unwrap().unwrap();
+        let (mut j, ops) = Journal::open(dir.path(), 0).unwrap().unwrap();
         assert!(ops.is_empty());
         let meta = std::fs::metadata(dir.path().join(FILE)).unwrap();
         assert_eq!(meta.len(), CAPACITY);
@@ -372,21 +424,21 @@ mod tests {
         j.write(&body(&s[..2])).unwrap();
         j.write(&body(&s[2..])).unwrap();
         drop(j);
-        let (mut j, ops) = Journal::open(dir.path()).unwrap().unwrap();
+        let (mut j, ops) = Journal::open(dir.path(), 0).unwrap().unwrap();
         assert_eq!(ops, s);
         // A checkpoint: the old records no longer count, even though their
         // bytes are still in the file.
         j.restart().unwrap();
         j.write(&body(&s[2..])).unwrap();
         drop(j);
-        let (_, ops) = Journal::open(dir.path()).unwrap().unwrap();
+        let (_, ops) = Journal::open(dir.path(), 0).unwrap().unwrap();
         assert_eq!(ops, s[2..].to_vec());
     }
 
     #[test]
     fn a_torn_tail_is_ignored_and_what_came_before_it_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut j, _) = Journal::open(dir.path()).unwrap().unwrap();
+        let (mut j, _) = Journal::open(dir.path(), 0).unwrap().unwrap();
         let s = sample();
         j.write(&body(&s[..1])).unwrap();
         let tail_at = j.offset;
@@ -398,16 +450,41 @@ mod tests {
             .open(dir.path().join(FILE))
             .unwrap();
         f.write_all_at(&[0xAA], tail_at + FRAME as u64 + 3).unwrap();
-        let (j, ops) = Journal::open(dir.path()).unwrap().unwrap();
+        let (j, ops) = Journal::open(dir.path(), 0).unwrap().unwrap();
         assert_eq!(ops, s[..1].to_vec());
         // New batches go after the last good one.
         assert_eq!(j.offset, tail_at);
     }
 
     #[test]
+    fn generations_sled_covers_are_not_replayed_and_numbers_go_on_from_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path(), 0).unwrap().unwrap();
+        let s = sample();
+        j.write(&body(&s)).unwrap();
+        assert_eq!(j.next_generation(), 2);
+        drop(j);
+        // sled says generation 1 is in it: nothing to replay, and the
+        // journal goes on at 2 (its records would otherwise be ignored at
+        // the next open).
+        let (mut j, ops) = Journal::open(dir.path(), 2).unwrap().unwrap();
+        assert!(ops.is_empty());
+        assert_eq!(j.generation, 2);
+        j.write(&body(&s[..1])).unwrap();
+        drop(j);
+        let (_, ops) = Journal::open(dir.path(), 2).unwrap().unwrap();
+        assert_eq!(ops, s[..1].to_vec());
+        // A journal made anew (the file was lost) starts where sled says.
+        std::fs::remove_file(dir.path().join(FILE)).unwrap();
+        let (j, ops) = Journal::open(dir.path(), 7).unwrap().unwrap();
+        assert!(ops.is_empty());
+        assert_eq!(j.generation, 7);
+    }
+
+    #[test]
     fn a_batch_that_does_not_fit_is_not_written() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut j, _) = Journal::open(dir.path()).unwrap().unwrap();
+        let (mut j, _) = Journal::open(dir.path(), 0).unwrap().unwrap();
         let big = (CAPACITY - HEADER) as usize - FRAME;
         assert!(j.fits(big));
         assert!(!j.fits(big + 1));

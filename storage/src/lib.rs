@@ -14,6 +14,8 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 pub use fetch::ContentWriter;
+#[doc(hidden)]
+pub use journal::fail_io as fail_journal_io;
 pub use record::{Item, ItemId, ItemState};
 pub use replay::OnceAt;
 pub use seal::{SealKey, KEY_BYTES, OVERHEAD as SEAL_OVERHEAD};
@@ -317,9 +319,14 @@ impl Store {
             .map_err(db_err("opening tree chunks"))?;
         let replay = replay::Replay::open(&db, key)?;
         let accounts = accounts::AccountTrees::open(&db, key)?;
+        let covered = meta
+            .get(journal::COVERED_KEY)
+            .map_err(db_err("reading the journal's covered generation"))?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_le_bytes))
+            .unwrap_or(0);
         let (journal, replayed) = match &dir {
             None => (None, 0),
-            Some(d) => match journal::Journal::open(d) {
+            Some(d) => match journal::Journal::open(d, covered) {
                 Ok(Some((j, ops))) => {
                     let n = ops.len();
                     replay_journal(&items, &replay, &accounts, ops)?;

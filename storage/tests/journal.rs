@@ -141,3 +141,91 @@ fn acknowledged_admissions_and_completions_survive_an_abort_through_the_journal(
         u64::from(ADMITTED + 1 - COMPLETED)
     );
 }
+
+const FAILING: &str = "DUST_JOURNAL_TEST_FAILING_DISK";
+
+/// In the child: a failing disk. A completion's journal write fails (the
+/// completion is in sled's memory, not in the journal), then the
+/// checkpoint that makes it durable cannot start a new journal generation:
+/// the journal still holds the item's admission. Phase 2 admits one more
+/// item through the journal after the reopen. Both end like kill -9.
+fn failing_child(arg: &str) -> ! {
+    let (phase, dir) = arg.split_once(':').unwrap();
+    let store = Store::open(std::path::Path::new(dir), DEFAULT_CACHE_BYTES, &key()).unwrap();
+    if phase == "1" {
+        for n in 0..3 {
+            store.admit_blocking(&item(n)).unwrap();
+        }
+        let taken = store.take_due(u64::MAX - 1, 1).unwrap();
+        assert_eq!(taken[0].id, item(0).id);
+        dust_storage::fail_journal_io(2);
+        store.complete(&taken[0].id).unwrap();
+        let journal = store.sync_items_blocking();
+        // The checkpoint: sled's flush works, the journal's header does not.
+        let checkpoint = store.sync_blocking();
+        println!(
+            "child 1: journal write {}, checkpoint {}, checkpoints {}",
+            if journal.is_err() { "failed" } else { "ok" },
+            if checkpoint.is_ok() { "ok" } else { "failed" },
+            store.checkpoint_count()
+        );
+    } else {
+        store.admit_blocking(&item(3)).unwrap();
+        println!("child 2: checkpoints {}", store.checkpoint_count());
+    }
+    std::process::abort();
+}
+
+/// Run the failing-disk child's `phase` on `dir`: its output.
+fn run_failing(phase: &str, dir: &std::path::Path) -> String {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_checkpoint_that_cannot_restart_the_journal_leaves_nothing_to_undo",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(FAILING, format!("{phase}:{}", dir.display()))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the child must have aborted");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    println!("{stdout}");
+    stdout + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[test]
+fn a_checkpoint_that_cannot_restart_the_journal_leaves_nothing_to_undo() {
+    if let Ok(arg) = std::env::var(FAILING) {
+        failing_child(&arg);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_failing("1", dir.path());
+    assert!(
+        out.contains("child 1: journal write failed, checkpoint ok, checkpoints 1"),
+        "{out}"
+    );
+    // The journal still names the generation that admitted item 0; a
+    // replay of it would bring the delivered item back.
+    let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES, &key()).unwrap();
+    assert!(
+        store.get(&item(0).id).unwrap().is_none(),
+        "delivered item 0 came back"
+    );
+    for n in 1..3 {
+        assert!(store.get(&item(n).id).unwrap().is_some(), "item {n}");
+    }
+    assert_eq!(store.stats(0).unwrap().queued, 2);
+    drop(store);
+    // The journal goes on in a generation a later open replays: an
+    // admission acknowledged through it alone survives the next crash.
+    let out = run_failing("2", dir.path());
+    assert!(out.contains("child 2: checkpoints 0"), "{out}");
+    let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES, &key()).unwrap();
+    assert!(store.get(&item(3).id).unwrap().is_some(), "item 3 was lost");
+    assert!(
+        store.get(&item(0).id).unwrap().is_none(),
+        "item 0 came back"
+    );
+    assert_eq!(store.stats(0).unwrap().queued, 3);
+}
