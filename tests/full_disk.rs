@@ -193,13 +193,13 @@ fn disk_filled_to_the_last_byte_from_outside_loses_nothing() {
     for n in 10..20 {
         match send(mote.port, n) {
             (true, _) => accepted.push(n),
-            (false, t) => {
-                assert!(
-                    t.contains("451") || t.contains("452") || t.contains("421"),
-                    "{t}"
-                );
+            (false, t) if t.contains("451") || t.contains("452") || t.contains("421") => {
                 refused += 1;
             }
+            // The mote stops by itself at any moment here (checked below):
+            // before this connection, or during its session.
+            (false, t) if t.contains("Connection refused") || !port_open(mote.port) => break,
+            (false, t) => panic!("neither a temporary refusal nor a stop: {t}"),
         }
         if !port_open(mote.port) {
             break;
