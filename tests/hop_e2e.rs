@@ -254,7 +254,10 @@ fn mail_and_downloads_hop_and_are_retrieved_at_the_successor_with_the_same_id() 
     cb.delay = r#"{ distribution = "constant", value = "1s" }"#.into();
     cb.extra = format!(
         "{}[[peers]]\nname = \"a\"\ntoken_hash = \"{}\"\nmax_item_bytes = \"16MiB\"\n",
-        fetch("50ms"),
+        // Slow enough that B cannot finish the chunks A left before the
+        // test looks (12 of 32 typically: 6 s); at 50 ms a loaded machine
+        // once looked too late.
+        fetch("500ms"),
         password_hash()
     );
     let b = Mote::start(&cb);
@@ -295,11 +298,11 @@ fn mail_and_downloads_hop_and_are_retrieved_at_the_successor_with_the_same_id() 
         })
     });
     let (v_small, v_big) = moved.unwrap_or_else(|| panic!("not moved: {}", a.log()));
+    let big_at_hop = get(&at_b(&big_id));
     assert_eq!(v_small["moved_to"], at_b(&small_id), "{v_small}");
     assert_eq!(v_big["moved_to"], at_b(&big_id), "{v_big}");
     let (code, _) = get(&format!("{}/content", at_a(&big_id)));
     assert_eq!(code, 308);
-    let big_at_hop = get(&at_b(&big_id));
     println!(
         "the big download at B right after the hop: {}",
         String::from_utf8_lossy(&big_at_hop.1)
