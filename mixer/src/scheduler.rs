@@ -303,20 +303,7 @@ where
         let now = inner.rt.wallclock();
         let stored = match once {
             None => inner.store.admit(&item).await.map(|()| true),
-            Some(o) => {
-                inner
-                    .store
-                    .admit_once(
-                        &item,
-                        dust_storage::OnceAt {
-                            digest: &o.digest,
-                            now_ms: wall_ms(now),
-                            expires_ms: wall_ms(now + o.window),
-                            exact: o.exact,
-                        },
-                    )
-                    .await
-            }
+            Some(o) => inner.store.admit_once(&item, o.at(now)).await,
         }?;
         Ok(inner.admitted(stored, id, rounds, release_ms))
     }
@@ -402,18 +389,7 @@ where
             .rt
             .spawn_blocking(move || match once {
                 None => store.admit_blocking(&item).map(|()| true),
-                Some(o) if o.exact => store.admit_exactly_once_blocking(
-                    &item,
-                    &o.digest,
-                    wall_ms(now),
-                    wall_ms(now + o.window),
-                ),
-                Some(o) => store.admit_unique_blocking(
-                    &item,
-                    &o.digest,
-                    wall_ms(now),
-                    wall_ms(now + o.window),
-                ),
+                Some(o) => store.admit_once_blocking(&item, o.at(now)),
             })
             .await?;
         Ok(self.admitted(stored, id, rounds, release_ms))
@@ -909,6 +885,18 @@ pub struct Once {
     /// from another mote), instead of the faster SMTP path whose crash
     /// between the two writes can forget a digest.
     pub exact: bool,
+}
+
+impl Once {
+    /// The store's view of this admission made at `now`.
+    fn at(&self, now: SystemTime) -> dust_storage::OnceAt<'_> {
+        dust_storage::OnceAt {
+            digest: &self.digest,
+            now_ms: wall_ms(now),
+            expires_ms: wall_ms(now + self.window),
+            exact: self.exact,
+        }
+    }
 }
 
 /// Whether a delivery attempt's item left the mote (delivered or dropped).

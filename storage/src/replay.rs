@@ -89,7 +89,7 @@ impl Replay {
 
 /// An admission's replay digest, its time and the end of its window (ms
 /// since the epoch), and whether item and digest go in one transaction
-/// (see [`Store::admit_exactly_once_blocking`]).
+/// (see [`Store::admit_once_blocking`]).
 #[derive(Debug, Clone, Copy)]
 pub struct OnceAt<'a> {
     /// The caller's digest of the admission.
@@ -107,70 +107,31 @@ fn expiry(v: &[u8]) -> u64 {
 }
 
 impl Store {
-    /// Like [`admit_blocking`](Self::admit_blocking), unless an admission
-    /// with the same `digest` happened before `now_ms` and its window has
-    /// not ended: then nothing is stored and this returns `false` (after a
-    /// flush, so the earlier copy is on disk when the caller acknowledges).
-    /// A new admission's digest is kept until `expires_ms`.
-    ///
-    /// Crash behaviour: the item is written before its digest, so a crash
-    /// can lose a digest (a resend is then stored again) but never keeps a
-    /// digest without its item.
-    pub fn admit_unique_blocking(
-        &self,
-        item: &Item,
-        digest: &[u8],
-        now_ms: u64,
-        expires_ms: u64,
-    ) -> Result<bool> {
-        self.admit_once_blocking(
-            item,
-            OnceAt {
-                digest,
-                now_ms,
-                expires_ms,
-                exact: false,
-            },
-        )
-    }
-
-    /// Like [`admit_unique_blocking`](Self::admit_unique_blocking), but
-    /// exact across crashes: the item and its digest are written in one
-    /// sled transaction, so after any crash either both are on disk or
-    /// neither is. For transfers between motes (a sender that got no answer
-    /// sends again, and the second copy must be recognized even if the
-    /// first was stored just before a crash); slower than the SMTP path,
-    /// which a crash may leave with an item whose digest is missing.
-    pub fn admit_exactly_once_blocking(
-        &self,
-        item: &Item,
-        digest: &[u8],
-        now_ms: u64,
-        expires_ms: u64,
-    ) -> Result<bool> {
-        self.admit_once_blocking(
-            item,
-            OnceAt {
-                digest,
-                now_ms,
-                expires_ms,
-                exact: true,
-            },
-        )
-    }
-
-    /// Both of the above without a blocking thread: the writes are made on
-    /// the calling task (sled's writes are in memory) and the journal is
-    /// awaited.
+    /// [`admit_once_blocking`](Self::admit_once_blocking) without a
+    /// blocking thread: the writes are made on the calling task (sled's
+    /// writes are in memory) and the journal is awaited.
     pub async fn admit_once(&self, item: &Item, once: OnceAt<'_>) -> Result<bool> {
         let new = self.write_once(item, once)?;
         self.flusher.sync_journal().await?;
         Ok(new)
     }
 
-    /// Both of the above: check the digest, write item and digest (in one
-    /// transaction if `exact`), flush.
-    fn admit_once_blocking(&self, item: &Item, once: OnceAt<'_>) -> Result<bool> {
+    /// Like [`admit_blocking`](Self::admit_blocking), unless an admission
+    /// with the same digest happened before `once.now_ms` and its window
+    /// has not ended: then nothing is stored and this returns `false`
+    /// (after a flush, so the earlier copy is on disk when the caller
+    /// acknowledges). A new admission's digest is kept until
+    /// `once.expires_ms`.
+    ///
+    /// Crash behaviour: without `once.exact`, the item is written before
+    /// its digest, so a crash can lose a digest (a resend is then stored
+    /// again) but never keeps a digest without its item. With it, item and
+    /// digest are written in one sled transaction, so after any crash
+    /// either both are on disk or neither is: for transfers between motes
+    /// (a sender that got no answer sends again, and the second copy must
+    /// be recognized even if the first was stored just before a crash);
+    /// slower than the SMTP path.
+    pub fn admit_once_blocking(&self, item: &Item, once: OnceAt<'_>) -> Result<bool> {
         let new = self.write_once(item, once)?;
         self.flusher.sync_journal_blocking()?;
         Ok(new)

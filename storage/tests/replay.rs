@@ -3,7 +3,30 @@
 //! ones are pruned; no content in the digest tree.
 #![allow(clippy::unwrap_used)]
 
-use dust_storage::{Item, ItemId, ItemState, Store, DEFAULT_CACHE_BYTES};
+use dust_storage::{Item, ItemId, ItemState, OnceAt, Store, DEFAULT_CACHE_BYTES};
+
+/// Admit `item` once per `digest` (at `now_ms`, remembered until
+/// `expires_ms`; in one transaction if `exact`): whether it was new.
+fn once(
+    store: &Store,
+    item: &Item,
+    digest: &[u8],
+    now_ms: u64,
+    expires_ms: u64,
+    exact: bool,
+) -> bool {
+    store
+        .admit_once_blocking(
+            item,
+            OnceAt {
+                digest,
+                now_ms,
+                expires_ms,
+                exact,
+            },
+        )
+        .unwrap()
+}
 
 fn item(n: u16) -> Item {
     let b = n.to_be_bytes();
@@ -29,15 +52,9 @@ fn a_digest_admits_once_per_window_and_survives_a_reopen() {
             &dust_storage::SealKey::from_bytes([7; 32]),
         )
         .unwrap();
-        assert!(store
-            .admit_unique_blocking(&item(1), &d1, 1_000, 61_000)
-            .unwrap());
-        assert!(!store
-            .admit_unique_blocking(&item(2), &d1, 2_000, 62_000)
-            .unwrap());
-        assert!(store
-            .admit_unique_blocking(&item(3), &d2, 2_000, 62_000)
-            .unwrap());
+        assert!(once(&store, &item(1), &d1, 1_000, 61_000, false));
+        assert!(!once(&store, &item(2), &d1, 2_000, 62_000, false));
+        assert!(once(&store, &item(3), &d2, 2_000, 62_000, false));
         assert_eq!(store.stats(0).unwrap().queued, 2);
         assert!(
             store.get(&item(2).id).unwrap().is_none(),
@@ -51,15 +68,11 @@ fn a_digest_admits_once_per_window_and_survives_a_reopen() {
     )
     .unwrap();
     assert!(
-        !store
-            .admit_unique_blocking(&item(4), &d1, 3_000, 63_000)
-            .unwrap(),
+        !once(&store, &item(4), &d1, 3_000, 63_000, false),
         "still within the window after a restart"
     );
     // After the window the same digest is a new message.
-    assert!(store
-        .admit_unique_blocking(&item(5), &d1, 61_001, 121_001)
-        .unwrap());
+    assert!(once(&store, &item(5), &d1, 61_001, 121_001, false));
     assert_eq!(store.stats(0).unwrap().queued, 3);
     // The digest tree holds keyed digests, not the caller's digest or content.
     let files: Vec<u8> = walk(dir.path());
@@ -74,9 +87,14 @@ fn expired_digests_are_pruned() {
         d[..2].copy_from_slice(&n.to_be_bytes());
         // Each digest's window ends right away (at 10), before the next
         // admission's "now".
-        store
-            .admit_unique_blocking(&item(n), &d, 10 + u64::from(n), 11 + u64::from(n))
-            .unwrap();
+        once(
+            &store,
+            &item(n),
+            &d,
+            10 + u64::from(n),
+            11 + u64::from(n),
+            false,
+        );
     }
     assert!(
         store.replay_digests() < 200,
@@ -112,24 +130,16 @@ fn the_exact_variant_admits_once_and_schedules_the_item() {
     let d = [9u8; 32];
     {
         let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES, &key).unwrap();
-        assert!(store
-            .admit_exactly_once_blocking(&item(1), &d, 1_000, 61_000)
-            .unwrap());
-        assert!(!store
-            .admit_exactly_once_blocking(&item(2), &d, 2_000, 62_000)
-            .unwrap());
-        assert!(!store
-            .admit_unique_blocking(&item(3), &d, 2_000, 62_000)
-            .unwrap());
+        assert!(once(&store, &item(1), &d, 1_000, 61_000, true));
+        assert!(!once(&store, &item(2), &d, 2_000, 62_000, true));
+        assert!(!once(&store, &item(3), &d, 2_000, 62_000, false));
         let stats = store.stats(5).unwrap();
         assert_eq!(stats.queued, 1, "{stats:?}");
         assert_eq!(stats.next_releases, [5_000], "{stats:?}");
         assert!(store.get(&item(2).id).unwrap().is_none());
     }
     let store = Store::open(dir.path(), DEFAULT_CACHE_BYTES, &key).unwrap();
-    assert!(!store
-        .admit_exactly_once_blocking(&item(4), &d, 3_000, 63_000)
-        .unwrap());
+    assert!(!once(&store, &item(4), &d, 3_000, 63_000, true));
     // Due at its release time (5 s), through the schedule entry.
     let due = store.take_due(5_000, 10).unwrap();
     assert_eq!(due.len(), 1);
