@@ -28,8 +28,13 @@ pub enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
-    /// Read a password from stdin and print its argon2 hash for [[smtp.users]].
+    /// Read a human-chosen password from stdin and print its argon2 hash
+    /// for [[smtp.users]] (see `secret` and `invite` for generated ones).
     Passwd,
+    /// Generate a secret (190 bits) and print it and its fast hash on one
+    /// line, separated by a space: for peer tokens, operator tokens and
+    /// users of the configuration file.
+    Secret,
     /// Show queue counts and the next release times.
     Queue {
         /// Configuration file (for the data directory).

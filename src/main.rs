@@ -32,6 +32,7 @@ fn main() -> ExitCode {
         Command::Simulate(args) => simulate::command(args),
         Command::CloudInit(args) => cloud_init::command(args),
         Command::Passwd => passwd(),
+        Command::Secret => secret(),
         Command::Queue {
             config,
             show_addresses,
@@ -84,7 +85,29 @@ fn passwd() -> anyhow::Result<()> {
     if password.is_empty() {
         bail!("empty password (give it on stdin, e.g. `echo secret | dustmote passwd`)");
     }
+    if dust_proxies::auth::is_generated(password.as_bytes()) {
+        bail!(
+            "a password starting with {:?} and letters would be taken for a generated \
+             secret and never checked against this hash; choose another, or use \
+             `dustmote secret`",
+            dust_proxies::auth::GENERATED_PREFIX
+        );
+    }
     let hash = dust_proxies::auth::hash_password(password.as_bytes())?;
     writeln!(std::io::stdout().lock(), "{hash}")?;
+    eprintln!(
+        "note: this is a human-chosen password, checked with argon2 and throttled \
+         per name: on a shared mote, anyone who knows the name can slow its logins \
+         down by guessing. Generated secrets cannot be throttled that way: \
+         `dustmote invite NAME` (a live account) or `dustmote secret` (for the \
+         configuration file)."
+    );
+    Ok(())
+}
+
+/// `dustmote secret`: a generated secret and its hash, on one line.
+fn secret() -> anyhow::Result<()> {
+    let s = dust_proxies::auth::new_secret(dust_proxies::auth::SECRET_LETTERS);
+    writeln!(std::io::stdout().lock(), "{} {}", s.secret, s.hash)?;
     Ok(())
 }

@@ -16,11 +16,10 @@ use std::time::{Duration, SystemTime};
 use dust_mixer::{from_wall_ms, wall_ms, StorageError, Store};
 use dust_storage::accounts::{Usage, USAGE_FIELDS};
 use parking_lot::{Mutex, RwLock};
-use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::auth::{hash_password, Verifier};
+use crate::auth::{new_secret, Verifier};
 
 /// Usage counters (see [`Usage`]).
 pub const MAIL: usize = 0;
@@ -42,12 +41,11 @@ pub fn one(which: usize, n: u64) -> Usage {
 /// (SMTP sessions and HTTP requests, counted apart).
 pub const DEFAULT_SESSIONS: u32 = 4;
 const DAY_MS: u64 = 86_400_000;
-/// Letters of generated passwords and tokens (no look-alikes are left
-/// out: they are pasted, not typed; 62 letters, 5.95 bits each).
-const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-/// Letters of a password (131 bits) and of a token (190 bits).
-const PASSWORD_LEN: usize = 22;
-const TOKEN_LEN: usize = 32;
+/// Random letters of a password (131 bits) and of a token (190 bits),
+/// after [`crate::auth::GENERATED_PREFIX`]: generated secrets, stored as
+/// fast digests and verified in microseconds.
+const PASSWORD_LEN: usize = crate::auth::GENERATED_MIN_LETTERS;
+const TOKEN_LEN: usize = crate::auth::SECRET_LETTERS;
 
 /// An account's limits per UTC day (`None`: none) and on sessions.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,9 +176,6 @@ pub enum AccountError {
     /// The mote is over (or ends before the account would start).
     #[error("the mote has ended")]
     MoteOver,
-    /// Hashing a new secret failed.
-    #[error("hashing a new secret: {0}")]
-    Hash(String),
     /// The store failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -274,25 +269,11 @@ fn rfc3339(ms: u64) -> String {
     humantime::format_rfc3339_seconds(from_wall_ms(ms)).to_string()
 }
 
-fn secret(len: usize) -> String {
-    let mut rng = rand::rng();
-    (0..len)
-        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
-        .collect()
-}
-
 fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
-}
-
-async fn hash(secret: String) -> Result<String, AccountError> {
-    tokio::task::spawn_blocking(move || hash_password(secret.as_bytes()))
-        .await
-        .map_err(|e| AccountError::Hash(e.to_string()))?
-        .map_err(|e| AccountError::Hash(e.to_string()))
 }
 
 impl Accounts {
@@ -428,8 +409,8 @@ impl Accounts {
         http: bool,
         card: bool,
     ) -> Result<Credentials, AccountError> {
-        let password = smtp.then(|| secret(PASSWORD_LEN));
-        let token = http.then(|| secret(TOKEN_LEN));
+        let password = smtp.then(|| new_secret(PASSWORD_LEN));
+        let token = http.then(|| new_secret(TOKEN_LEN));
         let (client_private, client_public) = match card {
             true => {
                 let (private, public) = crate::onion::client_auth_keys();
@@ -438,14 +419,8 @@ impl Accounts {
             false => (None, None),
         };
         a.client_key = client_public;
-        a.smtp_hash = match &password {
-            Some(p) => Some(hash(p.clone()).await?),
-            None => None,
-        };
-        a.http_hash = match &token {
-            Some(t) => Some(hash(t.clone()).await?),
-            None => None,
-        };
+        a.smtp_hash = password.as_ref().map(|p| p.hash.clone());
+        a.http_hash = token.as_ref().map(|t| t.hash.clone());
         let record = serde_json::to_vec(&*a).map_err(|e| StorageError::Corrupt {
             doing: "writing an account",
             what: e.to_string(),
@@ -455,8 +430,8 @@ impl Accounts {
         self.enter(a.clone());
         Ok(Credentials {
             name: a.name.clone(),
-            smtp_password: password,
-            http_token: token,
+            smtp_password: password.map(|p| p.secret),
+            http_token: token.map(|t| t.secret),
             expires_at: a.expires_ms.map(rfc3339),
             client_auth_key: client_private,
         })

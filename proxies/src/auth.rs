@@ -1,5 +1,21 @@
-//! Users, their argon2 password hashes, and a [`Verifier`] that bounds the
+//! Users, their stored credentials, and a [`Verifier`] that bounds the
 //! work anyone can cause before authenticating.
+//!
+//! Two kinds of credentials, told apart by the secret itself:
+//! - **Generated secrets** ([`new_secret`]: invitations, cards,
+//!   `cloud-init --user NAME`, `dustmote secret` for peer tokens) start with
+//!   [`GENERATED_PREFIX`] and carry at least 128 random bits. They are stored
+//!   as a fast salted digest ([`GENERATED_ID`]) and verified inline in
+//!   about a microsecond: no queue, no throttle; guessing them is hopeless at
+//!   any rate, so nothing about them needs slowing down.
+//! - **Human-chosen passwords** (`dustmote passwd`, any other hash) keep
+//!   argon2 behind the bounded, throttled verifier below.
+//!
+//! Which path runs depends only on what the client presents (whether it has
+//! the shape of a generated secret), never on whether the name exists or
+//! which kind it holds, so neither timing nor throttling tells an attacker
+//! anything about a name; on each path an unknown name is checked against
+//! a decoy of that path's kind.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,6 +35,141 @@ pub struct BadHash {
     pub reason: String,
 }
 
+/// Every generated secret starts with this; `.` is in neither the letters
+/// of [`new_secret`] nor URL-safe base64, so no earlier generated password
+/// or token has it, and `dustmote passwd` refuses passwords that do.
+pub const GENERATED_PREFIX: &str = "dust.";
+/// Random letters after the prefix at the least: 22 of 62 letters carry
+/// 131 bits (at least 128, what makes a fast digest as safe as argon2).
+pub const GENERATED_MIN_LETTERS: usize = 22;
+/// Random letters of a generated token or of a password nobody types
+/// (190 bits).
+pub const SECRET_LETTERS: usize = 32;
+/// Letters of generated secrets (62: 5.95 bits each; no look-alikes are
+/// left out, they are pasted, not typed).
+const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+/// The PHC identifier of a generated secret's stored digest:
+/// `$dust-secret$v=1$SALT$DIGEST`, the digest BLAKE2b-256 of the secret in
+/// keyed mode (key: the 16-byte random salt, personalisation
+/// [`GENERATED_PERSONA`]). Python makes the same with
+/// `hashlib.blake2b(secret, key=salt, person=b"dustmote-secret1", digest_size=32)`.
+pub const GENERATED_ID: &str = "dust-secret";
+/// BLAKE2b personalisation of [`GENERATED_ID`] digests (domain separation).
+const GENERATED_PERSONA: &[u8; 16] = b"dustmote-secret1";
+
+/// A generated secret and its stored hash.
+#[derive(Debug, Clone)]
+pub struct Secret {
+    /// [`GENERATED_PREFIX`] and `letters` random letters from the OS CSPRNG;
+    /// shown once, never stored.
+    pub secret: String,
+    /// Its [`GENERATED_ID`] hash, for configuration and account records.
+    pub hash: String,
+}
+
+/// A new generated secret of `letters` random letters (at least
+/// [`GENERATED_MIN_LETTERS`]) and its hash.
+pub fn new_secret(letters: usize) -> Secret {
+    let mut rng = rand::rng();
+    let letters = letters.max(GENERATED_MIN_LETTERS);
+    let mut secret = String::with_capacity(GENERATED_PREFIX.len() + letters);
+    secret.push_str(GENERATED_PREFIX);
+    secret.extend((0..letters).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char));
+    let hash = Generated::new(secret.as_bytes(), rng.random()).to_phc();
+    Secret { secret, hash }
+}
+
+/// Whether `secret` has the shape of a generated secret (and so is checked
+/// on the fast path only).
+pub fn is_generated(secret: &[u8]) -> bool {
+    secret.strip_prefix(GENERATED_PREFIX.as_bytes()).is_some_and(|rest| {
+        rest.len() >= GENERATED_MIN_LETTERS && rest.iter().all(|b| b.is_ascii_alphanumeric())
+    })
+}
+
+/// A generated secret's stored digest.
+#[derive(Clone, PartialEq, Eq)]
+struct Generated {
+    salt: [u8; 16],
+    digest: [u8; 32],
+}
+
+impl Generated {
+    fn new(secret: &[u8], salt: [u8; 16]) -> Self {
+        Self {
+            salt,
+            digest: generated_digest(&salt, secret),
+        }
+    }
+
+    fn to_phc(&self) -> String {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::STANDARD_NO_PAD;
+        format!(
+            "${GENERATED_ID}$v=1${}${}",
+            b64.encode(self.salt),
+            b64.encode(self.digest)
+        )
+    }
+
+    /// Parse a `$dust-secret$v=1$…` string.
+    fn parse(h: &PasswordHash<'_>) -> Result<Self, String> {
+        if h.version != Some(1) || h.params.iter().next().is_some() {
+            return Err(format!("{GENERATED_ID}: only v=1 without parameters"));
+        }
+        let (Some(salt), Some(digest)) = (h.salt, h.hash) else {
+            return Err(format!("{GENERATED_ID}: salt and digest are needed"));
+        };
+        let mut buf = [0u8; 16];
+        let salt = salt.decode_b64(&mut buf).map_err(|e| e.to_string())?;
+        let (Ok(salt), Ok(digest)) = (<[u8; 16]>::try_from(salt), <[u8; 32]>::try_from(digest.as_bytes()))
+        else {
+            return Err(format!("{GENERATED_ID}: a 16-byte salt and a 32-byte digest"));
+        };
+        Ok(Self { salt, digest })
+    }
+
+    /// Whether `secret` is the one digested, in constant time.
+    fn matches(&self, secret: &[u8]) -> bool {
+        use subtle::ConstantTimeEq;
+        generated_digest(&self.salt, secret).ct_eq(&self.digest).into()
+    }
+}
+
+fn generated_digest(salt: &[u8; 16], secret: &[u8]) -> [u8; 32] {
+    use blake2::digest::consts::U32;
+    use blake2::digest::Mac;
+    let Ok(mac) = blake2::Blake2bMac::<U32>::new_with_salt_and_personal(salt, &[], GENERATED_PERSONA)
+    else {
+        // A 16-byte key and persona are always accepted.
+        return [0; 32];
+    };
+    mac.chain_update(secret).finalize().into_bytes().into()
+}
+
+/// A stored credential, parsed.
+#[derive(Clone, PartialEq, Eq)]
+enum Stored {
+    /// An argon2 PHC string (checked by [`check`] on a verification thread).
+    Slow(String),
+    /// A generated secret's digest (checked inline).
+    Fast(Generated),
+}
+
+impl Stored {
+    fn parse(user: &str, hash: &str) -> Result<Self, BadHash> {
+        let bad = |reason: String| BadHash {
+            user: user.to_string(),
+            reason,
+        };
+        let h = PasswordHash::new(hash).map_err(|e| bad(e.to_string()))?;
+        if h.algorithm.as_str() == GENERATED_ID {
+            return Generated::parse(&h).map(Stored::Fast).map_err(bad);
+        }
+        Ok(Stored::Slow(hash.to_string()))
+    }
+}
+
 /// Hash `password` with argon2id (the crate's default parameters) and a
 /// random salt from the OS CSPRNG.
 pub fn hash_password(password: &[u8]) -> Result<String, argon2::password_hash::Error> {
@@ -29,44 +180,59 @@ pub fn hash_password(password: &[u8]) -> Result<String, argon2::password_hash::E
         .to_string())
 }
 
-/// The configured users. Verification is deliberately slow (argon2): call it
-/// on a blocking thread.
-#[derive(Debug, Clone, Default)]
+/// The configured users. Verification of a human password is deliberately
+/// slow (argon2): call [`verify`](Self::verify) on a blocking thread.
+#[derive(Clone)]
 pub struct Users {
-    by_name: HashMap<String, String>,
-    /// A valid hash to verify against when the user does not exist, so that
-    /// a wrong user name costs as much time as a wrong password.
+    by_name: HashMap<String, Stored>,
+    /// A valid argon2 hash to verify against when the user does not exist
+    /// (or holds a generated secret), so that a wrong user name costs as
+    /// much time as a wrong password.
     decoy: Option<String>,
+    /// What a generated secret is checked against for such names: random,
+    /// never matches (2^-256), costs what a real digest costs.
+    fast_decoy: Generated,
+}
+
+impl Default for Users {
+    fn default() -> Self {
+        let mut rng = rand::rng();
+        Self {
+            by_name: HashMap::new(),
+            decoy: None,
+            fast_decoy: Generated {
+                salt: rng.random(),
+                digest: rng.random(),
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for Users {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Users")
+            .field("count", &self.by_name.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Users {
     /// Build from (name, PHC hash) pairs; every hash is checked to parse.
     pub fn new(users: impl IntoIterator<Item = (String, String)>) -> Result<Self, BadHash> {
-        let mut by_name = HashMap::new();
-        let mut decoy = None;
+        let mut out = Self::default();
         for (user, hash) in users {
-            if let Err(e) = PasswordHash::new(&hash) {
-                return Err(BadHash {
-                    user,
-                    reason: e.to_string(),
-                });
-            }
-            decoy.get_or_insert_with(|| hash.clone());
-            by_name.insert(user, hash);
+            out.set(&user, hash)?;
         }
-        Ok(Self { by_name, decoy })
+        Ok(out)
     }
 
     /// Add `name` or replace its hash (checked to parse).
     pub fn set(&mut self, name: &str, hash: String) -> Result<(), BadHash> {
-        if let Err(e) = PasswordHash::new(&hash) {
-            return Err(BadHash {
-                user: name.to_string(),
-                reason: e.to_string(),
-            });
+        let stored = Stored::parse(name, &hash)?;
+        if let Stored::Slow(h) = &stored {
+            self.decoy.get_or_insert_with(|| h.clone());
         }
-        self.decoy.get_or_insert_with(|| hash.clone());
-        self.by_name.insert(name.to_string(), hash);
+        self.by_name.insert(name.to_string(), stored);
         Ok(())
     }
 
@@ -75,12 +241,26 @@ impl Users {
         self.by_name.remove(name).is_some()
     }
 
-    /// `name`'s hash, or the decoy (`false`: `name` is no user), or `None`
-    /// when there is no user at all.
+    /// `name`'s argon2 hash, or the decoy (`false`: `name` is no user or
+    /// holds a generated secret), or `None` when there is no argon2 hash
+    /// at all.
     fn hash_for(&self, name: &str) -> Option<(String, bool)> {
         match self.by_name.get(name) {
-            Some(h) => Some((h.clone(), true)),
-            None => self.decoy.clone().map(|h| (h, false)),
+            Some(Stored::Slow(h)) => Some((h.clone(), true)),
+            _ => self.decoy.clone().map(|h| (h, false)),
+        }
+    }
+
+    /// Check a generated secret for `name`: one keyed digest and a
+    /// constant-time compare, the same work for an unknown name or one
+    /// with a human password (against a decoy). Microseconds.
+    fn check_generated(&self, name: &str, secret: &[u8]) -> bool {
+        match self.by_name.get(name) {
+            Some(Stored::Fast(g)) => g.matches(secret),
+            _ => {
+                let _ = self.fast_decoy.matches(secret);
+                false
+            }
         }
     }
 
@@ -103,7 +283,8 @@ impl Users {
         }
     }
 
-    /// Check a user name and password. Blocking (argon2).
+    /// Check a user name and password. Blocking (argon2) unless the
+    /// password has the shape of a generated secret.
     pub fn verify(&self, user: &str, password: &[u8]) -> bool {
         self.verify_with(user, password, &mut Vec::new())
     }
@@ -113,6 +294,9 @@ impl Users {
     /// allocation each time makes the allocator keep freed blocks, and
     /// memory grows by tens of MiB per thread.
     pub fn verify_with(&self, user: &str, password: &[u8], memory: &mut Vec<Block>) -> bool {
+        if is_generated(password) {
+            return self.check_generated(user, password);
+        }
         match self.hash_for(user) {
             Some((hash, exists)) => check(&hash, password, memory) && exists,
             None => false,
@@ -151,11 +335,8 @@ fn check(hash: &str, password: &[u8], memory: &mut Vec<Block>) -> bool {
     {
         return false;
     }
-    let diff = out
-        .iter()
-        .zip(expected.as_bytes())
-        .fold(0u8, |acc, (a, b)| acc | (a ^ b));
-    diff == 0 && out.len() == expected.len()
+    use subtle::ConstantTimeEq;
+    out.ct_eq(expected.as_bytes()).into()
 }
 
 /// argon2 verifications running at once, each on a thread of its own that
@@ -312,9 +493,17 @@ impl Verifier {
             .into()
     }
 
-    /// Check `name`'s `secret`: at most one argon2 run, none for
-    /// credentials that verified before.
+    /// Check `name`'s `secret`. A generated secret is checked inline
+    /// (microseconds, never throttled, never [`Verdict::Busy`]); anything
+    /// else costs at most one argon2 run, none for credentials that
+    /// verified before.
     pub async fn verify(&self, name: &str, secret: &[u8]) -> Verdict {
+        if is_generated(secret) {
+            return match self.users.read().check_generated(name, secret) {
+                true => Verdict::Ok,
+                false => Verdict::Wrong,
+            };
+        }
         let digest = self.digest(name, secret);
         if self.known.lock().contains_key(&digest) {
             return Verdict::Ok;
@@ -415,7 +604,7 @@ impl Verifier {
         // Under the users' lock: a removal either happened before (then
         // this success does not stand) or forgets it after.
         let users = self.users.read();
-        if users.by_name.get(name).map(String::as_str) != Some(hash) {
+        if !matches!(users.by_name.get(name), Some(Stored::Slow(h)) if h == hash) {
             return false;
         }
         let mut known = self.known.lock();
@@ -526,6 +715,139 @@ mod tests {
         // At most MAX_VERIFYING running and MAX_WAITING waiting: the rest
         // were refused at once.
         assert!(busy >= 40 - MAX_VERIFYING - MAX_WAITING, "{busy} busy");
+    }
+
+    #[test]
+    fn generated_secrets_have_their_shape_and_a_fast_hash_of_their_own() {
+        let s = new_secret(SECRET_LETTERS);
+        assert!(s.secret.starts_with(GENERATED_PREFIX), "{}", s.secret);
+        assert_eq!(s.secret.len(), GENERATED_PREFIX.len() + SECRET_LETTERS);
+        assert!(is_generated(s.secret.as_bytes()));
+        assert!(s.hash.starts_with("$dust-secret$v=1$"), "{}", s.hash);
+        // At least 128 bits even when fewer letters are asked for.
+        let short = new_secret(4);
+        assert_eq!(short.secret.len(), GENERATED_PREFIX.len() + GENERATED_MIN_LETTERS);
+        assert!((GENERATED_MIN_LETTERS as f64) * (ALPHABET.len() as f64).log2() >= 128.0);
+        // Neither an earlier generated password (letters only, or URL-safe
+        // base64) nor a short or decorated one has the shape.
+        for not in [
+            "AbCdEfGhIjKlMnOpQrStUvWx",
+            "dust.short",
+            "dust.ABCDEFGHIJKLMNOPQRSTU-",
+            "Dust.ABCDEFGHIJKLMNOPQRSTUV",
+            "x_dust.ABCDEFGHIJKLMNOPQRSTUV",
+        ] {
+            assert!(!is_generated(not.as_bytes()), "{not}");
+        }
+        let users = Users::new([("bea".to_string(), s.hash.clone())]).expect("parses");
+        assert!(users.verify("bea", s.secret.as_bytes()));
+        assert!(!users.verify("bea", new_secret(SECRET_LETTERS).secret.as_bytes()));
+        assert!(!users.verify("carl", s.secret.as_bytes()));
+        // A salt of its own each time.
+        assert_ne!(s.hash, Generated::new(s.secret.as_bytes(), rand::rng().random()).to_phc());
+    }
+
+    #[test]
+    fn a_digest_made_by_pythons_hashlib_verifies() {
+        // What a launcher written in Python makes from a secret it
+        // generated: the format is BLAKE2b as documented on GENERATED_ID.
+        let secret = new_secret(SECRET_LETTERS).secret;
+        let out = std::process::Command::new("python3")
+            .args([
+                "-c",
+                "import base64, hashlib, os, sys\n\
+                 salt = os.urandom(16)\n\
+                 d = hashlib.blake2b(sys.argv[1].encode(), key=salt, person=b'dustmote-secret1', digest_size=32).digest()\n\
+                 b = lambda x: base64.b64encode(x).decode().rstrip('=')\n\
+                 print(f'$dust-secret$v=1${b(salt)}${b(d)}')",
+                &secret,
+            ])
+            .output()
+            .expect("python3");
+        assert!(out.status.success(), "{out:?}");
+        let hash = String::from_utf8(out.stdout).expect("utf-8");
+        let users = Users::new([("dora".to_string(), hash.trim().to_string())]).expect("parses");
+        assert!(users.verify("dora", secret.as_bytes()));
+        assert!(!users.verify("dora", new_secret(SECRET_LETTERS).secret.as_bytes()));
+    }
+
+    #[test]
+    fn malformed_generated_hashes_are_rejected() {
+        let good = new_secret(SECRET_LETTERS).hash;
+        let parts: Vec<&str> = good.split('$').collect();
+        for bad in [
+            good.replace("v=1", "v=2"),
+            format!("$dust-secret$v=1$m=1${}${}", parts[3], parts[4]),
+            format!("$dust-secret$v=1${}", parts[3]),
+            format!("$dust-secret$v=1${}${}", parts[3], &parts[4][..20]),
+            format!("$dust-secret$v=1$AAAAAAAA${}", parts[4]),
+        ] {
+            let e = Users::new([("mo".to_string(), bad.clone())]).expect_err(&bad);
+            assert_eq!(e.user, "mo");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn guessing_never_throttles_a_generated_secret() {
+        let bea = new_secret(GENERATED_MIN_LETTERS);
+        let v = Verifier::new(
+            Users::new([
+                ("bea".to_string(), bea.hash.clone()),
+                ("alice".to_string(), hash_password(b"right").expect("hash")),
+            ])
+            .expect("users"),
+        );
+        // Human-shaped guesses for bea's name and for many others use up
+        // the name's and the global allowance of argon2 work ...
+        for _ in 0..=FAIL_FREE {
+            assert_eq!(v.verify("bea", b"guess").await, Verdict::Wrong);
+        }
+        assert!(matches!(v.verify("bea", b"guess").await, Verdict::Busy(_)));
+        let mut drained = false;
+        for i in 0..FAIL_BURST as usize * 4 {
+            if matches!(v.verify(&format!("n{i}"), b"guess").await, Verdict::Busy(_)) {
+                drained = true;
+                break;
+            }
+        }
+        assert!(drained, "the global allowance was never used up");
+        assert!(matches!(v.verify("alice", b"right").await, Verdict::Busy(_)));
+        // ... and 10,000 wrong generated secrets for bea are answered at
+        // once, none verifies, never Busy; bea's first login ever works
+        // in the middle of them and after.
+        for i in 0..10_000 {
+            let wrong = new_secret(GENERATED_MIN_LETTERS).secret;
+            assert_eq!(v.verify("bea", wrong.as_bytes()).await, Verdict::Wrong);
+            if i % 1000 == 500 {
+                assert_eq!(v.verify("bea", bea.secret.as_bytes()).await, Verdict::Ok);
+            }
+        }
+        assert_eq!(v.verify("bea", bea.secret.as_bytes()).await, Verdict::Ok);
+        // A generated secret is never right for another name, nor for a
+        // name with a human password (checked against the fast decoy).
+        assert_eq!(v.verify("zed", bea.secret.as_bytes()).await, Verdict::Wrong);
+        assert_eq!(v.verify("alice", bea.secret.as_bytes()).await, Verdict::Wrong);
+        // Removing bea stops her secret at once.
+        assert!(v.remove("bea"));
+        assert_eq!(v.verify("bea", bea.secret.as_bytes()).await, Verdict::Wrong);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_human_shaped_secret_never_matches_a_generated_hash() {
+        // bea's secret without its prefix goes the argon2 way, where bea
+        // has no hash: checked against the decoy and refused, like an
+        // unknown name.
+        let bea = new_secret(SECRET_LETTERS);
+        let v = Verifier::new(
+            Users::new([
+                ("alice".to_string(), hash_password(b"right").expect("hash")),
+                ("bea".to_string(), bea.hash.clone()),
+            ])
+            .expect("users"),
+        );
+        let bare = &bea.secret[GENERATED_PREFIX.len()..];
+        assert_eq!(v.verify("bea", bare.as_bytes()).await, Verdict::Wrong);
+        assert_eq!(v.verify("alice", b"right").await, Verdict::Ok);
     }
 
     #[test]
