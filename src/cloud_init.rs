@@ -393,6 +393,13 @@ fn merge(base: &mut Table, extra: Table) {
     }
 }
 
+/// Every onion service's defences against floods of introductions: tor's
+/// proof of work (a client's tor solves a puzzle whose effort rises with
+/// the load and is served first; tor's default queue rate and burst) and
+/// the introduction points' rate limit (tor's defaults: 25/s, burst 200).
+const FLOOD_DEFENCES: &str = "HiddenServicePoWDefensesEnabled 1\n\
+                              HiddenServiceEnableIntroDoSDefense 1\n";
+
 /// The onion-service instance: a Tor client with a SocksPort for dustmote
 /// and the two onion services, keys in /run (tmpfs).
 fn onion_torrc() -> String {
@@ -408,9 +415,11 @@ fn onion_torrc() -> String {
          HiddenServiceDir {ONION_DIR}/smtp\n\
          HiddenServicePort 587 {SMTP_LISTEN}\n\
          HiddenServicePort 25 {SMTP_LISTEN}\n\
+         {FLOOD_DEFENCES}\
          ## The HTTP API (downloads, /status): <onion>:80.\n\
          HiddenServiceDir {ONION_DIR}/http\n\
-         HiddenServicePort 80 {HTTP_LISTEN}\n"
+         HiddenServicePort 80 {HTTP_LISTEN}\n\
+         {FLOOD_DEFENCES}"
     )
 }
 

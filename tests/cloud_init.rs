@@ -172,7 +172,7 @@ fn the_user_data_passes_cloud_inits_schema_and_its_mote_toml_is_valid() {
 }
 
 /// Generated passwords are shown once (in `--secrets`, mode 0600) and only
-/// their hashes are in the user data.
+/// their hashes (of the generated kind) are in the user data.
 #[test]
 fn generated_passwords_leave_only_as_hashes() {
     let dir = tempfile::tempdir().unwrap();
@@ -200,11 +200,13 @@ fn generated_passwords_leave_only_as_hashes() {
     assert_eq!(users.len(), 2);
     for u in users {
         let pw = u["password"].as_str().unwrap();
-        assert!(pw.len() >= 32, "{pw}");
+        // A generated secret: 190 bits, stored as its fast digest.
+        assert!(pw.len() >= 32 && pw.starts_with("dust."), "{pw}");
         assert!(!cc.contains(pw));
     }
     assert_ne!(users[0]["password"], users[1]["password"]);
-    assert_eq!(cc.matches("$argon2id$").count(), 4, "{cc}");
+    assert_eq!(cc.matches("$dust-secret$v=1$").count(), 4, "{cc}");
+    assert!(!cc.contains("$argon2id$"), "{cc}");
 }
 
 /// `tor --verify-config` on every torrc, read with the defaults file each
@@ -275,6 +277,16 @@ fn every_rendered_torrc_passes_tor_verify_config() {
         let onion = render_ok(dir.path(), &a);
         assert!(onion.contains("HiddenServiceDir /run/tor-instances/dustmote/smtp"));
         assert!(!onion.contains("ORPort"), "{onion}");
+        // Every service sheds floods: tor's proof of work and the
+        // introduction points' rate limit, once per service.
+        let services = onion.matches("HiddenServiceDir ").count();
+        assert_eq!(services, 2, "{onion}");
+        for line in [
+            "HiddenServicePoWDefensesEnabled 1\n",
+            "HiddenServiceEnableIntroDoSDefense 1\n",
+        ] {
+            assert_eq!(onion.matches(line).count(), services, "{line}: {onion}");
+        }
         let f = dir.path().join(format!("onion-{i}"));
         std::fs::write(&f, &onion).unwrap();
         let text = verify(&f, &defaults);

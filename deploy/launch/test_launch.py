@@ -174,7 +174,9 @@ class LauncherAgainstMoto(unittest.TestCase):
             self.assertIn("end=$((boot + 7200))", text)
             self.assertIn('relay = "smtp.example.org:587"', text)
             self.assertIn('name = "alice"', text)
-            self.assertIn("$argon2id$", text)
+            # The generated password's fast digest (a generated secret).
+            self.assertIn("$dust-secret$v=1$", text)
+            self.assertTrue(m["password"].startswith("dust."), m["password"])
             self.assertNotIn(m["password"], text)
             user_datas.append(text)
         self.assertEqual(len(set(user_datas)), 3, "each mote its own user data")

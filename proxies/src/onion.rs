@@ -40,6 +40,9 @@ pub struct OnionConfig {
     pub http: Option<(u16, SocketAddr)>,
     /// Publish descriptors only the cards' keys can read.
     pub client_auth: bool,
+    /// Turn on tor's proof-of-work defence for the services (tor >= 0.4.8
+    /// built with its `pow` module; tor's default queue rate and burst).
+    pub pow: bool,
     /// Where the services' keys are kept.
     pub key_file: PathBuf,
 }
@@ -370,6 +373,9 @@ impl Onions {
             }
         }
         let mut auth = String::new();
+        if self.cfg.pow {
+            auth.push_str(" PoWDefensesEnabled=1");
+        }
         if self.cfg.client_auth {
             let nobody;
             let keys: &[String] = if wanted.is_empty() {

@@ -27,6 +27,10 @@ pub struct Onion {
     pub http_port: u16,
     /// Restricted discovery: descriptors readable only with a card's key.
     pub client_auth: bool,
+    /// Tor's proof-of-work defence for the services (`PoWDefensesEnabled=1`):
+    /// under a flood of introductions, clients whose tor solves a puzzle
+    /// are served first.
+    pub pow: bool,
     /// Where the services' keys are kept. Unset: in memory, beside the
     /// sealing key (the addresses survive a restart, not a reboot).
     pub key_file: Option<PathBuf>,
@@ -40,6 +44,7 @@ impl Default for Onion {
             smtp_port: 587,
             http_port: 80,
             client_auth: false,
+            pow: true,
             key_file: None,
         }
     }
@@ -90,6 +95,7 @@ impl Onion {
             smtp: (self.smtp_port != 0).then(|| (self.smtp_port, local(smtp))),
             http: (self.http_port != 0).then(|| (self.http_port, local(http))),
             client_auth: self.client_auth,
+            pow: self.pow,
             key_file: self.key_file.clone().unwrap_or_default(),
         }))
     }
