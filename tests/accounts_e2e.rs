@@ -16,19 +16,6 @@ use std::time::Duration;
 
 use common::*;
 
-/// `dustmote invite ARGS --json` on `mote`: the parsed object.
-fn invite(mote: &Mote, args: &[&str]) -> serde_json::Value {
-    let mut all = vec!["invite"];
-    all.extend_from_slice(args);
-    all.push("--json");
-    let mut c = Command::new(bin());
-    c.args(&all)
-        .arg("--config")
-        .arg(&mote.config)
-        .env("RUNTIME_DIRECTORY", mote.runtime.path());
-    json_of(&mut c)
-}
-
 /// `dustmote accounts --json`: name → account.
 fn accounts(mote: &Mote) -> Vec<serde_json::Value> {
     let out = mote.cli_args(&["accounts", "--json"]);
@@ -128,7 +115,7 @@ fn message(dir: &Path, name: &str, bytes: usize) -> std::path::PathBuf {
 fn an_invited_account_works_at_once_and_revocation_closes_its_sessions() {
     let mut sink = Sink::start();
     let mote = Mote::start(&MoteConfig::new(sink.port));
-    let c = invite(&mote, &["bea"]);
+    let c = mote.invite(&["bea"]);
     let password = c["smtp_password"].as_str().expect("password").to_string();
     let token = c["http_token"].as_str().expect("token").to_string();
     assert!(token.starts_with("bea:"), "{c}");
@@ -203,8 +190,7 @@ fn quotas_refuse_with_their_codes_and_store_nothing_beyond_them() {
     // Held long enough to count the queue.
     cfg.delay = r#"{ distribution = "constant", value = "1h" }"#.into();
     let mote = Mote::start(&cfg);
-    let c = invite(
-        &mote,
+    let c = mote.invite(
         &[
             "quinn",
             "--quota-mail",
@@ -262,7 +248,7 @@ fn quotas_refuse_with_their_codes_and_store_nothing_beyond_them() {
     assert_eq!(held_end(child)["timeout"], true);
 
     // Downloads per day: 429 with Retry-After and a JSON body.
-    let h = invite(&mote, &["hugo", "--http", "--quota-fetches", "2/d"]);
+    let h = mote.invite(&["hugo", "--http", "--quota-fetches", "2/d"]);
     let bearer = format!(
         "Authorization: Bearer {}",
         h["http_token"].as_str().unwrap()
@@ -290,7 +276,7 @@ fn usage_survives_kill_9_and_is_never_under_counted() {
     let dir = tempfile::tempdir().unwrap();
     let mut sink = Sink::start();
     let mut mote = Mote::start(&MoteConfig::new(sink.port));
-    let c = invite(&mote, &["kim", "--smtp", "--sessions", "8"]);
+    let c = mote.invite(&["kim", "--smtp", "--sessions", "8"]);
     let pw = c["smtp_password"].as_str().unwrap().to_string();
     let accepted = dir.path().join("accepted");
     const SESSIONS: usize = 4;
@@ -341,9 +327,9 @@ fn an_account_ends_with_its_time_and_never_outlives_the_mote() {
         .expect("expires_at")
         .to_string();
     // Asked for longer than the mote lives: it ends with the mote.
-    let long = invite(&mote, &["lena", "--expires", "30d"]);
+    let long = mote.invite(&["lena", "--expires", "30d"]);
     assert_eq!(long["expires_at"], mote_end.as_str());
-    let short = invite(&mote, &["sam", "--smtp", "--expires", "4s"]);
+    let short = mote.invite(&["sam", "--smtp", "--expires", "4s"]);
     let pw = short["smtp_password"].as_str().unwrap().to_string();
     let (first, child) = hold(mote.port, "sam", &pw, 30);
     assert_eq!(first["authenticated"], true, "{first}");
@@ -401,7 +387,7 @@ fn guessing_against_many_accounts_is_bounded_and_real_users_are_served() {
     let mut real = None;
     for i in 0..ACCOUNTS {
         let name = format!("acct{i:03}");
-        let c = invite(&mote, &[&name]);
+        let c = mote.invite(&[&name]);
         real.get_or_insert(c);
         names.push_str(&name);
         names.push('\n');
@@ -532,7 +518,7 @@ impl Downloads {
         let mote = Mote::start(&cfg);
         let mut all = vec![name, "--http"];
         all.extend_from_slice(args);
-        let h = invite(&mote, &all);
+        let h = mote.invite(&all);
         let bearer = format!(
             "Authorization: Bearer {}",
             h["http_token"].as_str().unwrap()

@@ -73,3 +73,69 @@ fn attacks_without_credentials_neither_exhaust_the_mote_nor_lock_out_its_user() 
     .sum();
     sink.wait_messages(sent, Duration::from_secs(60));
 }
+
+/// Rounds of flood and first login: one right after the first start, the
+/// rest each right after a restart.
+const LOCKOUT_ROUNDS: usize = 10;
+/// The invited account's first login during the flood (the issue's goal).
+const FIRST_LOGIN_S: f64 = 2.0;
+/// Peak resident memory during the flood (the goal; a debug build stays
+/// well below it too).
+const LOCKOUT_RSS_KIB: u64 = 256 * 1024;
+
+/// Someone who knows an invited account's name floods the mote with wrong
+/// AUTH (30 SMTP clients) and wrong bearer tokens (100 HTTP clients) for
+/// it, half of them shaped like generated secrets, right after the mote
+/// starts and again right after each restart. The account, which has not
+/// logged in since that start, logs in within 2 s every time, over SMTP and
+/// HTTP, and keeps doing so every half second; no wrong secret is ever
+/// accepted. (The numbers on a release build: `benches/lockout.sh`.)
+#[test]
+fn a_flood_naming_an_invited_account_never_keeps_it_out() {
+    let sink = Sink::start();
+    let mut cfg = MoteConfig::new(sink.port);
+    cfg.delay = r#"{ distribution = "constant", value = "1s" }"#.into();
+    let mut mote = Mote::start(&cfg);
+    let bea = mote.invite(&["bea"]);
+    let password = bea["smtp_password"].as_str().unwrap().to_string();
+    let token = bea["http_token"].as_str().unwrap().to_string();
+    let mut logins = 0;
+    let mut messages = 0;
+    for round in 0..LOCKOUT_ROUNDS {
+        if round > 0 {
+            mote.terminate();
+            mote.spawn();
+        }
+        // The HTTP API listens a moment after SMTP.
+        let http = mote.http_port;
+        assert!(wait_for(Duration::from_secs(20), || port_open(http).then_some(())).is_some());
+        let v = json_of(
+            Command::new("python3")
+                .arg(peer("lockout.py"))
+                .args(["--pid", &mote.pid().to_string()])
+                .args(["--smtp", &mote.port.to_string()])
+                .args(["--http", &mote.http_port.to_string()])
+                .args(["--user", "bea", "--password", &password, "--token", &token])
+                .args(["--seconds", "5", "--login-after", "1"]),
+        );
+        println!("round {round}: {v}");
+        assert!(v["real"]["failures"].as_array().unwrap().is_empty(), "{v}");
+        assert!(v["accepted"].as_array().unwrap().is_empty(), "{v}");
+        for side in ["smtp", "http"] {
+            let first = v["real"]["first"][side].as_f64().unwrap();
+            assert!(first <= FIRST_LOGIN_S, "round {round} {side}: {first:.2} s: {v}");
+            logins += 1;
+            assert!(!v["real"]["later"][side].as_array().unwrap().is_empty(), "{v}");
+            // The flood really ran, in both shapes, and was answered.
+            assert!(v[side]["generated_answered"].as_u64().unwrap() >= 10, "{v}");
+            assert!(v[side]["human_answered"].as_u64().unwrap() >= 10, "{v}");
+        }
+        let rss = v["peak_rss_kib"].as_u64().unwrap();
+        assert!(rss <= LOCKOUT_RSS_KIB, "round {round}: {rss} KiB: {v}");
+        // A message after each SMTP login.
+        messages += 1 + v["real"]["later"]["smtp"].as_array().unwrap().len();
+    }
+    assert_eq!(logins, 2 * LOCKOUT_ROUNDS);
+    // Everything the account sent arrives (restarts included).
+    sink.wait_messages(messages, Duration::from_secs(60));
+}

@@ -555,6 +555,19 @@ delivery_grace = "2s"
             .unwrap()
     }
 
+    /// `dustmote invite ARGS --json` on this mote: the parsed object.
+    pub fn invite(&self, args: &[&str]) -> serde_json::Value {
+        let mut all = vec!["invite"];
+        all.extend_from_slice(args);
+        all.push("--json");
+        let mut c = Command::new(bin());
+        c.args(&all)
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUNTIME_DIRECTORY", self.runtime.path());
+        json_of(&mut c)
+    }
+
     /// Run `dustmote ARGS… --config FILE` against this mote.
     pub fn cli_args(&self, args: &[&str]) -> Output {
         Command::new(bin())
