@@ -10,9 +10,8 @@ The flood: N SMTP clients send wrong AUTH PLAIN for U (three a session,
 then reconnect) and M HTTP clients send wrong bearer tokens for U
 (GET /v1/fetches/x, one a connection), for S seconds at most. Every other
 wrong secret has the shape of a generated one (`dust.` and 32 letters);
-the rest look like human passwords. With G, at most G generated-shaped
-wrong secrets are sent in all (then the flood sends human-shaped ones
-only). T seconds into the flood (default 1) the account logs in for the
+the rest look like human passwords. With G, the flood ends once G
+generated-shaped wrong secrets have been answered (or at S). T seconds into the flood (default 1) the account logs in for the
 first time: SMTP (smtplib: AUTH, one message) and HTTP (its token: 404 for
 a job that does not exist means authenticated, 401 would be refused),
 each timed from its first try; then again every half second until the
@@ -60,10 +59,22 @@ class Flood:
         self.answers = {"smtp": collections.Counter(), "http": collections.Counter()}
         self.accepted = []
 
+    def done(self, deadline):
+        """Whether the flood is over: its time is up, or G generated-shaped
+        wrong secrets were answered."""
+        if time.monotonic() >= deadline:
+            return True
+        if self.cap is None:
+            return False
+        answered = sum(
+            v for c in self.answers.values() for k, v in c.items() if k.startswith("generated ")
+        )
+        return answered >= self.cap
+
     def wrong(self, i):
-        """A wrong secret: generated-shaped every other time (within the
-        cap), else human-shaped. (shape, secret)"""
-        if i % 2 == 0 and (self.cap is None or self.generated_sent < self.cap):
+        """A wrong secret: generated-shaped every other time, else
+        human-shaped. (shape, secret)"""
+        if i % 2 == 0:
             self.generated_sent += 1
             return "generated", "dust." + "".join(secrets.choice(LETTERS) for _ in range(32))
         return "human", "wrong-password-" + secrets.token_hex(4)
@@ -74,7 +85,7 @@ class Flood:
 
 async def smtp_client(a, flood, deadline, n):
     k = n
-    while time.monotonic() < deadline:
+    while not flood.done(deadline):
         try:
             r, w = await asyncio.open_connection("127.0.0.1", a.smtp)
             await asyncio.wait_for(r.readline(), 5)
@@ -97,7 +108,7 @@ async def smtp_client(a, flood, deadline, n):
                 flood.book("smtp", shape, code)
                 if code == "235":
                     flood.accepted.append(("smtp", secret))
-                if code != "535" or time.monotonic() >= deadline:
+                if code != "535" or flood.done(deadline):
                     break
             w.close()
         except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError):
@@ -106,7 +117,7 @@ async def smtp_client(a, flood, deadline, n):
 
 async def http_client(a, flood, deadline, n):
     k = n
-    while time.monotonic() < deadline:
+    while not flood.done(deadline):
         k += 1
         shape, secret = flood.wrong(k)
         try:
@@ -155,8 +166,9 @@ def http_login(a):
     return time.monotonic() - t0
 
 
-def real_user(a, start, deadline, out):
-    """The first logins at `start`, then every half second until `deadline`."""
+def real_user(a, start, deadline, over, out):
+    """The first logins at `start`, then every half second until `deadline`
+    or until the flood is `over`."""
     time.sleep(max(0.0, start - time.monotonic()))
     first = True
     while True:
@@ -171,7 +183,7 @@ def real_user(a, start, deadline, out):
             elif dt is not None:
                 out["later"][side].append(dt)
         first = False
-        if time.monotonic() + 0.5 >= deadline:
+        if time.monotonic() + 0.5 >= deadline or over.is_set():
             return
         time.sleep(0.5)
 
@@ -212,12 +224,14 @@ def main():
     watcher.start()
     cpu0, t0 = cpu_seconds(a.pid), time.monotonic()
     deadline = t0 + a.seconds
-    user = threading.Thread(target=real_user, args=(a, t0 + a.login_after, deadline, real))
+    over = threading.Event()
+    user = threading.Thread(target=real_user, args=(a, t0 + a.login_after, deadline, over, real))
     user.start()
     asyncio.run(flood_for(a, flood, deadline))
-    user.join()
     seconds = time.monotonic() - t0
     cpu = cpu_seconds(a.pid) - cpu0
+    over.set()
+    user.join()
     stop.set()
     watcher.join()
     sides = {}
@@ -227,6 +241,7 @@ def main():
             "generated_answered": sum(v for k, v in c.items() if k.startswith("generated ")),
             "human_answered": sum(v for k, v in c.items() if k.startswith("human ")),
         }
+        sides[side]["generated_per_s"] = sides[side]["generated_answered"] / seconds
     print(json.dumps({
         "seconds": seconds,
         "cpu_seconds": cpu,
