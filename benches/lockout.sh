@@ -70,4 +70,8 @@ print(f"10,000 wrong generated secrets for bea: {answered} answered in {t['secon
       f"bea's logins meanwhile: {1 + len(later['smtp'])} SMTP, {1 + len(later['http'])} HTTP, "
       f"{len(t['real']['failures'])} failed, slowest {1000 * max(later['smtp'] + later['http'] + [t['real']['first']['smtp'], t['real']['first']['http']]):.0f} ms; "
       f"peak RSS {t['peak_rss_kib'] / 1024:.0f} MiB")
+everything = answered + t["smtp"]["human_answered"] + t["http"]["human_answered"]
+print(f"the mote's CPU meanwhile: {t['cpu_seconds']:.2f} s ({100 * t['cpu_seconds'] / t['seconds']:.0f} % of one core), "
+      f"{1e6 * t['cpu_seconds'] / everything:.0f} µs per answered wrong attempt of either shape "
+      f"({everything} in all: connection, protocol and check); the attacker's one Python process is the limit")
 PY

@@ -512,6 +512,84 @@ fn card_field<'u>(uri: &'u str, key: &str) -> &'u str {
         .unwrap_or_else(|| panic!("no {key} in {uri}"))
 }
 
+/// What a client tor (0.4.9, `hs_client.c`) logs at debug level in the
+/// `rend` domain when the descriptor it fetched and decrypted carries a
+/// `pow-params` line, on its first introduction to the service (at any
+/// suggested effort, 0 included). Nothing else of the decrypted descriptor
+/// reaches a log or the control port (`GETINFO hs/client/desc/id/…` gives
+/// the encrypted text).
+const POW_IN_DESCRIPTOR: &str = "PoW params present in descriptor";
+
+/// `lines` (torrc lines) plus a debug log of the `rend` domain to `log`.
+fn rend_log(lines: &str, log: &std::path::Path) -> String {
+    format!("{lines}\nLog [rend]debug file {}\n", log.display())
+}
+
+/// The last `n` lines of `text`.
+fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// The control for [`POW_IN_DESCRIPTOR`]: a mote with `[onion] pow =
+/// false` (and no client authorization) publishes descriptors without
+/// pow-params; a client tor that submits mail through it introduces itself
+/// (the same log shows that) without finding any.
+fn onion_services_without_pow(net: &TorNet) {
+    let sink = Sink::start();
+    let work = tempfile::tempdir().unwrap();
+    let mut cfg = MoteConfig::new(sink.port);
+    cfg.delay = r#"{ distribution = "constant", value = "100ms" }"#.into();
+    cfg.tor = format!("mode = \"socks5\"\nsocks = \"{}\"", net.socks());
+    cfg.extra = format!(
+        "[onion]\ncontrol = \"{}\"\npow = false\nhttp_port = 0\n",
+        net.control()
+    );
+    let mote = Mote::start(&cfg);
+    let smtp = wait_for(Duration::from_secs(60), || {
+        let s = status(&mote);
+        s.lines()
+            .find_map(|l| l.split_whitespace().find(|w| w.contains(".onion:")))
+            .map(str::to_string)
+    })
+    .expect("the mote published its SMTP service");
+    let log = work.path().join("nopow-rend.log");
+    let client = net.add_client("nopow", &rend_log("", &log));
+    let msg = work.path().join("m.eml");
+    std::fs::write(&msg, "Subject: no pow\r\n\r\nwithout proof of work\r\n").unwrap();
+    let userpass = format!("{USER}:{PASSWORD}");
+    let args = [
+        format!("smtp://{smtp}"),
+        "--mail-from".into(),
+        "a@example.org".into(),
+        "--mail-rcpt".into(),
+        "x@example.net".into(),
+        "--user".into(),
+        userpass,
+        "--login-options".into(),
+        "AUTH=PLAIN".into(),
+        "--upload-file".into(),
+        msg.display().to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert!(
+        wait_for(Duration::from_secs(120), || curl_through(&client, &args)
+            .0
+            .then_some(()))
+        .is_some(),
+        "never reached {smtp}: {}",
+        curl_through(&client, &args).1
+    );
+    sink.wait_messages(1, Duration::from_secs(60));
+    let rend = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        rend.contains("Considering sending INTRODUCE1"),
+        "the log shows no introduction:\n{}",
+        tail(&rend, 30)
+    );
+    assert!(!rend.contains(POW_IN_DESCRIPTOR), "{}", tail(&rend, 30));
+}
+
 /// Sharing a mote (issue 13): the mote publishes its onion services itself,
 /// through the client tor's control port, with client authorization. A
 /// tor configured by `dustmote card import` (the `ClientOnionAuthDir` line
@@ -582,9 +660,12 @@ fn shared_mote_with_client_authorization(net: &TorNet) {
         )
     };
 
-    // The card holder's tor: SMTP and the API answer.
+    // The card holder's tor: SMTP and the API answer. Its rend log at
+    // debug level shows what it read in the service's descriptor once it
+    // decrypted it with the card's key (see `POW_IN_DESCRIPTOR`).
     let t0 = Instant::now();
-    let holder = net.add_client("holder", &bea_auth);
+    let holder_log = work.path().join("holder-rend.log");
+    let holder = net.add_client("holder", &rend_log(&bea_auth, &holder_log));
     assert!(
         wait_for(Duration::from_secs(120), || submit(&holder).0.then_some(())).is_some(),
         "the card holder never reached {smtp}: {}",
@@ -608,6 +689,18 @@ fn shared_mote_with_client_authorization(net: &TorNet) {
     });
     assert!(answered.is_some(), "the API's onion service never answered");
     assert_eq!(code, "404", "authenticated through the onion API");
+    // [onion] pow is on by default: the descriptors tor published for the
+    // mote carry pow-params, which the card holder's tor found there.
+    let rend = std::fs::read_to_string(&holder_log).unwrap();
+    assert!(
+        rend.contains(POW_IN_DESCRIPTOR),
+        "no pow-params in the descriptor the card holder read:\n{}",
+        tail(&rend, 30)
+    );
+    println!(
+        "card holder's tor: {:?}",
+        rend.lines().find(|l| l.contains(POW_IN_DESCRIPTOR))
+    );
 
     // A tor without a card cannot find the services: F4 (244), client
     // authorization missing.
@@ -656,5 +749,6 @@ fn mail_through_a_private_tor_network() {
     cascade_over_onion_services(&net);
     fetch_through_tor(&net);
     no_exit_for_port_25_is_a_clear_temporary_error(&net);
+    onion_services_without_pow(&net);
     shared_mote_with_client_authorization(&net);
 }
