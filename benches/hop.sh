@@ -35,8 +35,8 @@ bench_stop() {
 }
 build_release
 
-SECRET=hop-bench-secret
-HASH=$(echo "$SECRET" | "$BIN" passwd)
+# A generated peer token (checked in microseconds at the receiver).
+read -r SECRET HASH < <("$BIN" secret)
 
 # [tor] for a mote on network $1 (direct|tor).
 tor_table() {
