@@ -190,18 +190,16 @@ fn quotas_refuse_with_their_codes_and_store_nothing_beyond_them() {
     // Held long enough to count the queue.
     cfg.delay = r#"{ distribution = "constant", value = "1h" }"#.into();
     let mote = Mote::start(&cfg);
-    let c = mote.invite(
-        &[
-            "quinn",
-            "--quota-mail",
-            "3/d",
-            "--quota-bytes",
-            "8KiB/d",
-            "--sessions",
-            "1",
-            "--smtp",
-        ],
-    );
+    let c = mote.invite(&[
+        "quinn",
+        "--quota-mail",
+        "3/d",
+        "--quota-bytes",
+        "8KiB/d",
+        "--sessions",
+        "1",
+        "--smtp",
+    ]);
     let pw = c["smtp_password"].as_str().unwrap().to_string();
     assert!(c["http_token"].is_null(), "--smtp only: {c}");
     let small = message(dir.path(), "small", 1500);

@@ -123,9 +123,15 @@ fn a_flood_naming_an_invited_account_never_keeps_it_out() {
         assert!(v["accepted"].as_array().unwrap().is_empty(), "{v}");
         for side in ["smtp", "http"] {
             let first = v["real"]["first"][side].as_f64().unwrap();
-            assert!(first <= FIRST_LOGIN_S, "round {round} {side}: {first:.2} s: {v}");
+            assert!(
+                first <= FIRST_LOGIN_S,
+                "round {round} {side}: {first:.2} s: {v}"
+            );
             logins += 1;
-            assert!(!v["real"]["later"][side].as_array().unwrap().is_empty(), "{v}");
+            assert!(
+                !v["real"]["later"][side].as_array().unwrap().is_empty(),
+                "{v}"
+            );
             // The flood really ran, in both shapes, and was answered.
             assert!(v[side]["generated_answered"].as_u64().unwrap() >= 10, "{v}");
             assert!(v[side]["human_answered"].as_u64().unwrap() >= 10, "{v}");

@@ -39,7 +39,10 @@ fn main() {
     let human = "correct horse battery staple";
     let users = Users::new([
         ("bea".to_string(), bea.hash.clone()),
-        ("alice".to_string(), hash_password(human.as_bytes()).unwrap()),
+        (
+            "alice".to_string(),
+            hash_password(human.as_bytes()).unwrap(),
+        ),
     ])
     .unwrap();
     let verifier = Verifier::new(users.clone());
@@ -47,7 +50,9 @@ fn main() {
         .enable_all()
         .build()
         .unwrap();
-    let wrong: Vec<String> = (0..attempts).map(|_| new_secret(SECRET_LETTERS).secret).collect();
+    let wrong: Vec<String> = (0..attempts)
+        .map(|_| new_secret(SECRET_LETTERS).secret)
+        .collect();
 
     let mut rows: Vec<(&str, (f64, f64))> = Vec::new();
     let time_verifier = |name: &str, secret: &dyn Fn(usize) -> String, expect: Verdict| {
@@ -74,7 +79,10 @@ fn main() {
         time_verifier("nobody", &|i| wrong[i].clone(), Verdict::Wrong),
     ));
     // The known-good cache: alice's password verified once before.
-    assert_eq!(rt.block_on(verifier.verify("alice", human.as_bytes())), Verdict::Ok);
+    assert_eq!(
+        rt.block_on(verifier.verify("alice", human.as_bytes())),
+        Verdict::Ok
+    );
     rows.push((
         "human, known good (cache)",
         time_verifier("alice", &|_| human.to_string(), Verdict::Ok),
@@ -92,13 +100,18 @@ fn main() {
         stats(times)
     };
     rows.push(("human (argon2), right", time_argon2("alice", human, true)));
-    rows.push(("human (argon2), wrong", time_argon2("alice", "guess", false)));
+    rows.push((
+        "human (argon2), wrong",
+        time_argon2("alice", "guess", false),
+    ));
     rows.push((
         "human (argon2), unknown name",
         time_argon2("nobody", "guess", false),
     ));
 
-    println!("verification per attempt ({attempts} generated / {slow_attempts} argon2 attempts a case)");
+    println!(
+        "verification per attempt ({attempts} generated / {slow_attempts} argon2 attempts a case)"
+    );
     println!("{:30} {:>12} {:>12}", "case", "median µs", "p99 µs");
     for (case, (median, p99)) in &rows {
         println!("{case:30} {median:12.2} {p99:12.2}");

@@ -716,11 +716,23 @@ mod tests {
         let c = a.invite(invite("bea")).await.expect("invite");
         let (pw, tok) = (c.smtp_password.expect("pw"), c.http_token.expect("token"));
         let prefix = crate::auth::GENERATED_PREFIX.len();
-        assert_eq!((pw.len(), tok.len()), (prefix + PASSWORD_LEN, prefix + TOKEN_LEN));
+        assert_eq!(
+            (pw.len(), tok.len()),
+            (prefix + PASSWORD_LEN, prefix + TOKEN_LEN)
+        );
         // Generated secrets, stored as fast digests (the kind is in the hash).
-        let stored = a.live.read().get("bea").map(|b| (b.smtp_hash.clone(), b.http_hash.clone()));
-        let Some((Some(sh), Some(hh))) = stored else { panic!("bea's hashes: {stored:?}") };
-        assert!(sh.starts_with("$dust-secret$") && hh.starts_with("$dust-secret$"), "{sh} {hh}");
+        let stored = a
+            .live
+            .read()
+            .get("bea")
+            .map(|b| (b.smtp_hash.clone(), b.http_hash.clone()));
+        let Some((Some(sh), Some(hh))) = stored else {
+            panic!("bea's hashes: {stored:?}")
+        };
+        assert!(
+            sh.starts_with("$dust-secret$") && hh.starts_with("$dust-secret$"),
+            "{sh} {hh}"
+        );
         assert_eq!(smtp.verify("bea", pw.as_bytes()).await, Verdict::Ok);
         assert_eq!(http.verify("bea", tok.as_bytes()).await, Verdict::Ok);
         assert_eq!(smtp.verify("bea", tok.as_bytes()).await, Verdict::Wrong);

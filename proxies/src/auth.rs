@@ -82,9 +82,11 @@ pub fn new_secret(letters: usize) -> Secret {
 /// Whether `secret` has the shape of a generated secret (and so is checked
 /// on the fast path only).
 pub fn is_generated(secret: &[u8]) -> bool {
-    secret.strip_prefix(GENERATED_PREFIX.as_bytes()).is_some_and(|rest| {
-        rest.len() >= GENERATED_MIN_LETTERS && rest.iter().all(|b| b.is_ascii_alphanumeric())
-    })
+    secret
+        .strip_prefix(GENERATED_PREFIX.as_bytes())
+        .is_some_and(|rest| {
+            rest.len() >= GENERATED_MIN_LETTERS && rest.iter().all(|b| b.is_ascii_alphanumeric())
+        })
 }
 
 /// A generated secret's stored digest.
@@ -122,9 +124,13 @@ impl Generated {
         };
         let mut buf = [0u8; 16];
         let salt = salt.decode_b64(&mut buf).map_err(|e| e.to_string())?;
-        let (Ok(salt), Ok(digest)) = (<[u8; 16]>::try_from(salt), <[u8; 32]>::try_from(digest.as_bytes()))
-        else {
-            return Err(format!("{GENERATED_ID}: a 16-byte salt and a 32-byte digest"));
+        let (Ok(salt), Ok(digest)) = (
+            <[u8; 16]>::try_from(salt),
+            <[u8; 32]>::try_from(digest.as_bytes()),
+        ) else {
+            return Err(format!(
+                "{GENERATED_ID}: a 16-byte salt and a 32-byte digest"
+            ));
         };
         Ok(Self { salt, digest })
     }
@@ -132,14 +138,17 @@ impl Generated {
     /// Whether `secret` is the one digested, in constant time.
     fn matches(&self, secret: &[u8]) -> bool {
         use subtle::ConstantTimeEq;
-        generated_digest(&self.salt, secret).ct_eq(&self.digest).into()
+        generated_digest(&self.salt, secret)
+            .ct_eq(&self.digest)
+            .into()
     }
 }
 
 fn generated_digest(salt: &[u8; 16], secret: &[u8]) -> [u8; 32] {
     use blake2::digest::consts::U32;
     use blake2::digest::Mac;
-    let Ok(mac) = blake2::Blake2bMac::<U32>::new_with_salt_and_personal(salt, &[], GENERATED_PERSONA)
+    let Ok(mac) =
+        blake2::Blake2bMac::<U32>::new_with_salt_and_personal(salt, &[], GENERATED_PERSONA)
     else {
         // A 16-byte key and persona are always accepted.
         return [0; 32];
@@ -726,7 +735,10 @@ mod tests {
         assert!(s.hash.starts_with("$dust-secret$v=1$"), "{}", s.hash);
         // At least 128 bits even when fewer letters are asked for.
         let short = new_secret(4);
-        assert_eq!(short.secret.len(), GENERATED_PREFIX.len() + GENERATED_MIN_LETTERS);
+        assert_eq!(
+            short.secret.len(),
+            GENERATED_PREFIX.len() + GENERATED_MIN_LETTERS
+        );
         assert!((GENERATED_MIN_LETTERS as f64) * (ALPHABET.len() as f64).log2() >= 128.0);
         // Neither an earlier generated password (letters only, or URL-safe
         // base64) nor a short or decorated one has the shape.
@@ -744,7 +756,10 @@ mod tests {
         assert!(!users.verify("bea", new_secret(SECRET_LETTERS).secret.as_bytes()));
         assert!(!users.verify("carl", s.secret.as_bytes()));
         // A salt of its own each time.
-        assert_ne!(s.hash, Generated::new(s.secret.as_bytes(), rand::rng().random()).to_phc());
+        assert_ne!(
+            s.hash,
+            Generated::new(s.secret.as_bytes(), rand::rng().random()).to_phc()
+        );
     }
 
     #[test]
@@ -811,7 +826,10 @@ mod tests {
             }
         }
         assert!(drained, "the global allowance was never used up");
-        assert!(matches!(v.verify("alice", b"right").await, Verdict::Busy(_)));
+        assert!(matches!(
+            v.verify("alice", b"right").await,
+            Verdict::Busy(_)
+        ));
         // ... and 10,000 wrong generated secrets for bea are answered at
         // once, none verifies, never Busy; bea's first login ever works
         // in the middle of them and after.
@@ -826,7 +844,10 @@ mod tests {
         // A generated secret is never right for another name, nor for a
         // name with a human password (checked against the fast decoy).
         assert_eq!(v.verify("zed", bea.secret.as_bytes()).await, Verdict::Wrong);
-        assert_eq!(v.verify("alice", bea.secret.as_bytes()).await, Verdict::Wrong);
+        assert_eq!(
+            v.verify("alice", bea.secret.as_bytes()).await,
+            Verdict::Wrong
+        );
         // Removing bea stops her secret at once.
         assert!(v.remove("bea"));
         assert_eq!(v.verify("bea", bea.secret.as_bytes()).await, Verdict::Wrong);
