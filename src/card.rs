@@ -249,13 +249,28 @@ fn import(uri: &str, auth_dir: Option<PathBuf>, socks: &str) -> anyhow::Result<(
             Some(d) => d,
             None => default_auth_dir()?,
         };
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .with_context(|| format!("making {}", dir.display()))?;
-        // tor refuses a ClientOnionAuthDir others can read.
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+        // tor refuses a ClientOnionAuthDir others can read: a directory
+        // made here is 0700 from the start; one that was there is left as
+        // it is (it may be shared, or a link to somewhere else), with a
+        // word if tor will refuse it.
+        match std::fs::metadata(&dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&dir)
+                    .with_context(|| format!("making {}", dir.display()))?;
+            }
+            Err(e) => return Err(e).with_context(|| format!("checking {}", dir.display())),
+            Ok(m) if !m.is_dir() => bail!("{} is not a directory", dir.display()),
+            Ok(m) if m.permissions().mode() & 0o077 != 0 => eprintln!(
+                "warning: {} is open to others (mode {:04o}); tor refuses such a \
+                 ClientOnionAuthDir: use a directory of your own (mode 0700)",
+                dir.display(),
+                m.permissions().mode() & 0o7777
+            ),
+            Ok(_) => {}
+        }
         for (service, addr) in [("smtp", &card.smtp), ("http", &card.http)] {
             let Some(addr) = addr else { continue };
             let id = onion_id(addr)?;

@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use base64::Engine as _;
 use toml::{Table, Value};
 
 /// Where the onion-service tor instance keeps its services: /run is a tmpfs,
@@ -189,15 +190,10 @@ fn report_secrets(args: &CloudInitArgs, users: &[User]) -> anyhow::Result<()> {
             })).collect::<Vec<_>>(),
             "lifetime_s": args.lifetime.as_secs(),
         });
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(path)
+        // A new file, 0600 from its creation, renamed over whatever was
+        // there (never written through a link, never keeping a looser mode).
+        dust_proxies::onion::write_private(path, &serde_json::to_string_pretty(&json)?)
             .with_context(|| format!("writing {}", path.display()))?;
-        f.write_all(serde_json::to_string_pretty(&json)?.as_bytes())?;
     } else {
         let mut err = std::io::stderr().lock();
         for u in generated {
@@ -268,7 +264,7 @@ fn render(args: &CloudInitArgs, users: &[User]) -> anyhow::Result<Rendered> {
     if !relay && (args.exit_policy.is_some() || args.accounting_max.is_some()) {
         bail!("--exit-policy and --accounting-max need the relay (drop --no-relay)");
     }
-    let cloud_config = cloud_config(args, &mote_toml, &onion_torrc, relay_torrc.as_deref());
+    let cloud_config = cloud_config(args, &mote_toml, &onion_torrc, relay_torrc.as_deref())?;
     Ok(Rendered {
         mote_toml,
         onion_torrc,
@@ -438,10 +434,7 @@ fn relay_torrc(args: &CloudInitArgs) -> anyhow::Result<String> {
         let _ = writeln!(t, "Nickname {n}");
     }
     if let Some(c) = &args.contact {
-        if c.contains(['\n', '\r']) {
-            bail!("--contact: one line");
-        }
-        let _ = writeln!(t, "ContactInfo {c}");
+        let _ = writeln!(t, "ContactInfo {}", torrc_value("--contact", c)?);
     }
     match &args.exit_policy {
         None => t.push_str("ExitRelay 0\nExitPolicy reject *:*\n"),
@@ -517,8 +510,18 @@ fn amount(flag: &str, v: &str) -> anyhow::Result<String> {
     Ok(format!("{n} {unit}"))
 }
 
-/// A YAML literal block holding `text`, indented by `indent` spaces.
-fn block(text: &str, indent: usize) -> String {
+/// A YAML literal block holding `text`, indented by `indent` spaces; `None`
+/// unless `text` is printable ASCII in lines. YAML also breaks lines at
+/// U+0085, U+2028 and U+2029 and refuses or folds other control characters,
+/// so such a character in a value would end the block and let the value
+/// write YAML of its own (a `bootcmd` that runs as root at boot).
+fn block(text: &str, indent: usize) -> Option<String> {
+    if !text
+        .bytes()
+        .all(|b| b == b'\n' || (b' '..=b'~').contains(&b))
+    {
+        return None;
+    }
     let pad = " ".repeat(indent);
     let mut out = String::from("|\n");
     for line in text.lines() {
@@ -528,7 +531,19 @@ fn block(text: &str, indent: usize) -> String {
             let _ = writeln!(out, "{pad}{line}");
         }
     }
-    out
+    Some(out)
+}
+
+/// A torrc value given on the command line (`flag`): printable ASCII on one
+/// line, not ending in `\` (tor would join the next line to it).
+fn torrc_value<'v>(flag: &str, v: &'v str) -> anyhow::Result<&'v str> {
+    if v.is_empty() || !v.bytes().all(|b| (b' '..=b'~').contains(&b)) {
+        bail!("{flag}: printable ASCII on one line");
+    }
+    if v.ends_with('\\') {
+        bail!("{flag}: must not end with a backslash (tor would read the next line as part of it)");
+    }
+    Ok(v)
 }
 
 fn cloud_config(
@@ -536,7 +551,7 @@ fn cloud_config(
     mote_toml: &str,
     onion_torrc: &str,
     relay_torrc: Option<&str>,
-) -> String {
+) -> anyhow::Result<String> {
     let lifetime = args.lifetime.as_secs();
     let backstop = BACKSTOP.as_secs();
     let mut files: BTreeMap<&str, (&str, &str, &str)> = BTreeMap::new();
@@ -568,9 +583,20 @@ fn cloud_config(
     for (path, (owner, mode, content)) in &files {
         let _ = write!(
             y,
-            "  - path: {path}\n    owner: {owner}\n    permissions: '{mode}'\n    defer: true\n    content: {}",
-            block(content, 6)
+            "  - path: {path}\n    owner: {owner}\n    permissions: '{mode}'\n    defer: true\n"
         );
+        // Readable where it is plain text; anything else (a password or a
+        // host with characters beyond ASCII) in base64, which YAML cannot
+        // misread.
+        match block(content, 6) {
+            Some(b) => {
+                let _ = write!(y, "    content: {b}");
+            }
+            None => {
+                let b64 = base64::engine::general_purpose::STANDARD.encode(content);
+                let _ = writeln!(y, "    encoding: b64\n    content: {b64}");
+            }
+        }
     }
     let relay_cmd = if relay_torrc.is_some() {
         "systemctl restart tor@default"
@@ -597,8 +623,11 @@ fn cloud_config(
          for i in $(seq 120); do [ -s {ONION_DIR}/smtp/hostname ] && [ -s {ONION_DIR}/http/hostname ] && break; sleep 1; done\n\
          echo \"dustmote: smtp $(cat {ONION_DIR}/smtp/hostname):587 http $(cat {ONION_DIR}/http/hostname):80 expires $(date -u -d \"@$end\" +%Y-%m-%dT%H:%M:%SZ)\"\n"
     );
-    let _ = write!(y, "runcmd:\n  - {}", block(&script, 4));
-    y
+    let Some(script) = block(&script, 4) else {
+        bail!("the boot script is not plain ASCII");
+    };
+    let _ = write!(y, "runcmd:\n  - {script}");
+    Ok(y)
 }
 
 #[cfg(test)]

@@ -259,6 +259,29 @@ fn a_card_is_a_uri_and_a_qr_code_that_import_turns_into_a_tor_client_config() {
         );
     }
 
+    // A directory that was there is used as it is (issue 22, finding 13):
+    // a shared one keeps its mode and sticky bit (with a warning: tor will
+    // refuse it), also when named through a symbolic link.
+    let shared = work.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let link = work.path().join("link-to-shared");
+    std::os::unix::fs::symlink(&shared, &link).unwrap();
+    for dir in [&shared, &link] {
+        let o = Command::new(bin())
+            .args(["card", "import", &uri, "--auth-dir"])
+            .arg(dir)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        assert!(String::from_utf8_lossy(&o.stderr).contains("tor refuses"));
+        assert_eq!(
+            std::fs::metadata(&shared).unwrap().permissions().mode() & 0o7777,
+            0o1777
+        );
+        assert!(shared.join("dustmote-bea-smtp.auth_private").exists());
+    }
+
     // The operator sees counts and addresses, never a name.
     let status = String::from_utf8(mote.cli("status").stdout).unwrap();
     assert!(

@@ -205,6 +205,24 @@ fn generated_passwords_leave_only_as_hashes() {
         assert!(!cc.contains(pw));
     }
     assert_ne!(users[0]["password"], users[1]["password"]);
+    // Written anew (issue 22, finding 13): an existing file's looser mode
+    // is not kept, and a symbolic link is replaced, not written through.
+    let secrets = dir.path().join("s.json");
+    std::fs::set_permissions(&secrets, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::write(&elsewhere, "untouched").unwrap();
+    let link = dir.path().join("l.json");
+    std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+    for f in ["s.json", "l.json"] {
+        render_ok(
+            dir.path(),
+            &["--user", "alice", "--mail-mx", "--secrets", f],
+        );
+        let m = std::fs::symlink_metadata(dir.path().join(f)).unwrap();
+        assert!(m.is_file(), "{f}");
+        assert_eq!(m.permissions().mode() & 0o777, 0o600, "{f}");
+    }
+    assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), "untouched");
     assert_eq!(cc.matches("$dust-secret$v=1$").count(), 4, "{cc}");
     assert!(!cc.contains("$argon2id$"), "{cc}");
 }
@@ -391,4 +409,109 @@ fn bad_options_are_refused_with_a_reason() {
         );
         assert!(out.stdout.is_empty(), "{args:?} printed user data");
     }
+}
+
+/// Values that YAML would read as line breaks (U+0085, U+2028, U+2029) or
+/// that tor would read as a line continuation cannot add to the user data
+/// (issue 22, findings 7 and 14). Each line-break character in each value
+/// that reaches the rendered files (`--contact`, a bracketed `--mail-relay`
+/// host, `--mail-user`, `$DUSTMOTE_MAIL_PASSWORD`) carries a `bootcmd`:
+/// the value is either refused with a reason or written so that PyYAML
+/// (cloud-init's parser) reads the same three top-level keys and the file
+/// holds the value verbatim; `cloud-init schema` accepts what is written.
+#[test]
+fn no_value_can_write_its_own_yaml() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = |cc: &Path| -> Vec<String> {
+        let out = Command::new("python3")
+            .arg(peer("cloud_config.py"))
+            .arg("keys")
+            .arg(cc)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let mut written = 0;
+    let mut refused = 0;
+    for (i, brk) in ['\u{85}', '\u{2028}', '\u{2029}'].into_iter().enumerate() {
+        let evil = format!("x{brk}bootcmd:{brk}  - [touch, /pwned]{brk}y");
+        let relay = format!("[{evil}]:587");
+        let cases: Vec<(&str, Vec<&str>, Option<&str>)> = vec![
+            ("contact", vec!["--mail-mx", "--contact", &evil], None),
+            ("relay", vec!["--mail-relay", &relay], None),
+            (
+                "user",
+                vec!["--mail-relay", "smtp.example.org:587", "--mail-user", &evil],
+                Some("pw"),
+            ),
+            (
+                "password",
+                vec!["--mail-relay", "smtp.example.org:587", "--mail-user", "u"],
+                Some(&evil),
+            ),
+        ];
+        for (what, extra, password) in cases {
+            let mut c = Command::new(bin());
+            c.args(["cloud-init", "--user", "a"])
+                .args(&extra)
+                .current_dir(dir.path());
+            if let Some(p) = password {
+                c.env("DUSTMOTE_MAIL_PASSWORD", p);
+            }
+            let out = c.output().unwrap();
+            if !out.status.success() {
+                let err = String::from_utf8_lossy(&out.stderr);
+                assert!(!err.trim().is_empty(), "{what}: refused without a reason");
+                println!("{what} with U+{:04X}: refused: {}", brk as u32, err.trim());
+                refused += 1;
+                continue;
+            }
+            let cc = dir.path().join(format!("{what}-{i}.yaml"));
+            std::fs::write(&cc, &out.stdout).unwrap();
+            assert_eq!(keys(&cc), ["locale", "write_files", "runcmd"], "{what}");
+            let s = schema(&cc);
+            let text = String::from_utf8_lossy(&s.stdout).into_owned()
+                + &String::from_utf8_lossy(&s.stderr);
+            assert!(
+                s.status.success() && text.contains("Valid"),
+                "{what}: {text}"
+            );
+            let parts = dir.path().join(format!("{what}-{i}.d"));
+            std::fs::create_dir(&parts).unwrap();
+            let entries = files(&cc, &parts);
+            assert_eq!(entries.len(), 3, "{what}");
+            let toml = std::fs::read_to_string(parts.join("etc_dustmote_mote.toml")).unwrap();
+            assert!(
+                toml.contains(&evil),
+                "{what}: the value verbatim in mote.toml"
+            );
+            assert_eq!(entries[0]["encoding"], "b64", "{what}");
+            written += 1;
+        }
+    }
+    // The contact goes into a torrc: refused; the others are TOML strings,
+    // written in base64.
+    println!("{written} written safely, {refused} refused");
+    assert!(
+        refused >= 3 && written >= 6,
+        "{written} written, {refused} refused"
+    );
+    // A trailing backslash would join the next torrc line to ContactInfo.
+    let out = render(
+        dir.path(),
+        &["--user", "a", "--mail-mx", "--contact", "me \\"],
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("backslash"));
+    // Plain values stay readable (no base64 where none is needed).
+    let plain = render_ok(
+        dir.path(),
+        &["--user", "a", "--mail-mx", "--contact", "me@example.org"],
+    );
+    assert!(!plain.contains("encoding: b64") && plain.contains("ContactInfo me@example.org"));
 }
