@@ -759,3 +759,65 @@ fn redbot_finds_validation_a_type_and_no_shared_caching() {
         assert_eq!(body, &data[start..]);
     }
 }
+
+/// Fetched content is someone else's page served on the API's own origin
+/// (issue 22, finding 15): every answer about it — whole, ranged,
+/// not-modified — tells a browser to sandbox it (no scripts, no same-origin
+/// access to the API and the token it holds) and other sites not to embed
+/// it.
+#[test]
+fn fetched_pages_are_sandboxed_on_the_apis_origin() {
+    let nginx = Nginx::start();
+    let sink = Sink::start();
+    let mut cfg = MoteConfig::new(sink.port);
+    cfg.extra = "[fetch]\ndelay = { distribution = \"constant\", value = \"5ms\" }\nallow_private_addresses = true\n".into();
+    let mote = Mote::start(&cfg);
+    let client = Client::new(&mote);
+    let page =
+        b"<html><script>fetch('/v1/fetches').then(r => r.text()).then(alert)</script></html>";
+    let id = client.add(&nginx.put("page.html", page));
+    let state = client.wait_ready(&id);
+    let url = format!("{}/v1/fetches/{id}/content", client.base);
+    let head = |extra: &[&str]| -> String {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-D", "-", "-H", &client.auth])
+            .args(extra)
+            .arg(&url)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_ascii_lowercase()
+    };
+    let etag = state["etag"].as_str().map(str::to_string);
+    let mut answers = vec![
+        ("whole", head(&[])),
+        ("range", head(&["-H", "Range: bytes=0-9"])),
+    ];
+    let full = &answers[0].1;
+    let tag = full
+        .lines()
+        .find_map(|l| l.strip_prefix("etag: "))
+        .map(|t| t.trim().to_string())
+        .or(etag)
+        .expect("an ETag");
+    answers.push((
+        "not modified",
+        head(&["-H", &format!("If-None-Match: {tag}")]),
+    ));
+    for (what, h) in &answers {
+        let status = h.lines().next().unwrap_or_default().to_string();
+        let want = match *what {
+            "whole" => " 200",
+            "range" => " 206",
+            _ => " 304",
+        };
+        assert!(status.contains(want), "{what}: {h}");
+        assert!(
+            h.contains("content-security-policy: sandbox\r\n"),
+            "{what}: {h}"
+        );
+        assert!(
+            h.contains("cross-origin-resource-policy: same-origin\r\n"),
+            "{what}: {h}"
+        );
+    }
+}

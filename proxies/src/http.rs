@@ -17,7 +17,7 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 use dust_mixer::{from_wall_ms, wall_ms, ItemId, Store};
-use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http::{header, HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -779,6 +779,18 @@ impl<S: Schedule> Api<S> {
             h.insert(
                 header::X_CONTENT_TYPE_OPTIONS,
                 HeaderValue::from_static("nosniff"),
+            );
+            // Fetched content is someone else's, served on the API's own
+            // origin: a page must not run scripts there (they could use
+            // the API as the reader, with the browser's stored token), and
+            // other sites must not embed it.
+            h.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static("sandbox"),
+            );
+            h.insert(
+                HeaderName::from_static("cross-origin-resource-policy"),
+                HeaderValue::from_static("same-origin"),
             );
             let disposition = format!("inline; filename=\"{}\"", job.file_name());
             if let Ok(v) = HeaderValue::from_str(&disposition) {
