@@ -7,6 +7,13 @@
 //! derived from the data directory, so two motes on one machine keep two
 //! keys. An operator who wants the key on a disk (or from a secret store)
 //! names the file in `[storage] key_file`.
+//!
+//! Nobody else may put a key there: where others can write to that place
+//! (`/dev/shm` is world-writable), the files go into a directory of this
+//! user's own inside it, `dustmote-<uid>` (mode 0700, made fresh or checked
+//! to be ours, private and no symbolic link); and every key file is read
+//! only if it is a private regular file of this user's
+//! (`dust_storage::read_private`).
 
 use std::path::{Path, PathBuf};
 
@@ -87,6 +94,7 @@ pub fn runtime_file(dir: &Path, suffix: &str) -> anyhow::Result<PathBuf> {
             base.display()
         );
     }
+    let base = private_dir(base)?;
     // The same data directory gives the same name from any working
     // directory (whether it exists yet or not).
     let absolute = std::path::absolute(dir)
@@ -95,4 +103,41 @@ pub fn runtime_file(dir: &Path, suffix: &str) -> anyhow::Result<PathBuf> {
         Blake2b::<blake2::digest::consts::U32>::digest(absolute.as_os_str().as_encoded_bytes());
     let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
     Ok(base.join(format!("dustmote-{name}.{suffix}")))
+}
+
+/// `base` when only this user can write to it (a systemd
+/// `RuntimeDirectory`, `$XDG_RUNTIME_DIR`), else `base/dustmote-<uid>`,
+/// made with mode 0700 or checked to be this user's private directory.
+fn private_dir(base: PathBuf) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    let me = rustix::process::geteuid().as_raw();
+    let ours = |m: &std::fs::Metadata| m.uid() == me && m.mode() & 0o022 == 0;
+    let meta = std::fs::metadata(&base)
+        .with_context(|| format!("checking the key directory {}", base.display()))?;
+    if ours(&meta) {
+        return Ok(base);
+    }
+    let dir = base.join(format!("dustmote-{me}"));
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("making the key directory {}", dir.display()))
+        }
+    }
+    // Made by us just now, or found: either way it must be ours alone (not
+    // a link or a directory someone made for us to use).
+    let m = std::fs::symlink_metadata(&dir)
+        .with_context(|| format!("checking the key directory {}", dir.display()))?;
+    if !m.is_dir() || m.uid() != me || m.mode() & 0o077 != 0 {
+        bail!(
+            "the key directory {} is not this user's private directory (owner uid {}, mode {:04o}, \
+             {}); remove it, or set RUNTIME_DIRECTORY to a directory only this user can write",
+            dir.display(),
+            m.uid(),
+            m.mode() & 0o7777,
+            if m.file_type().is_symlink() { "a symbolic link" } else { "not ours alone" }
+        );
+    }
+    Ok(dir)
 }

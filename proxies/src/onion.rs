@@ -199,11 +199,13 @@ fn read_keys(path: &Path) -> Result<[Option<String>; 2], OnionError> {
         path: path.display().to_string(),
         reason,
     };
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok([None, None]),
+    // Only a private file of this user's (a planted one is refused).
+    let data = match dust_storage::read_private(path) {
+        Ok(Some(d)) => d,
+        Ok(None) => return Ok([None, None]),
         Err(e) => return Err(bad(e.to_string())),
     };
+    let text = std::str::from_utf8(&data).map_err(|_| bad("not text".into()))?;
     let mut keys = [None, None];
     for l in text.lines() {
         match l.split_once(' ') {
@@ -503,6 +505,10 @@ mod tests {
         write_keys(&p, &one).expect("replace");
         assert_eq!(read_keys(&p).expect("read"), one);
         std::fs::write(&p, "hello\n").expect("write");
+        assert!(read_keys(&p).is_err());
+        // A good key file that others may read is refused.
+        write_keys(&p, &one).expect("replace");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).expect("chmod");
         assert!(read_keys(&p).is_err());
     }
 }

@@ -209,13 +209,34 @@ impl Journal {
     /// on a nearly full disk); the store then goes without.
     pub(crate) fn open(dir: &Path, covered: u64) -> std::io::Result<Option<(Self, Vec<Op>)>> {
         let path = dir.join(FILE);
+        // Never through a symbolic link (it would have the journal
+        // overwrite a file elsewhere with zeros), and only a regular file.
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
             .mode(0o600)
-            .open(&path)?;
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+            .open(&path)
+            .map_err(|e| match e.raw_os_error() {
+                Some(code) if code == rustix::io::Errno::LOOP.raw_os_error() => {
+                    std::io::Error::new(
+                        ErrorKind::InvalidInput,
+                        format!(
+                            "{} is a symbolic link; the journal is never written through one",
+                            path.display()
+                        ),
+                    )
+                }
+                _ => e,
+            })?;
+        if !file.metadata()?.file_type().is_file() {
+            return Err(std::io::Error::new(
+                ErrorKind::InvalidInput,
+                format!("{} is not a regular file", path.display()),
+            ));
+        }
         let mut header = [0u8; 16];
         let have = file.metadata()?.len();
         // A read error other than a short file is reported, not taken for
@@ -454,6 +475,20 @@ mod tests {
         assert_eq!(ops, s[..1].to_vec());
         // New batches go after the last good one.
         assert_eq!(j.offset, tail_at);
+    }
+
+    #[test]
+    fn a_journal_that_is_a_link_or_no_file_is_refused_and_nothing_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::write(&elsewhere, b"not the journal's").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, dir.path().join(FILE)).unwrap();
+        let e = Journal::open(dir.path(), 0).err().expect("refused");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        assert_eq!(std::fs::read(&elsewhere).unwrap(), b"not the journal's");
+        std::fs::remove_file(dir.path().join(FILE)).unwrap();
+        std::fs::create_dir(dir.path().join(FILE)).unwrap();
+        assert!(Journal::open(dir.path(), 0).is_err());
     }
 
     #[test]

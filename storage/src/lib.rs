@@ -4,6 +4,7 @@ pub mod accounts;
 mod fetch;
 pub mod flusher;
 mod journal;
+mod private;
 mod record;
 mod replay;
 mod seal;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 pub use fetch::ContentWriter;
 #[doc(hidden)]
 pub use journal::fail_io as fail_journal_io;
+pub use private::read_private;
 pub use record::{Item, ItemId, ItemState};
 pub use replay::OnceAt;
 pub use seal::{SealKey, KEY_BYTES, OVERHEAD as SEAL_OVERHEAD};

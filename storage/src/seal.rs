@@ -68,11 +68,11 @@ impl SealKey {
     /// Read a key file: exactly [`KEY_BYTES`] raw bytes, or 64 hex digits
     /// (an operator may write one with `openssl rand -hex 32`), with an
     /// optional trailing newline. `Ok(None)` if the file does not exist.
+    /// Only a private file of this user's is read ([`crate::read_private`]:
+    /// no symbolic link, owner the effective user, mode 0600 or 0400).
     pub fn read(path: &Path) -> std::io::Result<Option<Self>> {
-        let data = match std::fs::read(path) {
-            Ok(d) => Zeroizing::new(d),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(e),
+        let Some(data) = crate::read_private(path)? else {
+            return Ok(None);
         };
         let bad = || {
             std::io::Error::new(
@@ -260,6 +260,9 @@ mod tests {
         let hex: String = k.0.iter().map(|b| format!("{b:02x}")).collect();
         let h = dir.path().join("hex");
         std::fs::write(&h, format!("{hex}\n")).unwrap();
+        // Written with the umask's 0644: refused until made private.
+        assert!(SealKey::read(&h).is_err());
+        std::fs::set_permissions(&h, std::fs::Permissions::from_mode(0o600)).unwrap();
         assert_eq!(SealKey::read(&h).unwrap().unwrap().0, k.0);
         std::fs::write(&h, "short").unwrap();
         assert!(SealKey::read(&h).is_err());
