@@ -63,17 +63,16 @@ fn lock(s: &StdMutex<Option<PeerTarget>>) -> std::sync::MutexGuard<'_, Option<Pe
     s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Hand download job `job` (with item id `item`, the transfer's id) to
-/// `peer` and mark it moved here.
+/// Hand download job `job` to `peer` (under the job's id, whether its
+/// fetch item or the finished-jobs round sends it) and mark it moved here.
 async fn hand_off_job(
     connector: &dyn Connector,
     peer: &PeerTarget,
     isolation: u64,
-    item: &ItemId,
     store: &Arc<Store>,
     job: ItemId,
 ) -> Result<(), DeliveryError> {
-    let send = dust_proxies::peer::send_job(connector, peer, isolation, item, store, job);
+    let send = dust_proxies::peer::send_job(connector, peer, isolation, store, job);
     // A large download over Tor takes longer than a message: 120 s plus a
     // second per MiB.
     let mib = store.content_len(&job).unwrap_or(0) / (1024 * 1024);
@@ -132,7 +131,7 @@ async fn hand_off_finished_jobs(
                 })
                 .collect();
             for id in finished {
-                match hand_off_job(&*connector, &peer, isolation, &id, &store, id).await {
+                match hand_off_job(&*connector, &peer, isolation, &store, id).await {
                     Ok(()) => tracing::debug!("a finished download was handed to the successor"),
                     Err(e) => {
                         tracing::info!(
@@ -205,7 +204,6 @@ impl Deliver for Egress {
             &*self.connector,
             &peer,
             self.hop_isolation,
-            &item.id,
             &self.store,
             job,
         )
@@ -659,7 +657,9 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
         status,
         Arc::new(mixer.clone()),
         Some(dust_proxies::peer::endpoint(
-            peers.accept_jobs_of(job_users),
+            peers
+                .accept_jobs_of(job_users)
+                .with_mail_rules(dust_proxies::peer::MailRules::of(&smtp)),
             Arc::new(mixer.clone()),
         )),
         Some(Arc::clone(&accounts)),

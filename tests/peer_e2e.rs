@@ -69,13 +69,17 @@ fn post_with(
     (status, json, head.to_ascii_lowercase())
 }
 
+/// The Message-ID the entry mote set (the form its sanitizer makes, which
+/// every mote after it keeps).
+const SET_ONCE: &str = "5e70cec0ffee5e70cec0ffee5e70cec0@dustmote.invalid";
+
 fn message(body: &str) -> Vec<u8> {
     StoredMail {
         from: "alice@example.org".into(),
         rcpts: vec!["bob@example.net".into()],
         message: format!(
             "From: alice@example.org\r\nTo: bob@example.net\r\nSubject: via a peer\r\n\
-             Message-ID: <set-once@dustmote.invalid>\r\n\r\n{body}\r\n"
+             Message-ID: <{SET_ONCE}>\r\n\r\n{body}\r\n"
         )
         .into_bytes(),
         smtputf8: false,
@@ -124,7 +128,7 @@ fn a_peers_item_is_admitted_once_across_a_crash_and_delivered_once() {
     let (header, body) = got[0].split();
     assert_eq!(String::from_utf8_lossy(body), "handed over\r\n");
     assert!(
-        header.contains("Message-ID: <set-once@dustmote.invalid>"),
+        header.contains(&format!("Message-ID: <{SET_ONCE}>")),
         "{header}"
     );
     assert_eq!(got[0].rcpt_tos, ["bob@example.net"]);
@@ -493,4 +497,240 @@ fn a_peer_beyond_its_rate_gets_429() {
         }
     }
     assert_eq!(mote.queue_counts(), Some((2, 0)));
+}
+
+/// A peer's job record is checked like the fetcher checks an origin's
+/// answer (issue 22, finding 12): a `content_type` with CR LF in it is not
+/// kept, so it can neither add header lines to the content's answer nor
+/// part headers to a multipart Range answer; the content is served as
+/// `application/octet-stream`.
+#[test]
+fn a_peers_content_type_cannot_add_header_lines() {
+    let sink = Sink::start();
+    let mote = Mote::start(&config(&sink));
+    let token = format!("upstream:{PASSWORD}");
+    let job_id = "00000000000000000000000000000c0f";
+    let record = serde_json::json!({
+        "id": job_id,
+        "job": {
+            "url": "http://127.0.0.1:9/page", "user": common::USER, "state": "ready",
+            "reason": null, "created_ms": 1, "not_before_ms": null, "deadline_ms": null,
+            "total": 10, "etag": "\"x\"", "expected_ready_ms": null, "ready_ms": 1,
+            "content_type": "text/html\r\nX-Injected: yes\r\n\r\n<script>alert(1)</script>",
+        }
+    });
+    let (s, v, _) = post_job(&mote, &token, job_id, &record, b"0123456789");
+    assert_eq!(s, 201, "{v}");
+    let url = format!(
+        "http://127.0.0.1:{}/v1/fetches/{job_id}/content",
+        mote.http_port
+    );
+    let get = |range: Option<&str>| -> String {
+        let mut c = Command::new("curl");
+        c.args([
+            "-s",
+            "-D",
+            "-",
+            "-H",
+            &format!("Authorization: Bearer {PASSWORD}"),
+        ]);
+        if let Some(r) = range {
+            c.args(["-H", &format!("Range: {r}")]);
+        }
+        String::from_utf8_lossy(&c.arg(&url).output().unwrap().stdout).into_owned()
+    };
+    let whole = get(None);
+    let multi = get(Some("bytes=0-1,4-5"));
+    assert!(whole.starts_with("HTTP/1.1 200"), "{whole}");
+    assert!(
+        whole
+            .to_ascii_lowercase()
+            .contains("content-type: application/octet-stream\r\n"),
+        "{whole}"
+    );
+    assert!(multi.starts_with("HTTP/1.1 206"), "{multi}");
+    assert!(multi.contains("multipart/byteranges"), "{multi}");
+    assert_eq!(
+        multi
+            .matches("Content-Type: application/octet-stream\r\n")
+            .count(),
+        2,
+        "{multi}"
+    );
+    for answer in [&whole, &multi] {
+        assert!(
+            !answer.contains("X-Injected") && !answer.contains("<script>"),
+            "{answer}"
+        );
+    }
+}
+
+/// A handed-over download job is bound to (peer, job id) (issue 22,
+/// finding 1): `Dust-Item-Id` must be the job's id; a resend of the same
+/// transfer is recognized and writes nothing; any other transfer naming a
+/// job that is here — another peer's, a changed resend's, or a user's own
+/// job whose id a peer learned — gets `409` and changes nothing: not the
+/// owner, not the content, not the queue.
+#[test]
+fn a_peer_cannot_take_over_or_rewrite_a_job() {
+    let sink = Sink::start();
+    let mut cfg = config(&sink);
+    cfg.extra.push_str(&format!(
+        "[[peers]]\nname = \"other\"\ntoken_hash = \"{}\"\n",
+        password_hash()
+    ));
+    let mote = Mote::start(&cfg);
+    let api = format!("http://127.0.0.1:{}", mote.http_port);
+    let auth = format!("Authorization: Bearer {PASSWORD}");
+    // The user's own job, held an hour (never fetched during the test).
+    let later =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(3600));
+    let (code, body) = common::curl(&[
+        "-H",
+        &auth,
+        "-X",
+        "POST",
+        &format!("{api}/v1/fetches"),
+        "-d",
+        &format!(r#"{{"url": "http://example.org/own", "not_before": "{later}"}}"#),
+    ]);
+    assert_eq!(code, 202, "{}", String::from_utf8_lossy(&body));
+    let own: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let own = own["id"].as_str().unwrap().to_string();
+    let ready = |id: &str, url: &str, content: &[u8]| {
+        serde_json::json!({
+            "id": id,
+            "job": {
+                "url": url, "user": common::USER, "state": "ready", "reason": null,
+                "created_ms": 1, "not_before_ms": null, "deadline_ms": null,
+                "total": content.len(), "etag": "\"x\"", "expected_ready_ms": null,
+                "ready_ms": 1,
+            }
+        })
+    };
+    let content =
+        |id: &str| common::curl(&["-H", &auth, &format!("{api}/v1/fetches/{id}/content")]);
+    let upstream = format!("upstream:{PASSWORD}");
+    let other = format!("other:{PASSWORD}");
+    let moved = "0000000000000000000000000000a001";
+    let first = ready(moved, "http://example.org/moved", b"first");
+    let (s, v, _) = post_job(&mote, &upstream, moved, &first, b"first");
+    assert_eq!(s, 201, "{v}");
+    let counts = mote.queue_counts();
+    // The same transfer again (the sender saw no answer): recognized.
+    let (s, v, _) = post_job(&mote, &upstream, moved, &first, b"first");
+    assert_eq!(s, 200, "{v}");
+    // Under an id that is not the job's: refused before anything is read.
+    let (s, v, _) = post_job(
+        &mote,
+        &upstream,
+        "0000000000000000000000000000b002",
+        &first,
+        b"first",
+    );
+    assert_eq!((s, v["error"].as_str()), (400, Some("bad_item_id")), "{v}");
+    // Another peer, or the same peer with other content, naming a job that
+    // is here: 409.
+    let second = ready(moved, "http://example.org/elsewhere", b"other");
+    let (s, v, _) = post_job(&mote, &other, moved, &second, b"other");
+    assert_eq!((s, v["error"].as_str()), (409, Some("job_exists")), "{v}");
+    // The user's own job, taken over by a peer that learned its id: 409.
+    let takeover = ready(&own, "http://example.org/evil", b"evil!");
+    for token in [&upstream, &other] {
+        let (s, v, _) = post_job(&mote, token, &own, &takeover, b"evil!");
+        assert_eq!((s, v["error"].as_str()), (409, Some("job_exists")), "{v}");
+    }
+    // Nothing changed: the contents, the user's job, the queue.
+    assert_eq!(content(moved), (200, b"first".to_vec()));
+    let (code, state) = common::curl(&["-H", &auth, &format!("{api}/v1/fetches/{own}")]);
+    let state: serde_json::Value = serde_json::from_slice(&state).unwrap();
+    assert_eq!(
+        (code, state["state"].as_str()),
+        (200, Some("queued")),
+        "{state}"
+    );
+    assert_eq!(content(&own).0, 409, "not fetched yet");
+    assert_eq!(mote.queue_counts(), counts);
+}
+
+/// Mail from a peer meets this mote's own intake rules (issue 22, finding
+/// 11): the sanitizer's refusals (NUL, bare CR), `[smtp] max_recipients`
+/// and `max_message_bytes`, each a `400`/`413` that stores nothing; and
+/// what it takes is sanitized again (a `Received:` or `X-Originating-IP`
+/// a peer added does not reach the next hop), keeping the entry mote's
+/// Message-ID.
+#[test]
+fn a_peers_mail_meets_this_motes_intake_rules() {
+    let sink = Sink::start();
+    let mut cfg = config(&sink);
+    cfg.delay = r#"{ distribution = "constant", value = "100ms" }"#.into();
+    cfg.max_message_bytes = 16 * 1024;
+    // Room for 10,000 recipients in one item (180 KB).
+    cfg.extra = cfg.extra.replace("64KiB", "1MiB");
+    let mote = Mote::start(&cfg);
+    let token = format!("upstream:{PASSWORD}");
+    let mail = |rcpts: Vec<String>, message: Vec<u8>| {
+        StoredMail {
+            from: "alice@example.org".into(),
+            rcpts,
+            message,
+            smtputf8: false,
+        }
+        .encode()
+    };
+    let one = || vec!["bob@example.net".to_string()];
+    let text = |extra: &str| {
+        format!(
+            "Received: from laptop.home (192.0.2.7)\r\nX-Originating-IP: 192.0.2.7\r\n\
+             From: alice@example.org\r\nTo: bob@example.net\r\nSubject: hi\r\n\
+             Message-ID: <{SET_ONCE}>\r\n\r\n{extra}body\r\n"
+        )
+        .into_bytes()
+    };
+    let many: Vec<String> = (0..10_000).map(|i| format!("r{i}@example.net")).collect();
+    let refused = [
+        ("NUL", mail(one(), text("a\0b\r\n")), 400, "bad_item"),
+        ("bare CR", mail(one(), text("a\rb\r\n")), 400, "bad_item"),
+        ("10,000 recipients", mail(many, text("")), 400, "bad_item"),
+        ("no recipient", mail(vec![], text("")), 400, "bad_item"),
+    ];
+    for (i, (what, item, status, code)) in refused.into_iter().enumerate() {
+        let id = format!("{i:032x}");
+        let (s, v, _) = post(&mote, &token, &id, "mail", &item);
+        assert_eq!(
+            (s, v["error"].as_str()),
+            (status, Some(code)),
+            "{what}: {v}"
+        );
+    }
+    // Larger than [smtp] max_message_bytes (16 KiB here), within the
+    // peer's max_item_bytes (1 MiB).
+    let big = mail(one(), text(&"x".repeat(30_000)));
+    let (s, v, _) = post(&mote, &token, &format!("{:032x}", 99), "mail", &big);
+    assert_eq!(
+        (s, v["error"].as_str()),
+        (413, Some("item_too_large")),
+        "{v}"
+    );
+    assert_eq!(mote.queue_counts(), Some((0, 0)), "nothing stored");
+    // A good one: taken, sanitized again, the entry mote's id kept.
+    let (s, v, _) = post(
+        &mote,
+        &token,
+        &format!("{:032x}", 100),
+        "mail",
+        &mail(one(), text("")),
+    );
+    assert_eq!(s, 201, "{v}");
+    let got = sink.wait_messages(1, Duration::from_secs(30));
+    let (header, _) = got[0].split();
+    assert!(
+        !header.contains("192.0.2.7") && !header.contains("laptop"),
+        "{header}"
+    );
+    assert!(
+        header.contains(&format!("Message-ID: <{SET_ONCE}>")),
+        "{header}"
+    );
+    assert_eq!(header.matches("Message-ID:").count(), 1, "{header}");
 }

@@ -768,9 +768,7 @@ async fn discard(mut body: Incoming, limit: u64) {
 /// The origin's `Content-Type`, if it is a plausible media type (printable
 /// ASCII, short): it is served with the content later.
 fn content_type(h: &http::HeaderMap) -> Option<String> {
-    let v = h.get(header::CONTENT_TYPE)?.to_str().ok()?.trim();
-    let plausible = v.len() <= 200 && v.contains('/') && v.bytes().all(|b| (32..=126).contains(&b));
-    plausible.then(|| v.to_string())
+    crate::job::media_type(h.get(header::CONTENT_TYPE)?.to_str().ok()?)
 }
 
 /// The validator to send as If-Range: a strong ETag, else Last-Modified.

@@ -62,8 +62,11 @@ pub struct Job {
     /// dropped. It belongs to no user.
     #[serde(default)]
     pub cover: bool,
-    /// The origin's `Content-Type`, served with the content.
-    #[serde(default)]
+    /// The origin's `Content-Type`, served with the content. Only a
+    /// plausible one ([`media_type`]) is ever kept, whoever wrote the
+    /// record (the fetcher, or a peer handing the job over): it goes into
+    /// response headers and multipart part headers.
+    #[serde(default, deserialize_with = "plausible_media_type")]
     pub content_type: Option<String>,
     /// When the content was complete (ms since the epoch): its
     /// `Last-Modified` here.
@@ -151,6 +154,23 @@ impl Job {
     pub fn decode(b: &[u8]) -> Option<Self> {
         serde_json::from_slice(b).ok()
     }
+}
+
+/// `v` as a media type to serve, if it is a plausible one: printable ASCII
+/// (no CR or LF that could end a header line), with a `/`, at most 200
+/// bytes.
+pub fn media_type(v: &str) -> Option<String> {
+    let v = v.trim();
+    let plausible = v.len() <= 200 && v.contains('/') && v.bytes().all(|b| (32..=126).contains(&b));
+    plausible.then(|| v.to_string())
+}
+
+/// Deserialize a [`Job::content_type`], keeping only a [`media_type`].
+fn plausible_media_type<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<String>, D::Error> {
+    use serde::Deserialize;
+    Ok(Option::<String>::deserialize(d)?.and_then(|v| media_type(&v)))
 }
 
 /// Fetch jobs by state, for `/status` and `/metrics`.

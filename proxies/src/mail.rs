@@ -152,6 +152,12 @@ pub enum SanitizeError {
 pub struct SanitizeOptions {
     /// Keep In-Reply-To and References.
     pub keep_threading: bool,
+    /// Keep a Message-ID that this sanitizer made (`<32 hex
+    /// digits@dustmote.invalid>`) instead of making a new one: for mail a
+    /// mote before this one sanitized (a cascade), whose id is set once at
+    /// the entry and must stay the same to the exit (the next hop tells a
+    /// resend from a new message by it).
+    pub keep_own_message_id: bool,
 }
 
 /// How deep nested multiparts get their boundaries renewed; deeper ones
@@ -296,16 +302,51 @@ pub fn sanitize<G: Rng + ?Sized>(
             entity.extend_from_slice(b"\r\n");
         }
     }
-    let id: [u8; 16] = rng.random();
-    entity.extend_from_slice(b"Message-ID: <");
-    for b in id {
-        entity.extend_from_slice(format!("{b:02x}").as_bytes());
+    let own = head
+        .fields
+        .iter()
+        .find(|f| f.name.eq_ignore_ascii_case(b"message-id"))
+        .map(|f| &raw[f.start..f.end])
+        .filter(|f| opts.keep_own_message_id && is_own_message_id(f));
+    match own {
+        Some(field) => {
+            entity.extend_from_slice(field);
+            if !entity.ends_with(b"\r\n") {
+                entity.extend_from_slice(b"\r\n");
+            }
+            entity.extend_from_slice(b"\r\n");
+        }
+        None => {
+            let id: [u8; 16] = rng.random();
+            entity.extend_from_slice(b"Message-ID: <");
+            for b in id {
+                entity.extend_from_slice(format!("{b:02x}").as_bytes());
+            }
+            entity.extend_from_slice(b"@");
+            entity.extend_from_slice(MESSAGE_ID_DOMAIN.as_bytes());
+            entity.extend_from_slice(b">\r\n\r\n");
+        }
     }
-    entity.extend_from_slice(b"@");
-    entity.extend_from_slice(MESSAGE_ID_DOMAIN.as_bytes());
-    entity.extend_from_slice(b">\r\n\r\n");
     entity.extend_from_slice(&raw[head.body_start..]);
     Ok(renew_boundaries(&entity, rng, 0).unwrap_or(entity))
+}
+
+/// Whether a `Message-ID` field (name, value, CRLF) is one [`sanitize`]
+/// makes: exactly `Message-ID: <32 lowercase hex digits@dustmote.invalid>`.
+fn is_own_message_id(field: &[u8]) -> bool {
+    let field = field.strip_suffix(b"\r\n").unwrap_or(field);
+    let Some(value) = field.get(b"Message-ID: ".len()..) else {
+        return false;
+    };
+    let Some(inner) = value.strip_prefix(b"<").and_then(|v| v.strip_suffix(b">")) else {
+        return false;
+    };
+    let Some((id, domain)) = inner.split_at_checked(32) else {
+        return false;
+    };
+    field[..b"Message-ID: ".len()].eq_ignore_ascii_case(b"Message-ID: ")
+        && id.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        && domain.strip_prefix(b"@") == Some(MESSAGE_ID_DOMAIN.as_bytes())
 }
 
 /// The entity (header, empty line, body) with its multipart boundary, and
@@ -515,6 +556,56 @@ From: not a header\r\n\
     }
 
     #[test]
+    fn only_a_message_id_of_its_own_making_is_kept_when_asked() {
+        let mut rng = rand::rng();
+        let keep = SanitizeOptions {
+            keep_own_message_id: true,
+            ..SanitizeOptions::default()
+        };
+        let first = sanitize(
+            b"Subject: x\r\nMessage-ID: <client@laptop>\r\n\r\nhi\r\n",
+            keep,
+            &mut rng,
+        )
+        .expect("sanitize");
+        let id_of = |m: &[u8]| {
+            String::from_utf8_lossy(m)
+                .lines()
+                .find(|l| l.starts_with("Message-ID: "))
+                .map(str::to_string)
+                .expect("an id")
+        };
+        let id = id_of(&first);
+        assert!(!id.contains("client@laptop"), "{id}");
+        // Sanitized again at the next mote: the same id.
+        let again = sanitize(&first, keep, &mut rng).expect("sanitize");
+        assert_eq!(id_of(&again), id);
+        assert_eq!(
+            String::from_utf8_lossy(&again)
+                .matches("Message-ID:")
+                .count(),
+            1
+        );
+        // Not asked: a new one.
+        let fresh = sanitize(&first, SanitizeOptions::default(), &mut rng).expect("sanitize");
+        assert_ne!(id_of(&fresh), id);
+        for not_own in [
+            "Message-ID: <0123456789abcdef0123456789abcdeg@dustmote.invalid>",
+            "Message-ID: <0123456789abcdef0123456789abcdef@example.org>",
+            "Message-ID: <0123456789abcdef0123456789abcde@dustmote.invalid>",
+            "Message-ID: <0123456789abcdef0123456789abcdef@dustmote.invalid> x",
+        ] {
+            assert!(
+                !is_own_message_id(format!("{not_own}\r\n").as_bytes()),
+                "{not_own}"
+            );
+        }
+        assert!(is_own_message_id(
+            b"Message-ID: <0123456789abcdef0123456789abcdef@dustmote.invalid>\r\n"
+        ));
+    }
+
+    #[test]
     fn header_is_rebuilt_from_the_allowlist_and_the_body_is_untouched() {
         let mut rng = StdRng::seed_from_u64(1);
         let out = sanitize(RAW, SanitizeOptions::default(), &mut rng).expect("sanitize");
@@ -567,6 +658,7 @@ From: not a header\r\n\
         let mut rng = StdRng::seed_from_u64(2);
         let opts = SanitizeOptions {
             keep_threading: true,
+            ..SanitizeOptions::default()
         };
         let out = sanitize(RAW, opts, &mut rng).expect("sanitize");
         assert!(header_and_body(&out)

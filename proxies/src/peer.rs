@@ -12,7 +12,11 @@
 //! JSON: URL, owner, state, size, validators) followed by the content
 //! stored so far (a prefix of the object). The job keeps its id, so the
 //! user's job URL and token work at the successor (which must have the
-//! same user, by name).
+//! same user, by name). For a job, `Dust-Item-Id` is the job's id (the
+//! record's `id`; anything else is `400`): the transfer is bound to (peer,
+//! job id). A job that exists here is never replaced: a resend of the same
+//! peer's transfer is recognized (`200`), any other transfer naming it gets
+//! `409` and writes nothing.
 //!
 //! The answer comes only after the item is durably admitted (fsynced):
 //! `201` for a new item, `200` for one admitted before (same peer, same
@@ -79,6 +83,71 @@ pub struct Peers {
     /// The HTTP users of this mote: a download job is taken over only for
     /// one of them (by name), so that its owner can fetch it here.
     job_users: std::collections::HashSet<String>,
+    /// Held while a job transfer checks that the job is new and writes it,
+    /// so that two transfers of one job cannot both find it missing.
+    jobs: tokio::sync::Mutex<()>,
+    /// This mote's own intake rules, applied to mail from peers too.
+    mail: MailRules,
+}
+
+/// What this mote takes as mail, whoever hands it over: a peer's mail meets
+/// the same limits and sanitizer as a submission over SMTP (a peer is
+/// another mote, but its operator, its provider or a bug may send anything).
+#[derive(Debug, Clone, Copy)]
+pub struct MailRules {
+    /// `[smtp] max_recipients`.
+    pub max_recipients: usize,
+    /// `[smtp] max_message_bytes`.
+    pub max_message_bytes: usize,
+    /// `[smtp]`'s sanitizer settings; the Message-ID the entry mote set is
+    /// kept.
+    pub sanitize: crate::mail::SanitizeOptions,
+}
+
+impl Default for MailRules {
+    fn default() -> Self {
+        let smtp = crate::smtp::SmtpConfig::default();
+        Self::of(&smtp)
+    }
+}
+
+impl MailRules {
+    /// The rules of an SMTP configuration.
+    pub fn of(smtp: &crate::smtp::SmtpConfig) -> Self {
+        Self {
+            max_recipients: smtp.max_recipients,
+            max_message_bytes: smtp.max_message_bytes,
+            sanitize: crate::mail::SanitizeOptions {
+                keep_own_message_id: true,
+                ..smtp.sanitize
+            },
+        }
+    }
+
+    /// `payload` as this mote stores it (sanitized again), or the refusal.
+    fn take(&self, payload: &[u8]) -> Result<Vec<u8>, Answer> {
+        let bad = |what: String| Answer::err(StatusCode::BAD_REQUEST, "bad_item", what);
+        let mut mail =
+            StoredMail::decode(payload).map_err(|e| bad(format!("not a stored message: {e}")))?;
+        if mail.rcpts.is_empty() || mail.rcpts.len() > self.max_recipients {
+            return Err(bad(format!(
+                "a message goes to 1 to {} recipients here, not {}",
+                self.max_recipients,
+                mail.rcpts.len()
+            )));
+        }
+        if mail.message.len() > self.max_message_bytes {
+            return Err(Answer::err(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "item_too_large",
+                format!("messages are at most {} bytes here", self.max_message_bytes),
+            ));
+        }
+        let mut rng = rand::rng();
+        mail.message = crate::mail::sanitize(&mail.message, self.sanitize, &mut rng)
+            .map_err(|e| bad(format!("the message is refused: {e}")))?;
+        Ok(mail.encode())
+    }
 }
 
 impl std::fmt::Debug for Peers {
@@ -97,7 +166,15 @@ impl Peers {
             limits,
             buckets: parking_lot::Mutex::new(HashMap::new()),
             job_users: std::collections::HashSet::new(),
+            jobs: tokio::sync::Mutex::new(()),
+            mail: MailRules::default(),
         }
+    }
+
+    /// Apply these intake rules to mail from peers (those of `[smtp]`).
+    pub fn with_mail_rules(mut self, rules: MailRules) -> Self {
+        self.mail = rules;
+        self
     }
 
     /// Take over download jobs of these HTTP users (by name).
@@ -145,6 +222,10 @@ pub enum TransferError {
     /// The disk is nearly full (507).
     #[error("insufficient storage")]
     NoSpace,
+    /// A download job with this id is here already, not from this transfer
+    /// (409).
+    #[error("the job exists here")]
+    Exists,
     /// Anything else (500).
     #[error(transparent)]
     Other(MixerError),
@@ -166,6 +247,8 @@ pub trait Transfer: Send + Sync + 'static {
     /// its `content`, then its fetch item (as [`admit_transfer`]), unless
     /// `digest` was admitted within `window` (then nothing is written: the
     /// job may have moved on here since). `true`: stored now.
+    /// [`TransferError::Exists`] when a job `id` is here that this transfer
+    /// did not bring: it is neither replaced nor given another item.
     ///
     /// [`admit_transfer`]: Self::admit_transfer
     fn admit_job(
@@ -228,6 +311,9 @@ where
             // here now is newer than what was sent.
             store.sync().await.map_err(storage_refusal)?;
             return Ok(false);
+        }
+        if store.job(&id).map_err(storage_refusal)?.is_some() {
+            return Err(TransferError::Exists);
         }
         // The content first (its frame fdatasynced, its index entry durable
         // with the admission's flush), then the record, then the item: a
@@ -393,21 +479,26 @@ pub async fn receive<T: Transfer>(peers: &Peers, transfer: &T, req: Request<Inco
             Ok(j) => j,
             Err(a) => return a,
         };
+        if job_id != id {
+            return Answer::err(
+                StatusCode::BAD_REQUEST,
+                "bad_item_id",
+                "for a download job, Dust-Item-Id must be the job's id",
+            );
+        }
+        let _one_at_a_time = peers.jobs.lock().await;
         transfer
             .admit_job(job_id, record, content, digest, TRANSFER_WINDOW)
             .await
     } else {
         // Nothing that could not be delivered is stored: the payload must
-        // be a message this mote can send on.
-        if let Err(e) = StoredMail::decode(&body) {
-            return Answer::err(
-                StatusCode::BAD_REQUEST,
-                "bad_item",
-                format!("not a stored message: {e}"),
-            );
-        }
+        // be a message this mote can send on, within its own rules.
+        let payload = match peers.mail.take(&body) {
+            Ok(p) => p,
+            Err(a) => return a,
+        };
         transfer
-            .admit_transfer(kind, body.to_vec(), digest, TRANSFER_WINDOW)
+            .admit_transfer(kind, payload, digest, TRANSFER_WINDOW)
             .await
     };
     match admitted {
@@ -430,6 +521,11 @@ pub async fn receive<T: Transfer>(peers: &Peers, transfer: &T, req: Request<Inco
             retry_after_s: Some(60),
             ..Answer::err(StatusCode::SERVICE_UNAVAILABLE, "unavailable", why)
         },
+        Err(TransferError::Exists) => Answer::err(
+            StatusCode::CONFLICT,
+            "job_exists",
+            "a download job with this id is here already",
+        ),
         Err(TransferError::NoSpace) => Answer {
             retry_after_s: Some(60),
             ..Answer::err(
@@ -568,7 +664,7 @@ pub async fn send(
     post_item(connector, peer, isolation, id, "mail", None, body).await
 }
 
-/// Hand download job `job_id` (fetch item `id`) to `peer`: its record and
+/// Hand download job `job_id` to `peer`, under the job's id: its record and
 /// the content stored so far, read from `store` and streamed in 1 MiB
 /// pieces. `Ok` once the peer stored it durably; the caller then marks the
 /// job moved ([`mark_moved`]) and drops its item.
@@ -576,7 +672,6 @@ pub async fn send_job(
     connector: &dyn crate::tor::Connector,
     peer: &PeerTarget,
     isolation: u64,
-    id: &ItemId,
     store: &std::sync::Arc<dust_mixer::Store>,
     job_id: ItemId,
 ) -> Result<(), dust_mixer::DeliveryError> {
@@ -620,11 +715,13 @@ pub async fn send_job(
     });
     use futures::StreamExt;
     let body = http_body_util::StreamBody::new(first.chain(pieces));
+    // The transfer names the job (the receiver binds it to this peer and
+    // the job's id), not the fetch item that may carry it here.
     post_item(
         connector,
         peer,
         isolation,
-        id,
+        &job_id,
         "fetch",
         Some((head_len, head_len as u64 + len)),
         body,
@@ -711,7 +808,7 @@ where
     let what = format!("{status}: {}", body.trim());
     if matches!(
         status,
-        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE
+        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::CONFLICT
     ) {
         Err(DeliveryError::permanent(format!(
             "peer {} refused the item: {what}",

@@ -125,6 +125,7 @@ impl Smtp {
             users,
             sanitize: SanitizeOptions {
                 keep_threading: self.keep_threading_headers,
+                keep_own_message_id: false,
             },
             replay_window: (!self.replay_window.is_zero()).then_some(self.replay_window),
         })
