@@ -21,7 +21,7 @@ use common::*;
 struct OfflineTor {
     proc: Proc,
     port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl OfflineTor {
@@ -52,11 +52,7 @@ impl OfflineTor {
         let proc = Proc(child);
         wait_for(Duration::from_secs(30), || port_open(port).then_some(()))
             .expect("tor's control port");
-        Self {
-            proc,
-            port,
-            _dir: dir,
-        }
+        Self { proc, port, dir }
     }
 }
 
@@ -140,9 +136,11 @@ fn a_card_is_a_uri_and_a_qr_code_that_import_turns_into_a_tor_client_config() {
     let work = tempfile::tempdir().unwrap();
     let mut sink = Sink::start();
     let mut cfg = MoteConfig::new(sink.port);
+    // SAFECOOKIE with tor's cookie file, named in the configuration.
     cfg.extra = format!(
-        "[onion]\ncontrol = \"127.0.0.1:{}\"\nclient_auth = true\n",
-        tor.port
+        "[onion]\ncontrol = \"127.0.0.1:{}\"\ncontrol_cookie = \"{}\"\nclient_auth = true\n",
+        tor.port,
+        tor.dir.path().join("control_auth_cookie").display()
     );
     let mut mote = Mote::start(&cfg);
     assert!(

@@ -76,7 +76,7 @@ fn planted_key_files_are_refused() {
         .unwrap()
         .map(|e| e.unwrap().path())
         .collect();
-    assert_eq!(top, [own.clone()]);
+    assert_eq!(top, std::slice::from_ref(&own));
     let key: PathBuf = std::fs::read_dir(&own)
         .unwrap()
         .map(|e| e.unwrap().path())

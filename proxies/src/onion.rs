@@ -15,7 +15,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use data_encoding::BASE32_NOPAD;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 
 /// Where tor's control port is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +36,10 @@ pub struct OnionConfig {
     /// `HashedControlPassword`'s password, if tor wants one (else the
     /// cookie, or nothing, as PROTOCOLINFO says).
     pub password: Option<String>,
+    /// tor's control cookie file (`CookieAuthentication 1`), for
+    /// SAFECOOKIE. Only this configured file is read, never one the
+    /// control port names.
+    pub cookie: Option<PathBuf>,
     /// The SMTP service: virtual port and the mote's listener.
     pub smtp: Option<(u16, SocketAddr)>,
     /// The HTTP service: virtual port and the mote's listener.
@@ -74,17 +80,44 @@ pub enum OnionError {
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
+/// How long any exchange with the control port may take (connecting, one
+/// reply): a port that stalls is an error, not a hang.
+const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest line a control port may send (tor's own replies here are a
+/// few hundred bytes): a longer one is an error, not a growing buffer.
+const MAX_CONTROL_LINE: usize = 64 * 1024;
+/// Lines in one reply at the most.
+const MAX_REPLY_LINES: usize = 256;
+/// A control cookie's length (tor's `control_auth_cookie`).
+const COOKIE_BYTES: usize = 32;
+/// HMAC keys of tor's SAFECOOKIE (control-spec, AUTHCHALLENGE).
+const SAFECOOKIE_SERVER_KEY: &[u8] = b"Tor safe cookie authentication server-to-controller hash";
+const SAFECOOKIE_CLIENT_KEY: &[u8] = b"Tor safe cookie authentication controller-to-server hash";
+
 /// One authenticated control connection.
 struct Control {
     io: BufReader<Box<dyn Io>>,
 }
 
+/// A refusal of what the control port said (`what` failed).
+fn untrusted(what: &str, reply: impl Into<String>) -> OnionError {
+    OnionError::Refused {
+        command: what.to_string(),
+        reply: reply.into(),
+    }
+}
+
 impl Control {
     async fn connect(addr: &ControlAddr) -> Result<Self, OnionError> {
-        let io: Box<dyn Io> = match addr {
-            ControlAddr::Tcp(a) => Box::new(tokio::net::TcpStream::connect(a).await?),
-            ControlAddr::Unix(p) => Box::new(tokio::net::UnixStream::connect(p).await?),
+        let connect = async {
+            Ok::<Box<dyn Io>, std::io::Error>(match addr {
+                ControlAddr::Tcp(a) => Box::new(tokio::net::TcpStream::connect(a).await?),
+                ControlAddr::Unix(p) => Box::new(tokio::net::UnixStream::connect(p).await?),
+            })
         };
+        let io = tokio::time::timeout(CONTROL_TIMEOUT, connect)
+            .await
+            .map_err(|_| untrusted("connecting", "the control port did not answer in time"))??;
         Ok(Self {
             io: BufReader::new(io),
         })
@@ -100,6 +133,9 @@ impl Control {
             .await?;
         let mut out = Vec::new();
         loop {
+            if out.len() >= MAX_REPLY_LINES {
+                return Err(untrusted(shown, "a reply of too many lines"));
+            }
             let l = self.line().await?;
             if l.len() < 4 {
                 continue;
@@ -120,16 +156,44 @@ impl Control {
 
     /// The next line tor sends (a reply's, or an asynchronous event on a
     /// connection that asked for events), without its line end.
+    /// At most [`MAX_CONTROL_LINE`] bytes, within [`CONTROL_TIMEOUT`].
     async fn line(&mut self) -> Result<String, OnionError> {
-        let mut l = String::new();
-        if self.io.read_line(&mut l).await? == 0 {
+        self.line_within(CONTROL_TIMEOUT).await
+    }
+
+    /// [`line`](Self::line) waiting at most `wait` (events may be far
+    /// apart).
+    async fn line_within(&mut self, wait: Duration) -> Result<String, OnionError> {
+        let mut l = Vec::new();
+        let mut capped = (&mut self.io).take(MAX_CONTROL_LINE as u64);
+        let read = capped.read_until(b'\n', &mut l);
+        let n = tokio::time::timeout(wait, read)
+            .await
+            .map_err(|_| untrusted("reading", "the control port stalled"))??;
+        if n == 0 {
             return Err(OnionError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
+        if !l.ends_with(b"\n") {
+            return Err(untrusted(
+                "reading",
+                "a line longer than the control protocol's",
+            ));
+        }
+        let l =
+            String::from_utf8(l).map_err(|_| untrusted("reading", "a line that is not text"))?;
         Ok(l.trim_end().to_string())
     }
 
-    /// PROTOCOLINFO, then AUTHENTICATE with what tor asks for.
-    async fn authenticate(&mut self, password: Option<&str>) -> Result<(), OnionError> {
+    /// PROTOCOLINFO, then AUTHENTICATE with a configured credential:
+    /// SAFECOOKIE with the configured `cookie` file (the port must prove
+    /// that it knows the cookie before anything derived from it is sent),
+    /// else the configured `password`, else nothing when tor asks for
+    /// nothing. A file the port names (COOKIEFILE) is never read.
+    async fn authenticate(
+        &mut self,
+        password: Option<&str>,
+        cookie: Option<&Path>,
+    ) -> Result<(), OnionError> {
         let info = self.command("PROTOCOLINFO 1", "PROTOCOLINFO").await?;
         let auth = info
             .iter()
@@ -141,30 +205,121 @@ impl Control {
             .unwrap_or("NULL")
             .split(',')
             .collect();
-        let cookie_file = auth
-            .split("COOKIEFILE=")
-            .nth(1)
-            .and_then(|r| r.strip_prefix('"'))
-            .and_then(|r| r.split('"').next());
-        let line = if methods.contains(&"NULL") {
-            "AUTHENTICATE".to_string()
-        } else if let (true, Some(p)) = (methods.contains(&"HASHEDPASSWORD"), password) {
+        if methods.contains(&"SAFECOOKIE") {
+            if let Some(path) = cookie {
+                return self.safecookie(path).await;
+            }
+        }
+        let line = if let (true, Some(p)) = (methods.contains(&"HASHEDPASSWORD"), password) {
             format!(
                 "AUTHENTICATE \"{}\"",
                 p.replace('\\', "\\\\").replace('"', "\\\"")
             )
-        } else if let (true, Some(f)) = (methods.contains(&"COOKIE"), cookie_file) {
-            let cookie = std::fs::read(f)?;
-            let hex: String = cookie.iter().map(|b| format!("{b:02x}")).collect();
-            format!("AUTHENTICATE {hex}")
+        } else if methods.contains(&"NULL") {
+            "AUTHENTICATE".to_string()
         } else {
-            return Err(OnionError::Refused {
-                command: "AUTHENTICATE".into(),
-                reply: format!("no usable method in {auth} (set [onion] control_password?)"),
-            });
+            return Err(untrusted(
+                "AUTHENTICATE",
+                format!(
+                    "no usable method in {auth} (set [onion] control_cookie for SAFECOOKIE, or \
+                     control_password)"
+                ),
+            ));
         };
         self.command(&line, "AUTHENTICATE").await.map(drop)
     }
+
+    /// SAFECOOKIE (control-spec 3.24): our nonce out, the port's hash of
+    /// (cookie, both nonces) checked before our own hash goes back.
+    async fn safecookie(&mut self, path: &Path) -> Result<(), OnionError> {
+        use ring::hmac;
+        let cookie = read_cookie(path)?;
+        let client_nonce: [u8; 32] = rand::Rng::random(&mut rand::rng());
+        let reply = self
+            .command(
+                &format!("AUTHCHALLENGE SAFECOOKIE {}", hex(&client_nonce)),
+                "AUTHCHALLENGE",
+            )
+            .await?;
+        let line = reply.first().map(String::as_str).unwrap_or_default();
+        let value = |key: &str| -> Result<Vec<u8>, OnionError> {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .and_then(unhex)
+                .filter(|v| v.len() == 32)
+                .ok_or_else(|| untrusted("AUTHCHALLENGE", "a malformed challenge"))
+        };
+        let (server_hash, server_nonce) = (value("SERVERHASH=")?, value("SERVERNONCE=")?);
+        let mut message = Vec::with_capacity(96);
+        message.extend_from_slice(&cookie);
+        message.extend_from_slice(&client_nonce);
+        message.extend_from_slice(&server_nonce);
+        let server_key = hmac::Key::new(hmac::HMAC_SHA256, SAFECOOKIE_SERVER_KEY);
+        if hmac::verify(&server_key, &message, &server_hash).is_err() {
+            return Err(untrusted(
+                "AUTHCHALLENGE",
+                "the control port does not know tor's cookie: not tor, or another tor",
+            ));
+        }
+        let client_key = hmac::Key::new(hmac::HMAC_SHA256, SAFECOOKIE_CLIENT_KEY);
+        let ours = hmac::sign(&client_key, &message);
+        self.command(
+            &format!("AUTHENTICATE {}", hex(ours.as_ref())),
+            "AUTHENTICATE",
+        )
+        .await
+        .map(drop)
+    }
+}
+
+/// The configured control cookie: exactly [`COOKIE_BYTES`].
+fn read_cookie(path: &Path) -> Result<Vec<u8>, OnionError> {
+    let cookie = std::fs::read(path).map_err(|e| OnionError::Keys {
+        path: path.display().to_string(),
+        reason: format!("reading tor's control cookie: {e}"),
+    })?;
+    if cookie.len() != COOKIE_BYTES {
+        return Err(OnionError::Keys {
+            path: path.display().to_string(),
+            reason: format!(
+                "a control cookie is {COOKIE_BYTES} bytes, not {}",
+                cookie.len()
+            ),
+        });
+    }
+    Ok(cookie)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if !text.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Whether `id` is a v3 onion service id: 56 letters of base32
+/// (lowercase, as tor writes it).
+fn is_service_id(id: &str) -> bool {
+    id.len() == 56 && id.bytes().all(|b| matches!(b, b'a'..=b'z' | b'2'..=b'7'))
+}
+
+/// Whether `key` is tor's blob of a v3 service key: `ED25519-V3:` and the
+/// base64 of 64 bytes.
+fn is_service_key(key: &str) -> bool {
+    use base64::Engine;
+    key.strip_prefix("ED25519-V3:").is_some_and(|b| {
+        b.len() == 88
+            && base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .is_ok_and(|k| k.len() == 64)
+    })
 }
 
 /// An x25519 key pair for client authorization: (private, public), each
@@ -209,8 +364,8 @@ fn read_keys(path: &Path) -> Result<[Option<String>; 2], OnionError> {
     let mut keys = [None, None];
     for l in text.lines() {
         match l.split_once(' ') {
-            Some(("smtp", k)) if k.starts_with("ED25519-V3:") => keys[0] = Some(k.to_string()),
-            Some(("http", k)) if k.starts_with("ED25519-V3:") => keys[1] = Some(k.to_string()),
+            Some(("smtp", k)) if is_service_key(k) => keys[0] = Some(k.to_string()),
+            Some(("http", k)) if is_service_key(k) => keys[1] = Some(k.to_string()),
             _ => return Err(bad("not a dustmote onion key file".into())),
         }
     }
@@ -293,7 +448,9 @@ impl Onions {
     /// [`publish`](Self::publish).
     pub async fn open(cfg: OnionConfig) -> Result<Self, OnionError> {
         let mut control = Control::connect(&cfg.control).await?;
-        control.authenticate(cfg.password.as_deref()).await?;
+        control
+            .authenticate(cfg.password.as_deref(), cfg.cookie.as_deref())
+            .await?;
         let keys = read_keys(&cfg.key_file)?;
         Ok(Self {
             cfg,
@@ -402,7 +559,8 @@ impl Onions {
         let mut events = None;
         if wait && online {
             let mut e = Control::connect(&self.cfg.control).await?;
-            e.authenticate(self.cfg.password.as_deref()).await?;
+            e.authenticate(self.cfg.password.as_deref(), self.cfg.cookie.as_deref())
+                .await?;
             e.command("SETEVENTS HS_DESC", "SETEVENTS").await?;
             events = Some(e);
         }
@@ -416,9 +574,20 @@ impl Onions {
                 .unwrap_or_else(|| "NEW:ED25519-V3".into());
             let line = format!("ADD_ONION {key} Port={port},{target}{auth}");
             let reply = st.control.command(&line, "ADD_ONION").await?;
-            self.ids.lock()[i] = Some(field(&reply, "ServiceID=")?);
+            let id = field(&reply, "ServiceID=")?;
+            if !is_service_id(&id) {
+                return Err(untrusted(
+                    "ADD_ONION",
+                    "a ServiceID that is not a v3 onion id",
+                ));
+            }
+            self.ids.lock()[i] = Some(id);
             if st.keys[i].is_none() {
-                st.keys[i] = Some(field(&reply, "PrivateKey=")?);
+                let key = field(&reply, "PrivateKey=")?;
+                if !is_service_key(&key) {
+                    return Err(untrusted("ADD_ONION", "a PrivateKey that is not a v3 key"));
+                }
+                st.keys[i] = Some(key);
                 made = true;
             }
         }
@@ -431,7 +600,7 @@ impl Onions {
         };
         let uploaded = tokio::time::timeout(UPLOAD_WAIT, async {
             while let (false, Some(events)) = (waiting.is_empty(), events.as_mut()) {
-                let line = events.line().await?;
+                let line = events.line_within(UPLOAD_WAIT).await?;
                 // 650 HS_DESC UPLOADED <address> <auth> <hsdir> ...
                 let mut w = line.split(' ');
                 if let (Some("650"), Some("HS_DESC"), Some("UPLOADED"), Some(addr)) =
@@ -493,15 +662,21 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let p = dir.path().join("k");
         assert_eq!(read_keys(&p).expect("none"), [None, None]);
-        let keys = [
-            Some("ED25519-V3:AAAA".to_string()),
-            Some("ED25519-V3:BBBB".to_string()),
-        ];
+        let key = |c: char| Some(format!("ED25519-V3:{}==", c.to_string().repeat(86)));
+        let keys = [key('A'), key('B')];
+        // Only keys of tor's form are read: not a line that adds options.
+        write_private(
+            &p,
+            "smtp ED25519-V3:AAAA Port=25,127.0.0.1:22 Flags=Detach\n",
+        )
+        .expect("write");
+        assert!(read_keys(&p).is_err());
+        std::fs::remove_file(&p).expect("rm");
         write_keys(&p, &keys).expect("write");
         assert_eq!(read_keys(&p).expect("read"), keys);
         let mode = std::fs::metadata(&p).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let one = [None, Some("ED25519-V3:CCCC".to_string())];
+        let one = [None, key('C')];
         write_keys(&p, &one).expect("replace");
         assert_eq!(read_keys(&p).expect("read"), one);
         std::fs::write(&p, "hello\n").expect("write");

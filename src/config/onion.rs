@@ -21,6 +21,11 @@ pub struct Onion {
     /// (otherwise its cookie file is read, or no authentication is used,
     /// as tor's PROTOCOLINFO says).
     pub control_password: Option<String>,
+    /// tor's control cookie file (`CookieAuthentication 1`; Debian's tor:
+    /// `/run/tor/control.authcookie`): the mote authenticates with
+    /// SAFECOOKIE, in which the control port must first prove it knows the
+    /// cookie. Only this file is read, never one the control port names.
+    pub control_cookie: Option<PathBuf>,
     /// Virtual port of the SMTP onion service (`0`: none).
     pub smtp_port: u16,
     /// Virtual port of the HTTP onion service (`0`: none).
@@ -41,6 +46,7 @@ impl Default for Onion {
         Self {
             control: None,
             control_password: None,
+            control_cookie: None,
             smtp_port: 587,
             http_port: 80,
             client_auth: false,
@@ -77,6 +83,23 @@ impl Onion {
                 )
             })?)
         };
+        if self
+            .control_password
+            .as_deref()
+            .is_some_and(|p| p.contains(['\r', '\n']))
+        {
+            return Err(invalid("onion.control_password", "one line (no CR or LF)"));
+        }
+        if self
+            .control_cookie
+            .as_ref()
+            .is_some_and(|c| self.key_file.as_ref() == Some(c))
+        {
+            return Err(invalid(
+                "onion.control_cookie",
+                "is the onion key file: tor's cookie is a file of tor's",
+            ));
+        }
         if self.smtp_port == 0 && self.http_port == 0 {
             return Err(invalid("onion.smtp_port", "both services are off (port 0)"));
         }
@@ -92,6 +115,7 @@ impl Onion {
         Ok(Some(OnionConfig {
             control,
             password: self.control_password.clone(),
+            cookie: self.control_cookie.clone(),
             smtp: (self.smtp_port != 0).then(|| (self.smtp_port, local(smtp))),
             http: (self.http_port != 0).then(|| (self.http_port, local(http))),
             client_auth: self.client_auth,

@@ -55,6 +55,7 @@ pub fn read_private(path: &Path) -> std::io::Result<Option<Zeroizing<Vec<u8>>>> 
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
