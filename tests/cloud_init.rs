@@ -40,6 +40,18 @@ fn schema(file: &Path) -> Output {
         .expect("cloud-init (Debian package cloud-init)")
 }
 
+/// `cloud-init schema` says the cloud-config `cc` is valid (`what`: the
+/// case, for the message).
+fn assert_schema_valid(cc: &Path, what: &str) {
+    let out = schema(cc);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.contains("Valid"),
+        "{what}: {text}"
+    );
+}
+
 /// The write_files entries of a cloud-config, each content in `dir`.
 fn files(cc: &Path, dir: &Path) -> Vec<serde_json::Value> {
     let out = Command::new("python3")
@@ -106,13 +118,7 @@ fn the_user_data_passes_cloud_inits_schema_and_its_mote_toml_is_valid() {
     for (i, args) in VARIANTS.iter().enumerate() {
         let cc = dir.path().join(format!("{i}.yaml"));
         std::fs::write(&cc, render_ok(dir.path(), args)).unwrap();
-        let out = schema(&cc);
-        let text = String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr);
-        assert!(
-            out.status.success() && text.contains("Valid"),
-            "{args:?}: {text}"
-        );
+        assert_schema_valid(&cc, &format!("{args:?}"));
         let parts = dir.path().join(format!("{i}.d"));
         std::fs::create_dir(&parts).unwrap();
         let entries = files(&cc, &parts);
@@ -474,13 +480,7 @@ fn no_value_can_write_its_own_yaml() {
             let cc = dir.path().join(format!("{what}-{i}.yaml"));
             std::fs::write(&cc, &out.stdout).unwrap();
             assert_eq!(keys(&cc), ["locale", "write_files", "runcmd"], "{what}");
-            let s = schema(&cc);
-            let text = String::from_utf8_lossy(&s.stdout).into_owned()
-                + &String::from_utf8_lossy(&s.stderr);
-            assert!(
-                s.status.success() && text.contains("Valid"),
-                "{what}: {text}"
-            );
+            assert_schema_valid(&cc, what);
             let parts = dir.path().join(format!("{what}-{i}.d"));
             std::fs::create_dir(&parts).unwrap();
             let entries = files(&cc, &parts);
