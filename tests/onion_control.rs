@@ -150,24 +150,11 @@ fn identifiers_and_keys_out_of_tors_format_are_refused() {
     assert!(!status.success());
     assert!(log.contains("ServiceID that is not a v3 onion id"), "{log}");
     // No onion key file was written (they live beside the sealing key).
-    let onion_files: Vec<_> = walk(mote.runtime.path())
+    let onion_files: Vec<_> = files_under(mote.runtime.path())
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "onion"))
         .collect();
     assert!(onion_files.is_empty(), "{onion_files:?}");
-}
-
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]

@@ -734,3 +734,73 @@ fn a_peers_mail_meets_this_motes_intake_rules() {
     );
     assert_eq!(header.matches("Message-ID:").count(), 1, "{header}");
 }
+
+/// The one job a transfer may find here: its own, left by a crash of this
+/// mote after the record and before the item (issue 22, finding 1: "unless
+/// this same peer handed it over and it is untouched"). That state is
+/// written into the stopped mote's store as the receiving side writes it
+/// (record with `from_peer`, content, no item, no transfer digest); then
+/// the same peer's resend completes the job (201, one fetch item, the
+/// content served), while another peer, or the same peer with another
+/// record, gets 409.
+#[test]
+fn a_resend_after_a_crash_between_record_and_item_completes_the_job() {
+    let sink = Sink::start();
+    let mut cfg = config(&sink);
+    cfg.extra.push_str(&format!(
+        "[[peers]]\nname = \"other\"\ntoken_hash = \"{}\"\n",
+        password_hash()
+    ));
+    let mut mote = Mote::start(&cfg);
+    mote.terminate();
+    let job_id = "0000000000000000000000000000c4a5";
+    let envelope = |url: &str| {
+        serde_json::json!({
+            "id": job_id,
+            "job": {
+                "url": url, "user": common::USER, "state": "ready", "reason": null,
+                "created_ms": 1, "not_before_ms": null, "deadline_ms": null,
+                "total": 5, "etag": "\"x\"", "expected_ready_ms": 7, "ready_ms": 1,
+            }
+        })
+    };
+    let sent = envelope("http://example.org/crash");
+    {
+        let mut job: dust_proxies::job::Job = serde_json::from_value(sent["job"].clone()).unwrap();
+        job.expected_ready_ms = None;
+        job.from_peer = Some("upstream".into());
+        let key_path = common::files_under(mote.runtime.path())
+            .into_iter()
+            .find(|p| p.extension().is_some_and(|e| e == "key"))
+            .expect("the sealing key");
+        let key = dust_storage::SealKey::read(&key_path).unwrap().unwrap();
+        let store =
+            dust_storage::Store::open(&mote.data_dir().join("queue"), 8 << 20, &key).unwrap();
+        let id: dust_storage::ItemId = job_id.parse().unwrap();
+        store.put_chunk(&id, 0, b"crash").unwrap();
+        store.put_job(&id, &job.encode()).unwrap();
+        store.flush_blocking().unwrap();
+    }
+    mote.spawn();
+    let before = mote.queue_counts().unwrap();
+    let other = format!("other:{PASSWORD}");
+    let upstream = format!("upstream:{PASSWORD}");
+    let (s, v, _) = post_job(&mote, &other, job_id, &sent, b"crash");
+    assert_eq!((s, v["error"].as_str()), (409, Some("job_exists")), "{v}");
+    let changed = envelope("http://example.org/changed");
+    let (s, v, _) = post_job(&mote, &upstream, job_id, &changed, b"crash");
+    assert_eq!((s, v["error"].as_str()), (409, Some("job_exists")), "{v}");
+    let (s, v, _) = post_job(&mote, &upstream, job_id, &sent, b"crash");
+    assert_eq!(s, 201, "{v}");
+    let after = mote.queue_counts().unwrap();
+    assert_eq!(after.0 + after.1, before.0 + before.1 + 1, "one fetch item");
+    let (code, body) = common::curl(&[
+        "-H",
+        &format!("Authorization: Bearer {PASSWORD}"),
+        &format!(
+            "http://127.0.0.1:{}/v1/fetches/{job_id}/content",
+            mote.http_port
+        ),
+    ]);
+    assert_eq!((code, body), (200, b"crash".to_vec()));
+}

@@ -77,6 +77,11 @@ pub struct Job {
     /// asks this mote is sent there.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moved_to: Option<String>,
+    /// The peer that handed this job over (its name here), set by the
+    /// receiving side: a resend of that transfer may complete it, no other
+    /// transfer may touch the job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_peer: Option<String>,
 }
 
 impl Job {
@@ -104,6 +109,7 @@ impl Job {
             content_type: None,
             ready_ms: None,
             moved_to: None,
+            from_peer: None,
         }
     }
 

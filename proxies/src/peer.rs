@@ -247,8 +247,9 @@ pub trait Transfer: Send + Sync + 'static {
     /// its `content`, then its fetch item (as [`admit_transfer`]), unless
     /// `digest` was admitted within `window` (then nothing is written: the
     /// job may have moved on here since). `true`: stored now.
-    /// [`TransferError::Exists`] when a job `id` is here that this transfer
-    /// did not bring: it is neither replaced nor given another item.
+    /// [`TransferError::Exists`] when a job `id` is here that is not
+    /// `record` as this transfer writes it (another peer's, a user's own,
+    /// or one changed since): it is neither replaced nor given another item.
     ///
     /// [`admit_transfer`]: Self::admit_transfer
     fn admit_job(
@@ -312,8 +313,14 @@ where
             store.sync().await.map_err(storage_refusal)?;
             return Ok(false);
         }
-        if store.job(&id).map_err(storage_refusal)?.is_some() {
-            return Err(TransferError::Exists);
+        // A job that is here is taken only from the transfer that wrote it
+        // and only as it wrote it (a crash of this mote between the record
+        // and the item, then a resend): the same peer (in the record) and
+        // nothing changed since.
+        if let Some(here) = store.job(&id).map_err(storage_refusal)? {
+            if here != record {
+                return Err(TransferError::Exists);
+            }
         }
         // The content first (its frame fdatasynced, its index entry durable
         // with the admission's flush), then the record, then the item: a
@@ -475,7 +482,7 @@ pub async fn receive<T: Transfer>(peers: &Peers, transfer: &T, req: Request<Inco
     };
     let digest = transfer_digest(&peer, &id);
     let admitted = if kind == ItemKind::Fetch {
-        let (job_id, record, content) = match take_job(peers, job_len, body) {
+        let (job_id, record, content) = match take_job(peers, &peer, job_len, body) {
             Ok(j) => j,
             Err(a) => return a,
         };
@@ -554,6 +561,7 @@ fn header_value<T: std::str::FromStr>(headers: &HeaderMap, name: &str) -> Option
 /// stored here, and its content so far; or the refusal.
 fn take_job(
     peers: &Peers,
+    peer: &str,
     job_len: Option<usize>,
     body: Bytes,
 ) -> Result<(ItemId, Vec<u8>, Bytes), Answer> {
@@ -591,6 +599,7 @@ fn take_job(
     }
     // This mote estimates its own ready time.
     job.expected_ready_ms = None;
+    job.from_peer = Some(peer.to_string());
     Ok((id, job.encode(), content))
 }
 

@@ -616,6 +616,20 @@ delivery_grace = "2s"
 
 /// Run `c` to its end; it must succeed (else its stderr is shown), and
 /// its stdout is one JSON value, returned.
+/// Every file under `dir`, in its subdirectories too.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
 pub fn json_of(c: &mut Command) -> serde_json::Value {
     let out = c.output().unwrap();
     assert!(
