@@ -662,8 +662,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("dir");
         let p = dir.path().join("k");
         assert_eq!(read_keys(&p).expect("none"), [None, None]);
-        let key = |c: char| Some(format!("ED25519-V3:{}==", c.to_string().repeat(86)));
-        let keys = [key('A'), key('B')];
+        let key = |b: u8| {
+            use base64::Engine;
+            let blob = base64::engine::general_purpose::STANDARD.encode([b; 64]);
+            Some(format!("ED25519-V3:{blob}"))
+        };
+        let keys = [key(1), key(2)];
         // Only keys of tor's form are read: not a line that adds options.
         write_private(
             &p,
@@ -676,7 +680,7 @@ mod tests {
         assert_eq!(read_keys(&p).expect("read"), keys);
         let mode = std::fs::metadata(&p).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
-        let one = [None, key('C')];
+        let one = [None, key(3)];
         write_keys(&p, &one).expect("replace");
         assert_eq!(read_keys(&p).expect("read"), one);
         std::fs::write(&p, "hello\n").expect("write");
