@@ -71,35 +71,6 @@ fn smtplib_as(port: u16, user: &str, password: &str, msg: &Path) -> serde_json::
     )
 }
 
-/// A `submit.py hold` session as `user`, authenticated (or refused):
-/// its first line, and the process to read the rest from.
-fn hold(
-    port: u16,
-    user: &str,
-    password: &str,
-    wait_s: u32,
-) -> (serde_json::Value, std::process::Child) {
-    use std::io::BufRead;
-    let mut child = Command::new("python3")
-        .arg(peer("submit.py"))
-        .args(["hold", "--port", &port.to_string(), "--user", user])
-        .args(["--password", password, "--wait", &wait_s.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    std::io::BufReader::new(child.stdout.as_mut().expect("stdout"))
-        .read_line(&mut first)
-        .unwrap();
-    (serde_json::from_str(&first).expect("first line"), child)
-}
-
-/// What a held session printed after its first line.
-fn held_end(child: std::process::Child) -> serde_json::Value {
-    let out = child.wait_with_output().unwrap();
-    serde_json::from_slice(&out.stdout).expect("end line")
-}
-
 fn message(dir: &Path, name: &str, bytes: usize) -> std::path::PathBuf {
     let body = "x".repeat(70) + "\r\n";
     let text = format!(
@@ -548,4 +519,54 @@ impl Downloads {
         assert_eq!(code, 200);
         serde_json::from_slice(&b).unwrap()
     }
+}
+
+/// A stored account whose name a user of the configuration took since is
+/// not used (issue 22, finding 8): the configured user keeps the name and
+/// its password works; the account's password gets 535; the mote says so
+/// (without the name at warn).
+#[test]
+fn a_configured_user_keeps_its_name_over_a_stored_account() {
+    let sink = Sink::start();
+    let mut mote = Mote::start(&MoteConfig::new(sink.port));
+    let c = mote.invite(&["zed"]);
+    let account_pw = c["smtp_password"].as_str().unwrap().to_string();
+    let auth = |pw: &str| {
+        swaks_as(
+            mote.port,
+            "zed",
+            pw,
+            &["--to", "b@example.net", "--quit-after", "AUTH"],
+        )
+    };
+    assert!(auth(&account_pw).0);
+    mote.terminate();
+    let mut text = std::fs::read_to_string(&mote.config).unwrap();
+    text.push_str(&format!(
+        "\n[[smtp.users]]\nname = \"zed\"\npassword_hash = \"{}\"\n",
+        password_hash()
+    ));
+    std::fs::write(&mote.config, text).unwrap();
+    mote.spawn();
+    let auth = |pw: &str| {
+        swaks_as(
+            mote.port,
+            "zed",
+            pw,
+            &["--to", "b@example.net", "--quit-after", "AUTH"],
+        )
+    };
+    let (ok, t) = auth(PASSWORD);
+    assert!(ok, "the configured user's password: {t}");
+    let (ok, t) = auth(&account_pw);
+    assert!(!ok && t.contains("535"), "{t}");
+    let log = mote.log();
+    assert!(
+        log.contains("has the name of a user in the configuration"),
+        "{log}"
+    );
+    assert!(
+        !log.lines().any(|l| l.contains("WARN") && l.contains("zed")),
+        "{log}"
+    );
 }

@@ -159,11 +159,26 @@ fn a_card_is_a_uri_and_a_qr_code_that_import_turns_into_a_tor_client_config() {
     };
     let first = invite("bea");
     invite("carl");
+    // A session opened with the invitation's password ends with it when
+    // the card issues new credentials (issue 22, finding 8).
+    let (held, child) = hold(
+        mote.port,
+        "bea",
+        first["smtp_password"].as_str().unwrap(),
+        30,
+    );
+    assert_eq!(held["authenticated"], true, "{held}");
     let out = mote.cli_args(&["card", "bea"]);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    let end = held_end(child);
+    assert_eq!(end["code"], 421, "{end}");
+    assert!(
+        end["text"].as_str().unwrap().contains("new credentials"),
+        "{end}"
     );
     let text = String::from_utf8(out.stdout).unwrap();
     let uri = uri_of(&text);

@@ -301,12 +301,29 @@ impl Accounts {
             }
             live.insert(a.name.clone(), a);
         }
+        // A user of the configuration keeps its name: an account stored
+        // under it (the configuration gained that user since) is not
+        // used. The name is user data: only at debug.
+        let configured: HashSet<String> = configured.into_iter().collect();
+        live.retain(|name, _| {
+            let collides = configured.contains(name);
+            if collides {
+                tracing::debug!(name, "a stored account collides with a configured user");
+                tracing::warn!(
+                    "a stored account has the name of a user in the configuration: the \
+                     configured user keeps it and the account is not used (`dustmote accounts` \
+                     lists it no more; `dustmote revoke NAME` would not reach it: remove the \
+                     configured user to get the account back)"
+                );
+            }
+            !collides
+        });
         let accounts = Arc::new(Self {
             store,
             smtp,
             http,
             live: RwLock::new(HashMap::new()),
-            configured: configured.into_iter().collect(),
+            configured,
             mote_ends_ms: mote_ends.map(wall_ms),
             open: Mutex::new(HashMap::new()),
             ended: watch::Sender::new(0),
@@ -448,7 +465,10 @@ impl Accounts {
             .cloned()
             .ok_or_else(|| AccountError::Unknown(name.to_string()))?;
         let (smtp, http) = (a.smtp_hash.is_some(), a.http_hash.is_some());
-        self.issue(&mut a, smtp, http, true).await
+        let issued = self.issue(&mut a, smtp, http, true).await?;
+        // Sessions opened with the old credentials end with them.
+        self.ended.send_modify(|n| *n += 1);
+        Ok(issued)
     }
 
     /// End account `name` at once: its credentials stop working and its
@@ -538,8 +558,16 @@ impl Accounts {
         self.live.read().contains_key(name)
     }
 
-    /// Changes whenever an account ends; a session of an account checks
-    /// [`is_account`](Self::is_account) then.
+    /// The stored hash of `name`'s SMTP password, if `name` is an account
+    /// with one: a session remembers it when it authenticates and ends
+    /// when it changes (a new card) or goes (the account ended).
+    pub fn smtp_credential(&self, name: &str) -> Option<String> {
+        self.live.read().get(name).and_then(|a| a.smtp_hash.clone())
+    }
+
+    /// Changes whenever an account ends or gets new credentials; a session
+    /// of an account checks [`smtp_credential`](Self::smtp_credential)
+    /// then.
     pub fn ended(&self) -> watch::Receiver<u64> {
         self.ended.subscribe()
     }

@@ -616,6 +616,35 @@ delivery_grace = "2s"
 
 /// Run `c` to its end; it must succeed (else its stderr is shown), and
 /// its stdout is one JSON value, returned.
+/// A `submit.py hold` session as `user`, authenticated (or refused):
+/// its first line, and the process to read the rest from.
+pub fn hold(
+    port: u16,
+    user: &str,
+    password: &str,
+    wait_s: u32,
+) -> (serde_json::Value, std::process::Child) {
+    use std::io::BufRead;
+    let mut child = Command::new("python3")
+        .arg(peer("submit.py"))
+        .args(["hold", "--port", &port.to_string(), "--user", user])
+        .args(["--password", password, "--wait", &wait_s.to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.as_mut().expect("stdout"))
+        .read_line(&mut first)
+        .unwrap();
+    (serde_json::from_str(&first).expect("first line"), child)
+}
+
+/// What a held session printed after its first line.
+pub fn held_end(child: std::process::Child) -> serde_json::Value {
+    let out = child.wait_with_output().unwrap();
+    serde_json::from_slice(&out.stdout).expect("end line")
+}
+
 /// Every file under `dir`, in its subdirectories too.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

@@ -348,6 +348,9 @@ struct Session<'a, A, R, W> {
     /// The session's place under its account's quota (an account's
     /// session only).
     slot: Option<SessionSlot>,
+    /// The account's SMTP credential (its stored hash) this session
+    /// authenticated with: the session ends when it changes.
+    credential: Option<String>,
 }
 
 /// Close the session after this many failed AUTH attempts.
@@ -399,21 +402,25 @@ where
             line: Vec::with_capacity(1024),
             accounts: None,
             slot: None,
+            credential: None,
         }
     }
 
     /// Completes when this session's account has ended (revoked or
-    /// expired); never for a configured user or before AUTH.
+    /// expired) or its credentials were issued anew (a card); never for a
+    /// configured user or before AUTH.
     fn account_ended(&self) -> impl Future<Output = ()> + 'static {
-        let watch = match (&self.accounts, &self.slot, &self.user) {
-            (Some(a), Some(_), Some(u)) => Some((Arc::clone(a), a.ended(), u.clone())),
+        let watch = match (&self.accounts, &self.slot, &self.user, &self.credential) {
+            (Some(a), Some(_), Some(u), Some(c)) => {
+                Some((Arc::clone(a), a.ended(), u.clone(), c.clone()))
+            }
             _ => None,
         };
         async move {
-            let Some((accounts, mut ended, user)) = watch else {
+            let Some((accounts, mut ended, user, credential)) = watch else {
                 return futures::future::pending().await;
             };
-            while accounts.is_account(&user) {
+            while accounts.smtp_credential(&user).as_ref() == Some(&credential) {
                 if ended.changed().await.is_err() {
                     return futures::future::pending().await;
                 }
@@ -475,7 +482,7 @@ where
                     r = tokio::time::timeout(timeout, read_line(rd, line, limit)) => Ok(r),
                     _ = shutdown.wait_for(|s| *s) => Err("421 4.3.2 Service shutting down"),
                     _ = evicted => Err("421 4.7.0 Too many connections without authentication"),
-                    _ = revoked => Err("421 4.7.0 This account has ended, closing connection"),
+                    _ = revoked => Err("421 4.7.0 This account has ended or has new credentials, closing connection"),
                 }
             };
             let line = match read {
@@ -968,8 +975,15 @@ where
         let Ok(user) = String::from_utf8(user) else {
             return self.auth_failed().await;
         };
+        // The account's credentials as they were before the check: if a
+        // card replaces them meanwhile, this session ends with the old ones.
+        let credential = self
+            .accounts
+            .as_ref()
+            .and_then(|a| a.smtp_credential(&user));
         match self.verifier.verify(&user, &pass).await {
             Verdict::Ok => {
+                self.credential = credential;
                 // An account's sessions at once are bounded by its quota.
                 if let Some(a) = &self.accounts {
                     match a.open_session(&user, false) {
