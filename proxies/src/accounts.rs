@@ -553,11 +553,6 @@ impl Accounts {
         (live.len(), cards)
     }
 
-    /// Whether `name` is an account now (not a configured user).
-    pub fn is_account(&self, name: &str) -> bool {
-        self.live.read().contains_key(name)
-    }
-
     /// The stored hash of `name`'s SMTP password, if `name` is an account
     /// with one: a session remembers it when it authenticates and ends
     /// when it changes (a new card) or goes (the account ended).
@@ -772,7 +767,7 @@ mod tests {
         // Stored: a second mote process over the same store knows it.
         let (b, smtp_b, _) = accounts(Arc::clone(&store));
         assert_eq!(smtp_b.verify("bea", pw2.as_bytes()).await, Verdict::Ok);
-        assert!(b.is_account("bea"));
+        assert!(b.smtp_credential("bea").is_some());
         let ended = a.ended();
         a.revoke("bea").await.expect("revoke");
         assert!(ended.has_changed().expect("watch"));
