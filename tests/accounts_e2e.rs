@@ -531,9 +531,11 @@ fn a_configured_user_keeps_its_name_over_a_stored_account() {
     let mut mote = Mote::start(&MoteConfig::new(sink.port));
     let c = mote.invite(&["zed"]);
     let account_pw = c["smtp_password"].as_str().unwrap().to_string();
+    // The port stays the same across the restart; the closure holds a copy.
+    let port = mote.port;
     let auth = |pw: &str| {
         swaks_as(
-            mote.port,
+            port,
             "zed",
             pw,
             &["--to", "b@example.net", "--quit-after", "AUTH"],
@@ -548,14 +550,6 @@ fn a_configured_user_keeps_its_name_over_a_stored_account() {
     ));
     std::fs::write(&mote.config, text).unwrap();
     mote.spawn();
-    let auth = |pw: &str| {
-        swaks_as(
-            mote.port,
-            "zed",
-            pw,
-            &["--to", "b@example.net", "--quit-after", "AUTH"],
-        )
-    };
     let (ok, t) = auth(PASSWORD);
     assert!(ok, "the configured user's password: {t}");
     let (ok, t) = auth(&account_pw);
