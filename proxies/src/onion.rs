@@ -14,7 +14,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use data_encoding::BASE32_NOPAD;
+use data_encoding::{BASE32_NOPAD, HEXLOWER_PERMISSIVE, HEXUPPER};
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
@@ -237,7 +237,10 @@ impl Control {
         let client_nonce: [u8; 32] = rand::Rng::random(&mut rand::rng());
         let reply = self
             .command(
-                &format!("AUTHCHALLENGE SAFECOOKIE {}", hex(&client_nonce)),
+                &format!(
+                    "AUTHCHALLENGE SAFECOOKIE {}",
+                    HEXUPPER.encode(&client_nonce)
+                ),
                 "AUTHCHALLENGE",
             )
             .await?;
@@ -245,7 +248,7 @@ impl Control {
         let value = |key: &str| -> Result<Vec<u8>, OnionError> {
             line.split_whitespace()
                 .find_map(|w| w.strip_prefix(key))
-                .and_then(unhex)
+                .and_then(|h| HEXLOWER_PERMISSIVE.decode(h.as_bytes()).ok())
                 .filter(|v| v.len() == 32)
                 .ok_or_else(|| untrusted("AUTHCHALLENGE", "a malformed challenge"))
         };
@@ -264,7 +267,7 @@ impl Control {
         let client_key = hmac::Key::new(hmac::HMAC_SHA256, SAFECOOKIE_CLIENT_KEY);
         let ours = hmac::sign(&client_key, &message);
         self.command(
-            &format!("AUTHENTICATE {}", hex(ours.as_ref())),
+            &format!("AUTHENTICATE {}", HEXUPPER.encode(ours.as_ref())),
             "AUTHENTICATE",
         )
         .await
@@ -288,20 +291,6 @@ fn read_cookie(path: &Path) -> Result<Vec<u8>, OnionError> {
         });
     }
     Ok(cookie)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02X}")).collect()
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// Whether `id` is a v3 onion service id: 56 letters of base32
