@@ -531,21 +531,26 @@ fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// The control for [`POW_IN_DESCRIPTOR`]: a mote with `[onion] pow =
-/// false` (and no client authorization) publishes descriptors without
-/// pow-params; a client tor that submits mail through it introduces itself
-/// (the same log shows that) without finding any.
-fn onion_services_without_pow(net: &TorNet) {
+/// A mote that sends through the network's client tor and publishes its
+/// onion services through that tor's control port, with more `[onion]`
+/// lines; its sink and a scratch directory.
+fn onion_mote(net: &TorNet, onion: &str) -> (Sink, tempfile::TempDir, Mote) {
     let sink = Sink::start();
     let work = tempfile::tempdir().unwrap();
     let mut cfg = MoteConfig::new(sink.port);
     cfg.delay = r#"{ distribution = "constant", value = "100ms" }"#.into();
     cfg.tor = format!("mode = \"socks5\"\nsocks = \"{}\"", net.socks());
-    cfg.extra = format!(
-        "[onion]\ncontrol = \"{}\"\npow = false\nhttp_port = 0\n",
-        net.control()
-    );
+    cfg.extra = format!("[onion]\ncontrol = \"{}\"\n{onion}\n", net.control());
     let mote = Mote::start(&cfg);
+    (sink, work, mote)
+}
+
+/// The control for [`POW_IN_DESCRIPTOR`]: a mote with `[onion] pow =
+/// false` (and no client authorization) publishes descriptors without
+/// pow-params; a client tor that submits mail through it introduces itself
+/// (the same log shows that) without finding any.
+fn onion_services_without_pow(net: &TorNet) {
+    let (sink, work, mote) = onion_mote(net, "pow = false\nhttp_port = 0");
     let smtp = wait_for(Duration::from_secs(60), || {
         let s = status(&mote);
         s.lines()
@@ -598,16 +603,7 @@ fn onion_services_without_pow(net: &TorNet) {
 /// services (SOCKS5 extended errors F4/F5: client authorization missing or
 /// wrong).
 fn shared_mote_with_client_authorization(net: &TorNet) {
-    let sink = Sink::start();
-    let work = tempfile::tempdir().unwrap();
-    let mut cfg = MoteConfig::new(sink.port);
-    cfg.delay = r#"{ distribution = "constant", value = "100ms" }"#.into();
-    cfg.tor = format!("mode = \"socks5\"\nsocks = \"{}\"", net.socks());
-    cfg.extra = format!(
-        "[onion]\ncontrol = \"{}\"\nclient_auth = true\n",
-        net.control()
-    );
-    let mote = Mote::start(&cfg);
+    let (sink, work, mote) = onion_mote(net, "client_auth = true");
     let card = |name: &str| {
         assert!(mote.cli_args(&["invite", name]).status.success());
         let o = mote.cli_args(&["card", name, "--uri"]);
