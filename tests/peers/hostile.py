@@ -26,6 +26,8 @@ import smtplib
 import threading
 import time
 
+from greet import ehlo
+
 
 def proc_status(pid):
     out = {}
@@ -118,16 +120,10 @@ async def wrong_auth(a, deadline):
         while time.monotonic() < deadline and k < 10_000:
             k += 1
             try:
-                r, w = await asyncio.open_connection("127.0.0.1", a.smtp)
-                await asyncio.wait_for(r.readline(), 5)
-                w.write(b"EHLO x\r\n")
-                while True:
-                    line = await asyncio.wait_for(r.readline(), 5)
-                    if not line.startswith(b"250-"):
-                        break
-                if not line.startswith(b"250 "):
-                    w.close()
+                session = await ehlo(a.smtp, "x")
+                if session is None:
                     continue
+                r, w = session
                 for _ in range(3):
                     w.write(f"AUTH PLAIN {wrong}\r\n".encode())
                     line = await asyncio.wait_for(r.readline(), max(0.1, deadline - time.monotonic()))

@@ -33,6 +33,8 @@ import time
 import urllib.error
 import urllib.request
 
+from greet import ehlo
+
 LETTERS = string.ascii_letters + string.digits
 
 
@@ -87,17 +89,11 @@ async def smtp_client(a, flood, deadline, n):
     k = n
     while not flood.done(deadline):
         try:
-            r, w = await asyncio.open_connection("127.0.0.1", a.smtp)
-            await asyncio.wait_for(r.readline(), 5)
-            w.write(b"EHLO flood.invalid\r\n")
-            while True:
-                line = await asyncio.wait_for(r.readline(), 5)
-                if not line.startswith(b"250-"):
-                    break
-            if not line.startswith(b"250 "):
-                w.close()
+            session = await ehlo(a.smtp, "flood.invalid")
+            if session is None:
                 await asyncio.sleep(0.05)
                 continue
+            r, w = session
             for _ in range(3):
                 k += 1
                 shape, secret = flood.wrong(k)
