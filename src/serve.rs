@@ -664,8 +664,12 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
         )),
         Some(Arc::clone(&accounts)),
     );
-    let http_task =
-        tokio::spawn(api.serve(http_listener, stop_rx.clone(), config.http.max_connections));
+    let http_task = tokio::spawn(api.serve(
+        http_listener,
+        stop_rx.clone(),
+        config.http.max_connections,
+        config.http.peer_connections,
+    ));
     tracing::info!(smtp = %config.smtp.listen, http = %config.http.listen, "dustmote is running");
     let store_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
     tokio::spawn(watch_store(

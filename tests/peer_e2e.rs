@@ -11,7 +11,9 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{header_names, metric, password_hash, retry_after, Mote, MoteConfig, Sink, PASSWORD};
+use common::{
+    header_names, json_of, metric, password_hash, retry_after, Mote, MoteConfig, Sink, PASSWORD,
+};
 use dust_proxies::mail::StoredMail;
 
 /// (status, JSON body, headers) of a POST to the peer endpoint.
@@ -803,4 +805,43 @@ fn a_resend_after_a_crash_between_record_and_item_completes_the_job() {
         ),
     ]);
     assert_eq!((code, body), (200, b"crash".to_vec()));
+}
+
+/// Half-open connections on every HTTP slot (tests/peers/half_open.py: 64
+/// connections that send the start of a request and then nothing, opened
+/// again as soon as the mote closes them) keep out neither a user nor a
+/// peer: each is served within 2 s, because a newcomer evicts a connection
+/// that has not authenticated, and the peer's connection moves to the peer
+/// link's own slots.
+#[test]
+fn half_open_connections_keep_out_neither_users_nor_peers() {
+    let sink = Sink::start();
+    let mote = Mote::start(&config(&sink));
+    let dir = tempfile::tempdir().unwrap();
+    let item = dir.path().join("item");
+    std::fs::write(&item, message("past the half-open")).unwrap();
+    let v = json_of(
+        Command::new("python3")
+            .arg(common::peer("half_open.py"))
+            .args(["--http", &mote.http_port.to_string()])
+            .args(["--user-token", &format!("{}:{PASSWORD}", common::USER)])
+            .args(["--peer-token", &format!("upstream:{PASSWORD}")])
+            .arg("--item")
+            .arg(&item),
+    );
+    println!("half-open: {v}");
+    for (side, want) in [("user", 404), ("peer", 201)] {
+        let rounds = v[side].as_array().unwrap();
+        assert_eq!(rounds.len(), 5, "{v}");
+        for r in rounds {
+            assert_eq!(r[0], want, "{side}: {v}");
+            assert!(r[1].as_f64().unwrap() < 2.0, "{side}: {v}");
+        }
+    }
+    // Every slot was held (64 and more opened), and the mote made room by
+    // closing half-open ones, one per newcomer at least.
+    assert!(v["opened"].as_u64().unwrap() >= 64 + 10, "{v}");
+    assert!(v["closed_by_mote"].as_u64().unwrap() >= 10, "{v}");
+    // The peer's five items are delivered.
+    assert_eq!(sink.wait_messages(5, Duration::from_secs(30)).len(), 5);
 }

@@ -25,12 +25,13 @@ use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use crate::accounts::{one, Accounts, Exceeded, FETCHES, FETCH_BYTES};
 use crate::auth::{Users, Verdict, Verifier};
 use crate::job::{is_http_url, Job, JobState, Schedule, ScheduleError};
 use crate::status::{StatusFn, OPENMETRICS_TYPE};
+use crate::strangers::{self, Strangers, Ticket};
 
 /// Largest request body accepted (job requests are small JSON objects).
 const MAX_BODY: usize = 16 * 1024;
@@ -69,6 +70,61 @@ pub struct Api<S> {
 /// Response bodies: small ones in memory, content streamed from the store.
 type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
 type Resp = Response<Body>;
+
+/// One connection's standing, in each of its requests' extensions: a
+/// stranger (it may be evicted when every slot is taken) until a request on
+/// it authenticates; a peer's connection moves to the peer link's own slots.
+pub struct Conn {
+    inner: parking_lot::Mutex<Standing>,
+    peer_slots: Arc<Semaphore>,
+}
+
+struct Standing {
+    /// Its place among the strangers (none once it authenticated).
+    ticket: Option<Ticket>,
+    /// Its slot: an API slot, or a peer slot once a peer authenticated.
+    _slot: OwnedSemaphorePermit,
+    peer: bool,
+}
+
+impl Conn {
+    /// A request on this connection authenticated: it is no longer evicted.
+    pub fn trusted(&self) {
+        self.inner.lock().ticket = None;
+    }
+
+    /// A request on this connection presented a wrong credential: it is
+    /// the first to make room.
+    pub fn failed(&self) {
+        if let Some(t) = &self.inner.lock().ticket {
+            t.failed();
+        }
+    }
+
+    /// A peer authenticated on this connection: it gives back its API slot
+    /// and holds one of the peer link's instead. `false`: every peer slot
+    /// is taken.
+    pub fn peer(&self) -> bool {
+        let mut s = self.inner.lock();
+        if !s.peer {
+            match Arc::clone(&self.peer_slots).try_acquire_owned() {
+                Ok(p) => {
+                    s._slot = p;
+                    s.peer = true;
+                }
+                Err(_) => return false,
+            }
+        }
+        s.ticket = None;
+        true
+    }
+}
+
+/// A minimal answer for a connection that found no slot (hyper is not
+/// involved: nothing of the request has been read).
+const NO_SLOT: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 5\r\n\
+Content-Type: application/json\r\nContent-Length: 67\r\nConnection: close\r\n\r\n\
+{\"error\":\"busy\",\"message\":\"too many connections; try again later\"}\n";
 
 fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into())
@@ -400,25 +456,29 @@ impl<S: Schedule> Api<S> {
         })
     }
 
-    /// Serve until `shutdown` turns true.
-    /// Serve until `shutdown` turns true, at most `max_connections`
-    /// connections at once: a slot is taken before `accept`, so further
-    /// clients wait in the kernel's backlog instead of costing memory here.
+    /// Serve until `shutdown` turns true: at most `max_connections`
+    /// connections at once, and `peer_connections` more for the peer link
+    /// (a peer's connection moves there when it authenticates). When every
+    /// slot is taken, a newcomer evicts a connection that has not
+    /// authenticated (see [`strangers`]), so clients that connect and send
+    /// nothing, or never authenticate, cannot keep users and peers out.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         mut shutdown: watch::Receiver<bool>,
         max_connections: usize,
+        peer_connections: usize,
     ) {
         let slots = Arc::new(Semaphore::new(max_connections));
+        let peer_slots = Arc::new(Semaphore::new(peer_connections));
+        let strangers = Arc::new(parking_lot::Mutex::new(Strangers::new(
+            strangers::HTTP_MIN_AGE,
+        )));
+        // Connections waiting for a slot: beyond as many as there are
+        // slots, a newcomer is answered 503 at once (each waits at most a
+        // few seconds, so this bounds what waiting costs).
+        let waiting = Arc::new(Semaphore::new(max_connections));
         loop {
-            let permit = tokio::select! {
-                p = Arc::clone(&slots).acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => return,
-                },
-                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
-            };
             let (sock, _peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
                 c = listener.accept() => match c {
                     Ok(c) => c,
@@ -431,19 +491,54 @@ impl<S: Schedule> Api<S> {
                 _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
             };
             let api = Arc::clone(&self);
+            let (slots, peer_slots, strangers, waiting) = (
+                Arc::clone(&slots),
+                Arc::clone(&peer_slots),
+                Arc::clone(&strangers),
+                Arc::clone(&waiting),
+            );
             tokio::spawn(async move {
-                let svc = service_fn(move |req| {
+                let mut sock = sock;
+                let slot = match Arc::clone(&waiting).try_acquire_owned() {
+                    Ok(_waiting) => strangers::slot(&slots, &strangers, true).await,
+                    Err(_) => None,
+                };
+                let Some(slot) = slot else {
+                    use tokio::io::AsyncWriteExt;
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_secs(5),
+                        sock.write_all(NO_SLOT),
+                    )
+                    .await;
+                    return;
+                };
+                let ticket = Ticket::new(&strangers);
+                let evicted = Arc::clone(&ticket.evict);
+                let conn = Arc::new(Conn {
+                    inner: parking_lot::Mutex::new(Standing {
+                        ticket: Some(ticket),
+                        _slot: slot,
+                        peer: false,
+                    }),
+                    peer_slots,
+                });
+                let svc = service_fn(move |mut req: Request<Incoming>| {
                     let api = Arc::clone(&api);
+                    req.extensions_mut().insert(Arc::clone(&conn));
                     async move { Ok::<_, Infallible>(api.handle(req).await) }
                 });
-                let conn = hyper::server::conn::http1::Builder::new()
+                let serve = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(HEADER_TIMEOUT)
                     .serve_connection(TokioIo::new(sock), svc);
-                if let Err(e) = conn.await {
-                    tracing::debug!(error = %e, "HTTP connection ended with an error");
+                tokio::select! {
+                    r = serve => if let Err(e) = r {
+                        tracing::debug!(error = %e, "HTTP connection ended with an error");
+                    },
+                    _ = evicted.notified() => {
+                        tracing::debug!("closed a connection that had not authenticated, to make room");
+                    }
                 }
-                drop(permit);
             });
         }
     }
@@ -481,6 +576,21 @@ impl<S: Schedule> Api<S> {
         }
     }
 
+    /// [`user`](Self::user), telling the request's connection how it went:
+    /// an authenticated connection is no longer evicted to make room, one
+    /// with a wrong credential goes first.
+    async fn authenticated(&self, req: &Request<Incoming>) -> Result<String, Resp> {
+        let user = self.user(req.headers()).await;
+        if let Some(conn) = req.extensions().get::<Arc<Conn>>() {
+            match &user {
+                Ok(_) => conn.trusted(),
+                Err(r) if r.status() == StatusCode::UNAUTHORIZED => conn.failed(),
+                Err(_) => {}
+            }
+        }
+        user
+    }
+
     /// Route one request.
     pub async fn handle(&self, req: Request<Incoming>) -> Resp {
         let path = req.uri().path().to_string();
@@ -488,11 +598,11 @@ impl<S: Schedule> Api<S> {
         let segs: Vec<&str> = path.trim_matches('/').split('/').collect();
         match (method.clone(), segs.as_slice()) {
             (Method::GET, ["status"]) => {
-                let operator = self.operator(req.headers()).await;
+                let operator = self.operator(&req).await;
                 return self.status_page(operator);
             }
             (Method::GET, ["metrics"]) => {
-                if !self.operator(req.headers()).await {
+                if !self.operator(&req).await {
                     return unauthorized("/metrics needs an operator's bearer token");
                 }
                 return self.metrics();
@@ -506,7 +616,7 @@ impl<S: Schedule> Api<S> {
             (_, ["v1", "fetches", ..]) => {}
             _ => return error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
         }
-        let user = match self.user(req.headers()).await {
+        let user = match self.authenticated(&req).await {
             Ok(u) => u,
             Err(r) => return r,
         };
@@ -938,8 +1048,11 @@ impl<S: Schedule> Api<S> {
     }
 
     /// Whether the request carries an operator's token.
-    async fn operator(&self, headers: &HeaderMap) -> bool {
-        match self.user(headers).await {
+    async fn operator(&self, req: &Request<Incoming>) -> bool {
+        if !req.headers().contains_key(header::AUTHORIZATION) {
+            return false;
+        }
+        match self.authenticated(req).await {
             Ok(u) => self.operators.contains(&u),
             Err(_) => false,
         }
@@ -993,6 +1106,20 @@ impl<S: Schedule> Api<S> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_no_slot_answer_is_a_whole_response() {
+        let text = std::str::from_utf8(super::NO_SLOT).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(len, body.len());
+        serde_json::from_str::<serde_json::Value>(body).unwrap();
+    }
+
     use super::*;
 
     #[test]

@@ -13,5 +13,6 @@ pub mod onion;
 pub mod peer;
 pub mod smtp;
 pub mod status;
+mod strangers;
 mod tls;
 pub mod tor;

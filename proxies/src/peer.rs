@@ -423,10 +423,27 @@ pub async fn receive<T: Transfer>(peers: &Peers, transfer: &T, req: Request<Inco
     if peers.is_empty() {
         return Answer::err(StatusCode::NOT_FOUND, "not_found", "no such endpoint");
     }
+    let conn = req.extensions().get::<std::sync::Arc<crate::http::Conn>>();
     let peer = match authenticate(peers, req.headers()).await {
         Ok(p) => p,
-        Err(a) => return a,
+        Err(a) => {
+            if let Some(conn) = conn.filter(|_| a.status == StatusCode::UNAUTHORIZED) {
+                conn.failed();
+            }
+            return a;
+        }
     };
+    // The connection now holds one of the peer link's own slots.
+    if conn.is_some_and(|c| !c.peer()) {
+        return Answer {
+            retry_after_s: Some(1),
+            ..Answer::err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                "every connection slot of the peer link is taken; try again later",
+            )
+        };
+    }
     let Some(limits) = peers.limits.get(&peer).copied() else {
         return Answer::err(StatusCode::UNAUTHORIZED, "unauthorized", "unknown peer");
     };

@@ -75,7 +75,7 @@ async fn start_with(max_connections: usize) -> Server {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
     let (stop, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(api.serve(listener, rx, max_connections));
+    tokio::spawn(api.serve(listener, rx, max_connections, 4));
     Server {
         base,
         store,
@@ -451,28 +451,63 @@ async fn read_for(s: &mut tokio::net::TcpStream, limit: std::time::Duration) -> 
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// In simulated time: a body trickled slower than the minimum rate gets
-/// 408 after the body timeout; an idle connection is closed after the
-/// header timeout; and beyond `max_connections` a client waits until a
-/// slot is free (here: until the idle one is closed).
+/// In simulated time, with one connection slot: a connection that has
+/// not authenticated makes room for a newcomer once it is 1 s old (the
+/// newcomer waits for that, not for the 30-s header timeout); one that has
+/// authenticated keeps its slot, and a newcomer gets 503 at once; an idle
+/// keep-alive connection is closed at the header timeout; and a body
+/// trickled slower than the minimum rate gets 408 after the body timeout.
 #[tokio::test(start_paused = true)]
-async fn slow_bodies_idle_connections_and_the_connection_limit() {
+async fn strangers_make_room_slow_bodies_and_idle_connections() {
     use std::time::Duration;
     use tokio::io::AsyncWriteExt;
     let s = start_with(1).await;
+    let status = b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     // The only slot: a connection that sends nothing.
     let mut idle = raw(&s.base).await;
-    // A second client is not served while the idle one holds the slot.
-    let mut waiting = raw(&s.base).await;
-    waiting
-        .write_all(b"GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    assert_eq!(read_for(&mut waiting, Duration::from_secs(20)).await, "");
-    // The idle connection is closed at the header timeout (30 s) ...
-    assert_eq!(read_for(&mut idle, Duration::from_secs(60)).await, "");
-    // ... and then the waiting client is served.
-    let answer = read_for(&mut waiting, Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut newcomer = raw(&s.base).await;
+    newcomer.write_all(status).await.unwrap();
+    let started = tokio::time::Instant::now();
+    // The idle one is closed when it is 1 s old, and the newcomer served.
+    assert_eq!(read_for(&mut idle, Duration::from_secs(20)).await, "");
+    let answer = read_for(&mut newcomer, Duration::from_secs(20)).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(650) && waited < Duration::from_millis(800),
+        "{waited:?}"
+    );
+    // An authenticated keep-alive connection keeps the slot: a newcomer
+    // gets 503 at once.
+    let mut user = raw(&s.base).await;
+    let own = format!(
+        "GET /v1/fetches/{} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer alice:{TOKEN}\r\n\r\n",
+        "0".repeat(32)
+    );
+    user.write_all(own.as_bytes()).await.unwrap();
+    let mut first = vec![0u8; 12];
+    use tokio::io::AsyncReadExt;
+    user.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"HTTP/1.1 404");
+    let mut refused = raw(&s.base).await;
+    refused.write_all(status).await.unwrap();
+    let started = tokio::time::Instant::now();
+    let answer = read_for(&mut refused, Duration::from_secs(20)).await;
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    assert!(answer.contains("\"busy\""), "{answer}");
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "{:?}",
+        started.elapsed()
+    );
+    // The idle keep-alive connection is closed at the header timeout (30 s)
+    // and its slot is free again.
+    let rest = read_for(&mut user, Duration::from_secs(60)).await;
+    assert!(rest.contains("no_such_fetch"), "{rest}");
+    let mut later = raw(&s.base).await;
+    later.write_all(status).await.unwrap();
+    let answer = read_for(&mut later, Duration::from_secs(5)).await;
     assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
     // A body that stops after its first byte: 408 after 30 s.
     let mut slow = raw(&s.base).await;

@@ -29,8 +29,12 @@ pub struct Http {
     pub listen: SocketAddr,
     /// Who may queue and retrieve downloads.
     pub users: Vec<HttpUser>,
-    /// Connections served at once; more wait in the kernel's backlog.
+    /// Connections served at once; when all are taken, a newcomer evicts
+    /// one that has not authenticated.
     pub max_connections: usize,
+    /// Connections of peers (the peer link) at once, beside
+    /// `max_connections`.
+    pub peer_connections: usize,
 }
 
 impl Default for Http {
@@ -39,6 +43,7 @@ impl Default for Http {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             users: Vec::new(),
             max_connections: 64,
+            peer_connections: 16,
         }
     }
 }
@@ -48,6 +53,9 @@ impl Http {
     pub fn check(&self) -> Result<(Users, Vec<String>), Invalid> {
         if self.max_connections == 0 {
             return Err(invalid("http.max_connections", "must be at least 1"));
+        }
+        if self.peer_connections == 0 {
+            return Err(invalid("http.peer_connections", "must be at least 1"));
         }
         if self.users.iter().any(|u| u.name.is_empty()) {
             // Jobs without a user are the mote's own (cover traffic).

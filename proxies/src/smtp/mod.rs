@@ -23,8 +23,7 @@ use crate::accounts::{one, Accounts, Exceeded, SessionSlot, MAIL, MAIL_BYTES};
 use crate::auth::{Users, Verdict, Verifier};
 use crate::mail::{replay_digest, sanitize, SanitizeError, SanitizeOptions, StoredMail};
 
-mod strangers;
-use strangers::{Strangers, Ticket, EVICT_WAIT};
+use crate::strangers::{self, Strangers, Ticket};
 
 /// Settings of the SMTP endpoint (`[smtp]`).
 #[derive(Debug, Clone)]
@@ -180,26 +179,10 @@ impl<A: Admission> Server<A> {
             verifier,
             accounts,
             slots,
-            strangers: Arc::default(),
+            strangers: Arc::new(parking_lot::Mutex::new(Strangers::new(
+                strangers::SMTP_MIN_AGE,
+            ))),
         }
-    }
-
-    /// A slot for a new connection: a free one, or the one of the oldest
-    /// session that has not authenticated (it is told 421 and closes).
-    async fn slot(
-        slots: Arc<Semaphore>,
-        strangers: &parking_lot::Mutex<Strangers>,
-    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        if let Ok(p) = Arc::clone(&slots).try_acquire_owned() {
-            return Some(p);
-        }
-        if !strangers.lock().make_room() {
-            return None;
-        }
-        tokio::time::timeout(EVICT_WAIT, slots.acquire_owned())
-            .await
-            .ok()?
-            .ok()
     }
 
     /// Accept connections until `shutdown` becomes true, then wait up to
@@ -233,7 +216,7 @@ impl<A: Admission> Server<A> {
             let (slots, strangers) = (Arc::clone(&self.slots), Arc::clone(&self.strangers));
             let shutdown = shutdown.clone();
             tokio::spawn(async move {
-                let Some(permit) = Self::slot(slots, &strangers).await else {
+                let Some(permit) = strangers::slot(&slots, &strangers, false).await else {
                     let msg = format!(
                         "421 4.3.2 {} Too many connections, try again later\r\n",
                         cfg.hostname
