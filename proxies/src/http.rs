@@ -1106,6 +1106,8 @@ impl<S: Schedule> Api<S> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     #[test]
     fn the_no_slot_answer_is_a_whole_response() {
         let text = std::str::from_utf8(super::NO_SLOT).unwrap();
