@@ -440,8 +440,15 @@ async fn publish_onions(cfg: OnionConfig, accounts: &Arc<Accounts>) -> anyhow::R
     Ok(onions)
 }
 
-/// End accounts when their time is over (their sessions are closed).
+/// End accounts when their time is over (their sessions are closed and
+/// their downloads deleted), after deleting the downloads of accounts that
+/// ended while the mote was down.
 async fn end_expired_accounts(accounts: Arc<Accounts>, mut stop: watch::Receiver<bool>) {
+    match accounts.drop_orphan_jobs().await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(jobs = n, "deleted the downloads of accounts that had ended"),
+        Err(e) => tracing::warn!(error = %e, "could not delete the downloads of ended accounts"),
+    }
     loop {
         let next = accounts.end_expired().await;
         // Accounts made meanwhile are looked at within the minute.

@@ -464,6 +464,85 @@ fn a_download_in_progress_holds_its_accounts_session() {
     d.sink.stop();
 }
 
+/// Ending an account ends its work (issue 22, finding 6): `dustmote
+/// revoke` cuts a download being read, deletes the account's finished and
+/// queued downloads (the queued one leaves the queue at its time without a
+/// single request to the origin), and a name invited again finds nothing
+/// of its former holder.
+#[test]
+fn revoke_ends_an_accounts_downloads_and_its_streams() {
+    let mut d = Downloads::start("4MiB", "ivy", &[]);
+    let big = d.add("big.bin", &vec![5u8; 32 << 20]);
+    wait_for(Duration::from_secs(60), || {
+        (d.job(&big)["state"] == "ready").then_some(())
+    })
+    .expect("ready");
+    // A download for later (its time a few seconds away).
+    let later_at = std::time::SystemTime::now() + Duration::from_secs(4);
+    let body = serde_json::json!({
+        "url": d.nginx.put("later.bin", &vec![6u8; 1 << 20]),
+        "not_before": humantime::format_rfc3339_seconds(later_at).to_string(),
+    })
+    .to_string();
+    let (code, b) = curl(&["-X", "POST", "-H", &d.bearer, "-d", &body, &d.api]);
+    assert_eq!(code, 202, "{}", String::from_utf8_lossy(&b));
+    let later = serde_json::from_slice::<serde_json::Value>(&b).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // A reader of the big one that has read its first 64 KiB.
+    let mut reader = TcpStream::connect(("127.0.0.1", d.mote.http_port)).unwrap();
+    reader
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    write!(
+        reader,
+        "GET /v1/fetches/{big}/content HTTP/1.1\r\nHost: mote\r\n{}\r\nConnection: close\r\n\r\n",
+        d.bearer
+    )
+    .unwrap();
+    let mut first = vec![0u8; 64 << 10];
+    reader.read_exact(&mut first).unwrap();
+    assert!(first.starts_with(b"HTTP/1.1 200"));
+
+    let out = d.mote.cli_args(&["revoke", "ivy"]);
+    assert!(out.status.success(), "{out:?}");
+    // The stream is cut: it ends long before its 32 MiB.
+    let mut rest = Vec::new();
+    let _ = reader.read_to_end(&mut rest);
+    assert!(
+        first.len() + rest.len() < 32 << 20,
+        "{} bytes read after revoke",
+        rest.len()
+    );
+    // The queued download leaves the queue at its time, unfetched.
+    let drained = wait_for(Duration::from_secs(30), || {
+        (std::time::SystemTime::now() > later_at && d.mote.queue_counts() == Some((0, 0)))
+            .then_some(())
+    });
+    assert!(drained.is_some(), "{:?}", d.mote.queue_counts());
+    let asked: Vec<_> = d
+        .nginx
+        .requests()
+        .into_iter()
+        .filter(|(uri, _, _)| uri.contains("later.bin"))
+        .collect();
+    assert!(asked.is_empty(), "{asked:?}");
+    // The same name invited again: a new holder, who finds neither job.
+    let h = d.mote.invite(&["ivy", "--http"]);
+    let bearer = format!(
+        "Authorization: Bearer {}",
+        h["http_token"].as_str().unwrap()
+    );
+    for id in [&big, &later] {
+        for url in [format!("{}/{id}", d.api), format!("{}/{id}/content", d.api)] {
+            let (code, body) = curl(&["-H", &bearer, &url]);
+            assert_eq!(code, 404, "{url}: {}", String::from_utf8_lossy(&body));
+        }
+    }
+    d.sink.stop();
+}
+
 /// A mote fetching from a local nginx in `chunk`-sized pieces, with an
 /// HTTP-only account invited with `args` (after its name).
 struct Downloads {

@@ -10,6 +10,7 @@
 //! under-counted.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -102,6 +103,46 @@ struct Account {
     /// services' client authorization; the private key is on the card.
     #[serde(default)]
     client_key: Option<String>,
+}
+
+/// An account as a session or request found it when it authenticated: it
+/// stands while the account lives with the same credential (revoke,
+/// expiry and a new card end it).
+pub struct Holder {
+    accounts: Arc<Accounts>,
+    name: String,
+    credential: String,
+    http: bool,
+}
+
+impl Holder {
+    /// The account's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The account still lives with this credential.
+    pub fn stands(&self) -> bool {
+        self.accounts.credential(&self.name, self.http).as_ref() == Some(&self.credential)
+    }
+
+    /// Completes when the holder no longer [`stands`](Self::stands).
+    pub fn ended(&self) -> impl Future<Output = ()> + Send + 'static {
+        let (accounts, name, credential, http) = (
+            Arc::clone(&self.accounts),
+            self.name.clone(),
+            self.credential.clone(),
+            self.http,
+        );
+        let mut ended = accounts.ended();
+        async move {
+            while accounts.credential(&name, http).as_ref() == Some(&credential) {
+                if ended.changed().await.is_err() {
+                    return futures::future::pending().await;
+                }
+            }
+        }
+    }
 }
 
 /// What `dustmote invite` asks for.
@@ -483,15 +524,77 @@ impl Accounts {
 
     async fn end(&self, name: &str) -> Result<(), AccountError> {
         // Out of force first: whatever the store does next, the account
-        // no longer works.
+        // no longer works, and its sessions and content streams end.
         self.live.write().remove(name);
         self.smtp.remove(name);
         self.http.remove(name);
         self.ended.send_modify(|n| *n += 1);
         self.clients_changed();
+        // Then its downloads go (records, content, and so their fetch
+        // items), before the account record: after a crash in between the
+        // account is still there to be ended again. A name invited again
+        // finds nothing of its former holder.
+        self.drop_jobs(|user| user == name).await?;
         self.store.remove_account(name)?;
         self.store.sync().await?;
         Ok(())
+    }
+
+    /// Delete every download job whose user `ends` says has ended (a job
+    /// being fetched stores nothing more: the fetcher checks the record
+    /// after each request). How many were deleted.
+    async fn drop_jobs(&self, ends: impl Fn(&str) -> bool) -> Result<usize, StorageError> {
+        let mut gone = Vec::new();
+        for job in self.store.jobs() {
+            let (id, record) = job?;
+            if crate::job::Job::decode(&record).is_some_and(|j| ends(&j.user)) {
+                gone.push(id);
+            }
+        }
+        for id in &gone {
+            self.store.delete_job(id).await?;
+        }
+        Ok(gone.len())
+    }
+
+    /// Delete the download jobs of users that are neither configured nor
+    /// a live account (accounts that expired while the mote was down, or
+    /// ended by a mote that stopped before their jobs were gone); the
+    /// mote's own cover downloads (no user) stay. Once at start.
+    pub async fn drop_orphan_jobs(&self) -> Result<usize, StorageError> {
+        let keep: HashSet<String> = self
+            .live
+            .read()
+            .keys()
+            .chain(self.configured.iter())
+            .cloned()
+            .collect();
+        self.drop_jobs(|user| !user.is_empty() && !keep.contains(user))
+            .await
+    }
+
+    /// Account `name` as a request or session finds it now (`http`: its
+    /// download token, else its SMTP password); `None` for a configured
+    /// user or a name that is no account. Take it before checking the
+    /// credential: if a card replaces it meanwhile, the holder has ended.
+    pub fn holder(self: &Arc<Self>, name: &str, http: bool) -> Option<Holder> {
+        let credential = self.credential(name, http)?;
+        Some(Holder {
+            accounts: Arc::clone(self),
+            name: name.to_string(),
+            credential,
+            http,
+        })
+    }
+
+    fn credential(&self, name: &str, http: bool) -> Option<String> {
+        let live = self.live.read();
+        let a = live.get(name)?;
+        if http {
+            a.http_hash.clone()
+        } else {
+            a.smtp_hash.clone()
+        }
     }
 
     /// End the accounts whose time is over; when the next one ends.
@@ -553,17 +656,9 @@ impl Accounts {
         (live.len(), cards)
     }
 
-    /// The stored hash of `name`'s SMTP password, if `name` is an account
-    /// with one: a session remembers it when it authenticates and ends
-    /// when it changes (a new card) or goes (the account ended).
-    pub fn smtp_credential(&self, name: &str) -> Option<String> {
-        self.live.read().get(name).and_then(|a| a.smtp_hash.clone())
-    }
-
-    /// Changes whenever an account ends or gets new credentials; a session
-    /// of an account checks [`smtp_credential`](Self::smtp_credential)
-    /// then.
-    pub fn ended(&self) -> watch::Receiver<u64> {
+    /// Changes whenever an account ends or gets new credentials (see
+    /// [`Holder::ended`]).
+    fn ended(&self) -> watch::Receiver<u64> {
         self.ended.subscribe()
     }
 
@@ -718,6 +813,40 @@ mod tests {
         (a, smtp, http)
     }
 
+    /// At start, downloads of users that are neither configured nor live
+    /// accounts go; the configured user's, a live account's and the mote's
+    /// own cover downloads stay. A revoke takes the account's downloads.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ended_accounts_leave_no_downloads() {
+        let store = Store::temporary().expect("store");
+        let (a, _, _) = accounts(Arc::clone(&store));
+        a.invite(Invite {
+            name: "bea".into(),
+            http: true,
+            ..Invite::default()
+        })
+        .await
+        .expect("invite");
+        let job = |user: &str| {
+            let id = dust_mixer::ItemId(rand::random());
+            let job = crate::job::Job::new(
+                "https://origin.invalid/f".into(),
+                user.into(),
+                SystemTime::now(),
+                None,
+                None,
+            );
+            store.put_job(&id, &job.encode()).expect("job");
+            id
+        };
+        let (owner, bea, cover, gone) = (job("owner"), job("bea"), job(""), job("gone"));
+        assert_eq!(a.drop_orphan_jobs().await.expect("drop"), 1);
+        let here = |id| store.job(&id).expect("read").is_some();
+        assert!(here(owner) && here(bea) && here(cover) && !here(gone));
+        a.revoke("bea").await.expect("revoke");
+        assert!(here(owner) && !here(bea) && here(cover));
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn invite_verify_reissue_revoke_and_reopen() {
         let store = Store::temporary().expect("store");
@@ -767,7 +896,7 @@ mod tests {
         // Stored: a second mote process over the same store knows it.
         let (b, smtp_b, _) = accounts(Arc::clone(&store));
         assert_eq!(smtp_b.verify("bea", pw2.as_bytes()).await, Verdict::Ok);
-        assert!(b.smtp_credential("bea").is_some());
+        assert!(b.holder("bea", false).is_some_and(|h| h.stands()));
         let ended = a.ended();
         a.revoke("bea").await.expect("revoke");
         assert!(ended.has_changed().expect("watch"));

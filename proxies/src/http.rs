@@ -11,6 +11,7 @@
 #![allow(clippy::result_large_err)]
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -162,6 +163,29 @@ fn stream_content(store: Arc<Store>, id: ItemId, start: u64, end: u64) -> Body {
         rx.recv().await.map(|piece| (piece, rx))
     });
     http_body_util::StreamBody::new(pieces).boxed_unsync()
+}
+
+/// An account's response body: it holds the account's session `slot`
+/// until its last byte, and is cut with an error (the connection closes
+/// before the end) when `ended` completes: revoke, expiry or a new card
+/// stop a download under way.
+fn held_body(
+    body: Body,
+    slot: Option<crate::accounts::SessionSlot>,
+    ended: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
+) -> Body {
+    use futures::StreamExt;
+    let frames = http_body_util::BodyStream::new(body);
+    let state = Some((frames, ended, slot));
+    let cut = futures::stream::unfold(state, |state| async move {
+        let (mut frames, mut ended, slot) = state?;
+        tokio::select! {
+            biased;
+            _ = &mut ended => Some((Err(std::io::Error::other("the account has ended")), None)),
+            frame = frames.next() => frame.map(|f| (f, Some((frames, ended, slot)))),
+        }
+    });
+    http_body_util::StreamBody::new(cut).boxed_unsync()
 }
 
 /// Pieces read ahead of a client (see [`stream_content`]).
@@ -616,10 +640,17 @@ impl<S: Schedule> Api<S> {
             (_, ["v1", "fetches", ..]) => {}
             _ => return error(StatusCode::NOT_FOUND, "not_found", "no such endpoint"),
         }
+        // The account as it stands before its token is checked (a card
+        // replacing the token meanwhile ends this request).
+        let holder = self.accounts.as_ref().and_then(|a| {
+            let (name, _) = bearer(req.headers())?.split_once(':')?;
+            a.holder(name, true)
+        });
         let user = match self.authenticated(&req).await {
             Ok(u) => u,
             Err(r) => return r,
         };
+        let holder = holder.filter(|h| h.name() == user);
         // An account's requests at once are bounded by its quota; the slot
         // lives as long as the response body (a content download holds it
         // until the last byte is sent).
@@ -638,7 +669,7 @@ impl<S: Schedule> Api<S> {
             None => None,
         };
         let resp = match (method, segs.as_slice()) {
-            (Method::POST, ["v1", "fetches"]) => self.create(&user, req).await,
+            (Method::POST, ["v1", "fetches"]) => self.create(&user, req, holder.as_ref()).await,
             (Method::GET, ["v1", "fetches", id]) => self.show(&user, id),
             (Method::DELETE, ["v1", "fetches", id]) => self.delete(&user, id).await,
             (m @ (Method::GET | Method::HEAD), ["v1", "fetches", id, "content"]) => {
@@ -650,15 +681,15 @@ impl<S: Schedule> Api<S> {
                 "not allowed here",
             ),
         };
-        match slot {
-            Some(slot) => resp.map(|body| {
-                body.map_frame(move |frame| {
-                    let _held = &slot;
-                    frame
-                })
-                .boxed_unsync()
-            }),
-            None => resp,
+        match (holder, slot) {
+            (None, None) => resp,
+            (holder, slot) => {
+                let ended: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = match holder {
+                    Some(h) => Box::pin(h.ended()),
+                    None => Box::pin(futures::future::pending()),
+                };
+                resp.map(|body| held_body(body, slot, ended))
+            }
         }
     }
 
@@ -684,7 +715,12 @@ impl<S: Schedule> Api<S> {
         Ok((id, job))
     }
 
-    async fn create(&self, user: &str, req: Request<Incoming>) -> Resp {
+    async fn create(
+        &self,
+        user: &str,
+        req: Request<Incoming>,
+        holder: Option<&crate::accounts::Holder>,
+    ) -> Resp {
         let read = Limited::new(req.into_body(), MAX_BODY).collect();
         let body = match tokio::time::timeout(BODY_TIMEOUT, read).await {
             Ok(Ok(b)) => b.to_bytes(),
@@ -791,6 +827,14 @@ impl<S: Schedule> Api<S> {
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
                 return r;
             }
+        }
+        // The account ended while the job was stored: its end may have
+        // looked for its jobs before this one was there.
+        if holder.is_some_and(|h| !h.stands()) {
+            if let Err(e) = self.store.delete_job(&id).await {
+                tracing::warn!(error = %e, "could not delete the job of an account that ended");
+            }
+            return unauthorized("this account has ended");
         }
         json_response(
             StatusCode::ACCEPTED,

@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tor_rtcompat::{Blocking, SleepProvider};
 
-use crate::accounts::{one, Accounts, Exceeded, SessionSlot, MAIL, MAIL_BYTES};
+use crate::accounts::{one, Accounts, Exceeded, Holder, SessionSlot, MAIL, MAIL_BYTES};
 use crate::auth::{Users, Verdict, Verifier};
 use crate::mail::{replay_digest, sanitize, SanitizeError, SanitizeOptions, StoredMail};
 
@@ -331,9 +331,9 @@ struct Session<'a, A, R, W> {
     /// The session's place under its account's quota (an account's
     /// session only).
     slot: Option<SessionSlot>,
-    /// The account's SMTP credential (its stored hash) this session
-    /// authenticated with: the session ends when it changes.
-    credential: Option<String>,
+    /// The account (and SMTP credential) this session authenticated as:
+    /// the session ends when it no longer stands.
+    holder: Option<Holder>,
 }
 
 /// Close the session after this many failed AUTH attempts.
@@ -385,7 +385,7 @@ where
             line: Vec::with_capacity(1024),
             accounts: None,
             slot: None,
-            credential: None,
+            holder: None,
         }
     }
 
@@ -393,20 +393,11 @@ where
     /// expired) or its credentials were issued anew (a card); never for a
     /// configured user or before AUTH.
     fn account_ended(&self) -> impl Future<Output = ()> + 'static {
-        let watch = match (&self.accounts, &self.slot, &self.user, &self.credential) {
-            (Some(a), Some(_), Some(u), Some(c)) => {
-                Some((Arc::clone(a), a.ended(), u.clone(), c.clone()))
-            }
-            _ => None,
-        };
+        let ended = self.holder.as_ref().map(Holder::ended);
         async move {
-            let Some((accounts, mut ended, user, credential)) = watch else {
-                return futures::future::pending().await;
-            };
-            while accounts.smtp_credential(&user).as_ref() == Some(&credential) {
-                if ended.changed().await.is_err() {
-                    return futures::future::pending().await;
-                }
+            match ended {
+                Some(ended) => ended.await,
+                None => futures::future::pending().await,
             }
         }
     }
@@ -960,13 +951,10 @@ where
         };
         // The account's credentials as they were before the check: if a
         // card replaces them meanwhile, this session ends with the old ones.
-        let credential = self
-            .accounts
-            .as_ref()
-            .and_then(|a| a.smtp_credential(&user));
+        let holder = self.accounts.as_ref().and_then(|a| a.holder(&user, false));
         match self.verifier.verify(&user, &pass).await {
             Verdict::Ok => {
-                self.credential = credential;
+                self.holder = holder;
                 // An account's sessions at once are bounded by its quota.
                 if let Some(a) = &self.accounts {
                     match a.open_session(&user, false) {
