@@ -257,3 +257,41 @@ fn every_accepted_message_survives_kill_9_during_intake_and_delivery() {
         tracked_dups + source_dups
     );
 }
+
+/// Issue 22, finding 10: someone who can write the journal but has no
+/// sealing key (tests/peers/forge_journal.py) appends a well-framed batch
+/// that removes every acknowledged message it can find, then the mote
+/// restarts (after kill -9, so the journal is what it replays). The forged
+/// batch does not verify: the replay stops there, the mote starts, says
+/// so, and every message is delivered.
+#[test]
+fn a_forged_journal_batch_removes_nothing_and_the_mote_still_starts() {
+    let sink = Sink::start();
+    let mut cfg = MoteConfig::new(sink.port);
+    cfg.delay = r#"{ distribution = "constant", value = "4s" }"#.into();
+    let mut mote = Mote::start(&cfg);
+    for i in 0..3 {
+        submit(mote.port, "bob@example.net", &format!("kept {i}"));
+    }
+    mote.kill9();
+    let journal = files_under(&mote.data_dir())
+        .into_iter()
+        .find(|p| p.file_name().is_some_and(|n| n == "journal"))
+        .expect("the intake journal");
+    let forged = json_of(
+        Command::new("python3")
+            .arg(peer("forge_journal.py"))
+            .arg(&journal),
+    );
+    println!("forged: {forged}");
+    assert_eq!(forged["ids"].as_array().unwrap().len(), 3, "{forged}");
+    mote.spawn();
+    let got = sink.wait_messages(3, Duration::from_secs(30));
+    assert_eq!(got.len(), 3);
+    assert!(
+        mote.log()
+            .contains("replay stopped at a batch that does not verify"),
+        "{}",
+        mote.log()
+    );
+}

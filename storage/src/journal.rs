@@ -39,17 +39,32 @@
 //!   and starts at least there. Only this failure path pays the flush.
 //! - At open, the records of the current generation are replayed in order
 //!   (puts and removes are idempotent as a sequence), then a checkpoint
-//!   runs. A torn batch at the tail fails its CRC and is ignored: none of
+//!   runs. A torn batch at the tail fails its MAC and is ignored: none of
 //!   its writers was answered.
+//!
+//! Integrity: each batch carries a MAC (BLAKE2b-MAC-128, keyed with a
+//! subkey of the sealing key) over its generation, offset, length and
+//! body, and the header one over its generation. Without the key nobody can
+//! write a batch the replay applies: a forged op (a `Remove` of an
+//! acknowledged message, a record that does not open) is never replayed.
+//! A batch that does not verify ends the replay there, exactly like a torn
+//! tail, and the batches before it are kept: the store opens, never
+//! bricked by a bad journal (a warning says the replay stopped early). A
+//! header that does not verify means nothing of the file is trusted: it is
+//! made anew (zeroed), with a warning. What a MAC cannot stop: whoever can
+//! write the file can cut it short or put an older copy of it back (their
+//! writers' work is then lost, or delivered twice); the data directory is
+//! 0700 and the file 0600 for that.
 //!
 //! Also journaled: an account's usage counters after each update (the
 //! value after it, written under a lock with the update so that the
 //! journal's order is sled's), so that an account user's admission, which
 //! counts usage first, needs no checkpoint either.
 //!
-//! File: a 4 KiB header (`MAGIC`, generation), then batches, each framed
-//! as generation (u64 LE), length (u32 LE), CRC-32 of those and the body
-//! (u32 LE), body. The file is preallocated and zero-filled once, so that
+//! File: a 4 KiB header (`MAGIC`, generation, MAC), then batches, each
+//! framed as generation (u64 LE), length (u32 LE), MAC (16 bytes), body.
+//! A journal of the first format (`MAGIC_V1`: a CRC-32 instead of a MAC)
+//! left by an older build is replayed once as it is, then replaced. The file is preallocated and zero-filled once, so that
 //! an `fdatasync` flushes data only (no file-size metadata to commit). What
 //! it holds is what sled holds: sealed item records and keyed digests.
 
@@ -64,8 +79,15 @@ pub(crate) const FILE: &str = "journal";
 /// would not fit: at 2 KiB messages, about every 1,800 admissions.
 pub(crate) const CAPACITY: u64 = 4 * 1024 * 1024;
 const HEADER: u64 = 4096;
-const MAGIC: &[u8; 8] = b"dustjnl1";
-const FRAME: usize = 16;
+const MAGIC: &[u8; 8] = b"dustjnl2";
+/// The first format: batches checked by a CRC-32 only.
+const MAGIC_V1: &[u8; 8] = b"dustjnl1";
+/// A batch's frame: generation, length, MAC.
+const FRAME: usize = 8 + 4 + MAC_BYTES;
+const FRAME_V1: usize = 16;
+const MAC_BYTES: usize = 16;
+/// The header: magic, generation, MAC.
+const HEADER_USED: usize = 8 + 8 + MAC_BYTES;
 /// Key in sled's `meta` tree: generations below this one (u64 LE) are all
 /// in sled, whatever the journal's header says (see the module's notes).
 pub(crate) const COVERED_KEY: &[u8] = b"journal_covered";
@@ -144,7 +166,7 @@ pub(crate) fn usage(buf: &mut Vec<u8>, key: &[u8; 36], value: &[u8; 32]) {
 }
 
 /// Decode a batch body; `None` if it is malformed (then nothing of it is
-/// applied: a CRC-valid batch we cannot parse is a bug or corruption).
+/// applied: a verified batch we cannot parse is a bug).
 pub(crate) fn decode(mut body: &[u8]) -> Option<Vec<Op>> {
     let mut ops = Vec::new();
     fn take<'a>(b: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
@@ -180,6 +202,25 @@ pub(crate) fn decode(mut body: &[u8]) -> Option<Vec<Op>> {
     Some(ops)
 }
 
+/// The key of the journal's MACs (a subkey of the sealing key).
+pub(crate) type MacKey = [u8; 32];
+
+type Blake2bMac128 = blake2::Blake2bMac<blake2::digest::consts::U16>;
+
+/// The MAC of a batch at `offset` of `generation`, or (`offset` 0) of the
+/// header, before its last step: `finalize` makes it, `verify_slice`
+/// checks one (in constant time).
+fn mac(key: &MacKey, generation: u64, offset: u64, body: &[u8]) -> Blake2bMac128 {
+    use blake2::digest::Mac;
+    let mut m = <Blake2bMac128 as Mac>::new_from_slice(key).expect("BLAKE2b takes a 32-byte key");
+    m.update(&generation.to_le_bytes());
+    m.update(&offset.to_le_bytes());
+    m.update(&(body.len() as u64).to_le_bytes());
+    m.update(body);
+    m
+}
+
+/// The first format's check of a batch.
 fn crc(generation: u64, body: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(&generation.to_le_bytes());
@@ -191,6 +232,7 @@ fn crc(generation: u64, body: &[u8]) -> u32 {
 /// The open journal file (owned by the flusher thread).
 pub(crate) struct Journal {
     file: File,
+    key: MacKey,
     generation: u64,
     /// Where the next batch goes.
     offset: u64,
@@ -206,8 +248,13 @@ impl Journal {
     /// [`COVERED_KEY`]); their records are not returned, and the journal
     /// goes on at `covered` at least.
     /// `None`: there was none and there is no room to make one (a restart
-    /// on a nearly full disk); the store then goes without.
-    pub(crate) fn open(dir: &Path, covered: u64) -> std::io::Result<Option<(Self, Vec<Op>)>> {
+    /// on a nearly full disk); the store then goes without. `key` makes and
+    /// checks the MACs.
+    pub(crate) fn open(
+        dir: &Path,
+        covered: u64,
+        key: MacKey,
+    ) -> std::io::Result<Option<(Self, Vec<Op>)>> {
         let path = dir.join(FILE);
         // Never through a symbolic link (it would have the journal
         // overwrite a file elsewhere with zeros), and only a regular file.
@@ -237,7 +284,7 @@ impl Journal {
                 format!("{} is not a regular file", path.display()),
             ));
         }
-        let mut header = [0u8; 16];
+        let mut header = [0u8; HEADER_USED];
         let have = file.metadata()?.len();
         // A read error other than a short file is reported, not taken for
         // a missing journal (which would be zeroed).
@@ -246,7 +293,19 @@ impl Journal {
             Err(e) if e.kind() == ErrorKind::UnexpectedEof => false,
             Err(e) => return Err(e),
         };
-        let valid = have >= CAPACITY && read && &header[..8] == MAGIC;
+        let generation = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
+        let v1 = &header[..8] == MAGIC_V1;
+        let mut valid = have >= CAPACITY && read && (&header[..8] == MAGIC || v1);
+        if valid && !v1 {
+            let tag = &header[16..HEADER_USED];
+            if blake2::digest::Mac::verify_slice(mac(&key, generation, 0, MAGIC), tag).is_err() {
+                tracing::warn!(
+                    "the intake journal's header does not verify (altered, or made with another \
+                     key): nothing of it is replayed, and it is made anew"
+                );
+                valid = false;
+            }
+        }
         if !valid {
             // New (or cut short by a crash while it was being made):
             // zero-fill it, then write the header, so that later writes
@@ -255,6 +314,7 @@ impl Journal {
             let mut at = 0;
             let mut j = Self {
                 file,
+                key,
                 generation: 0,
                 offset: HEADER,
                 broken: false,
@@ -278,10 +338,10 @@ impl Journal {
                 Err(e) => Err(e),
             };
         }
-        let generation = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
         if generation < covered {
             let mut j = Self {
                 file,
+                key,
                 generation,
                 offset: HEADER,
                 broken: false,
@@ -291,36 +351,56 @@ impl Journal {
         }
         let mut ops = Vec::new();
         let mut offset = HEADER;
+        let mut batches = 0usize;
+        let frame_len = if v1 { FRAME_V1 } else { FRAME };
         let mut reader = std::io::BufReader::with_capacity(1 << 20, &file);
         std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(HEADER))?;
         loop {
             let mut frame = [0u8; FRAME];
-            match reader.read_exact(&mut frame) {
+            match reader.read_exact(&mut frame[..frame_len]) {
                 Ok(()) => {}
                 Err(e) if e.kind() == ErrorKind::UnexpectedEof => break,
                 Err(e) => return Err(e),
             }
             let g = u64::from_le_bytes(frame[..8].try_into().expect("8 bytes"));
             let len = u32::from_le_bytes(frame[8..12].try_into().expect("4 bytes")) as u64;
-            let sum = u32::from_le_bytes(frame[12..16].try_into().expect("4 bytes"));
-            if g != generation || offset + FRAME as u64 + len > CAPACITY {
-                break;
+            if g != generation || offset + frame_len as u64 + len > CAPACITY {
+                break; // the end of this generation's batches
             }
             let mut body = vec![0u8; len as usize];
             reader.read_exact(&mut body)?;
-            if crc(g, &body) != sum {
-                break; // a torn tail
-            }
-            let Some(batch) = decode(&body) else { break };
+            let good = if v1 {
+                crc(g, &body) == u32::from_le_bytes(frame[12..16].try_into().expect("4 bytes"))
+            } else {
+                let tag = &frame[12..FRAME];
+                blake2::digest::Mac::verify_slice(mac(&key, g, offset, &body), tag).is_ok()
+            };
+            let batch = if good { decode(&body) } else { None };
+            let Some(batch) = batch else {
+                // A batch cut by a crash (none of its writers was
+                // answered), or one nobody with the key wrote: the replay
+                // ends here, and keeps what came before.
+                tracing::warn!(
+                    batches,
+                    "the intake journal's replay stopped at a batch that does not verify: a \
+                     write cut by a crash, or (if the mote did not crash) an altered journal"
+                );
+                break;
+            };
             ops.extend(batch);
-            offset += FRAME as u64 + len;
+            batches += 1;
+            offset += frame_len as u64 + len;
         }
         Ok(Some((
             Self {
                 file,
+                key,
                 generation,
                 offset,
-                broken: false,
+                // A journal of the first format takes no more batches:
+                // the next one checkpoints, and the file goes on in this
+                // format.
+                broken: v1,
             },
             ops,
         )))
@@ -333,10 +413,11 @@ impl Journal {
 
     /// Write one batch and `fdatasync` it.
     pub(crate) fn write(&mut self, body: &[u8]) -> std::io::Result<()> {
+        let tag = mac(&self.key, self.generation, self.offset, body);
         let mut frame = Vec::with_capacity(FRAME + body.len());
         frame.extend_from_slice(&self.generation.to_le_bytes());
         frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        frame.extend_from_slice(&crc(self.generation, body).to_le_bytes());
+        frame.extend_from_slice(&blake2::digest::Mac::finalize(tag).into_bytes());
         frame.extend_from_slice(body);
         let written = injected()
             .and_then(|()| self.file.write_all_at(&frame, self.offset))
@@ -366,9 +447,11 @@ impl Journal {
     }
 
     fn start_generation(&mut self, generation: u64) -> std::io::Result<()> {
-        let mut header = [0u8; 16];
+        let mut header = [0u8; HEADER_USED];
         header[..8].copy_from_slice(MAGIC);
-        header[8..].copy_from_slice(&generation.to_le_bytes());
+        header[8..16].copy_from_slice(&generation.to_le_bytes());
+        let tag = blake2::digest::Mac::finalize(mac(&self.key, generation, 0, MAGIC));
+        header[16..].copy_from_slice(&tag.into_bytes());
         if let Err(e) = injected()
             .and_then(|()| self.file.write_all_at(&header, 0))
             .and_then(|()| self.file.sync_data())
@@ -403,6 +486,8 @@ mod tests {
         b
     }
 
+    const KEY: MacKey = [7; 32];
+
     fn sample() -> Vec<Op> {
         vec![
             Op::Put {
@@ -433,7 +518,7 @@ mod tests {
     #[test]
     fn batches_replay_in_order_until_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut j, ops) = Journal::open(dir.path(), 0).unwrap().unwrap();
+        let (mut j, ops) = Journal::open(dir.path(), 0, KEY).unwrap().unwrap();
         assert!(ops.is_empty());
         let meta = std::fs::metadata(dir.path().join(FILE)).unwrap();
         assert_eq!(meta.len(), CAPACITY);
@@ -445,33 +530,33 @@ mod tests {
         j.write(&body(&s[..2])).unwrap();
         j.write(&body(&s[2..])).unwrap();
         drop(j);
-        let (mut j, ops) = Journal::open(dir.path(), 0).unwrap().unwrap();
+        let (mut j, ops) = Journal::open(dir.path(), 0, KEY).unwrap().unwrap();
         assert_eq!(ops, s);
         // A checkpoint: the old records no longer count, even though their
         // bytes are still in the file.
         j.restart().unwrap();
         j.write(&body(&s[2..])).unwrap();
         drop(j);
-        let (_, ops) = Journal::open(dir.path(), 0).unwrap().unwrap();
+        let (_, ops) = Journal::open(dir.path(), 0, KEY).unwrap().unwrap();
         assert_eq!(ops, s[2..].to_vec());
     }
 
     #[test]
     fn a_torn_tail_is_ignored_and_what_came_before_it_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut j, _) = Journal::open(dir.path(), 0).unwrap().unwrap();
+        let (mut j, _) = Journal::open(dir.path(), 0, KEY).unwrap().unwrap();
         let s = sample();
         j.write(&body(&s[..1])).unwrap();
         let tail_at = j.offset;
         j.write(&body(&s[1..])).unwrap();
         drop(j);
-        // Flip a byte in the second batch's body: its CRC fails.
+        // Flip a byte in the second batch's body: its MAC fails.
         let f = OpenOptions::new()
             .write(true)
             .open(dir.path().join(FILE))
             .unwrap();
         f.write_all_at(&[0xAA], tail_at + FRAME as u64 + 3).unwrap();
-        let (j, ops) = Journal::open(dir.path(), 0).unwrap().unwrap();
+        let (j, ops) = Journal::open(dir.path(), 0, KEY).unwrap().unwrap();
         assert_eq!(ops, s[..1].to_vec());
         // New batches go after the last good one.
         assert_eq!(j.offset, tail_at);
@@ -483,18 +568,18 @@ mod tests {
         let elsewhere = dir.path().join("elsewhere");
         std::fs::write(&elsewhere, b"not the journal's").unwrap();
         std::os::unix::fs::symlink(&elsewhere, dir.path().join(FILE)).unwrap();
-        let e = Journal::open(dir.path(), 0).err().expect("refused");
+        let e = Journal::open(dir.path(), 0, KEY).err().expect("refused");
         assert!(e.to_string().contains("symbolic link"), "{e}");
         assert_eq!(std::fs::read(&elsewhere).unwrap(), b"not the journal's");
         std::fs::remove_file(dir.path().join(FILE)).unwrap();
         std::fs::create_dir(dir.path().join(FILE)).unwrap();
-        assert!(Journal::open(dir.path(), 0).is_err());
+        assert!(Journal::open(dir.path(), 0, KEY).is_err());
     }
 
     #[test]
     fn generations_sled_covers_are_not_replayed_and_numbers_go_on_from_there() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut j, _) = Journal::open(dir.path(), 0).unwrap().unwrap();
+        let (mut j, _) = Journal::open(dir.path(), 0, KEY).unwrap().unwrap();
         let s = sample();
         j.write(&body(&s)).unwrap();
         assert_eq!(j.next_generation(), 2);
@@ -502,24 +587,106 @@ mod tests {
         // sled says generation 1 is in it: nothing to replay, and the
         // journal goes on at 2 (its records would otherwise be ignored at
         // the next open).
-        let (mut j, ops) = Journal::open(dir.path(), 2).unwrap().unwrap();
+        let (mut j, ops) = Journal::open(dir.path(), 2, KEY).unwrap().unwrap();
         assert!(ops.is_empty());
         assert_eq!(j.generation, 2);
         j.write(&body(&s[..1])).unwrap();
         drop(j);
-        let (_, ops) = Journal::open(dir.path(), 2).unwrap().unwrap();
+        let (_, ops) = Journal::open(dir.path(), 2, KEY).unwrap().unwrap();
         assert_eq!(ops, s[..1].to_vec());
         // A journal made anew (the file was lost) starts where sled says.
         std::fs::remove_file(dir.path().join(FILE)).unwrap();
-        let (j, ops) = Journal::open(dir.path(), 7).unwrap().unwrap();
+        let (j, ops) = Journal::open(dir.path(), 7, KEY).unwrap().unwrap();
         assert!(ops.is_empty());
         assert_eq!(j.generation, 7);
+    }
+
+    /// Issue 22, finding 10: a batch written without the key (a forged
+    /// `Remove`, well framed, after the real ones) is not replayed; nor is
+    /// a real batch moved to another offset; the replay keeps what came
+    /// before and the journal opens. With another key nothing verifies and
+    /// the file is made anew.
+    #[test]
+    fn a_forged_batch_is_never_replayed_and_the_journal_still_opens() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut j, _) = Journal::open(dir.path(), 0, KEY).unwrap().unwrap();
+        let s = sample();
+        j.write(&body(&s[..1])).unwrap();
+        let forged_at = j.offset;
+        let generation = j.generation;
+        drop(j);
+        let file = OpenOptions::new()
+            .write(true)
+            .open(dir.path().join(FILE))
+            .unwrap();
+        let forge = |at: u64, tag: [u8; MAC_BYTES], body: &[u8]| {
+            let mut frame = generation.to_le_bytes().to_vec();
+            frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            frame.extend_from_slice(&tag);
+            frame.extend_from_slice(body);
+            file.write_all_at(&frame, at).unwrap();
+        };
+        let evil = body(&[Op::Remove { id: [1; 16] }]);
+        // A guessed MAC, and one made with another key.
+        for tag in [
+            [0u8; MAC_BYTES],
+            blake2::digest::Mac::finalize(mac(&[8; 32], generation, forged_at, &evil))
+                .into_bytes()
+                .into(),
+        ] {
+            forge(forged_at, tag, &evil);
+            let (j, ops) = Journal::open(dir.path(), 0, KEY).unwrap().unwrap();
+            assert_eq!(ops, s[..1].to_vec());
+            assert_eq!(j.offset, forged_at, "new batches go over the forged one");
+        }
+        // A real batch's frame copied to another offset does not verify
+        // there.
+        let real = body(&s[..1]);
+        let tag = blake2::digest::Mac::finalize(mac(&KEY, generation, HEADER, &real));
+        forge(forged_at, tag.into_bytes().into(), &real);
+        let (_, ops) = Journal::open(dir.path(), 0, KEY).unwrap().unwrap();
+        assert_eq!(ops, s[..1].to_vec());
+        // Another key: even the header does not verify; nothing is
+        // replayed and the file starts over (zeroed).
+        let (j, ops) = Journal::open(dir.path(), 0, [9; 32]).unwrap().unwrap();
+        assert!(ops.is_empty());
+        assert_eq!(j.offset, HEADER);
+        drop(j);
+        let (_, ops) = Journal::open(dir.path(), 0, KEY).unwrap().unwrap();
+        assert!(ops.is_empty(), "the old key's batches are gone too");
+    }
+
+    /// A journal of the first format (CRC-32 batches) left by an older
+    /// build is replayed, and the next batch checkpoints into the new one.
+    #[test]
+    fn a_journal_of_the_first_format_is_replayed_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sample();
+        let mut file = vec![0u8; CAPACITY as usize];
+        file[..8].copy_from_slice(MAGIC_V1);
+        file[8..16].copy_from_slice(&3u64.to_le_bytes());
+        let b = body(&s);
+        let mut frame = 3u64.to_le_bytes().to_vec();
+        frame.extend_from_slice(&(b.len() as u32).to_le_bytes());
+        frame.extend_from_slice(&crc(3, &b).to_le_bytes());
+        frame.extend_from_slice(&b);
+        let at = HEADER as usize;
+        file[at..at + frame.len()].copy_from_slice(&frame);
+        std::fs::write(dir.path().join(FILE), &file).unwrap();
+        let (mut j, ops) = Journal::open(dir.path(), 0, KEY).unwrap().unwrap();
+        assert_eq!(ops, s);
+        assert!(!j.fits(1), "the next batch checkpoints");
+        j.restart().unwrap();
+        j.write(&body(&s[..1])).unwrap();
+        drop(j);
+        let (j, ops) = Journal::open(dir.path(), 0, KEY).unwrap().unwrap();
+        assert_eq!((ops, j.generation), (s[..1].to_vec(), 4));
     }
 
     #[test]
     fn a_batch_that_does_not_fit_is_not_written() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut j, _) = Journal::open(dir.path(), 0).unwrap().unwrap();
+        let (mut j, _) = Journal::open(dir.path(), 0, KEY).unwrap().unwrap();
         let big = (CAPACITY - HEADER) as usize - FRAME;
         assert!(j.fits(big));
         assert!(!j.fits(big + 1));

@@ -328,25 +328,27 @@ impl Store {
             .unwrap_or(0);
         let (journal, replayed) = match &dir {
             None => (None, 0),
-            Some(d) => match journal::Journal::open(d, covered) {
-                Ok(Some((j, ops))) => {
-                    let n = ops.len();
-                    replay_journal(&items, &replay, &accounts, ops)?;
-                    (Some(j), n)
+            Some(d) => {
+                match journal::Journal::open(d, covered, key.derive(b"dustmote journal mac")) {
+                    Ok(Some((j, ops))) => {
+                        let n = ops.len();
+                        replay_journal(&items, &replay, &accounts, ops)?;
+                        (Some(j), n)
+                    }
+                    // No room for it (a restart on a nearly full disk): every
+                    // durable write is then a sled flush, as without a journal.
+                    Ok(None) => {
+                        tracing::warn!("no room for the intake journal; every write is made durable by a full flush until a restart with space");
+                        (None, 0)
+                    }
+                    Err(e) => {
+                        return Err(StorageError::Io {
+                            doing: "reading the intake journal",
+                            source: e,
+                        })
+                    }
                 }
-                // No room for it (a restart on a nearly full disk): every
-                // durable write is then a sled flush, as without a journal.
-                Ok(None) => {
-                    tracing::warn!("no room for the intake journal; every write is made durable by a full flush until a restart with space");
-                    (None, 0)
-                }
-                Err(e) => {
-                    return Err(StorageError::Io {
-                        doing: "reading the intake journal",
-                        source: e,
-                    })
-                }
-            },
+            }
         };
         let flusher = Flusher::start(db.clone(), dir, journal)
             .map_err(|e| StorageError::Flush(format!("starting the flusher: {e}")))?;
