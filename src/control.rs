@@ -209,6 +209,13 @@ async fn card(h: &Handlers, name: &str) -> anyhow::Result<crate::card::Issued> {
              publishes its onion services itself"
         );
     };
+    // Nothing changes for the account before the card can be made.
+    if onions.smtp_address().is_none() && onions.http_address().is_none() {
+        bail!(
+            "the onion services are not published yet (tor's control port does not answer as \
+             it should; the mote's log says why, and it keeps trying): try again later"
+        );
+    }
     let credentials = h.accounts.reissue(name).await?;
     // The card works once the services are published with its key.
     let key = credentials

@@ -387,54 +387,93 @@ fn status_source(
 const ONION_SETTLE: Duration = Duration::from_secs(1);
 /// Least time between two publications of the onion services.
 const ONION_REPUBLISH: Duration = Duration::from_secs(3);
+/// First wait before trying again after a publication failed (tor not up
+/// yet, its control port refusing or misbehaving); it doubles up to
+/// [`ONION_RETRY_MAX`].
+const ONION_RETRY_MIN: Duration = Duration::from_secs(1);
+const ONION_RETRY_MAX: Duration = Duration::from_secs(60);
+/// How often the control connection is checked while all is published
+/// (tor removes the services when it closes, as when tor restarts).
+const ONION_CHECK: Duration = Duration::from_secs(10);
 
-/// Publish the mote's onion services through tor's control port, for the
-/// cards' keys now, and again whenever they change (a task).
-async fn publish_onions(cfg: OnionConfig, accounts: &Arc<Accounts>) -> anyhow::Result<Arc<Onions>> {
-    let onions = Arc::new(
-        Onions::open(cfg)
-            .await
-            .context("publishing the onion services ([onion])")?,
-    );
+/// The mote's onion services, published through tor's control port by a
+/// task: for the cards' keys now, again whenever they change, and again
+/// whenever the control connection is lost. The mote serves meanwhile: a
+/// tor that is not up yet, or a control port that refuses, stalls or
+/// misbehaves, delays the services (tried again with a backoff up to a
+/// minute, each failure logged), never the start. Only a bad key file ends
+/// the start.
+fn publish_onions(cfg: OnionConfig, accounts: &Arc<Accounts>) -> anyhow::Result<Arc<Onions>> {
+    let onions = Arc::new(Onions::new(cfg).context("reading the onion services' keys ([onion])")?);
     let mut keys = accounts.client_keys();
-    let now = keys.borrow_and_update().clone();
-    onions
-        .publish(&now, false)
-        .await
-        .context("publishing the onion services ([onion])")?;
-    tracing::info!(
-        smtp = onions.smtp_address().as_deref().unwrap_or("-"),
-        http = onions.http_address().as_deref().unwrap_or("-"),
-        client_auth = onions.client_auth(),
-        "onion services published"
-    );
-    // Without client authorization the cards' keys change nothing.
-    if !onions.client_auth() {
-        return Ok(onions);
-    }
     let o = Arc::clone(&onions);
     tokio::spawn(async move {
-        let mut last = tokio::time::Instant::now();
-        while keys.changed().await.is_ok() {
-            // Changes in a row (cards issued one after another) make one
-            // publication, once they have settled, and never sooner than
-            // ONION_REPUBLISH after the last: each publication makes new
-            // introduction points and a new descriptor, and tor clients
-            // and directories cope badly with descriptors replaced within
-            // the same seconds.
+        let mut retry = ONION_RETRY_MIN;
+        let mut published_once = false;
+        let mut last: Option<tokio::time::Instant> = None;
+        loop {
+            if let Some(last) = last {
+                // Each publication makes new introduction points and a new
+                // descriptor; tor clients and directories cope badly with
+                // descriptors replaced within the same seconds.
+                tokio::time::sleep_until(last + ONION_REPUBLISH).await;
+            }
+            let now = keys.borrow_and_update().clone();
+            let r = o.publish(&now, published_once).await;
+            last = Some(tokio::time::Instant::now());
+            if let Err(e) = r {
+                tracing::warn!(
+                    error = %e,
+                    retry_in = ?retry,
+                    "publishing the onion services ([onion]) failed; the mote serves without them \
+                     and tries again"
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(retry) => {}
+                    changed = keys.changed() => if changed.is_err() { return },
+                }
+                retry = (retry * 2).min(ONION_RETRY_MAX);
+                continue;
+            }
+            retry = ONION_RETRY_MIN;
+            if published_once {
+                tracing::info!(clients = now.len(), "onion services published again");
+            } else {
+                tracing::info!(
+                    smtp = o.smtp_address().as_deref().unwrap_or("-"),
+                    http = o.http_address().as_deref().unwrap_or("-"),
+                    client_auth = o.client_auth(),
+                    "onion services published"
+                );
+                published_once = true;
+            }
+            // Until the cards' keys change (and have settled: changes in a
+            // row make one publication) or the services are lost.
             loop {
                 tokio::select! {
-                    changed = keys.changed() => if changed.is_err() { return },
-                    _ = tokio::time::sleep(ONION_SETTLE) => break,
+                    changed = keys.changed() => {
+                        if changed.is_err() {
+                            return;
+                        }
+                        loop {
+                            tokio::select! {
+                                changed = keys.changed() => if changed.is_err() { return },
+                                _ = tokio::time::sleep(ONION_SETTLE) => break,
+                            }
+                        }
+                        break;
+                    }
+                    _ = tokio::time::sleep(ONION_CHECK) => {
+                        if !o.still_published().await {
+                            tracing::warn!(
+                                "the control connection to tor was lost, and the onion services \
+                                 with it: publishing them again"
+                            );
+                            break;
+                        }
+                    }
                 }
             }
-            tokio::time::sleep_until(last + ONION_REPUBLISH).await;
-            let now = keys.borrow_and_update().clone();
-            match o.publish(&now, true).await {
-                Ok(()) => tracing::info!(clients = now.len(), "onion services published again"),
-                Err(e) => tracing::error!(error = %e, "publishing the onion services again failed"),
-            }
-            last = tokio::time::Instant::now();
         }
     });
     Ok(onions)
@@ -611,7 +650,7 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
             if cfg.key_file.as_os_str().is_empty() {
                 cfg.key_file = crate::key::runtime_file(&dir, "onion")?;
             }
-            Some(publish_onions(cfg, &accounts).await?)
+            Some(publish_onions(cfg, &accounts)?)
         }
         None => None,
     };

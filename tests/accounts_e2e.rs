@@ -45,20 +45,6 @@ fn usage_today(mote: &Mote, name: &str) -> Vec<u64> {
         .collect()
 }
 
-/// swaks as `user` with `password`.
-fn swaks_as(port: u16, user: &str, password: &str, args: &[&str]) -> (bool, String) {
-    let mut all = vec![
-        "--auth",
-        "PLAIN",
-        "--auth-user",
-        user,
-        "--auth-password",
-        password,
-    ];
-    all.extend_from_slice(args);
-    swaks(port, &all)
-}
-
 /// `submit.py send` as `user`: the verdict.
 fn smtplib_as(port: u16, user: &str, password: &str, msg: &Path) -> serde_json::Value {
     json_of(

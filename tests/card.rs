@@ -29,31 +29,39 @@ impl OfflineTor {
         let dir = tempfile::tempdir().unwrap();
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
         let port = free_port();
-        let child = Command::new("tor")
-            .args([
-                "--SocksPort",
-                "0",
-                "--DisableNetwork",
-                "1",
-                "--CookieAuthentication",
-                "1",
-            ])
-            .args(["--ControlPort", &format!("127.0.0.1:{port}")])
-            .arg("--DataDirectory")
-            .arg(dir.path())
-            .args(["--Log", "warn stderr"])
-            .args([
-                "--__OwningControllerProcess",
-                &std::process::id().to_string(),
-            ])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("tor (run tests/install-deps.sh)");
-        let proc = Proc(child);
-        wait_for(Duration::from_secs(30), || port_open(port).then_some(()))
-            .expect("tor's control port");
+        let proc = tor_at(port, dir.path());
         Self { proc, port, dir }
     }
+}
+
+/// A tor with its network off, its control port on `port` (cookie
+/// authentication, the cookie in `dir`) and its data in `dir`, once that
+/// port answers.
+fn tor_at(port: u16, dir: &std::path::Path) -> Proc {
+    let child = Command::new("tor")
+        .args([
+            "--SocksPort",
+            "0",
+            "--DisableNetwork",
+            "1",
+            "--CookieAuthentication",
+            "1",
+        ])
+        .args(["--ControlPort", &format!("127.0.0.1:{port}")])
+        .arg("--DataDirectory")
+        .arg(dir)
+        .args(["--Log", "warn stderr"])
+        .args([
+            "--__OwningControllerProcess",
+            &std::process::id().to_string(),
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("tor (run tests/install-deps.sh)");
+    let proc = Proc(child);
+    wait_for(Duration::from_secs(30), || port_open(port).then_some(()))
+        .expect("tor's control port");
+    proc
 }
 
 /// The URI line of `dustmote card` output.
@@ -332,4 +340,74 @@ fn without_onion_services_there_is_no_card() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("[onion] control"));
     sink.stop();
+}
+
+/// Issue 22, finding 9: a mote whose tor is not up yet serves at once (an
+/// SMTP greeting within seconds), says it will try again, and publishes
+/// its onion services as soon as tor is there; when tor restarts (the
+/// services go with its control connection) it publishes them again, at
+/// the same addresses.
+#[test]
+fn a_mote_serves_before_its_tor_and_publishes_when_tor_comes() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let port = free_port();
+    let sink = Sink::start();
+    let mut cfg = MoteConfig::new(sink.port);
+    cfg.extra = format!(
+        "[onion]\ncontrol = \"127.0.0.1:{port}\"\ncontrol_cookie = \"{}\"\n",
+        dir.path().join("control_auth_cookie").display()
+    );
+    let mote = Mote::start(&cfg);
+    let greeting = greeting(mote.port, Duration::from_secs(5));
+    assert!(greeting.starts_with("220 "), "{greeting:?}");
+    let log_has = |what: &str, secs: u64| {
+        wait_for(Duration::from_secs(secs), || {
+            mote.log().contains(what).then_some(())
+        })
+        .is_some()
+    };
+    assert!(log_has("tries again", 10), "{}", mote.log());
+    let addresses = || {
+        let v = mote.status_json();
+        (
+            v["sharing"]["smtp_onion"].as_str().map(str::to_string),
+            v["sharing"]["http_onion"].as_str().map(str::to_string),
+        )
+    };
+    assert_eq!(addresses(), (None, None));
+    // No card before the services are published, and the account keeps
+    // its credentials.
+    let invited = mote.invite(&["nadia", "--smtp"]);
+    let out = mote.cli_args(&["card", "nadia"]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("not published yet"), "{said}");
+    let pw = invited["smtp_password"].as_str().unwrap();
+    let (ok, t) = swaks_as(
+        mote.port,
+        "nadia",
+        pw,
+        &["--to", "b@example.net", "--quit-after", "AUTH"],
+    );
+    assert!(ok, "{t}");
+    let tor = tor_at(port, dir.path());
+    assert!(log_has("onion services published", 60), "{}", mote.log());
+    let first = addresses();
+    assert!(
+        first
+            .0
+            .as_deref()
+            .is_some_and(|a| a.ends_with(".onion:587")),
+        "{first:?}"
+    );
+    drop(tor);
+    let _tor = tor_at(port, dir.path());
+    assert!(
+        log_has("onion services published again", 60),
+        "{}",
+        mote.log()
+    );
+    assert!(mote.log().contains("control connection to tor was lost"));
+    assert_eq!(addresses(), first);
 }

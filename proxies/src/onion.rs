@@ -415,7 +415,10 @@ const UPLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// What [`Onions::publish`] keeps between calls.
 struct Published {
-    control: Control,
+    /// The control connection (none before the first publication, or
+    /// after one failed: the next connects again). The services live as
+    /// long as it: tor removes them when it closes.
+    control: Option<Control>,
     /// The services' keys (`ED25519-V3:…`), once known.
     keys: [Option<String>; 2],
     /// The client keys of the publication in force (`None`: nothing
@@ -432,19 +435,15 @@ impl std::fmt::Debug for Onions {
 }
 
 impl Onions {
-    /// Connect and authenticate to tor and read the services' keys, if a
-    /// previous start kept them. Nothing is published yet: see
+    /// Read the services' keys, if a previous start kept them. Nothing is
+    /// published, and tor not even asked, yet: see
     /// [`publish`](Self::publish).
-    pub async fn open(cfg: OnionConfig) -> Result<Self, OnionError> {
-        let mut control = Control::connect(&cfg.control).await?;
-        control
-            .authenticate(cfg.password.as_deref(), cfg.cookie.as_deref())
-            .await?;
+    pub fn new(cfg: OnionConfig) -> Result<Self, OnionError> {
         let keys = read_keys(&cfg.key_file)?;
         Ok(Self {
             cfg,
             state: tokio::sync::Mutex::new(Published {
-                control,
+                control: None,
                 keys,
                 clients: None,
             }),
@@ -500,8 +499,56 @@ impl Onions {
     /// With `wait`, it returns once tor has uploaded the new descriptors
     /// (at most [`UPLOAD_WAIT`]; not at all while tor has no circuit, as
     /// with its network off): until then clients still find the old ones.
+    ///
+    /// It connects to tor's control port first if it has no connection. If
+    /// anything fails, the connection is closed (tor removes what it
+    /// published) and nothing is in force: call it again.
     pub async fn publish(&self, clients: &[String], wait: bool) -> Result<(), OnionError> {
         let mut st = self.state.lock().await;
+        let r = self.publish_on(&mut st, clients, wait).await;
+        if r.is_err() {
+            Self::lost(&mut st, &self.in_force);
+        }
+        r
+    }
+
+    /// Whether the services are still published: the control connection
+    /// answers. If it does not, it is closed and nothing is in force (the
+    /// caller publishes again).
+    pub async fn still_published(&self) -> bool {
+        let mut st = self.state.lock().await;
+        let Some(control) = st.control.as_mut() else {
+            return false;
+        };
+        if control.command("GETINFO version", "GETINFO").await.is_ok() {
+            return st.clients.is_some();
+        }
+        Self::lost(&mut st, &self.in_force);
+        false
+    }
+
+    /// The control connection is gone (or given up): so are the services.
+    fn lost(st: &mut Published, in_force: &tokio::sync::watch::Sender<Option<Vec<String>>>) {
+        st.control = None;
+        st.clients = None;
+        in_force.send_replace(None);
+    }
+
+    async fn publish_on(
+        &self,
+        st: &mut Published,
+        clients: &[String],
+        wait: bool,
+    ) -> Result<(), OnionError> {
+        let control = match &mut st.control {
+            Some(c) => c,
+            none => {
+                let mut c = Control::connect(&self.cfg.control).await?;
+                c.authenticate(self.cfg.password.as_deref(), self.cfg.cookie.as_deref())
+                    .await?;
+                none.insert(c)
+            }
+        };
         let wanted = if self.cfg.client_auth {
             clients.to_vec()
         } else {
@@ -514,8 +561,7 @@ impl Onions {
             let ids = self.ids.lock().clone();
             for id in ids.iter().flatten() {
                 // Gone already is fine (tor restarted its services).
-                let _ = st
-                    .control
+                let _ = control
                     .command(&format!("DEL_ONION {id}"), "DEL_ONION")
                     .await;
             }
@@ -539,8 +585,7 @@ impl Onions {
         }
         // A second connection hears when tor has uploaded the new
         // descriptors (until then clients still find the old ones).
-        let online = st
-            .control
+        let online = control
             .command("GETINFO status/circuit-established", "GETINFO")
             .await?
             .iter()
@@ -562,7 +607,7 @@ impl Onions {
                 .clone()
                 .unwrap_or_else(|| "NEW:ED25519-V3".into());
             let line = format!("ADD_ONION {key} Port={port},{target}{auth}");
-            let reply = st.control.command(&line, "ADD_ONION").await?;
+            let reply = control.command(&line, "ADD_ONION").await?;
             let id = field(&reply, "ServiceID=")?;
             if !is_service_id(&id) {
                 return Err(untrusted(

@@ -735,11 +735,16 @@ pub fn swaks(port: u16, args: &[&str]) -> (bool, String) {
 
 /// swaks with AUTH PLAIN as [`USER`] with `password`, then `args`.
 pub fn swaks_auth(port: u16, password: &str, args: &[&str]) -> (bool, String) {
+    swaks_as(port, USER, password, args)
+}
+
+/// swaks with AUTH PLAIN as `user`.
+pub fn swaks_as(port: u16, user: &str, password: &str, args: &[&str]) -> (bool, String) {
     let mut all = vec![
         "--auth",
         "PLAIN",
         "--auth-user",
-        USER,
+        user,
         "--auth-password",
         password,
     ];
@@ -754,6 +759,19 @@ pub fn assert_refused(verdict: &serde_json::Value, stage: &str, code: i64) {
         (Some(stage), Some(code)),
         "{verdict}"
     );
+}
+
+/// The first line an SMTP server at `port` sends within `limit` (empty if
+/// none came).
+pub fn greeting(port: u16, limit: Duration) -> String {
+    use std::io::BufRead;
+    let Ok(s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    s.set_read_timeout(Some(limit)).unwrap();
+    let mut line = String::new();
+    let _ = std::io::BufReader::new(s).read_line(&mut line);
+    line
 }
 
 /// Submit one message with swaks (AUTH PLAIN as [`USER`]) to `to` with
