@@ -43,10 +43,6 @@ const DAY_ROOM: &str =
     "the whole object (the origin ignores Range) exceeds what the account may download today";
 const JOB_CAP: &str = "object larger than the per-job limit";
 
-/// Bytes of a response body collected before they are written to the
-/// content file (one blocking write each).
-const WRITE_BATCH: usize = 1 << 20;
-
 /// Why a chunk could not be fetched or stored. A [`ErrorKind::Permanent`]
 /// one ends the job, with this error as the reason its user sees, and
 /// removes what it stored.
@@ -574,66 +570,25 @@ impl Fetcher {
         self.cfg.max_user_bytes.saturating_sub(others)
     }
 
-    /// Stream `body` into the job's content at `offset`, in batches of
-    /// [`WRITE_BATCH`] bytes sealed and written on a blocking thread while
-    /// the next batch arrives; at most `limit`
-    /// bytes, or the error `too_large` makes. Returns the (uncommitted)
-    /// writer and the byte count.
+    /// [`store_body`](crate::job::store_body) into the job's content at
+    /// `offset`: at most `limit` bytes, or the error `too_large` makes.
     async fn store_body(
         &self,
         id: &ItemId,
         offset: u64,
-        mut body: Incoming,
+        body: Incoming,
         limit: u64,
         too_large: impl FnOnce() -> FetchError,
     ) -> Result<(ContentWriter, u64), FetchError> {
-        let store = Arc::clone(&self.store);
-        let job = *id;
-        let writer = blocking(move || store.content_writer(&job, offset)).await?;
-        // Double buffering: while one batch is sealed and written on a
-        // blocking thread, the next one is received. The writer and the
-        // emptied buffer come back from each write.
-        type Write = tokio::task::JoinHandle<Result<(ContentWriter, Vec<u8>), StorageError>>;
-        let mut idle = Some((writer, Vec::with_capacity(WRITE_BATCH)));
-        let mut writing: Option<Write> = None;
-        let mut buf = Vec::with_capacity(WRITE_BATCH);
-        let mut got = 0u64;
-        loop {
-            let frame = body.frame().await.transpose()?;
-            let end = frame.is_none();
-            if let Some(data) = frame.and_then(|f| f.into_data().ok()) {
-                got += data.len() as u64;
-                if got > limit {
-                    if let Some(w) = writing.take() {
-                        let _ = w.await; // the writer's drop cuts its frame off
-                    }
-                    return Err(too_large());
-                }
-                buf.extend_from_slice(&data);
-            }
-            if buf.len() >= WRITE_BATCH || (end && !buf.is_empty()) {
-                let (mut writer, spare) = match (writing.take(), idle.take()) {
-                    (Some(w), _) => w.await??,
-                    (None, Some(idle)) => idle,
-                    (None, None) => unreachable!("the writer is either idle or writing"),
-                };
-                let full = std::mem::replace(&mut buf, spare);
-                writing = Some(tokio::task::spawn_blocking(move || {
-                    let mut full = full;
-                    writer.write(&full)?;
-                    full.clear();
-                    Ok((writer, full))
-                }));
-            }
-            if end {
-                let writer = match (writing.take(), idle.take()) {
-                    (Some(w), _) => w.await??.0,
-                    (None, Some((w, _))) => w,
-                    (None, None) => unreachable!("the writer is either idle or writing"),
-                };
-                return Ok((writer, got));
-            }
-        }
+        use crate::job::StoreBodyError as E;
+        crate::job::store_body(&self.store, id, offset, Bytes::new(), body, limit)
+            .await
+            .map_err(|e| match e {
+                E::TooLarge => too_large(),
+                E::Body(e) => e.into(),
+                E::Storage(e) => e.into(),
+                E::Task(e) => e.into(),
+            })
     }
 
     /// Sync a written chunk and enter it in the index. `false` if the job

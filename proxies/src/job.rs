@@ -4,10 +4,16 @@
 //! [`Admission`](crate::smtp::Admission)).
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::SystemTime;
 
-use dust_mixer::{wall_ms, Deliver, ItemId, ItemKind, Mixer, MixerError, StorageError, Store};
+use bytes::Bytes;
+use dust_mixer::{
+    wall_ms, ContentWriter, Deliver, ItemId, ItemKind, Mixer, MixerError, StorageError, Store,
+};
 use futures::task::Spawn;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
 use tor_rtcompat::{Blocking, SleepProvider};
 
@@ -16,6 +22,108 @@ use tor_rtcompat::{Blocking, SleepProvider};
 pub fn is_http_url(url: &str) -> bool {
     url.parse::<http::Uri>()
         .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some())
+}
+
+/// Bytes stored per write on the blocking pool by [`store_body`] (sealed
+/// there): memory per transfer stays about twice this, whatever its size.
+const WRITE_BATCH: usize = 1 << 20;
+
+/// Why [`store_body`] stopped.
+#[derive(Debug)]
+pub(crate) enum StoreBodyError {
+    /// More than its limit.
+    TooLarge,
+    /// Reading the body failed (the peer went away).
+    Body(hyper::Error),
+    /// Storing failed.
+    Storage(StorageError),
+    /// A blocking storage task did not finish.
+    Task(tokio::task::JoinError),
+}
+
+impl From<StorageError> for StoreBodyError {
+    fn from(e: StorageError) -> Self {
+        Self::Storage(e)
+    }
+}
+
+impl From<tokio::task::JoinError> for StoreBodyError {
+    fn from(e: tokio::task::JoinError) -> Self {
+        Self::Task(e)
+    }
+}
+
+/// Stream `first` and then `body` into job `id`'s content at `offset`, in
+/// batches of [`WRITE_BATCH`] bytes sealed and written on a blocking
+/// thread while the next batch arrives; at most `limit` bytes. Returns the
+/// (uncommitted) writer and the byte count: the caller commits it
+/// ([`Store::commit_chunk`]) or drops it (its frame is cut off). The
+/// fetcher stores an origin's answer with it, the peer link a handed-over
+/// download.
+pub(crate) async fn store_body(
+    store: &Arc<Store>,
+    id: &ItemId,
+    offset: u64,
+    first: Bytes,
+    mut body: Incoming,
+    limit: u64,
+) -> Result<(ContentWriter, u64), StoreBodyError> {
+    let s = Arc::clone(store);
+    let job = *id;
+    let writer = tokio::task::spawn_blocking(move || s.content_writer(&job, offset)).await??;
+    // Double buffering: while one batch is sealed and written on a
+    // blocking thread, the next one is received. The writer and the
+    // emptied buffer come back from each write.
+    type Write = tokio::task::JoinHandle<Result<(ContentWriter, Vec<u8>), StorageError>>;
+    let mut idle = Some((writer, Vec::with_capacity(WRITE_BATCH)));
+    let mut writing: Option<Write> = None;
+    let mut buf = Vec::with_capacity(WRITE_BATCH);
+    let mut got = 0u64;
+    let mut first = (!first.is_empty()).then_some(first);
+    loop {
+        let data = match first.take() {
+            Some(b) => Some(b),
+            None => body
+                .frame()
+                .await
+                .transpose()
+                .map_err(StoreBodyError::Body)?
+                .map(|f| f.into_data().unwrap_or_default()),
+        };
+        let end = data.is_none();
+        if let Some(data) = data {
+            got += data.len() as u64;
+            if got > limit {
+                if let Some(w) = writing.take() {
+                    let _ = w.await; // the writer's drop cuts its frame off
+                }
+                return Err(StoreBodyError::TooLarge);
+            }
+            buf.extend_from_slice(&data);
+        }
+        if buf.len() >= WRITE_BATCH || (end && !buf.is_empty()) {
+            let (mut writer, spare) = match (writing.take(), idle.take()) {
+                (Some(w), _) => w.await??,
+                (None, Some(idle)) => idle,
+                (None, None) => unreachable!("the writer is either idle or writing"),
+            };
+            let full = std::mem::replace(&mut buf, spare);
+            writing = Some(tokio::task::spawn_blocking(move || {
+                let mut full = full;
+                writer.write(&full)?;
+                full.clear();
+                Ok((writer, full))
+            }));
+        }
+        if end {
+            let writer = match (writing.take(), idle.take()) {
+                (Some(w), _) => w.await??.0,
+                (None, Some((w, _))) => w,
+                (None, None) => unreachable!("the writer is either idle or writing"),
+            };
+            return Ok((writer, got));
+        }
+    }
 }
 
 /// State of a fetch job.

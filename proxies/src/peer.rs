@@ -49,7 +49,8 @@ use crate::mail::StoredMail;
 /// How long a received item's (peer, id) digest is kept: longer than any
 /// mote lives, so a resend is always recognized.
 pub const TRANSFER_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
-/// How long the whole body may take to arrive.
+/// How long a mail item's body may take to arrive (a job's: this plus
+/// [`BODY_TIME_PER_MIB`]).
 const BODY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Largest job record accepted (the JSON before the content).
@@ -83,9 +84,10 @@ pub struct Peers {
     /// The HTTP users of this mote: a download job is taken over only for
     /// one of them (by name), so that its owner can fetch it here.
     job_users: std::collections::HashSet<String>,
-    /// Held while a job transfer checks that the job is new and writes it,
-    /// so that two transfers of one job cannot both find it missing.
-    jobs: tokio::sync::Mutex<()>,
+    /// Jobs being received now: a second transfer of one of them gets 409
+    /// at once (two transfers of one job cannot both find it missing, and
+    /// a slow one holds nobody else up).
+    receiving: parking_lot::Mutex<std::collections::HashSet<ItemId>>,
     /// This mote's own intake rules, applied to mail from peers too.
     mail: MailRules,
 }
@@ -166,7 +168,7 @@ impl Peers {
             limits,
             buckets: parking_lot::Mutex::new(HashMap::new()),
             job_users: std::collections::HashSet::new(),
-            jobs: tokio::sync::Mutex::new(()),
+            receiving: parking_lot::Mutex::new(std::collections::HashSet::new()),
             mail: MailRules::default(),
         }
     }
@@ -211,6 +213,27 @@ impl Peers {
     fn is_empty(&self) -> bool {
         self.limits.is_empty()
     }
+
+    /// Mark job `id` as being received until the guard drops; `None` if
+    /// it is already.
+    fn receiving(&self, id: ItemId) -> Option<Receiving<'_>> {
+        self.receiving
+            .lock()
+            .insert(id)
+            .then_some(Receiving { peers: self, id })
+    }
+}
+
+/// A job being received (see [`Peers::receiving`]).
+struct Receiving<'a> {
+    peers: &'a Peers,
+    id: ItemId,
+}
+
+impl Drop for Receiving<'_> {
+    fn drop(&mut self) {
+        self.peers.receiving.lock().remove(&self.id);
+    }
 }
 
 /// Why a transfer was not admitted.
@@ -243,20 +266,36 @@ pub trait Transfer: Send + Sync + 'static {
         window: Duration,
     ) -> impl Future<Output = Result<bool, TransferError>> + Send;
 
-    /// Take over download job `id`: its `record` and the first bytes of
-    /// its `content`, then its fetch item (as [`admit_transfer`]), unless
-    /// `digest` was admitted within `window` (then nothing is written: the
-    /// job may have moved on here since). `true`: stored now.
-    /// [`TransferError::Exists`] when a job `id` is here that is not
-    /// `record` as this transfer writes it (another peer's, a user's own,
-    /// or one changed since): it is neither replaced nor given another item.
+    /// Whether download job `id` may be taken over as `record` (before
+    /// anything of it is written): `Ok(true)` if it is not here, or is
+    /// here as this very transfer wrote it (the same peer's unchanged
+    /// record: a resend after a crash between record and item);
+    /// `Ok(false)` if `digest` was admitted within `window` (taken over
+    /// before; nothing is written: the job may have moved on here since);
+    /// [`TransferError::Exists`] if another job `id` is here (another
+    /// peer's, a user's own, or one changed since): it is neither replaced
+    /// nor given another item.
+    fn may_take_job(
+        &self,
+        id: ItemId,
+        record: &[u8],
+        digest: [u8; 32],
+    ) -> impl Future<Output = Result<bool, TransferError>> + Send;
+
+    /// The store a handed-over job's content is streamed into (between
+    /// [`may_take_job`](Self::may_take_job) and
+    /// [`admit_job`](Self::admit_job)).
+    fn content_store(&self) -> &std::sync::Arc<dust_mixer::Store>;
+
+    /// Take over download job `id`, whose content is stored already: its
+    /// `record`, then its fetch item (as [`admit_transfer`]), checked again
+    /// as [`may_take_job`](Self::may_take_job) does. `true`: stored now.
     ///
     /// [`admit_transfer`]: Self::admit_transfer
     fn admit_job(
         &self,
         id: ItemId,
         record: Vec<u8>,
-        content: Bytes,
         digest: [u8; 32],
         window: Duration,
     ) -> impl Future<Output = Result<bool, TransferError>> + Send;
@@ -297,15 +336,13 @@ where
         }
     }
 
-    async fn admit_job(
+    async fn may_take_job(
         &self,
         id: ItemId,
-        record: Vec<u8>,
-        content: Bytes,
+        record: &[u8],
         digest: [u8; 32],
-        window: Duration,
     ) -> Result<bool, TransferError> {
-        let store = std::sync::Arc::clone(self.store());
+        let store = self.store();
         let now = dust_mixer::wall_ms(std::time::SystemTime::now());
         if store.digest_seen(&digest, now).map_err(storage_refusal)? {
             // Taken over before (the sender never saw the answer): what is
@@ -313,26 +350,32 @@ where
             store.sync().await.map_err(storage_refusal)?;
             return Ok(false);
         }
-        // A job that is here is taken only from the transfer that wrote it
-        // and only as it wrote it (a crash of this mote between the record
-        // and the item, then a resend): the same peer (in the record) and
-        // nothing changed since.
-        if let Some(here) = store.job(&id).map_err(storage_refusal)? {
-            if here != record {
-                return Err(TransferError::Exists);
-            }
+        match store.job(&id).map_err(storage_refusal)? {
+            Some(here) if here != record => Err(TransferError::Exists),
+            _ => Ok(true),
+        }
+    }
+
+    fn content_store(&self) -> &std::sync::Arc<dust_mixer::Store> {
+        self.store()
+    }
+
+    async fn admit_job(
+        &self,
+        id: ItemId,
+        record: Vec<u8>,
+        digest: [u8; 32],
+        window: Duration,
+    ) -> Result<bool, TransferError> {
+        if !self.may_take_job(id, &record, digest).await? {
+            return Ok(false);
         }
         // The content first (its frame fdatasynced, its index entry durable
         // with the admission's flush), then the record, then the item: a
         // crash before the item leaves nothing a resend would not replace.
-        if !content.is_empty() {
-            let s = std::sync::Arc::clone(&store);
-            tokio::task::spawn_blocking(move || s.put_chunk(&id, 0, &content))
-                .await
-                .map_err(|_| TransferError::Unavailable("shutting down"))?
-                .map_err(storage_refusal)?;
-        }
-        store.put_job(&id, &record).map_err(storage_refusal)?;
+        self.store()
+            .put_job(&id, &record)
+            .map_err(storage_refusal)?;
         self.admit_transfer(ItemKind::Fetch, id.0.to_vec(), digest, window)
             .await
     }
@@ -476,45 +519,30 @@ pub async fn receive<T: Transfer>(peers: &Peers, transfer: &T, req: Request<Inco
         }
     };
     let job_len = header_value::<usize>(req.headers(), "dust-job-length");
-    let read = Limited::new(req.into_body(), limits.max_item_bytes).collect();
-    let body: Bytes = match tokio::time::timeout(BODY_TIMEOUT, read).await {
-        Ok(Ok(b)) => b.to_bytes(),
-        Ok(Err(_)) => {
-            return Answer::err(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "item_too_large",
-                format!(
-                    "items from this peer are at most {} bytes",
-                    limits.max_item_bytes
-                ),
-            )
-        }
-        Err(_) => {
-            return Answer::err(
-                StatusCode::REQUEST_TIMEOUT,
-                "body_timeout",
-                "the item did not arrive in time",
-            )
-        }
-    };
     let digest = transfer_digest(&peer, &id);
     let admitted = if kind == ItemKind::Fetch {
-        let (job_id, record, content) = match take_job(peers, &peer, job_len, body) {
-            Ok(j) => j,
+        match receive_job(
+            peers,
+            transfer,
+            &peer,
+            id,
+            job_len,
+            limits,
+            req.into_body(),
+            digest,
+        )
+        .await
+        {
+            Ok(r) => r,
             Err(a) => return a,
-        };
-        if job_id != id {
-            return Answer::err(
-                StatusCode::BAD_REQUEST,
-                "bad_item_id",
-                "for a download job, Dust-Item-Id must be the job's id",
-            );
         }
-        let _one_at_a_time = peers.jobs.lock().await;
-        transfer
-            .admit_job(job_id, record, content, digest, TRANSFER_WINDOW)
-            .await
     } else {
+        let read = Limited::new(req.into_body(), limits.max_item_bytes).collect();
+        let body: Bytes = match tokio::time::timeout(BODY_TIMEOUT, read).await {
+            Ok(Ok(b)) => b.to_bytes(),
+            Ok(Err(_)) => return too_large(limits),
+            Err(_) => return late(),
+        };
         // Nothing that could not be delivered is stored: the payload must
         // be a message this mote can send on, within its own rules.
         let payload = match peers.mail.take(&body) {
@@ -574,38 +602,168 @@ fn header_value<T: std::str::FromStr>(headers: &HeaderMap, name: &str) -> Option
     headers.get(name)?.to_str().ok()?.parse().ok()
 }
 
-/// A job handed over: its id (from the record's `id`), the record as it is
-/// stored here, and its content so far; or the refusal.
+fn too_large(limits: PeerLimits) -> Answer {
+    Answer::err(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "item_too_large",
+        format!(
+            "items from this peer are at most {} bytes",
+            limits.max_item_bytes
+        ),
+    )
+}
+
+fn late() -> Answer {
+    Answer::err(
+        StatusCode::REQUEST_TIMEOUT,
+        "body_timeout",
+        "the item did not arrive in time",
+    )
+}
+
+/// The time a job transfer's body may take on top of [`BODY_TIMEOUT`], per
+/// MiB: twice what the sender allows itself (it gives up first).
+const BODY_TIME_PER_MIB: Duration = Duration::from_secs(2);
+
+/// Receive a download job: its record (the first `job_len` bytes, checked
+/// before anything is written), then its content, streamed into the store
+/// as it arrives (memory stays flat for any size), then the record and its
+/// fetch item. The body's deadline grows with its length.
+#[allow(clippy::too_many_arguments)]
+async fn receive_job<T: Transfer>(
+    peers: &Peers,
+    transfer: &T,
+    peer: &str,
+    id: ItemId,
+    job_len: Option<usize>,
+    limits: PeerLimits,
+    mut body: Incoming,
+    digest: [u8; 32],
+) -> Result<Result<bool, TransferError>, Answer> {
+    let length = hyper::body::Body::size_hint(&body)
+        .exact()
+        .unwrap_or(limits.max_item_bytes as u64);
+    let mib = u32::try_from(length >> 20).unwrap_or(u32::MAX);
+    let deadline = tokio::time::Instant::now() + BODY_TIMEOUT + BODY_TIME_PER_MIB * mib;
+    let bad = |what: &str| Answer::err(StatusCode::BAD_REQUEST, "bad_item", what.to_string());
+    let n = job_len
+        .filter(|n| *n <= MAX_JOB_RECORD && *n <= limits.max_item_bytes)
+        .ok_or_else(|| bad("Dust-Job-Length must give the job record's length"))?;
+    // The record, and what came with it of the content.
+    let mut head = Vec::with_capacity(n);
+    let mut rest = Bytes::new();
+    while head.len() < n {
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .map_err(|_| late())?;
+        let Some(data) = frame.transpose().map_err(|_| late())? else {
+            return Err(bad("Dust-Job-Length must give the job record's length"));
+        };
+        let Ok(mut data) = data.into_data() else {
+            continue;
+        };
+        let take = (n - head.len()).min(data.len());
+        head.extend_from_slice(&data.split_to(take));
+        rest = data;
+    }
+    let (job_id, record, job) = take_job(peers, peer, &head)?;
+    if job_id != id {
+        return Err(Answer::err(
+            StatusCode::BAD_REQUEST,
+            "bad_item_id",
+            "for a download job, Dust-Item-Id must be the job's id",
+        ));
+    }
+    let Some(_receiving) = peers.receiving(job_id) else {
+        return Ok(Err(TransferError::Exists));
+    };
+    match transfer.may_take_job(job_id, &record, digest).await {
+        Ok(true) => {}
+        other => return Ok(other),
+    }
+    let store = transfer.content_store();
+    let r = receive_content(
+        transfer, store, job_id, &job, record, rest, body, deadline, limits, n, digest,
+    )
+    .await;
+    // Content written for a job that did not come: gone again.
+    let refused = !matches!(r, Ok(Ok(_)));
+    if refused && store.job(&job_id).is_ok_and(|j| j.is_none()) {
+        if let Err(e) = store.delete_job(&job_id).await {
+            tracing::warn!(error = %e, "could not remove the content of a job not taken over");
+        }
+    }
+    r
+}
+
+/// The content part of [`receive_job`]: stream it into the store, check
+/// its length, commit it, then admit the job.
+#[allow(clippy::too_many_arguments)]
+async fn receive_content<T: Transfer>(
+    transfer: &T,
+    store: &std::sync::Arc<dust_mixer::Store>,
+    job_id: ItemId,
+    job: &crate::job::Job,
+    record: Vec<u8>,
+    rest: Bytes,
+    body: Incoming,
+    deadline: tokio::time::Instant,
+    limits: PeerLimits,
+    record_len: usize,
+    digest: [u8; 32],
+) -> Result<Result<bool, TransferError>, Answer> {
+    let bad = |what: &str| Answer::err(StatusCode::BAD_REQUEST, "bad_item", what.to_string());
+    let room = (limits.max_item_bytes - record_len) as u64;
+    let limit = job.total.map_or(room, |t| t.min(room));
+    let stored = tokio::time::timeout_at(
+        deadline,
+        crate::job::store_body(store, &job_id, 0, rest, body, limit),
+    )
+    .await
+    .map_err(|_| late())?;
+    use crate::job::StoreBodyError as E;
+    let (writer, got) = match stored {
+        Ok(w) => w,
+        Err(E::TooLarge) if limit < room => return Err(bad("more content than the job's size")),
+        Err(E::TooLarge) => return Err(too_large(limits)),
+        Err(E::Body(_)) => return Err(late()),
+        Err(E::Storage(e)) => return Ok(Err(storage_refusal(e))),
+        Err(E::Task(_)) => return Ok(Err(TransferError::Unavailable("shutting down"))),
+    };
+    // A finished download must come whole: this mote will not fetch it.
+    if job.state == crate::job::JobState::Ready && job.total != Some(got) {
+        return Err(bad("a finished download without all of its content"));
+    }
+    let s = std::sync::Arc::clone(store);
+    match tokio::task::spawn_blocking(move || s.commit_chunk(writer)).await {
+        Ok(Ok(())) => Ok(transfer
+            .admit_job(job_id, record, digest, TRANSFER_WINDOW)
+            .await),
+        Ok(Err(e)) => Ok(Err(storage_refusal(e))),
+        Err(_) => Ok(Err(TransferError::Unavailable("shutting down"))),
+    }
+}
+
+/// A job record handed over: the job's id (from the record's `id`), the
+/// record as it is stored here and the job; or the refusal.
 fn take_job(
     peers: &Peers,
     peer: &str,
-    job_len: Option<usize>,
-    body: Bytes,
-) -> Result<(ItemId, Vec<u8>, Bytes), Answer> {
+    head: &[u8],
+) -> Result<(ItemId, Vec<u8>, crate::job::Job), Answer> {
     let bad = |what: String| Answer::err(StatusCode::BAD_REQUEST, "bad_item", what);
-    let n = job_len
-        .filter(|n| *n <= body.len() && *n <= MAX_JOB_RECORD)
-        .ok_or_else(|| bad("Dust-Job-Length must give the job record's length".into()))?;
     let envelope: JobTransfer =
-        serde_json::from_slice(&body[..n]).map_err(|e| bad(format!("not a job record: {e}")))?;
+        serde_json::from_slice(head).map_err(|e| bad(format!("not a job record: {e}")))?;
     let id: ItemId = envelope
         .id
         .parse()
         .map_err(|_| bad("the job's id must be 32 hex digits".into()))?;
     let mut job = envelope.job;
-    let content = body.slice(n..);
     if job.cover || job.moved_to.is_some() {
         return Err(bad("a cover or moved job is not handed over".into()));
     }
     if !crate::job::is_http_url(&job.url) {
         return Err(bad("the job's URL is not http(s)".into()));
-    }
-    if job.total.is_some_and(|t| (content.len() as u64) > t) {
-        return Err(bad("more content than the job's size".into()));
-    }
-    // A finished download must come whole: this mote will not fetch it.
-    if job.state == crate::job::JobState::Ready && job.total != Some(content.len() as u64) {
-        return Err(bad("a finished download without all of its content".into()));
     }
     if !peers.job_users.contains(&job.user) {
         return Err(Answer::err(
@@ -617,7 +775,8 @@ fn take_job(
     // This mote estimates its own ready time.
     job.expected_ready_ms = None;
     job.from_peer = Some(peer.to_string());
-    Ok((id, job.encode(), content))
+    let record = job.encode();
+    Ok((id, record, job))
 }
 
 /// The JSON before a handed-over job's content.
