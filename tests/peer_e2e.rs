@@ -923,7 +923,10 @@ fn a_300_mib_hand_off_is_streamed_to_the_store() {
         .args(["-s", "-o"])
         .arg(&got)
         .args(["-w", "%{http_code}"])
-        .args(["-H", &format!("Authorization: Bearer {}:{PASSWORD}", common::USER)])
+        .args([
+            "-H",
+            &format!("Authorization: Bearer {}:{PASSWORD}", common::USER),
+        ])
         .arg(format!(
             "http://127.0.0.1:{}/v1/fetches/{id}/content",
             mote.http_port

@@ -500,25 +500,10 @@ pub async fn receive<T: Transfer>(peers: &Peers, transfer: &T, req: Request<Inco
             )
         };
     }
-    let Some(id) = header_value::<ItemId>(req.headers(), "dust-item-id") else {
-        return Answer::err(
-            StatusCode::BAD_REQUEST,
-            "bad_item_id",
-            "Dust-Item-Id must be the item's id, 32 hex digits",
-        );
+    let (id, kind, job_len) = match item_headers(req.headers()) {
+        Ok(h) => h,
+        Err(a) => return a,
     };
-    let kind = match req.headers().get("dust-item-kind").map(|v| v.as_bytes()) {
-        Some(b"mail") => ItemKind::Mail,
-        Some(b"fetch") => ItemKind::Fetch,
-        _ => {
-            return Answer::err(
-                StatusCode::BAD_REQUEST,
-                "bad_item_kind",
-                "Dust-Item-Kind must be \"mail\" or \"fetch\"",
-            )
-        }
-    };
-    let job_len = header_value::<usize>(req.headers(), "dust-job-length");
     let digest = transfer_digest(&peer, &id);
     let admitted = if kind == ItemKind::Fetch {
         match receive_job(
@@ -593,6 +578,98 @@ pub async fn receive<T: Transfer>(peers: &Peers, transfer: &T, req: Request<Inco
                 "internal",
                 "the item could not be stored",
             )
+        }
+    }
+}
+
+/// The item's headers: its id, its kind and (for a job) its record's
+/// length; or the refusal.
+fn item_headers(headers: &HeaderMap) -> Result<(ItemId, ItemKind, Option<usize>), Answer> {
+    let Some(id) = header_value::<ItemId>(headers, "dust-item-id") else {
+        return Err(Answer::err(
+            StatusCode::BAD_REQUEST,
+            "bad_item_id",
+            "Dust-Item-Id must be the item's id, 32 hex digits",
+        ));
+    };
+    let kind = match headers.get("dust-item-kind").map(|v| v.as_bytes()) {
+        Some(b"mail") => ItemKind::Mail,
+        Some(b"fetch") => ItemKind::Fetch,
+        _ => {
+            return Err(Answer::err(
+                StatusCode::BAD_REQUEST,
+                "bad_item_kind",
+                "Dust-Item-Kind must be \"mail\" or \"fetch\"",
+            ))
+        }
+    };
+    Ok((id, kind, header_value::<usize>(headers, "dust-job-length")))
+}
+
+/// Entry points for the fuzz targets (`fuzz/`).
+pub mod fuzzing {
+    use super::*;
+
+    /// A peer's request as the endpoint takes it apart before any I/O:
+    /// `data` is header lines (`Name: value`, up to an empty line) and the
+    /// body. The headers are parsed; a job's record (the body's first
+    /// `Dust-Job-Length` bytes) or a mail item is checked as the endpoint
+    /// checks it. Asserts what is accepted: a job record that this mote
+    /// reads back, for one of its users, with an http(s) URL, marked as
+    /// the peer's; a mail item that decodes, with 1 to `max_recipients`
+    /// recipients.
+    /// `true` if the item would be taken.
+    pub fn request(data: &[u8]) -> bool {
+        let (head, body) = match data.windows(2).position(|w| w == b"\n\n") {
+            Some(i) => (&data[..i], &data[i + 2..]),
+            None => (data, &[][..]),
+        };
+        let mut headers = HeaderMap::new();
+        for line in head.split(|b| *b == b'\n') {
+            let Some(colon) = line.iter().position(|b| *b == b':') else {
+                continue;
+            };
+            let (name, value) = (&line[..colon], line[colon + 1..].trim_ascii());
+            if let (Ok(n), Ok(v)) = (
+                hyper::header::HeaderName::from_bytes(name),
+                hyper::header::HeaderValue::from_bytes(value),
+            ) {
+                headers.append(n, v);
+            }
+        }
+        let Ok((id, kind, job_len)) = item_headers(&headers) else {
+            return false;
+        };
+        let rules = MailRules {
+            max_recipients: 4,
+            max_message_bytes: 2048,
+            ..MailRules::default()
+        };
+        let peers = Peers::none()
+            .with_mail_rules(rules)
+            .accept_jobs_of(["alice".to_string()]);
+        match kind {
+            ItemKind::Fetch => {
+                let n = job_len.unwrap_or(0).min(body.len()).min(MAX_JOB_RECORD);
+                let Ok((job_id, record, job)) = take_job(&peers, "fuzzer", &body[..n]) else {
+                    return false;
+                };
+                let back = crate::job::Job::decode(&record).expect("a taken record decodes");
+                assert_eq!(back, job);
+                assert_eq!(job.user, "alice");
+                assert!(crate::job::is_http_url(&job.url), "{}", job.url);
+                assert_eq!(job.from_peer.as_deref(), Some("fuzzer"));
+                assert!(!job.cover && job.moved_to.is_none());
+                job_id == id
+            }
+            _ => {
+                let Ok(payload) = peers.mail.take(body) else {
+                    return false;
+                };
+                let mail = StoredMail::decode(&payload).expect("a taken item decodes");
+                assert!((1..=4).contains(&mail.rcpts.len()));
+                true
+            }
         }
     }
 }
@@ -1007,6 +1084,36 @@ where
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
+
+    /// The fuzz target's seeds (fuzz/seeds/peer_request) on stable: what
+    /// each must come to.
+    #[test]
+    fn the_fuzz_seeds_are_taken_or_refused_as_they_should() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/peer_request");
+        let taken: Vec<bool> = (0..12)
+            .map(|i| {
+                super::fuzzing::request(&std::fs::read(dir.join(format!("seed-{i:02}"))).unwrap())
+            })
+            .collect();
+        // 0: a message; 4: SMTPUTF8; 5: a job for alice. 1: 6 recipients;
+        // 3: none; 7: file URL; 8: another user; 9: no record; 10: cover;
+        // 11: bad headers.
+        for (i, want) in [
+            (0, true),
+            (1, false),
+            (3, false),
+            (4, true),
+            (5, true),
+            (7, false),
+            (8, false),
+            (9, false),
+            (10, false),
+            (11, false),
+        ] {
+            assert_eq!(taken[i], want, "seed {i}");
+        }
+    }
     use super::*;
 
     #[test]
