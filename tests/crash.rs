@@ -263,7 +263,10 @@ fn every_accepted_message_survives_kill_9_during_intake_and_delivery() {
 /// that removes every acknowledged message it can find, then the mote
 /// restarts (after kill -9, so the journal is what it replays). The forged
 /// batch does not verify: the replay stops there, the mote starts, says
-/// so, and every message is delivered.
+/// so, and every message is delivered. Then the same with the journal
+/// claiming the first format (CRC-32 batches, which anyone can compute):
+/// its header's MAC still verifies, so it is replayed as what it is, and
+/// the CRC-framed batch stops the replay like the first.
 #[test]
 fn a_forged_journal_batch_removes_nothing_and_the_mote_still_starts() {
     let sink = Sink::start();
@@ -273,25 +276,44 @@ fn a_forged_journal_batch_removes_nothing_and_the_mote_still_starts() {
     for i in 0..3 {
         submit(mote.port, "bob@example.net", &format!("kept {i}"));
     }
-    mote.kill9();
     let journal = files_under(&mote.data_dir())
         .into_iter()
         .find(|p| p.file_name().is_some_and(|n| n == "journal"))
         .expect("the intake journal");
-    let forged = json_of(
-        Command::new("python3")
-            .arg(peer("forge_journal.py"))
-            .arg(&journal),
-    );
-    println!("forged: {forged}");
-    assert_eq!(forged["ids"].as_array().unwrap().len(), 3, "{forged}");
-    mote.spawn();
-    let got = sink.wait_messages(3, Duration::from_secs(30));
-    assert_eq!(got.len(), 3);
-    assert!(
-        mote.log()
-            .contains("replay stopped at a batch that does not verify"),
-        "{}",
-        mote.log()
-    );
+    for (round, how, said) in [
+        (1, None, "replay stopped at a batch that does not verify"),
+        (2, Some("--downgrade"), "header was altered (its magic)"),
+    ] {
+        // The queued messages' ids, as the operator's listing shows them.
+        let queued: Vec<String> = mote
+            .queue_text(&["--show-addresses"])
+            .split(|c: char| !c.is_ascii_hexdigit())
+            .filter(|w| w.len() == 32)
+            .map(str::to_string)
+            .collect();
+        assert_eq!(
+            queued.len(),
+            3,
+            "{}",
+            mote.queue_text(&["--show-addresses"])
+        );
+        mote.kill9();
+        let forged = json_of(
+            Command::new("python3")
+                .arg(peer("forge_journal.py"))
+                .arg(&journal)
+                .args(how)
+                .args(["--ids", &queued.join(",")]),
+        );
+        println!("forged: {forged}");
+        mote.spawn();
+        let got = sink.wait_messages(3 * round, Duration::from_secs(30));
+        assert_eq!(got.len(), 3 * round);
+        assert!(mote.log().contains(said), "{}", mote.log());
+        if round == 1 {
+            for i in 3..6 {
+                submit(mote.port, "bob@example.net", &format!("kept {i}"));
+            }
+        }
+    }
 }

@@ -64,7 +64,9 @@
 //! File: a 4 KiB header (`MAGIC`, generation, MAC), then batches, each
 //! framed as generation (u64 LE), length (u32 LE), MAC (16 bytes), body.
 //! A journal of the first format (`MAGIC_V1`: a CRC-32 instead of a MAC)
-//! left by an older build is replayed once as it is, then replaced. The file is preallocated and zero-filled once, so that
+//! left by an older build is replayed once as it is, then replaced; only
+//! on a store that never had one of this format ([`V2_KEY`]): otherwise
+//! anyone could write CRC-32 batches and claim that format. The file is preallocated and zero-filled once, so that
 //! an `fdatasync` flushes data only (no file-size metadata to commit). What
 //! it holds is what sled holds: sealed item records and keyed digests.
 
@@ -72,6 +74,11 @@ use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+
+/// Set in sled's `meta` tree once the store has had a journal of this
+/// format: from then on a first-format journal (no MAC) is never replayed
+/// (a downgrade is a forgery).
+pub(crate) const V2_KEY: &[u8] = b"journal_v2";
 
 /// The journal's file name in the data directory.
 pub(crate) const FILE: &str = "journal";
@@ -249,11 +256,15 @@ impl Journal {
     /// goes on at `covered` at least.
     /// `None`: there was none and there is no room to make one (a restart
     /// on a nearly full disk); the store then goes without. `key` makes and
-    /// checks the MACs.
+    /// checks the MACs. `first_format`: a journal of the first format may
+    /// be replayed (the store never had one of this format, see
+    /// [`V2_KEY`]); otherwise one is treated like a header that does not
+    /// verify.
     pub(crate) fn open(
         dir: &Path,
         covered: u64,
         key: MacKey,
+        first_format: bool,
     ) -> std::io::Result<Option<(Self, Vec<Op>)>> {
         let path = dir.join(FILE);
         // Never through a symbolic link (it would have the journal
@@ -294,17 +305,27 @@ impl Journal {
             Err(e) => return Err(e),
         };
         let generation = u64::from_le_bytes(header[8..16].try_into().expect("8 bytes"));
-        let v1 = &header[..8] == MAGIC_V1;
-        let mut valid = have >= CAPACITY && read && (&header[..8] == MAGIC || v1);
-        if valid && !v1 {
-            let tag = &header[16..HEADER_USED];
-            if blake2::digest::Mac::verify_slice(mac(&key, generation, 0, MAGIC), tag).is_err() {
-                tracing::warn!(
-                    "the intake journal's header does not verify (altered, or made with another \
-                     key): nothing of it is replayed, and it is made anew"
-                );
-                valid = false;
-            }
+        // What the header is: one of this format (its MAC verifies, so its
+        // generation is this key's, whatever its magic says), or one of
+        // the first format (on a store that never had this one), or
+        // nothing to trust.
+        let whole = have >= CAPACITY && read;
+        let tag = &header[16..HEADER_USED];
+        let verified = whole
+            && blake2::digest::Mac::verify_slice(mac(&key, generation, 0, MAGIC), tag).is_ok();
+        let v1 = whole && !verified && &header[..8] == MAGIC_V1 && first_format;
+        let valid = verified || v1;
+        if verified && &header[..8] != MAGIC {
+            tracing::warn!(
+                "the intake journal's header was altered (its magic), but its MAC verifies: it \
+                 is replayed as what it is"
+            );
+        } else if whole && !valid && header.iter().any(|b| *b != 0) {
+            tracing::warn!(
+                "the intake journal's header does not verify (altered, made with another key, \
+                 or claiming the first format on a store that has had this one): nothing of it \
+                 is replayed, and it is made anew"
+            );
         }
         if !valid {
             // New (or cut short by a crash while it was being made):
@@ -352,6 +373,7 @@ impl Journal {
         let mut ops = Vec::new();
         let mut offset = HEADER;
         let mut batches = 0usize;
+        let mut stopped = false;
         let frame_len = if v1 { FRAME_V1 } else { FRAME };
         let mut reader = std::io::BufReader::with_capacity(1 << 20, &file);
         std::io::Seek::seek(&mut reader, std::io::SeekFrom::Start(HEADER))?;
@@ -385,6 +407,7 @@ impl Journal {
                     "the intake journal's replay stopped at a batch that does not verify: a \
                      write cut by a crash, or (if the mote did not crash) an altered journal"
                 );
+                stopped = true;
                 break;
             };
             ops.extend(batch);
@@ -399,8 +422,11 @@ impl Journal {
                 offset,
                 // A journal of the first format takes no more batches:
                 // the next one checkpoints, and the file goes on in this
-                // format.
-                broken: v1,
+                // format. Nor does one whose replay stopped early: batches
+                // of this generation may follow the bad one, and a new
+                // batch ending where one of them begins would bring it
+                // back at the next replay.
+                broken: v1 || stopped,
             },
             ops,
         )))
@@ -518,7 +544,7 @@ mod tests {
     #[test]
     fn batches_replay_in_order_until_a_restart() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut j, ops) = Journal::open(dir.path(), 0, KEY).unwrap().unwrap();
+        let (mut j, ops) = Journal::open(dir.path(), 0, KEY, false).unwrap().unwrap();
         assert!(ops.is_empty());
         let meta = std::fs::metadata(dir.path().join(FILE)).unwrap();
         assert_eq!(meta.len(), CAPACITY);
@@ -530,21 +556,21 @@ mod tests {
         j.write(&body(&s[..2])).unwrap();
         j.write(&body(&s[2..])).unwrap();
         drop(j);
-        let (mut j, ops) = Journal::open(dir.path(), 0, KEY).unwrap().unwrap();
+        let (mut j, ops) = Journal::open(dir.path(), 0, KEY, false).unwrap().unwrap();
         assert_eq!(ops, s);
         // A checkpoint: the old records no longer count, even though their
         // bytes are still in the file.
         j.restart().unwrap();
         j.write(&body(&s[2..])).unwrap();
         drop(j);
-        let (_, ops) = Journal::open(dir.path(), 0, KEY).unwrap().unwrap();
+        let (_, ops) = Journal::open(dir.path(), 0, KEY, false).unwrap().unwrap();
         assert_eq!(ops, s[2..].to_vec());
     }
 
     #[test]
     fn a_torn_tail_is_ignored_and_what_came_before_it_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut j, _) = Journal::open(dir.path(), 0, KEY).unwrap().unwrap();
+        let (mut j, _) = Journal::open(dir.path(), 0, KEY, false).unwrap().unwrap();
         let s = sample();
         j.write(&body(&s[..1])).unwrap();
         let tail_at = j.offset;
@@ -556,7 +582,7 @@ mod tests {
             .open(dir.path().join(FILE))
             .unwrap();
         f.write_all_at(&[0xAA], tail_at + FRAME as u64 + 3).unwrap();
-        let (j, ops) = Journal::open(dir.path(), 0, KEY).unwrap().unwrap();
+        let (j, ops) = Journal::open(dir.path(), 0, KEY, false).unwrap().unwrap();
         assert_eq!(ops, s[..1].to_vec());
         // New batches go after the last good one.
         assert_eq!(j.offset, tail_at);
@@ -568,18 +594,20 @@ mod tests {
         let elsewhere = dir.path().join("elsewhere");
         std::fs::write(&elsewhere, b"not the journal's").unwrap();
         std::os::unix::fs::symlink(&elsewhere, dir.path().join(FILE)).unwrap();
-        let e = Journal::open(dir.path(), 0, KEY).err().expect("refused");
+        let e = Journal::open(dir.path(), 0, KEY, false)
+            .err()
+            .expect("refused");
         assert!(e.to_string().contains("symbolic link"), "{e}");
         assert_eq!(std::fs::read(&elsewhere).unwrap(), b"not the journal's");
         std::fs::remove_file(dir.path().join(FILE)).unwrap();
         std::fs::create_dir(dir.path().join(FILE)).unwrap();
-        assert!(Journal::open(dir.path(), 0, KEY).is_err());
+        assert!(Journal::open(dir.path(), 0, KEY, false).is_err());
     }
 
     #[test]
     fn generations_sled_covers_are_not_replayed_and_numbers_go_on_from_there() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut j, _) = Journal::open(dir.path(), 0, KEY).unwrap().unwrap();
+        let (mut j, _) = Journal::open(dir.path(), 0, KEY, false).unwrap().unwrap();
         let s = sample();
         j.write(&body(&s)).unwrap();
         assert_eq!(j.next_generation(), 2);
@@ -587,16 +615,16 @@ mod tests {
         // sled says generation 1 is in it: nothing to replay, and the
         // journal goes on at 2 (its records would otherwise be ignored at
         // the next open).
-        let (mut j, ops) = Journal::open(dir.path(), 2, KEY).unwrap().unwrap();
+        let (mut j, ops) = Journal::open(dir.path(), 2, KEY, false).unwrap().unwrap();
         assert!(ops.is_empty());
         assert_eq!(j.generation, 2);
         j.write(&body(&s[..1])).unwrap();
         drop(j);
-        let (_, ops) = Journal::open(dir.path(), 2, KEY).unwrap().unwrap();
+        let (_, ops) = Journal::open(dir.path(), 2, KEY, false).unwrap().unwrap();
         assert_eq!(ops, s[..1].to_vec());
         // A journal made anew (the file was lost) starts where sled says.
         std::fs::remove_file(dir.path().join(FILE)).unwrap();
-        let (j, ops) = Journal::open(dir.path(), 7, KEY).unwrap().unwrap();
+        let (j, ops) = Journal::open(dir.path(), 7, KEY, false).unwrap().unwrap();
         assert!(ops.is_empty());
         assert_eq!(j.generation, 7);
     }
@@ -609,7 +637,7 @@ mod tests {
     #[test]
     fn a_forged_batch_is_never_replayed_and_the_journal_still_opens() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut j, _) = Journal::open(dir.path(), 0, KEY).unwrap().unwrap();
+        let (mut j, _) = Journal::open(dir.path(), 0, KEY, false).unwrap().unwrap();
         let s = sample();
         j.write(&body(&s[..1])).unwrap();
         let forged_at = j.offset;
@@ -635,24 +663,26 @@ mod tests {
                 .into(),
         ] {
             forge(forged_at, tag, &evil);
-            let (j, ops) = Journal::open(dir.path(), 0, KEY).unwrap().unwrap();
+            let (j, ops) = Journal::open(dir.path(), 0, KEY, false).unwrap().unwrap();
             assert_eq!(ops, s[..1].to_vec());
-            assert_eq!(j.offset, forged_at, "new batches go over the forged one");
+            assert!(!j.fits(1), "after a stop the next batch checkpoints");
         }
         // A real batch's frame copied to another offset does not verify
         // there.
         let real = body(&s[..1]);
         let tag = blake2::digest::Mac::finalize(mac(&KEY, generation, HEADER, &real));
         forge(forged_at, tag.into_bytes().into(), &real);
-        let (_, ops) = Journal::open(dir.path(), 0, KEY).unwrap().unwrap();
+        let (_, ops) = Journal::open(dir.path(), 0, KEY, false).unwrap().unwrap();
         assert_eq!(ops, s[..1].to_vec());
         // Another key: even the header does not verify; nothing is
         // replayed and the file starts over (zeroed).
-        let (j, ops) = Journal::open(dir.path(), 0, [9; 32]).unwrap().unwrap();
+        let (j, ops) = Journal::open(dir.path(), 0, [9; 32], false)
+            .unwrap()
+            .unwrap();
         assert!(ops.is_empty());
         assert_eq!(j.offset, HEADER);
         drop(j);
-        let (_, ops) = Journal::open(dir.path(), 0, KEY).unwrap().unwrap();
+        let (_, ops) = Journal::open(dir.path(), 0, KEY, false).unwrap().unwrap();
         assert!(ops.is_empty(), "the old key's batches are gone too");
     }
 
@@ -673,20 +703,27 @@ mod tests {
         let at = HEADER as usize;
         file[at..at + frame.len()].copy_from_slice(&frame);
         std::fs::write(dir.path().join(FILE), &file).unwrap();
-        let (mut j, ops) = Journal::open(dir.path(), 0, KEY).unwrap().unwrap();
+        // A store that has had the current format: a downgrade is refused
+        // (whoever can write the file could forge CRC-32 batches).
+        let copy = dir.path().join("copy");
+        std::fs::create_dir(&copy).unwrap();
+        std::fs::write(copy.join(FILE), &file).unwrap();
+        let (j, ops) = Journal::open(&copy, 0, KEY, false).unwrap().unwrap();
+        assert!(ops.is_empty() && j.offset == HEADER);
+        let (mut j, ops) = Journal::open(dir.path(), 0, KEY, true).unwrap().unwrap();
         assert_eq!(ops, s);
         assert!(!j.fits(1), "the next batch checkpoints");
         j.restart().unwrap();
         j.write(&body(&s[..1])).unwrap();
         drop(j);
-        let (j, ops) = Journal::open(dir.path(), 0, KEY).unwrap().unwrap();
+        let (j, ops) = Journal::open(dir.path(), 0, KEY, false).unwrap().unwrap();
         assert_eq!((ops, j.generation), (s[..1].to_vec(), 4));
     }
 
     #[test]
     fn a_batch_that_does_not_fit_is_not_written() {
         let dir = tempfile::tempdir().unwrap();
-        let (mut j, _) = Journal::open(dir.path(), 0, KEY).unwrap().unwrap();
+        let (mut j, _) = Journal::open(dir.path(), 0, KEY, false).unwrap().unwrap();
         let big = (CAPACITY - HEADER) as usize - FRAME;
         assert!(j.fits(big));
         assert!(!j.fits(big + 1));

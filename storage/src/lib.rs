@@ -326,10 +326,27 @@ impl Store {
             .map_err(db_err("reading the journal's covered generation"))?
             .and_then(|v| v.as_ref().try_into().ok().map(u64::from_le_bytes))
             .unwrap_or(0);
+        // Once a store has had a journal with MACs, one without is never
+        // replayed (recorded durably before the first such journal is
+        // used).
+        let first_format = meta
+            .get(journal::V2_KEY)
+            .map_err(db_err("reading the journal's format"))?
+            .is_none();
+        if first_format && dir.is_some() {
+            meta.insert(journal::V2_KEY, &[1])
+                .map_err(db_err("writing the journal's format"))?;
+            db.flush().map_err(db_err("writing the journal's format"))?;
+        }
         let (journal, replayed) = match &dir {
             None => (None, 0),
             Some(d) => {
-                match journal::Journal::open(d, covered, key.derive(b"dustmote journal mac")) {
+                match journal::Journal::open(
+                    d,
+                    covered,
+                    key.derive(b"dustmote journal mac"),
+                    first_format,
+                ) {
                     Ok(Some((j, ops))) => {
                         let n = ops.len();
                         replay_journal(&items, &replay, &accounts, ops)?;

@@ -2,20 +2,24 @@
 """Forge a batch in a stopped mote's intake journal, as someone who can
 write the file but does not have the sealing key would.
 
-  forge_journal.py JOURNAL
+  forge_journal.py JOURNAL [--downgrade] [--ids ID,ID...]
 
 Reads the format the mote documents (storage/src/journal.rs): a 4 KiB
 header (magic, generation, MAC), then batches framed as generation (u64
 LE), length (u32 LE), a 16-byte MAC, body; a body is ops, a put being
 1, id (16 bytes), length (u32 LE), value. Collects the ids of every put it
-finds from the first batch on (whatever its generation), then writes,
+finds from the first batch on (whatever its generation), and any given
+with --ids (as `dustmote queue --show-addresses` lists them), then writes,
 right after the current generation's last batch, one well-framed batch
-that removes them all, with a MAC it had to guess. Prints one JSON object:
-the generation, the offset of the forged batch and the ids."""
+that removes them all, with a MAC it had to guess. With --downgrade it
+claims the first format instead (magic `dustjnl1`, batches framed with a
+CRC-32 it can compute) and writes the batch that way. Prints one JSON
+object: the generation, the offset of the forged batch and the ids."""
 import json
 import os
 import struct
 import sys
+import zlib
 
 HEADER, FRAME = 4096, 28
 
@@ -51,8 +55,16 @@ def main():
         offset += FRAME + n
     if end is None:
         end = offset
+    if "--ids" in sys.argv:
+        given = sys.argv[sys.argv.index("--ids") + 1].split(",")
+        ids += [i for i in given if i and i not in ids]
     forged = b"".join(b"\x02" + bytes.fromhex(i) for i in ids)
-    frame = struct.pack("<QI", generation, len(forged)) + os.urandom(16) + forged
+    if "--downgrade" in sys.argv:
+        data[:8] = b"dustjnl1"
+        head = struct.pack("<QI", generation, len(forged))
+        frame = head + struct.pack("<I", zlib.crc32(head + forged)) + forged
+    else:
+        frame = struct.pack("<QI", generation, len(forged)) + os.urandom(16) + forged
     data[end:end + len(frame)] = frame
     with open(path, "r+b") as f:
         f.write(data)
