@@ -54,6 +54,8 @@ fn post_with(
     std::fs::write(&file, body).unwrap();
     let out = Command::new("curl")
         .args(["-s", "-D", "-", "-X", "POST"])
+        // No `Expect: 100-continue` (its interim answer would come first).
+        .args(["-H", "Expect:"])
         .args(["-H", &format!("Authorization: Bearer {token}")])
         .args(["-H", &format!("Dust-Item-Id: {id}")])
         .args(["-H", &format!("Dust-Item-Kind: {kind}")])
@@ -945,4 +947,75 @@ fn a_300_mib_hand_off_is_streamed_to_the_store() {
         assert!(bad.is_none(), "byte {} differs", at + bad.unwrap().0 as u64);
     }
     assert_eq!(std::fs::metadata(&got).unwrap().len(), SIZE);
+}
+
+/// A second transfer of a job that is still being received (the sender
+/// resends after a lost connection the receiver has not given up yet) gets
+/// `503 job_in_transfer` with `Retry-After`, which the sender takes as
+/// temporary; once the first is in, a resend gets `200`.
+#[test]
+fn a_job_being_received_is_not_received_twice_at_once() {
+    let sink = Sink::start();
+    let mut cfg = config(&sink);
+    cfg.extra = cfg.extra.replace("64KiB", "8MiB");
+    let mote = Mote::start(&cfg);
+    let id = "00000000000000000000000000000abc";
+    let content = vec![7u8; 2 << 20];
+    let record = serde_json::json!({
+        "id": id,
+        "job": {
+            "url": "http://127.0.0.1:9/f", "user": common::USER, "state": "ready",
+            "reason": null, "created_ms": 1, "not_before_ms": null, "deadline_ms": null,
+            "total": content.len(), "etag": "\"x\"", "expected_ready_ms": null,
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("item");
+    let mut body = serde_json::to_vec(&record).unwrap();
+    let head_len = body.len();
+    body.extend_from_slice(&content);
+    std::fs::write(&file, &body).unwrap();
+    // The first, at 256 KiB/s: about 8 s.
+    let slow = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+            "-T",
+        ])
+        .arg(&file)
+        .args(["--limit-rate", "256k"])
+        .args(["-H", &format!("Authorization: Bearer upstream:{PASSWORD}")])
+        .args(["-H", &format!("Dust-Item-Id: {id}")])
+        .args(["-H", "Dust-Item-Kind: fetch"])
+        .args(["-H", &format!("Dust-Job-Length: {head_len}")])
+        .arg(format!("http://127.0.0.1:{}/v1/peer/items", mote.http_port))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Under way once its content file exists (made after the job was
+    // marked as being received).
+    let started = common::wait_for(Duration::from_secs(20), || {
+        common::files_under(&mote.data_dir())
+            .iter()
+            .any(|p| p.file_name().is_some_and(|n| n == id))
+            .then_some(())
+    });
+    assert!(started.is_some(), "the first transfer did not start");
+    let token = format!("upstream:{PASSWORD}");
+    let (status, v, head) = post_job(&mote, &token, id, &record, &content);
+    assert_eq!(
+        (status, v["error"].as_str()),
+        (503, Some("job_in_transfer")),
+        "{v}"
+    );
+    assert!(retry_after(&head) >= 1, "{head}");
+    let out = slow.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "201");
+    let (status, v, _) = post_job(&mote, &token, id, &record, &content);
+    assert_eq!(status, 200, "{v}");
 }

@@ -84,8 +84,8 @@ pub struct Peers {
     /// The HTTP users of this mote: a download job is taken over only for
     /// one of them (by name), so that its owner can fetch it here.
     job_users: std::collections::HashSet<String>,
-    /// Jobs being received now: a second transfer of one of them gets 409
-    /// at once (two transfers of one job cannot both find it missing, and
+    /// Jobs being received now: a second transfer of one of them gets 503
+    /// (with `Retry-After`) at once (two transfers of one job cannot both find it missing, and
     /// a slow one holds nobody else up).
     receiving: parking_lot::Mutex<std::collections::HashSet<ItemId>>,
     /// This mote's own intake rules, applied to mail from peers too.
@@ -217,10 +217,10 @@ impl Peers {
     /// Mark job `id` as being received until the guard drops; `None` if
     /// it is already.
     fn receiving(&self, id: ItemId) -> Option<Receiving<'_>> {
-        self.receiving
-            .lock()
-            .insert(id)
-            .then_some(Receiving { peers: self, id })
+        // (`then`, not `then_some`: a guard made and dropped here would
+        // take the lock again, and remove the other transfer's entry.)
+        let new = self.receiving.lock().insert(id);
+        new.then(|| Receiving { peers: self, id })
     }
 }
 
@@ -650,10 +650,15 @@ pub mod fuzzing {
             .accept_jobs_of(["alice".to_string()]);
         match kind {
             ItemKind::Fetch => {
-                let n = job_len.unwrap_or(0).min(body.len()).min(MAX_JOB_RECORD);
+                let Some(n) = job_len.filter(|n| *n <= body.len() && *n <= MAX_JOB_RECORD) else {
+                    return false;
+                };
                 let Ok((job_id, record, job)) = take_job(&peers, "fuzzer", &body[..n]) else {
                     return false;
                 };
+                if content_fits(&job, (body.len() - n) as u64).is_err() {
+                    return false;
+                }
                 let back = crate::job::Job::decode(&record).expect("a taken record decodes");
                 assert_eq!(back, job);
                 assert_eq!(job.user, "alice");
@@ -717,9 +722,12 @@ async fn receive_job<T: Transfer>(
     mut body: Incoming,
     digest: [u8; 32],
 ) -> Result<Result<bool, TransferError>, Answer> {
-    let length = hyper::body::Body::size_hint(&body)
-        .exact()
-        .unwrap_or(limits.max_item_bytes as u64);
+    let max = limits.max_item_bytes as u64;
+    let declared = hyper::body::Body::size_hint(&body).exact();
+    if declared.is_some_and(|n| n > max) {
+        return Err(too_large(limits));
+    }
+    let length = declared.unwrap_or(max);
     let mib = u32::try_from(length >> 20).unwrap_or(u32::MAX);
     let deadline = tokio::time::Instant::now() + BODY_TIMEOUT + BODY_TIME_PER_MIB * mib;
     let bad = |what: &str| Answer::err(StatusCode::BAD_REQUEST, "bad_item", what.to_string());
@@ -752,7 +760,16 @@ async fn receive_job<T: Transfer>(
         ));
     }
     let Some(_receiving) = peers.receiving(job_id) else {
-        return Ok(Err(TransferError::Exists));
+        // Temporary: the sender may be resending after a lost connection
+        // whose transfer this mote has not given up yet.
+        return Err(Answer {
+            retry_after_s: Some(10),
+            ..Answer::err(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "job_in_transfer",
+                "this download job is being received on another connection; try again later",
+            )
+        });
     };
     match transfer.may_take_job(job_id, &record, digest).await {
         Ok(true) => {}
@@ -807,10 +824,7 @@ async fn receive_content<T: Transfer>(
         Err(E::Storage(e)) => return Ok(Err(storage_refusal(e))),
         Err(E::Task(_)) => return Ok(Err(TransferError::Unavailable("shutting down"))),
     };
-    // A finished download must come whole: this mote will not fetch it.
-    if job.state == crate::job::JobState::Ready && job.total != Some(got) {
-        return Err(bad("a finished download without all of its content"));
-    }
+    content_fits(job, got)?;
     let s = std::sync::Arc::clone(store);
     match tokio::task::spawn_blocking(move || s.commit_chunk(writer)).await {
         Ok(Ok(())) => Ok(transfer
@@ -819,6 +833,19 @@ async fn receive_content<T: Transfer>(
         Ok(Err(e)) => Ok(Err(storage_refusal(e))),
         Err(_) => Ok(Err(TransferError::Unavailable("shutting down"))),
     }
+}
+
+/// Whether `got` bytes of content fit `job`: never more than its size, and
+/// all of it for a finished download (this mote will not fetch it).
+fn content_fits(job: &crate::job::Job, got: u64) -> Result<(), Answer> {
+    let bad = |what: &str| Answer::err(StatusCode::BAD_REQUEST, "bad_item", what.to_string());
+    if job.total.is_some_and(|t| got > t) {
+        return Err(bad("more content than the job's size"));
+    }
+    if job.state == crate::job::JobState::Ready && job.total != Some(got) {
+        return Err(bad("a finished download without all of its content"));
+    }
+    Ok(())
 }
 
 /// A job record handed over: the job's id (from the record's `id`), the
