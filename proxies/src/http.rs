@@ -72,28 +72,28 @@ pub struct Api<S> {
 type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
 type Resp = Response<Body>;
 
-/// One connection's standing, in each of its requests' extensions: a
-/// stranger (it may be evicted when every slot is taken) until a request on
-/// it authenticates; a peer's connection moves to the peer link's own slots.
+/// One connection's standing, in each of its requests' extensions. Between
+/// requests it is among the [`Strangers`] and may be closed to make room
+/// when every slot is taken (first if it presented a wrong token); while a
+/// request is served, response body included, it is not. A peer's
+/// connection moves to the peer link's own slots and is never evicted.
 pub struct Conn {
     inner: parking_lot::Mutex<Standing>,
     peer_slots: Arc<Semaphore>,
+    strangers: Arc<parking_lot::Mutex<Strangers>>,
 }
 
 struct Standing {
-    /// Its place among the strangers (none once it authenticated).
+    /// Its place among the strangers (none for a peer's connection).
     ticket: Option<Ticket>,
     /// Its slot: an API slot, or a peer slot once a peer authenticated.
     _slot: OwnedSemaphorePermit,
     peer: bool,
+    /// Requests being served (their responses not sent yet).
+    busy: u32,
 }
 
 impl Conn {
-    /// A request on this connection authenticated: it is no longer evicted.
-    pub fn trusted(&self) {
-        self.inner.lock().ticket = None;
-    }
-
     /// A request on this connection presented a wrong credential: it is
     /// the first to make room.
     pub fn failed(&self) {
@@ -118,6 +118,50 @@ impl Conn {
         }
         s.ticket = None;
         true
+    }
+
+    /// A request is being served until the guard (kept with its response
+    /// body) drops.
+    fn serving(self: &Arc<Self>) -> Serving {
+        let mut s = self.inner.lock();
+        s.busy += 1;
+        if let Some(t) = &s.ticket {
+            t.busy(true);
+        }
+        Serving(Arc::clone(self))
+    }
+
+    /// Told to make room: whether to close (`false`: a request began
+    /// meanwhile, or it is a peer's; it stays, and may make room again
+    /// once idle).
+    fn evict(&self) -> bool {
+        let mut s = self.inner.lock();
+        if s.ticket.is_none() {
+            return false;
+        }
+        if s.busy > 0 {
+            // Its place was taken by the eviction: a new one.
+            let t = Ticket::new(&self.strangers);
+            t.busy(true);
+            s.ticket = Some(t);
+            return false;
+        }
+        true
+    }
+}
+
+/// A request being served on a [`Conn`] (see [`Conn::serving`]).
+struct Serving(Arc<Conn>);
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        let mut s = self.0.inner.lock();
+        s.busy = s.busy.saturating_sub(1);
+        if s.busy == 0 {
+            if let Some(t) = &s.ticket {
+                t.busy(false);
+            }
+        }
     }
 }
 
@@ -498,10 +542,10 @@ impl<S: Schedule> Api<S> {
         let strangers = Arc::new(parking_lot::Mutex::new(Strangers::new(
             strangers::HTTP_MIN_AGE,
         )));
-        // Connections waiting for a slot: beyond as many as there are
-        // slots, a newcomer is answered 503 at once (each waits at most a
-        // few seconds, so this bounds what waiting costs).
-        let waiting = Arc::new(Semaphore::new(max_connections));
+        // Connections waiting for a slot: beyond four times as many as
+        // there are slots, a newcomer is answered 503 at once (each waits
+        // at most a few seconds, so this bounds what waiting costs).
+        let waiting = Arc::new(Semaphore::new(max_connections.saturating_mul(4)));
         loop {
             let (sock, _peer): (tokio::net::TcpStream, SocketAddr) = tokio::select! {
                 c = listener.accept() => match c {
@@ -536,31 +580,64 @@ impl<S: Schedule> Api<S> {
                     .await;
                     return;
                 };
-                let ticket = Ticket::new(&strangers);
-                let evicted = Arc::clone(&ticket.evict);
                 let conn = Arc::new(Conn {
                     inner: parking_lot::Mutex::new(Standing {
-                        ticket: Some(ticket),
+                        ticket: Some(Ticket::new(&strangers)),
                         _slot: slot,
                         peer: false,
+                        busy: 0,
                     }),
                     peer_slots,
+                    strangers,
                 });
+                let c = Arc::clone(&conn);
                 let svc = service_fn(move |mut req: Request<Incoming>| {
                     let api = Arc::clone(&api);
-                    req.extensions_mut().insert(Arc::clone(&conn));
-                    async move { Ok::<_, Infallible>(api.handle(req).await) }
+                    let serving = c.serving();
+                    req.extensions_mut().insert(Arc::clone(&c));
+                    async move {
+                        let resp = api.handle(req).await;
+                        // Served until the last byte of the body is out.
+                        let resp = resp.map(|body| {
+                            body.map_frame(move |frame| {
+                                let _serving = &serving;
+                                frame
+                            })
+                            .boxed_unsync()
+                        });
+                        Ok::<_, Infallible>(resp)
+                    }
                 });
                 let serve = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(HEADER_TIMEOUT)
                     .serve_connection(TokioIo::new(sock), svc);
-                tokio::select! {
-                    r = serve => if let Err(e) = r {
-                        tracing::debug!(error = %e, "HTTP connection ended with an error");
-                    },
-                    _ = evicted.notified() => {
-                        tracing::debug!("closed a connection that had not authenticated, to make room");
+                tokio::pin!(serve);
+                loop {
+                    // (A peer's connection has no ticket: never told.)
+                    let evicted = conn
+                        .inner
+                        .lock()
+                        .ticket
+                        .as_ref()
+                        .map(|t| Arc::clone(&t.evict));
+                    let evicted = async move {
+                        match evicted {
+                            Some(e) => e.notified().await,
+                            None => futures::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        r = &mut serve => {
+                            if let Err(e) = r {
+                                tracing::debug!(error = %e, "HTTP connection ended with an error");
+                            }
+                            break;
+                        }
+                        _ = evicted => if conn.evict() {
+                            tracing::debug!("closed an idle connection to make room");
+                            break;
+                        },
                     }
                 }
             });
@@ -600,16 +677,17 @@ impl<S: Schedule> Api<S> {
         }
     }
 
-    /// [`user`](Self::user), telling the request's connection how it went:
-    /// an authenticated connection is no longer evicted to make room, one
-    /// with a wrong credential goes first.
+    /// [`user`](Self::user), telling the request's connection when it
+    /// failed: a connection with a wrong credential is the first to make
+    /// room.
     async fn authenticated(&self, req: &Request<Incoming>) -> Result<String, Resp> {
         let user = self.user(req.headers()).await;
         if let Some(conn) = req.extensions().get::<Arc<Conn>>() {
-            match &user {
-                Ok(_) => conn.trusted(),
-                Err(r) if r.status() == StatusCode::UNAUTHORIZED => conn.failed(),
-                Err(_) => {}
+            if user
+                .as_ref()
+                .is_err_and(|r| r.status() == StatusCode::UNAUTHORIZED)
+            {
+                conn.failed();
             }
         }
         user

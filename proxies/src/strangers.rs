@@ -1,44 +1,50 @@
-//! Connections that have not authenticated yet, and which of them makes
-//! room when every slot is taken (see [`Strangers`]). The SMTP server and
-//! the HTTP API both take their slots through [`slot`].
+//! Connections that may be closed to make room when every slot is taken
+//! (see [`Strangers`]). The SMTP server and the HTTP API both take their
+//! slots through [`slot`].
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
-/// How long a newcomer waits for the slot of a stranger it evicted.
+/// How long a newcomer waits for the slot of a connection it evicted.
 const EVICT_WAIT: Duration = Duration::from_secs(2);
 /// An SMTP session is not evicted before it is this old: long enough for
 /// a real client to greet and authenticate (several round trips through
 /// Tor), even when strangers arrive in a burst.
 pub(crate) const SMTP_MIN_AGE: Duration = Duration::from_secs(2);
-/// An HTTP connection is not evicted before it is this old: a request and
-/// its credential come in one round trip. It is also about how long a
-/// newcomer waits when strangers churn (each one closed reconnects at
+/// An idle HTTP connection is not evicted before it has been idle this
+/// long: a request comes in one round trip. It is also about how long a
+/// newcomer waits when connections churn (each one closed reconnects at
 /// once, so all of them are young).
 pub(crate) const HTTP_MIN_AGE: Duration = Duration::from_secs(1);
 
-/// Sessions that have not authenticated yet, oldest first. When every slot
-/// is taken, a newcomer makes one of them close and takes its slot: first
-/// one that failed to authenticate (it has shown what it is), else the
-/// oldest one that had its minimum age to authenticate. Strangers cannot
-/// keep a real user out by holding or churning connections, and a real
-/// user, who authenticates within moments of connecting, is the last to
-/// go.
+/// Connections that may make room, oldest first: SMTP sessions that have
+/// not authenticated, and HTTP connections between requests (an HTTP
+/// request is never cut to make room, nor is a response being sent). When
+/// every slot is taken, a newcomer makes one of them close and takes its
+/// slot: first one that presented a wrong credential (it has shown what it
+/// is), else the oldest one that had its minimum age (idle for it, for
+/// HTTP). Holding connections open without using them does not keep a
+/// real client out; churning them (each one closed comes back at once)
+/// delays it by about the minimum age, and a flood of newcomers faster
+/// than the slots turn over is refused like anyone else (`421`, `503`).
 pub(crate) struct Strangers {
     next: u64,
-    /// How old a stranger must be before it is evicted (unless it failed).
+    /// How old (idle) one must be before it is evicted (unless it failed).
     min_age: Duration,
     oldest_first: std::collections::VecDeque<Stranger>,
 }
 
-/// One session in [`Strangers`].
+/// One connection in [`Strangers`].
 struct Stranger {
     id: u64,
+    /// When it came, or when its last request ended.
     since: tokio::time::Instant,
-    /// It failed to authenticate.
+    /// It presented a wrong credential.
     failed: bool,
+    /// A request of it is being served: it is not evicted.
+    busy: bool,
     evict: Arc<Notify>,
 }
 
@@ -52,8 +58,8 @@ impl Strangers {
         }
     }
 
-    /// Tell the session that makes room to close. `Err(wait)`: none may
-    /// yet, the oldest one may after `wait` (`None`: there is no stranger).
+    /// Tell the connection that makes room to close. `Err(wait)`: none may
+    /// yet, the oldest idle one may after `wait` (`None`: none is idle).
     fn make_room(&mut self) -> Result<(), Option<Duration>> {
         match self.victim() {
             Some(v) => {
@@ -62,29 +68,40 @@ impl Strangers {
             }
             None => Err(self
                 .oldest_first
-                .front()
+                .iter()
+                .find(|s| !s.busy)
                 .map(|s| self.min_age.saturating_sub(s.since.elapsed()))),
         }
     }
 
-    /// Take the session that makes room, if any.
+    /// Take the connection that makes room, if any.
     fn victim(&mut self) -> Option<Stranger> {
-        let i = match self.oldest_first.iter().position(|s| s.failed) {
+        let i = match self.oldest_first.iter().position(|s| s.failed && !s.busy) {
             Some(i) => i,
             None => {
-                let oldest = self.oldest_first.front()?;
+                let (i, oldest) = self
+                    .oldest_first
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, s)| !s.busy)
+                    .min_by_key(|(_, s)| s.since)?;
                 if oldest.since.elapsed() < self.min_age {
                     return None;
                 }
-                0
+                i
             }
         };
         self.oldest_first.remove(i)
     }
+
+    fn with(&mut self, id: u64, f: impl FnOnce(&mut Stranger)) {
+        if let Some(s) = self.oldest_first.iter_mut().find(|s| s.id == id) {
+            f(s);
+        }
+    }
 }
 
-/// A session's place among the [`Strangers`] until it authenticates or
-/// ends.
+/// A connection's place among the [`Strangers`] while it may make room.
 pub(crate) struct Ticket {
     id: u64,
     list: Arc<parking_lot::Mutex<Strangers>>,
@@ -101,6 +118,7 @@ impl Ticket {
             id,
             since: tokio::time::Instant::now(),
             failed: false,
+            busy: false,
             evict: Arc::clone(&evict),
         });
         Self {
@@ -109,16 +127,22 @@ impl Ticket {
             evict,
         }
     }
-}
 
-impl Ticket {
-    /// This session failed to authenticate: it goes first when room is
-    /// needed.
+    /// This connection presented a wrong credential: it goes first when
+    /// room is needed.
     pub(crate) fn failed(&self) {
-        let mut l = self.list.lock();
-        if let Some(s) = l.oldest_first.iter_mut().find(|s| s.id == self.id) {
-            s.failed = true;
-        }
+        self.list.lock().with(self.id, |s| s.failed = true);
+    }
+
+    /// A request of this connection is being served (`true`: it is not
+    /// evicted), or has been (`false`: idle from now on).
+    pub(crate) fn busy(&self, busy: bool) {
+        self.list.lock().with(self.id, |s| {
+            s.busy = busy;
+            if !busy {
+                s.since = tokio::time::Instant::now();
+            }
+        });
     }
 }
 
@@ -128,15 +152,16 @@ impl Drop for Ticket {
     }
 }
 
-/// A slot for a new connection: a free one, or the one of the stranger
+/// A slot for a new connection: a free one, or the one of the connection
 /// that makes room (it is told to close). `None`: no slot.
 ///
-/// When every stranger is younger than the minimum age, an SMTP newcomer
-/// (`wait_for_age` false) is refused at once: mail clients try again after
-/// a `421`. An HTTP newcomer waits until the oldest is old enough, since
-/// HTTP clients do not try again: a burst of strangers delays it by at
-/// most the minimum age. Either way `None` when every slot is held by an
-/// authenticated connection.
+/// When none may make room yet (every idle one is younger than the
+/// minimum age), an SMTP newcomer (`wait_for_age` false) is refused at
+/// once: mail clients try again after a `421`. An HTTP newcomer waits until
+/// the oldest is old enough, since HTTP clients do not try again: a burst
+/// of connections delays it by at most the minimum age. Either way `None`
+/// when every slot is held by connections that may not make room
+/// (authenticated SMTP sessions, HTTP requests being served).
 pub(crate) async fn slot(
     slots: &Arc<Semaphore>,
     strangers: &parking_lot::Mutex<Strangers>,
@@ -149,21 +174,22 @@ pub(crate) async fn slot(
             return Some(p);
         }
         let made = strangers.lock().make_room();
-        let left = give_up.saturating_duration_since(tokio::time::Instant::now());
         match made {
             Ok(()) => {
-                let wait = left.min(EVICT_WAIT);
-                return tokio::time::timeout(wait, Arc::clone(slots).acquire_owned())
+                // The evicted one's slot (or another freed meanwhile).
+                return tokio::time::timeout(EVICT_WAIT, Arc::clone(slots).acquire_owned())
                     .await
                     .ok()?
                     .ok();
             }
-            Err(Some(young)) if wait_for_age && !left.is_zero() => {
-                // A slot freed meanwhile is taken as well.
-                tokio::select! {
-                    p = Arc::clone(slots).acquire_owned() => return p.ok(),
-                    _ = tokio::time::sleep(young.min(left).max(Duration::from_millis(1))) => {}
+            Err(Some(young)) if wait_for_age => {
+                let left = give_up.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    return None;
                 }
+                // Not queued for a slot meanwhile: a slot freed by an
+                // eviction goes to the one that evicted.
+                tokio::time::sleep(young.min(left).max(Duration::from_millis(1))).await;
             }
             Err(_) => return None,
         }
