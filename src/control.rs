@@ -210,7 +210,7 @@ async fn card(h: &Handlers, name: &str) -> anyhow::Result<crate::card::Issued> {
         );
     };
     // Nothing changes for the account before the card can be made.
-    if onions.smtp_address().is_none() && onions.http_address().is_none() {
+    if !onions.published() {
         bail!(
             "the onion services are not published yet (tor's control port does not answer as \
              it should; the mote's log says why, and it keeps trying): try again later"

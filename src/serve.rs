@@ -480,13 +480,13 @@ fn publish_onions(cfg: OnionConfig, accounts: &Arc<Accounts>) -> anyhow::Result<
 }
 
 /// End accounts when their time is over (their sessions are closed and
-/// their downloads deleted), after deleting the downloads of accounts that
-/// ended while the mote was down.
+/// their downloads deleted), after finishing the ends of accounts that
+/// ended while the mote was down (or whose end a crash cut short).
 async fn end_expired_accounts(accounts: Arc<Accounts>, mut stop: watch::Receiver<bool>) {
-    match accounts.drop_orphan_jobs().await {
+    match accounts.finish_ending().await {
         Ok(0) => {}
-        Ok(n) => tracing::info!(jobs = n, "deleted the downloads of accounts that had ended"),
-        Err(e) => tracing::warn!(error = %e, "could not delete the downloads of ended accounts"),
+        Ok(n) => tracing::info!(accounts = n, "finished the ends of accounts that had ended"),
+        Err(e) => tracing::warn!(error = %e, "could not finish the ends of accounts"),
     }
     loop {
         let next = accounts.end_expired().await;

@@ -103,6 +103,11 @@ struct Account {
     /// services' client authorization; the private key is on the card.
     #[serde(default)]
     client_key: Option<String>,
+    /// It has ended (revoked or expired); its record stays until its
+    /// downloads are gone, so that a crash in between finishes its end at
+    /// the next start instead of bringing it back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    ended: bool,
 }
 
 /// An account as a session or request found it when it authenticated: it
@@ -113,12 +118,25 @@ pub struct Holder {
     name: String,
     credential: String,
     http: bool,
+    /// The account's making (the same across new cards; another for the
+    /// name invited anew).
+    created_ms: u64,
 }
 
 impl Holder {
     /// The account's name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The account still lives, whatever its credentials are now (a card
+    /// gives new ones): the name was not ended and invited anew.
+    pub fn same_account(&self) -> bool {
+        self.accounts
+            .live
+            .read()
+            .get(&self.name)
+            .is_some_and(|a| a.created_ms == self.created_ms)
     }
 
     /// The account still lives with this credential.
@@ -288,7 +306,10 @@ pub struct Accounts {
     open: Mutex<HashMap<(String, bool), u32>>,
     /// Bumped whenever an account ends: sessions check whether theirs did.
     ended: watch::Sender<u64>,
-    /// Serializes invite, reissue and revoke.
+    /// Accounts found ended at open whose downloads and record are still
+    /// to go ([`finish_ending`](Self::finish_ending)).
+    ending: Mutex<Vec<String>>,
+    /// Serializes invite, reissue, revoke and the ends of accounts.
     changing: tokio::sync::Mutex<()>,
     /// Notified when an account is made (its end may be the next).
     invited: tokio::sync::Notify,
@@ -330,14 +351,17 @@ impl Accounts {
     ) -> Result<Arc<Self>, AccountError> {
         let now = wall_ms(SystemTime::now());
         let mut live = HashMap::new();
+        let mut ending = Vec::new();
         for record in store.accounts()? {
             let a: Account =
                 serde_json::from_slice(&record).map_err(|e| StorageError::Corrupt {
                     doing: "reading an account",
                     what: e.to_string(),
                 })?;
-            if a.expires_ms.is_some_and(|e| e <= now) {
-                store.remove_account(&a.name)?;
+            // Ended, or over while the mote was down: it does not work, and
+            // `finish_ending` removes its downloads and then its record.
+            if a.ended || a.expires_ms.is_some_and(|e| e <= now) {
+                ending.push(a.name);
                 continue;
             }
             live.insert(a.name.clone(), a);
@@ -368,6 +392,7 @@ impl Accounts {
             mote_ends_ms: mote_ends.map(wall_ms),
             open: Mutex::new(HashMap::new()),
             ended: watch::Sender::new(0),
+            ending: Mutex::new(ending),
             changing: tokio::sync::Mutex::new(()),
             invited: tokio::sync::Notify::new(),
             clients: watch::Sender::new(Vec::new()),
@@ -432,6 +457,11 @@ impl Accounts {
         if self.configured.contains(&invite.name) || self.live.read().contains_key(&invite.name) {
             return Err(AccountError::Taken(invite.name));
         }
+        // A name invited anew finds nothing of a former holder (one whose
+        // end did not finish: a failure, or a crash before the start that
+        // would have finished it).
+        self.drop_jobs(|user| user == invite.name).await?;
+        self.ending.lock().retain(|n| *n != invite.name);
         let now = wall_ms(SystemTime::now());
         let asked = invite
             .expires_in
@@ -451,6 +481,7 @@ impl Accounts {
             created_ms: now,
             expires_ms,
             client_key: None,
+            ended: false,
         };
         // No card key yet: a card (`reissue`) makes one.
         let creds = self.issue(&mut a, invite.smtp, invite.http, false).await?;
@@ -525,15 +556,28 @@ impl Accounts {
     async fn end(&self, name: &str) -> Result<(), AccountError> {
         // Out of force first: whatever the store does next, the account
         // no longer works, and its sessions and content streams end.
-        self.live.write().remove(name);
+        let gone = self.live.write().remove(name);
         self.smtp.remove(name);
         self.http.remove(name);
         self.ended.send_modify(|n| *n += 1);
         self.clients_changed();
-        // Then its downloads go (records, content, and so their fetch
-        // items), before the account record: after a crash in between the
-        // account is still there to be ended again. A name invited again
-        // finds nothing of its former holder.
+        // Then, durably, marked as ended: a crash or a failure from here on
+        // does not bring it back; the next start finishes its end.
+        if let Some(mut a) = gone {
+            a.ended = true;
+            let record = serde_json::to_vec(&a).map_err(|e| StorageError::Corrupt {
+                doing: "writing an account",
+                what: e.to_string(),
+            })?;
+            self.store.put_account(name, &record)?;
+            self.store.sync().await?;
+        }
+        self.finish(name).await
+    }
+
+    /// The rest of an account's end: its downloads (records, content, and
+    /// so their fetch items) and then its record.
+    async fn finish(&self, name: &str) -> Result<(), AccountError> {
         self.drop_jobs(|user| user == name).await?;
         self.store.remove_account(name)?;
         self.store.sync().await?;
@@ -557,20 +601,16 @@ impl Accounts {
         Ok(gone.len())
     }
 
-    /// Delete the download jobs of users that are neither configured nor
-    /// a live account (accounts that expired while the mote was down, or
-    /// ended by a mote that stopped before their jobs were gone); the
-    /// mote's own cover downloads (no user) stay. Once at start.
-    pub async fn drop_orphan_jobs(&self) -> Result<usize, StorageError> {
-        let keep: HashSet<String> = self
-            .live
-            .read()
-            .keys()
-            .chain(self.configured.iter())
-            .cloned()
-            .collect();
-        self.drop_jobs(|user| !user.is_empty() && !keep.contains(user))
-            .await
+    /// Finish the ends of the accounts found ended at open (revoked before
+    /// a crash, or over while the mote was down): their downloads, then
+    /// their records. Once at start. How many.
+    pub async fn finish_ending(&self) -> Result<usize, AccountError> {
+        let _changing = self.changing.lock().await;
+        let names = std::mem::take(&mut *self.ending.lock());
+        for name in &names {
+            self.finish(name).await?;
+        }
+        Ok(names.len())
     }
 
     /// Account `name` as a request or session finds it now (`http`: its
@@ -579,11 +619,13 @@ impl Accounts {
     /// credential: if a card replaces it meanwhile, the holder has ended.
     pub fn holder(self: &Arc<Self>, name: &str, http: bool) -> Option<Holder> {
         let credential = self.credential(name, http)?;
+        let created_ms = self.live.read().get(name)?.created_ms;
         Some(Holder {
             accounts: Arc::clone(self),
             name: name.to_string(),
             credential,
             http,
+            created_ms,
         })
     }
 
@@ -813,20 +855,21 @@ mod tests {
         (a, smtp, http)
     }
 
-    /// At start, downloads of users that are neither configured nor live
-    /// accounts go; the configured user's, a live account's and the mote's
-    /// own cover downloads stay. A revoke takes the account's downloads.
+    /// A revoke takes the account's downloads and nobody else's; an
+    /// account whose end did not finish (marked ended, then a crash) does
+    /// not come back at the next open, and its end is finished at start; a
+    /// name invited anew finds no download of a former holder.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn ended_accounts_leave_no_downloads() {
         let store = Store::temporary().expect("store");
-        let (a, _, _) = accounts(Arc::clone(&store));
-        a.invite(Invite {
-            name: "bea".into(),
+        let (a, _, http) = accounts(Arc::clone(&store));
+        let http_invite = |name: &str| Invite {
+            name: name.into(),
             http: true,
             ..Invite::default()
-        })
-        .await
-        .expect("invite");
+        };
+        a.invite(http_invite("bea")).await.expect("invite");
+        a.invite(http_invite("cy")).await.expect("invite");
         let job = |user: &str| {
             let id = dust_mixer::ItemId(rand::random());
             let job = crate::job::Job::new(
@@ -839,12 +882,30 @@ mod tests {
             store.put_job(&id, &job.encode()).expect("job");
             id
         };
-        let (owner, bea, cover, gone) = (job("owner"), job("bea"), job(""), job("gone"));
-        assert_eq!(a.drop_orphan_jobs().await.expect("drop"), 1);
         let here = |id| store.job(&id).expect("read").is_some();
-        assert!(here(owner) && here(bea) && here(cover) && !here(gone));
+        let (owner, bea, cover, other) = (job("owner"), job("bea"), job(""), job("renamed"));
         a.revoke("bea").await.expect("revoke");
-        assert!(here(owner) && !here(bea) && here(cover));
+        assert!(here(owner) && !here(bea) && here(cover) && here(other));
+        // cy's end is cut short after its mark (as by a crash).
+        let cy = job("cy");
+        let mut record: Account =
+            serde_json::from_slice(&store.accounts().expect("list")[0]).expect("cy");
+        assert_eq!(record.name, "cy");
+        record.ended = true;
+        store
+            .put_account("cy", &serde_json::to_vec(&record).expect("json"))
+            .expect("mark");
+        let (b, _, http_b) = accounts(Arc::clone(&store));
+        assert!(b.holder("cy", true).is_none(), "not back");
+        assert!(b.list().expect("list").is_empty());
+        assert_eq!(b.finish_ending().await.expect("finish"), 1);
+        assert!(!here(cy) && here(owner) && here(other));
+        assert!(store.accounts().expect("list").is_empty());
+        // A name invited anew, after an end that left a download behind.
+        let stale = job("cy");
+        b.invite(http_invite("cy")).await.expect("invite again");
+        assert!(!here(stale));
+        drop((http, http_b));
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -907,11 +907,13 @@ impl<S: Schedule> Api<S> {
             }
         }
         // The account ended while the job was stored: its end may have
-        // looked for its jobs before this one was there.
-        if holder.is_some_and(|h| !h.stands()) {
+        // looked for its jobs before this one was there. (A new card is
+        // not an end.)
+        if holder.is_some_and(|h| !h.same_account()) {
             if let Err(e) = self.store.delete_job(&id).await {
                 tracing::warn!(error = %e, "could not delete the job of an account that ended");
             }
+            refund();
             return unauthorized("this account has ended");
         }
         json_response(

@@ -421,6 +421,9 @@ struct Published {
     control: Option<Control>,
     /// The services' keys (`ED25519-V3:…`), once known.
     keys: [Option<String>; 2],
+    /// Keys tor made that are not in the key file yet (its write failed):
+    /// written at the next publication.
+    unsaved: bool,
     /// The client keys of the publication in force (`None`: nothing
     /// published).
     clients: Option<Vec<String>>,
@@ -445,6 +448,7 @@ impl Onions {
             state: tokio::sync::Mutex::new(Published {
                 control: None,
                 keys,
+                unsaved: false,
                 clients: None,
             }),
             ids: parking_lot::Mutex::new([None, None]),
@@ -481,6 +485,12 @@ impl Onions {
         let (port, _) = self.cfg.http?;
         let id = self.ids.lock()[1].clone()?;
         Some(format!("{id}.onion:{port}"))
+    }
+
+    /// Whether the services are published now (all of them, by the
+    /// control connection that is open).
+    pub fn published(&self) -> bool {
+        self.in_force.borrow().is_some()
     }
 
     /// Whether client authorization is on.
@@ -598,7 +608,7 @@ impl Onions {
             e.command("SETEVENTS HS_DESC", "SETEVENTS").await?;
             events = Some(e);
         }
-        let mut made = false;
+        // (Keys made now, or made before and not yet written.)
         for (i, service) in [self.cfg.smtp, self.cfg.http].iter().enumerate() {
             let Some((port, target)) = service else {
                 continue;
@@ -622,11 +632,12 @@ impl Onions {
                     return Err(untrusted("ADD_ONION", "a PrivateKey that is not a v3 key"));
                 }
                 st.keys[i] = Some(key);
-                made = true;
+                st.unsaved = true;
             }
         }
-        if made {
+        if st.unsaved {
             write_keys(&self.cfg.key_file, &st.keys)?;
+            st.unsaved = false;
         }
         let mut waiting: Vec<String> = match events {
             Some(_) => self.ids.lock().iter().flatten().cloned().collect(),
