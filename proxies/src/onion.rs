@@ -140,15 +140,18 @@ impl Control {
             if l.len() < 4 {
                 continue;
             }
-            let (code, sep, rest) = (&l[..3], &l[3..4], &l[4..]);
-            if code != "250" {
+            // Split as bytes: the line is text, but not necessarily ASCII
+            // in its first four bytes (a string slice there could panic).
+            let (code, sep) = (&l.as_bytes()[..3], l.as_bytes()[3]);
+            if code != b"250" || !matches!(sep, b' ' | b'-' | b'+') {
                 return Err(OnionError::Refused {
                     command: shown.to_string(),
                     reply: l.clone(),
                 });
             }
-            out.push(rest.to_string());
-            if sep == " " {
+            // Bytes 0..4 are ASCII here, so 4 is a character boundary.
+            out.push(l[4..].to_string());
+            if sep == b' ' {
                 return Ok(out);
             }
         }
@@ -782,6 +785,10 @@ mod tests {
         // out-of-format ids (read, not taken); 3: refused; 4: too many
         // lines; 5: a reply that is not text.
         assert_eq!(got, [true, false, true, false, false, false]);
+        // Found by the fuzzer: a multi-byte character in a reply's first
+        // four bytes made the client panic (a string sliced inside it).
+        let found = std::fs::read(dir.join("found-multibyte-code")).expect("seed");
+        assert!(!fuzzing::session(&found));
     }
 
     #[test]
