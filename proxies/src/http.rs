@@ -527,9 +527,10 @@ impl<S: Schedule> Api<S> {
     /// Serve until `shutdown` turns true: at most `max_connections`
     /// connections at once, and `peer_connections` more for the peer link
     /// (a peer's connection moves there when it authenticates). When every
-    /// slot is taken, a newcomer evicts a connection that has not
-    /// authenticated (see [`strangers`]), so clients that connect and send
-    /// nothing, or never authenticate, cannot keep users and peers out.
+    /// slot is taken, a newcomer evicts an idle connection (see [`Conn`]
+    /// and [`strangers`]): clients that connect and send nothing, or hold
+    /// keep-alive connections open, cannot keep users and peers out, and a
+    /// request being served is never cut.
     pub async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
