@@ -85,8 +85,8 @@ pub struct Peers {
     /// one of them (by name), so that its owner can fetch it here.
     job_users: std::collections::HashSet<String>,
     /// Jobs being received now: a second transfer of one of them gets 503
-    /// (with `Retry-After`) at once (two transfers of one job cannot both find it missing, and
-    /// a slow one holds nobody else up).
+    /// (with `Retry-After`) at once. Two transfers of one job cannot both
+    /// find it missing, and a slow one holds nobody else up.
     receiving: parking_lot::Mutex<std::collections::HashSet<ItemId>>,
     /// This mote's own intake rules, applied to mail from peers too.
     mail: MailRules,
@@ -270,8 +270,8 @@ pub trait Transfer: Send + Sync + 'static {
     /// anything of it is written): `Ok(true)` if it is not here, or is
     /// here as this very transfer wrote it (the same peer's unchanged
     /// record: a resend after a crash between record and item);
-    /// `Ok(false)` if `digest` was admitted within `window` (taken over
-    /// before; nothing is written: the job may have moved on here since);
+    /// `Ok(false)` if `digest` was admitted before, within the transfer
+    /// window (nothing is written: the job may have moved on here since);
     /// [`TransferError::Exists`] if another job `id` is here (another
     /// peer's, a user's own, or one changed since): it is neither replaced
     /// nor given another item.
