@@ -849,6 +849,21 @@ fn half_open_connections_keep_out_neither_users_nor_peers() {
     assert_eq!(sink.wait_messages(5, Duration::from_secs(30)).len(), 5);
 }
 
+/// curl uploading a job's transfer body (its record of `head_len` bytes,
+/// then its content) from `file` as a stream (`-T`), as peer `upstream`.
+fn upload_job(mote: &Mote, file: &std::path::Path, id: &str, head_len: usize) -> Command {
+    let mut c = Command::new("curl");
+    c.args(["-s", "-X", "POST", "-T"])
+        .arg(file)
+        .args(["-H", &format!("Authorization: Bearer upstream:{PASSWORD}")])
+        .args(["-H", &format!("Dust-Item-Id: {id}")])
+        .args(["-H", "Dust-Item-Kind: fetch"])
+        .args(["-H", &format!("Dust-Job-Length: {head_len}")])
+        .args(["-H", "Content-Type: application/octet-stream"])
+        .arg(format!("http://127.0.0.1:{}/v1/peer/items", mote.http_port));
+    c
+}
+
 /// `VmHWM` (peak resident memory) of process `pid`, in KiB.
 fn peak_rss_kib(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -902,15 +917,8 @@ fn a_300_mib_hand_off_is_streamed_to_the_store() {
     }
     let before = peak_rss_kib(mote.pid());
     let t0 = std::time::Instant::now();
-    let out = Command::new("curl")
-        .args(["-s", "-w", "\n%{http_code}", "-X", "POST", "-T"])
-        .arg(&file)
-        .args(["-H", &format!("Authorization: Bearer upstream:{PASSWORD}")])
-        .args(["-H", &format!("Dust-Item-Id: {id}")])
-        .args(["-H", "Dust-Item-Kind: fetch"])
-        .args(["-H", &format!("Dust-Job-Length: {}", head.len())])
-        .args(["-H", "Content-Type: application/octet-stream"])
-        .arg(format!("http://127.0.0.1:{}/v1/peer/items", mote.http_port))
+    let out = upload_job(&mote, &file, id, head.len())
+        .args(["-w", "\n%{http_code}"])
         .output()
         .unwrap();
     let took = t0.elapsed();
@@ -976,24 +984,15 @@ fn a_job_being_received_is_not_received_twice_at_once() {
     body.extend_from_slice(&content);
     std::fs::write(&file, &body).unwrap();
     // The first, at 256 KiB/s: about 8 s.
-    let slow = Command::new("curl")
+    let slow = upload_job(&mote, &file, id, head_len)
         .args([
-            "-s",
             "-o",
             "/dev/null",
             "-w",
             "%{http_code}",
-            "-X",
-            "POST",
-            "-T",
+            "--limit-rate",
+            "256k",
         ])
-        .arg(&file)
-        .args(["--limit-rate", "256k"])
-        .args(["-H", &format!("Authorization: Bearer upstream:{PASSWORD}")])
-        .args(["-H", &format!("Dust-Item-Id: {id}")])
-        .args(["-H", "Dust-Item-Kind: fetch"])
-        .args(["-H", &format!("Dust-Job-Length: {head_len}")])
-        .arg(format!("http://127.0.0.1:{}/v1/peer/items", mote.http_port))
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
