@@ -11,7 +11,7 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-use common::{bin, peer};
+use common::{bin, json_of, peer};
 
 fn render(dir: &Path, args: &[&str]) -> Output {
     Command::new(bin())
@@ -429,18 +429,13 @@ fn bad_options_are_refused_with_a_reason() {
 fn no_value_can_write_its_own_yaml() {
     let dir = tempfile::tempdir().unwrap();
     let keys = |cc: &Path| -> Vec<String> {
-        let out = Command::new("python3")
-            .arg(peer("cloud_config.py"))
-            .arg("keys")
-            .arg(cc)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let v = json_of(
+            Command::new("python3")
+                .arg(peer("cloud_config.py"))
+                .arg("keys")
+                .arg(cc),
         );
-        serde_json::from_slice(&out.stdout).unwrap()
+        serde_json::from_value(v).unwrap()
     };
     let mut written = 0;
     let mut refused = 0;
