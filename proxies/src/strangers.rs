@@ -67,10 +67,8 @@ impl Strangers {
                 Ok(())
             }
             None => Err(self
-                .oldest_first
-                .iter()
-                .find(|s| !s.busy)
-                .map(|s| self.min_age.saturating_sub(s.since.elapsed()))),
+                .longest_idle()
+                .map(|(_, s)| self.min_age.saturating_sub(s.since.elapsed()))),
         }
     }
 
@@ -79,12 +77,7 @@ impl Strangers {
         let i = match self.oldest_first.iter().position(|s| s.failed && !s.busy) {
             Some(i) => i,
             None => {
-                let (i, oldest) = self
-                    .oldest_first
-                    .iter()
-                    .enumerate()
-                    .filter(|(_, s)| !s.busy)
-                    .min_by_key(|(_, s)| s.since)?;
+                let (i, oldest) = self.longest_idle()?;
                 if oldest.since.elapsed() < self.min_age {
                     return None;
                 }
@@ -92,6 +85,16 @@ impl Strangers {
             }
         };
         self.oldest_first.remove(i)
+    }
+
+    /// The one idle longest, and where it is (`since` is reset when a
+    /// request ends, so that is not always the first in the list).
+    fn longest_idle(&self) -> Option<(usize, &Stranger)> {
+        self.oldest_first
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| !s.busy)
+            .min_by_key(|(_, s)| s.since)
     }
 
     fn with(&mut self, id: u64, f: impl FnOnce(&mut Stranger)) {
