@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 use clap::Args;
-use dust_proxies::accounts::{AccountView, Credentials, Invite, Quota, DEFAULT_SESSIONS};
+use dust_proxies::access::accounts::{AccountView, Credentials, Invite, Quota, DEFAULT_SESSIONS};
 
 use crate::config::units::parse_size;
 use crate::control::{ask_required, Reloaded};

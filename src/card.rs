@@ -57,7 +57,7 @@ pub enum CardCommand {
 pub struct Issued {
     /// The account's new credentials.
     #[serde(flatten)]
-    pub credentials: dust_proxies::accounts::Credentials,
+    pub credentials: dust_proxies::access::accounts::Credentials,
     /// `host.onion:port` of the SMTP service.
     pub smtp: Option<String>,
     /// `host.onion:port` of the HTTP service.

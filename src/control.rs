@@ -14,8 +14,8 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::{anyhow, bail, Context};
 use dust_mixer::{ItemKind, QueueStats, HELD};
-use dust_proxies::accounts::{Accounts, Invite};
-use dust_proxies::mail::StoredMail;
+use dust_proxies::access::accounts::{Accounts, Invite};
+use dust_proxies::item::mail::StoredMail;
 use dust_proxies::onion::Onions;
 use dust_proxies::status::{Status, StatusFn};
 use dust_storage::{ItemState, Store};

@@ -9,8 +9,8 @@
 use std::sync::Arc;
 
 use dust_mixer::{CoverSource, ItemId, ItemKind, Store};
-use dust_proxies::job::Job;
-use dust_proxies::mail::{sanitize, SanitizeOptions, StoredMail};
+use dust_proxies::item::job::Job;
+use dust_proxies::item::mail::{sanitize, SanitizeOptions, StoredMail};
 use rand::Rng;
 
 use crate::config::CoverTargets;

@@ -85,15 +85,15 @@ fn passwd() -> anyhow::Result<()> {
     if password.is_empty() {
         bail!("empty password (give it on stdin, e.g. `echo secret | dustmote passwd`)");
     }
-    if dust_proxies::auth::is_generated(password.as_bytes()) {
+    if dust_proxies::access::auth::is_generated(password.as_bytes()) {
         bail!(
             "a password starting with {:?} and letters would be taken for a generated \
              secret and never checked against this hash; choose another, or use \
              `dustmote secret`",
-            dust_proxies::auth::GENERATED_PREFIX
+            dust_proxies::access::auth::GENERATED_PREFIX
         );
     }
-    let hash = dust_proxies::auth::hash_password(password.as_bytes())?;
+    let hash = dust_proxies::access::auth::hash_password(password.as_bytes())?;
     writeln!(std::io::stdout().lock(), "{hash}")?;
     eprintln!(
         "note: this is a human-chosen password, checked with argon2 and throttled \
@@ -107,7 +107,7 @@ fn passwd() -> anyhow::Result<()> {
 
 /// `dustmote secret`: a generated secret and its hash, on one line.
 fn secret() -> anyhow::Result<()> {
-    let s = dust_proxies::auth::new_secret(dust_proxies::auth::SECRET_LETTERS);
+    let s = dust_proxies::access::auth::new_secret(dust_proxies::access::auth::SECRET_LETTERS);
     writeln!(std::io::stdout().lock(), "{} {}", s.secret, s.hash)?;
     Ok(())
 }

@@ -10,14 +10,14 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use dust_mixer::tokio_rt::TokioRt;
 use dust_mixer::{Deliver, DeliveryError, Item, ItemId, ItemKind, Lifetime, Mixer, Outcome};
-use dust_proxies::accounts::Accounts;
-use dust_proxies::auth::Verifier;
-use dust_proxies::delivery::MailDelivery;
-use dust_proxies::fetch::Fetcher;
-use dust_proxies::job::FetchCounts;
+use dust_proxies::access::accounts::Accounts;
+use dust_proxies::access::auth::Verifier;
+use dust_proxies::egress::mail::MailDelivery;
+use dust_proxies::egress::fetch::Fetcher;
+use dust_proxies::item::job::FetchCounts;
 use dust_proxies::onion::{OnionConfig, Onions};
-use dust_proxies::peer::PeerTarget;
-use dust_proxies::smtp::Server;
+use dust_proxies::intake::http::peer::PeerTarget;
+use dust_proxies::intake::smtp::Server;
 use dust_proxies::status::{Executable, HopStatus, SharingStatus, Status, StatusFn};
 use dust_proxies::tor::{arti_config, install_crypto_provider, Arti, Connector, Direct, Socks5};
 use dust_storage::Store;
@@ -72,7 +72,7 @@ async fn hand_off_job(
     store: &Arc<Store>,
     job: ItemId,
 ) -> Result<(), DeliveryError> {
-    let send = dust_proxies::peer::send_job(connector, peer, isolation, store, job);
+    let send = dust_proxies::intake::http::peer::send_job(connector, peer, isolation, store, job);
     // A large download over Tor takes longer than a message: 120 s plus a
     // second per MiB.
     let mib = store.content_len(&job).unwrap_or(0) / (1024 * 1024);
@@ -86,7 +86,7 @@ async fn hand_off_job(
             )))
         }
     }
-    dust_proxies::peer::mark_moved(store, &job, peer)
+    dust_proxies::intake::http::peer::mark_moved(store, &job, peer)
         .await
         .map_err(DeliveryError::from)
 }
@@ -122,10 +122,10 @@ async fn hand_off_finished_jobs(
                 .jobs()
                 .flatten()
                 .filter_map(|(id, rec)| {
-                    let job = dust_proxies::job::Job::decode(&rec)?;
+                    let job = dust_proxies::item::job::Job::decode(&rec)?;
                     let finished = matches!(
                         job.state,
-                        dust_proxies::job::JobState::Ready | dust_proxies::job::JobState::Failed
+                        dust_proxies::item::job::JobState::Ready | dust_proxies::item::job::JobState::Failed
                     );
                     (finished && !job.cover && job.moved_to.is_none()).then_some(id)
                 })
@@ -179,7 +179,7 @@ impl Deliver for Egress {
             )))
         };
         if item.kind != ItemKind::Fetch as u8 {
-            let send = dust_proxies::peer::send(
+            let send = dust_proxies::intake::http::peer::send(
                 &*self.connector,
                 &peer,
                 self.hop_isolation,
@@ -508,7 +508,7 @@ fn reloader(
     config_path: Option<PathBuf>,
     mixer: MoteMixer,
     store: Arc<Store>,
-    sanitize: dust_proxies::mail::SanitizeOptions,
+    sanitize: dust_proxies::item::mail::SanitizeOptions,
     successor: Arc<StdMutex<Option<PeerTarget>>>,
 ) -> control::ReloadFn {
     Arc::new(move || {
@@ -695,17 +695,17 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
             stop_limit,
         ));
     }
-    let api = dust_proxies::http::Api::with_accounts(
+    let api = dust_proxies::intake::http::Api::with_accounts(
         Arc::clone(&store),
         http_verifier,
         http_only,
         http_operators,
         status,
         Arc::new(mixer.clone()),
-        Some(dust_proxies::peer::endpoint(
+        Some(dust_proxies::intake::http::peer::endpoint(
             peers
                 .accept_jobs_of(job_users)
-                .with_mail_rules(dust_proxies::peer::MailRules::of(&smtp)),
+                .with_mail_rules(dust_proxies::intake::http::peer::MailRules::of(&smtp)),
             Arc::new(mixer.clone()),
         )),
         Some(Arc::clone(&accounts)),

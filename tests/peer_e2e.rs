@@ -14,7 +14,7 @@ use std::time::Duration;
 use common::{
     header_names, json_of, metric, password_hash, retry_after, Mote, MoteConfig, Sink, PASSWORD,
 };
-use dust_proxies::mail::StoredMail;
+use dust_proxies::item::mail::StoredMail;
 
 /// (status, JSON body, headers) of a POST to the peer endpoint.
 fn post(
@@ -771,7 +771,7 @@ fn a_resend_after_a_crash_between_record_and_item_completes_the_job() {
     };
     let sent = envelope("http://example.org/crash");
     {
-        let mut job: dust_proxies::job::Job = serde_json::from_value(sent["job"].clone()).unwrap();
+        let mut job: dust_proxies::item::job::Job = serde_json::from_value(sent["job"].clone()).unwrap();
         job.expected_ready_ms = None;
         job.from_peer = Some("upstream".into());
         let key_path = common::files_under(mote.runtime.path())

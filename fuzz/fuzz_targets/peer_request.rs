@@ -2,5 +2,5 @@
 //! item, taken apart and checked as `POST /v1/peer/items` does.
 #![no_main]
 libfuzzer_sys::fuzz_target!(|data: &[u8]| {
-    dust_proxies::peer::fuzzing::request(data);
+    dust_proxies::intake::http::peer::fuzzing::request(data);
 });

@@ -9,6 +9,6 @@ libfuzzer_sys::fuzz_target!(|input: &[u8]| {
     let (len, header) = input.split_at(8);
     let len = u64::from_be_bytes(len.try_into().expect("8 bytes"));
     if let Ok(header) = std::str::from_utf8(header) {
-        dust_proxies::http::fuzzing::parse_ranges(header, len);
+        dust_proxies::intake::http::fuzzing::parse_ranges(header, len);
     }
 });

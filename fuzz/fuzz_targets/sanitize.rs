@@ -1,7 +1,7 @@
 //! The sanitizer on any message: no panic, and what it produces is a
 //! message it accepts again.
 #![no_main]
-use dust_proxies::mail::{sanitize, SanitizeOptions};
+use dust_proxies::item::mail::{sanitize, SanitizeOptions};
 use rand::SeedableRng;
 libfuzzer_sys::fuzz_target!(|raw: &[u8]| {
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);

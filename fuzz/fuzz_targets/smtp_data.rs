@@ -6,6 +6,6 @@ const ENVELOPE: &[u8] =
 libfuzzer_sys::fuzz_target!(|input: &[u8]| {
     let mut session = ENVELOPE.to_vec();
     session.extend_from_slice(input);
-    let replies = dust_proxies::smtp::fuzzing::session(&session);
+    let replies = dust_proxies::intake::smtp::fuzzing::session(&session);
     assert!(replies.windows(4).any(|w| w == b"354 "), "DATA was refused");
 });

@@ -29,7 +29,7 @@ use std::time::{Duration, SystemTime};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
 pub enum ItemKind {
-    /// An e-mail message (payload: see `dust_proxies::mail::StoredMail`).
+    /// An e-mail message (payload: see `dust_proxies::item::mail::StoredMail`).
     Mail = 1,
     /// A download job; each delivery fetches one chunk (payload: the job id).
     Fetch = 2,

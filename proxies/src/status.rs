@@ -20,7 +20,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
-use crate::job::FetchCounts;
+use crate::item::job::FetchCounts;
 use crate::tor::TransportStatus;
 
 /// The whole status of a running mote.

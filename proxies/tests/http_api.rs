@@ -8,9 +8,9 @@ use std::process::Command;
 use std::sync::Arc;
 
 use dust_mixer::{ItemId, Store};
-use dust_proxies::auth::{hash_password, Users};
-use dust_proxies::http::Api;
-use dust_proxies::job::{FetchCounts, Job, JobState, Schedule, ScheduleError};
+use dust_proxies::access::auth::{hash_password, Users};
+use dust_proxies::intake::http::Api;
+use dust_proxies::item::job::{FetchCounts, Job, JobState, Schedule, ScheduleError};
 use dust_proxies::status::Status;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;

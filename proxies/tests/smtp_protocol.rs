@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use base64::Engine;
 use dust_mixer::Once;
-use dust_proxies::auth::{hash_password, Users};
-use dust_proxies::mail::StoredMail;
-use dust_proxies::smtp::{Admission, AdmitError, Server, SmtpConfig};
+use dust_proxies::access::auth::{hash_password, Users};
+use dust_proxies::item::mail::StoredMail;
+use dust_proxies::intake::smtp::{Admission, AdmitError, Server, SmtpConfig};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;

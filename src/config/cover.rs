@@ -1,7 +1,7 @@
 //! `[cover]`: dummy items that keep the pool filled when real traffic is low.
 
 use dust_mixer::CoverConfig;
-use dust_proxies::job::is_http_url;
+use dust_proxies::item::job::is_http_url;
 use serde::Deserialize;
 
 use super::units::parse_rate;

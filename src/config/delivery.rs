@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use dust_mixer::delay::humantime_serde_compat as hts;
-use dust_proxies::delivery::{MxRoute, RelayConfig, Route, TlsMode};
-use dust_proxies::mx::MxConfig;
+use dust_proxies::egress::mail::{MxRoute, RelayConfig, Route, TlsMode};
+use dust_proxies::egress::mx::MxConfig;
 use serde::Deserialize;
 
 use super::units::{read_ca, split_host_port};

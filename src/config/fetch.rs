@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use dust_mixer::delay::humantime_serde_compat as hts;
 use dust_mixer::DelaySpec;
-use dust_proxies::fetch::FetchConfig;
+use dust_proxies::egress::fetch::FetchConfig;
 use serde::Deserialize;
 
 use super::units::{read_ca, Size};

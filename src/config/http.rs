@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use dust_proxies::auth::Users;
+use dust_proxies::access::auth::Users;
 use serde::Deserialize;
 
 use super::units::users;

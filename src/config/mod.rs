@@ -25,10 +25,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use dust_mixer::MixerConfig;
-use dust_proxies::auth::Users;
-use dust_proxies::delivery::Route;
-use dust_proxies::fetch::FetchConfig;
-use dust_proxies::smtp::SmtpConfig;
+use dust_proxies::access::auth::Users;
+use dust_proxies::egress::mail::Route;
+use dust_proxies::egress::fetch::FetchConfig;
+use dust_proxies::intake::smtp::SmtpConfig;
 use serde::Deserialize;
 
 pub use cover::{Cover, CoverTargets};
@@ -124,9 +124,9 @@ pub struct Checked {
     /// Where cover items go, when `[cover]` is on.
     pub cover: Option<CoverTargets>,
     /// The `[[peers]]` that may hand items to this mote.
-    pub peers: dust_proxies::peer::Peers,
+    pub peers: dust_proxies::intake::http::peer::Peers,
     /// `[mote] successor`: where the queue goes at the hop point.
-    pub successor: Option<dust_proxies::peer::PeerTarget>,
+    pub successor: Option<dust_proxies::intake::http::peer::PeerTarget>,
     /// `[onion]`: the onion services the mote publishes (the key file
     /// empty when it is the default, which `serve` knows).
     pub onion: Option<dust_proxies::onion::OnionConfig>,
@@ -269,7 +269,7 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
 mod tests {
     use super::*;
     use dust_mixer::{DelaySpec, ItemKind};
-    use dust_proxies::delivery::TlsMode;
+    use dust_proxies::egress::mail::TlsMode;
 
     proptest::proptest! {
         /// Any text: a configuration or an error naming file and key, never

@@ -1,10 +1,10 @@
 //! `[[peers]]`: other motes this one hands items to or takes items from
-//! (the dust cloud; see `dust_proxies::peer`).
+//! (the dust cloud; see `dust_proxies::intake::http::peer`).
 
 use std::collections::HashMap;
 
-use dust_proxies::auth::Users;
-use dust_proxies::peer::{PeerLimits, PeerTarget, Peers};
+use dust_proxies::access::auth::Users;
+use dust_proxies::intake::http::peer::{PeerLimits, PeerTarget, Peers};
 use serde::Deserialize;
 
 use super::units::{parse_rate, plain_name, split_host_port, users, Size};

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use dust_proxies::auth::Users;
+use dust_proxies::access::auth::Users;
 use serde::Deserialize;
 
 use super::{invalid, Invalid};

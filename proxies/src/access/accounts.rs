@@ -20,7 +20,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::auth::{new_secret, Verifier};
+use crate::access::auth::{new_secret, Verifier};
 
 /// Usage counters (see [`Usage`]).
 pub const MAIL: usize = 0;
@@ -43,10 +43,10 @@ pub fn one(which: usize, n: u64) -> Usage {
 pub const DEFAULT_SESSIONS: u32 = 4;
 const DAY_MS: u64 = 86_400_000;
 /// Random letters of a password (131 bits) and of a token (190 bits),
-/// after [`crate::auth::GENERATED_PREFIX`]: generated secrets, stored as
+/// after [`crate::access::auth::GENERATED_PREFIX`]: generated secrets, stored as
 /// fast digests and verified in microseconds.
-const PASSWORD_LEN: usize = crate::auth::GENERATED_MIN_LETTERS;
-const TOKEN_LEN: usize = crate::auth::SECRET_LETTERS;
+const PASSWORD_LEN: usize = crate::access::auth::GENERATED_MIN_LETTERS;
+const TOKEN_LEN: usize = crate::access::auth::SECRET_LETTERS;
 
 /// An account's limits per UTC day (`None`: none) and on sessions.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -591,7 +591,7 @@ impl Accounts {
         let mut gone = Vec::new();
         for job in self.store.jobs() {
             let (id, record) = job?;
-            if crate::job::Job::decode(&record).is_some_and(|j| ends(&j.user)) {
+            if crate::item::job::Job::decode(&record).is_some_and(|j| ends(&j.user)) {
                 gone.push(id);
             }
         }
@@ -839,7 +839,7 @@ mod humantime_serde_opt {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::{Users, Verdict};
+    use crate::access::auth::{Users, Verdict};
 
     fn accounts(store: Arc<Store>) -> (Arc<Accounts>, Arc<Verifier>, Arc<Verifier>) {
         let smtp = Arc::new(Verifier::new(Users::default()));
@@ -872,7 +872,7 @@ mod tests {
         a.invite(http_invite("cy")).await.expect("invite");
         let job = |user: &str| {
             let id = dust_mixer::ItemId(rand::random());
-            let job = crate::job::Job::new(
+            let job = crate::item::job::Job::new(
                 "https://origin.invalid/f".into(),
                 user.into(),
                 SystemTime::now(),
@@ -928,7 +928,7 @@ mod tests {
         ));
         let c = a.invite(invite("bea")).await.expect("invite");
         let (pw, tok) = (c.smtp_password.expect("pw"), c.http_token.expect("token"));
-        let prefix = crate::auth::GENERATED_PREFIX.len();
+        let prefix = crate::access::auth::GENERATED_PREFIX.len();
         assert_eq!(
             (pw.len(), tok.len()),
             (prefix + PASSWORD_LEN, prefix + TOKEN_LEN)

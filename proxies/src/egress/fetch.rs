@@ -25,10 +25,10 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use rand::Rng;
 
-use crate::accounts::{one, Accounts, Charged, FETCH_BYTES};
-use crate::addr::is_private;
-use crate::job::{is_http_url, Job, JobState};
-use crate::tls::{TlsClient, TlsError};
+use crate::access::accounts::{one, Accounts, Charged, FETCH_BYTES};
+use crate::egress::addr::is_private;
+use crate::item::job::{is_http_url, Job, JobState};
+use crate::egress::tls::{TlsClient, TlsError};
 use crate::tor::{BoxStream, ConnectError, Connector, Target};
 
 /// The reason a job fails when its user's downloads would be too large.
@@ -570,7 +570,7 @@ impl Fetcher {
         self.cfg.max_user_bytes.saturating_sub(others)
     }
 
-    /// [`store_body`](crate::job::store_body) into the job's content at
+    /// [`store_body`](crate::item::job::store_body) into the job's content at
     /// `offset`: at most `limit` bytes, or the error `too_large` makes.
     async fn store_body(
         &self,
@@ -580,8 +580,8 @@ impl Fetcher {
         limit: u64,
         too_large: impl FnOnce() -> FetchError,
     ) -> Result<(ContentWriter, u64), FetchError> {
-        use crate::job::StoreBodyError as E;
-        crate::job::store_body(&self.store, id, offset, Bytes::new(), body, limit)
+        use crate::item::job::StoreBodyError as E;
+        crate::item::job::store_body(&self.store, id, offset, Bytes::new(), body, limit)
             .await
             .map_err(|e| match e {
                 E::TooLarge => too_large(),
@@ -723,7 +723,7 @@ async fn discard(mut body: Incoming, limit: u64) {
 /// The origin's `Content-Type`, if it is a plausible media type (printable
 /// ASCII, short): it is served with the content later.
 fn content_type(h: &http::HeaderMap) -> Option<String> {
-    crate::job::media_type(h.get(header::CONTENT_TYPE)?.to_str().ok()?)
+    crate::item::job::media_type(h.get(header::CONTENT_TYPE)?.to_str().ok()?)
 }
 
 /// The validator to send as If-Range: a strong ETag, else Last-Modified.

@@ -19,9 +19,9 @@ use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter,
 use lettre::Address;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::mail::{with_date, StoredMail};
-use crate::mx::{addresses, mail_hosts, MxConfig};
-use crate::tls::TlsClient;
+use crate::item::mail::{with_date, StoredMail};
+use crate::egress::mx::{addresses, mail_hosts, MxConfig};
+use crate::egress::tls::TlsClient;
 use crate::tor::{BoxStream, Connector, Target};
 
 /// The EHLO name on egress: an address literal that is the same for every
@@ -91,7 +91,7 @@ pub enum Route {
     /// Each recipient domain to its mail exchangers (or onion MX).
     Mx(MxRoute),
     /// To another mote (a cascade): its `POST /v1/peer/items`.
-    Peer(crate::peer::PeerTarget),
+    Peer(crate::intake::http::peer::PeerTarget),
 }
 
 /// `[delivery.mail] mode = "mx"`.
@@ -338,7 +338,7 @@ impl Deliver for MailDelivery {
         if let Route::Peer(peer) = &self.route {
             // The stored item as it is: the next mote adds no Date (the
             // last one does when it speaks SMTP) and keeps the Message-ID.
-            let send = crate::peer::send(
+            let send = crate::intake::http::peer::send(
                 &*self.connector,
                 peer,
                 self.next_isolation(),

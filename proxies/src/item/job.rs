@@ -1,7 +1,7 @@
 //! Download jobs: the record the HTTP API creates, the fetcher fills and
 //! cover traffic fakes, and the way a new job's fetch item enters the mix
 //! ([`Schedule`], implemented for the [`Mixer`] beside SMTP's
-//! [`Admission`](crate::smtp::Admission)).
+//! [`Admission`](crate::intake::smtp::Admission)).
 
 use std::future::Future;
 use std::sync::Arc;

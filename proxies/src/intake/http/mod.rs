@@ -2,13 +2,15 @@
 //! the cached content (resumable, with `Range`), delete it; `/status` and
 //! `/metrics` for operators.
 //!
-//! Jobs ([`crate::job`]) and content live in the store. A `202` for a new
+//! Jobs ([`crate::item::job`]) and content live in the store. A `202` for a new
 //! job is sent only after the job record is fsynced. The fetcher
-//! ([`crate::fetch`]) fills the content in random Range chunks through Tor.
+//! ([`crate::egress::fetch`]) fills the content in random Range chunks through Tor.
 
 // Handlers return a ready error response as their `Err`; it is large, but
 // built once per failed request.
 #![allow(clippy::result_large_err)]
+
+pub mod peer;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,11 +30,11 @@ use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
-use crate::accounts::{one, Accounts, Exceeded, FETCHES, FETCH_BYTES};
-use crate::auth::{Users, Verdict, Verifier};
-use crate::job::{is_http_url, Job, JobState, Schedule, ScheduleError};
+use crate::access::accounts::{one, Accounts, Exceeded, FETCHES, FETCH_BYTES};
+use crate::access::auth::{Users, Verdict, Verifier};
+use crate::item::job::{is_http_url, Job, JobState, Schedule, ScheduleError};
 use crate::status::{StatusFn, OPENMETRICS_TYPE};
-use crate::strangers::{self, Strangers, Ticket};
+use crate::intake::strangers::{self, Strangers, Ticket};
 
 /// Largest request body accepted (job requests are small JSON objects).
 const MAX_BODY: usize = 16 * 1024;
@@ -65,7 +67,7 @@ pub struct Api<S> {
     status: StatusFn,
     schedule: Arc<S>,
     /// `POST /v1/peer/items` (none: 404).
-    peer: Option<crate::peer::Endpoint>,
+    peer: Option<crate::intake::http::peer::Endpoint>,
 }
 
 /// Response bodies: small ones in memory, content streamed from the store.
@@ -215,7 +217,7 @@ fn stream_content(store: Arc<Store>, id: ItemId, start: u64, end: u64) -> Body {
 /// stop a download under way.
 fn held_body(
     body: Body,
-    slot: Option<crate::accounts::SessionSlot>,
+    slot: Option<crate::access::accounts::SessionSlot>,
     ended: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
 ) -> Body {
     use futures::StreamExt;
@@ -253,7 +255,7 @@ fn error(status: StatusCode, code: &str, message: &str) -> Resp {
 }
 
 /// A peer endpoint's answer as a response: `{"admitted": …}` or an error.
-fn peer_answer(a: crate::peer::Answer) -> Resp {
+fn peer_answer(a: crate::intake::http::peer::Answer) -> Resp {
     let mut r = match a.code {
         None => json_response(
             a.status,
@@ -489,7 +491,7 @@ impl<S: Schedule> Api<S> {
         operators: Vec<String>,
         status: StatusFn,
         schedule: Arc<S>,
-        peer: Option<crate::peer::Endpoint>,
+        peer: Option<crate::intake::http::peer::Endpoint>,
     ) -> Arc<Self> {
         let only = users.only().map(str::to_string);
         let verifier = Arc::new(Verifier::new(users));
@@ -509,7 +511,7 @@ impl<S: Schedule> Api<S> {
         operators: Vec<String>,
         status: StatusFn,
         schedule: Arc<S>,
-        peer: Option<crate::peer::Endpoint>,
+        peer: Option<crate::intake::http::peer::Endpoint>,
         accounts: Option<Arc<Accounts>>,
     ) -> Arc<Self> {
         Arc::new(Self {
@@ -798,7 +800,7 @@ impl<S: Schedule> Api<S> {
         &self,
         user: &str,
         req: Request<Incoming>,
-        holder: Option<&crate::accounts::Holder>,
+        holder: Option<&crate::access::accounts::Holder>,
     ) -> Resp {
         let read = Limited::new(req.into_body(), MAX_BODY).collect();
         let body = match tokio::time::timeout(BODY_TIMEOUT, read).await {

@@ -43,8 +43,8 @@ use hyper::body::Incoming;
 use hyper::{header, HeaderMap, Request, StatusCode};
 use tor_rtcompat::{Blocking, SleepProvider};
 
-use crate::auth::{Users, Verdict, Verifier};
-use crate::mail::StoredMail;
+use crate::access::auth::{Users, Verdict, Verifier};
+use crate::item::mail::StoredMail;
 
 /// How long a received item's (peer, id) digest is kept: longer than any
 /// mote lives, so a resend is always recognized.
@@ -103,23 +103,23 @@ pub struct MailRules {
     pub max_message_bytes: usize,
     /// `[smtp]`'s sanitizer settings; the Message-ID the entry mote set is
     /// kept.
-    pub sanitize: crate::mail::SanitizeOptions,
+    pub sanitize: crate::item::mail::SanitizeOptions,
 }
 
 impl Default for MailRules {
     fn default() -> Self {
-        let smtp = crate::smtp::SmtpConfig::default();
+        let smtp = crate::intake::smtp::SmtpConfig::default();
         Self::of(&smtp)
     }
 }
 
 impl MailRules {
     /// The rules of an SMTP configuration.
-    pub fn of(smtp: &crate::smtp::SmtpConfig) -> Self {
+    pub fn of(smtp: &crate::intake::smtp::SmtpConfig) -> Self {
         Self {
             max_recipients: smtp.max_recipients,
             max_message_bytes: smtp.max_message_bytes,
-            sanitize: crate::mail::SanitizeOptions {
+            sanitize: crate::item::mail::SanitizeOptions {
                 keep_own_message_id: true,
                 ..smtp.sanitize
             },
@@ -146,7 +146,7 @@ impl MailRules {
             ));
         }
         let mut rng = rand::rng();
-        mail.message = crate::mail::sanitize(&mail.message, self.sanitize, &mut rng)
+        mail.message = crate::item::mail::sanitize(&mail.message, self.sanitize, &mut rng)
             .map_err(|e| bad(format!("the message is refused: {e}")))?;
         Ok(mail.encode())
     }
@@ -425,7 +425,7 @@ async fn authenticate(peers: &Peers, headers: &HeaderMap) -> Result<String, Answ
             "a peer's bearer token is required (NAME:TOKEN)",
         )
     };
-    let token = crate::http::bearer(headers).ok_or_else(unauthorized)?;
+    let token = crate::intake::http::bearer(headers).ok_or_else(unauthorized)?;
     let (name, secret) = token.split_once(':').ok_or_else(unauthorized)?;
     match peers.verifier.verify(name, secret.as_bytes()).await {
         Verdict::Ok => Ok(name.to_string()),
@@ -466,7 +466,7 @@ pub async fn receive<T: Transfer>(peers: &Peers, transfer: &T, req: Request<Inco
     if peers.is_empty() {
         return Answer::err(StatusCode::NOT_FOUND, "not_found", "no such endpoint");
     }
-    let conn = req.extensions().get::<std::sync::Arc<crate::http::Conn>>();
+    let conn = req.extensions().get::<std::sync::Arc<crate::intake::http::Conn>>();
     let peer = match authenticate(peers, req.headers()).await {
         Ok(p) => p,
         Err(a) => {
@@ -659,10 +659,10 @@ pub mod fuzzing {
                 if content_fits(&job, (body.len() - n) as u64).is_err() {
                     return false;
                 }
-                let back = crate::job::Job::decode(&record).expect("a taken record decodes");
+                let back = crate::item::job::Job::decode(&record).expect("a taken record decodes");
                 assert_eq!(back, job);
                 assert_eq!(job.user, "alice");
-                assert!(crate::job::is_http_url(&job.url), "{}", job.url);
+                assert!(crate::item::job::is_http_url(&job.url), "{}", job.url);
                 assert_eq!(job.from_peer.as_deref(), Some("fuzzer"));
                 assert!(!job.cover && job.moved_to.is_none());
                 job_id == id
@@ -797,7 +797,7 @@ async fn receive_content<T: Transfer>(
     transfer: &T,
     store: &std::sync::Arc<dust_mixer::Store>,
     job_id: ItemId,
-    job: &crate::job::Job,
+    job: &crate::item::job::Job,
     record: Vec<u8>,
     rest: Bytes,
     body: Incoming,
@@ -811,11 +811,11 @@ async fn receive_content<T: Transfer>(
     let limit = job.total.map_or(room, |t| t.min(room));
     let stored = tokio::time::timeout_at(
         deadline,
-        crate::job::store_body(store, &job_id, 0, rest, body, limit),
+        crate::item::job::store_body(store, &job_id, 0, rest, body, limit),
     )
     .await
     .map_err(|_| late())?;
-    use crate::job::StoreBodyError as E;
+    use crate::item::job::StoreBodyError as E;
     let (writer, got) = match stored {
         Ok(w) => w,
         Err(E::TooLarge) if limit < room => return Err(bad("more content than the job's size")),
@@ -837,12 +837,12 @@ async fn receive_content<T: Transfer>(
 
 /// Whether `got` bytes of content fit `job`: never more than its size, and
 /// all of it for a finished download (this mote will not fetch it).
-fn content_fits(job: &crate::job::Job, got: u64) -> Result<(), Answer> {
+fn content_fits(job: &crate::item::job::Job, got: u64) -> Result<(), Answer> {
     let bad = |what: &str| Answer::err(StatusCode::BAD_REQUEST, "bad_item", what.to_string());
     if job.total.is_some_and(|t| got > t) {
         return Err(bad("more content than the job's size"));
     }
-    if job.state == crate::job::JobState::Ready && job.total != Some(got) {
+    if job.state == crate::item::job::JobState::Ready && job.total != Some(got) {
         return Err(bad("a finished download without all of its content"));
     }
     Ok(())
@@ -854,7 +854,7 @@ fn take_job(
     peers: &Peers,
     peer: &str,
     head: &[u8],
-) -> Result<(ItemId, Vec<u8>, crate::job::Job), Answer> {
+) -> Result<(ItemId, Vec<u8>, crate::item::job::Job), Answer> {
     let bad = |what: String| Answer::err(StatusCode::BAD_REQUEST, "bad_item", what);
     let envelope: JobTransfer =
         serde_json::from_slice(head).map_err(|e| bad(format!("not a job record: {e}")))?;
@@ -866,7 +866,7 @@ fn take_job(
     if job.cover || job.moved_to.is_some() {
         return Err(bad("a cover or moved job is not handed over".into()));
     }
-    if !crate::job::is_http_url(&job.url) {
+    if !crate::item::job::is_http_url(&job.url) {
         return Err(bad("the job's URL is not http(s)".into()));
     }
     if !peers.job_users.contains(&job.user) {
@@ -890,7 +890,7 @@ struct JobTransfer {
     /// valid).
     id: String,
     /// The record.
-    job: crate::job::Job,
+    job: crate::item::job::Job,
 }
 
 /// Where this mote hands items to: a peer's API (`[[peers]] url`, `token`).
@@ -968,7 +968,7 @@ pub async fn send_job(
     let record = store
         .job(&job_id)?
         .ok_or_else(|| DeliveryError::permanent("the job is gone"))?;
-    let job = crate::job::Job::decode(&record)
+    let job = crate::item::job::Job::decode(&record)
         .ok_or_else(|| DeliveryError::permanent("unreadable job"))?;
     if job.cover {
         // It belongs to no one: it is released here.
@@ -1025,7 +1025,7 @@ pub async fn mark_moved(
     id: &ItemId,
     peer: &PeerTarget,
 ) -> Result<(), StorageError> {
-    let Some(mut job) = store.job(id)?.as_deref().and_then(crate::job::Job::decode) else {
+    let Some(mut job) = store.job(id)?.as_deref().and_then(crate::item::job::Job::decode) else {
         return Ok(());
     };
     job.moved_to = Some(format!("{}/v1/fetches/{id}", peer.api_base()));

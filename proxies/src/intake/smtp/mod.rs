@@ -19,11 +19,11 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tor_rtcompat::{Blocking, SleepProvider};
 
-use crate::accounts::{one, Accounts, Exceeded, Holder, SessionSlot, MAIL, MAIL_BYTES};
-use crate::auth::{Users, Verdict, Verifier};
-use crate::mail::{replay_digest, sanitize, SanitizeError, SanitizeOptions, StoredMail};
+use crate::access::accounts::{one, Accounts, Exceeded, Holder, SessionSlot, MAIL, MAIL_BYTES};
+use crate::access::auth::{Users, Verdict, Verifier};
+use crate::item::mail::{replay_digest, sanitize, SanitizeError, SanitizeOptions, StoredMail};
 
-use crate::strangers::{self, Strangers, Ticket};
+use crate::intake::strangers::{self, Strangers, Ticket};
 
 /// Settings of the SMTP endpoint (`[smtp]`).
 #[derive(Debug, Clone)]
@@ -847,7 +847,7 @@ where
     }
 
     /// Count a message of `bytes` against the account's quotas.
-    fn charge(&self, bytes: u64) -> Result<Option<crate::accounts::Charged>, String> {
+    fn charge(&self, bytes: u64) -> Result<Option<crate::access::accounts::Charged>, String> {
         let (Some(a), Some(user)) = (&self.accounts, &self.user) else {
             return Ok(None);
         };
@@ -1079,7 +1079,7 @@ pub mod fuzzing {
     impl Admission for AcceptAll {
         async fn admit(&self, payload: Vec<u8>, _once: Option<Once>) -> Result<(), AdmitError> {
             // What was admitted decodes again.
-            assert!(crate::mail::StoredMail::decode(&payload).is_ok());
+            assert!(crate::item::mail::StoredMail::decode(&payload).is_ok());
             Ok(())
         }
     }
