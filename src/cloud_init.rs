@@ -228,7 +228,9 @@ fn users(specs: &[String]) -> anyhow::Result<Vec<User>> {
                 // and digits that survive shells, URIs and mail clients'
                 // password fields): stored as a fast digest, verified in
                 // microseconds, never throttled.
-                let s = dust_proxies::access::auth::new_secret(dust_proxies::access::auth::SECRET_LETTERS);
+                let s = dust_proxies::access::auth::new_secret(
+                    dust_proxies::access::auth::SECRET_LETTERS,
+                );
                 (s.hash, Some(s.secret))
             }
         };

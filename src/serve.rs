@@ -9,19 +9,19 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use dust_mixer::tokio_rt::TokioRt;
-use dust_mixer::{Deliver, DeliveryError, Item, ItemId, ItemKind, Lifetime, Mixer, Outcome};
+use dust_mixer::{Lifetime, Mixer};
 use dust_proxies::access::accounts::Accounts;
 use dust_proxies::access::auth::Verifier;
-use dust_proxies::egress::mail::MailDelivery;
 use dust_proxies::egress::fetch::Fetcher;
+use dust_proxies::egress::hop::Hop;
+use dust_proxies::egress::Egress;
+use dust_proxies::intake::http::{Api, MailRules, PeerLink};
+use dust_proxies::intake::smtp::Server;
 use dust_proxies::item::job::FetchCounts;
 use dust_proxies::onion::{OnionConfig, Onions};
-use dust_proxies::intake::http::peer::PeerTarget;
-use dust_proxies::intake::smtp::Server;
-use dust_proxies::status::{Executable, HopStatus, SharingStatus, Status, StatusFn};
+use dust_proxies::status::{Executable, SharingStatus, Status, StatusFn};
 use dust_proxies::tor::{arti_config, install_crypto_provider, Arti, Connector, Direct, Socks5};
 use dust_storage::Store;
-use std::sync::Mutex as StdMutex;
 use tokio::sync::watch;
 
 use crate::config::{self, Checked, TorMode};
@@ -40,176 +40,6 @@ const LIFETIME_CHECK: Duration = Duration::from_secs(30);
 
 /// The mote's mixer.
 type MoteMixer = Mixer<TokioRt, Egress>;
-
-/// What the mixer hands due items to, by kind.
-pub struct Egress {
-    /// `None`: no `[delivery.mail]`, mail stays queued.
-    mail: Option<MailDelivery>,
-    fetch: Fetcher,
-    /// Hop at drain: where the queue goes (`[mote] successor`, replaced by
-    /// `dustmote reload`).
-    successor: Arc<StdMutex<Option<PeerTarget>>>,
-    connector: Arc<dyn Connector>,
-    store: Arc<Store>,
-    /// One Tor circuit for the whole hand-off: the successor learns that
-    /// the items come from one mote anyway (it is that mote's successor),
-    /// and a circuit per item would make a 10,000-item hand-off take hours.
-    hop_isolation: u64,
-}
-
-/// The successor (a poisoned lock only means a panic elsewhere while it
-/// was replaced; the value is still whole).
-fn lock(s: &StdMutex<Option<PeerTarget>>) -> std::sync::MutexGuard<'_, Option<PeerTarget>> {
-    s.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// Hand download job `job` to `peer` (under the job's id, whether its
-/// fetch item or the finished-jobs round sends it) and mark it moved here.
-async fn hand_off_job(
-    connector: &dyn Connector,
-    peer: &PeerTarget,
-    isolation: u64,
-    store: &Arc<Store>,
-    job: ItemId,
-) -> Result<(), DeliveryError> {
-    let send = dust_proxies::intake::http::peer::send_job(connector, peer, isolation, store, job);
-    // A large download over Tor takes longer than a message: 120 s plus a
-    // second per MiB.
-    let mib = store.content_len(&job).unwrap_or(0) / (1024 * 1024);
-    let limit = HAND_OFF_TIMEOUT + Duration::from_secs(mib);
-    match tokio::time::timeout(limit, send).await {
-        Ok(r) => r?,
-        Err(_) => {
-            return Err(DeliveryError::temporary(format!(
-                "hand-off to {} timed out",
-                peer.name
-            )))
-        }
-    }
-    dust_proxies::intake::http::peer::mark_moved(store, &job, peer)
-        .await
-        .map_err(DeliveryError::from)
-}
-
-/// Downloads that are complete (or failed) have no item in the mix; at the
-/// hop point they are handed over here, each under its job id, until the
-/// drain point (a failure is tried again on the next round).
-async fn hand_off_finished_jobs(
-    mixer: MoteMixer,
-    store: Arc<Store>,
-    connector: Arc<dyn Connector>,
-    successor: Arc<StdMutex<Option<PeerTarget>>>,
-    isolation: u64,
-) {
-    loop {
-        let cfg = mixer.config();
-        let (Some(hop_at), Some(l)) = (cfg.hop_point(), cfg.lifetime) else {
-            // No hopping (a reload may turn it on).
-            tokio::time::sleep(JOB_HOP_ROUND).await;
-            continue;
-        };
-        let now = SystemTime::now();
-        if now >= l.last_release() {
-            return;
-        }
-        if let Ok(wait) = hop_at.duration_since(now) {
-            tokio::time::sleep(wait.min(JOB_HOP_ROUND)).await;
-            continue;
-        }
-        let peer = lock(&successor).clone();
-        if let Some(peer) = peer {
-            let finished: Vec<ItemId> = store
-                .jobs()
-                .flatten()
-                .filter_map(|(id, rec)| {
-                    let job = dust_proxies::item::job::Job::decode(&rec)?;
-                    let finished = matches!(
-                        job.state,
-                        dust_proxies::item::job::JobState::Ready | dust_proxies::item::job::JobState::Failed
-                    );
-                    (finished && !job.cover && job.moved_to.is_none()).then_some(id)
-                })
-                .collect();
-            for id in finished {
-                match hand_off_job(&*connector, &peer, isolation, &store, id).await {
-                    Ok(()) => tracing::debug!("a finished download was handed to the successor"),
-                    Err(e) => {
-                        tracing::info!(
-                            "handing a finished download to the successor failed; trying again"
-                        );
-                        tracing::debug!(reason = %e, "hand-off failure reason");
-                    }
-                }
-            }
-        }
-        tokio::time::sleep(JOB_HOP_ROUND).await;
-    }
-}
-
-/// How often finished downloads are looked at for the hand-off.
-const JOB_HOP_ROUND: Duration = Duration::from_secs(2);
-
-/// How long one hand-off to the successor may take (connect, send, the
-/// successor's fsync).
-const HAND_OFF_TIMEOUT: Duration = Duration::from_secs(120);
-
-impl Deliver for Egress {
-    async fn deliver(&self, item: &Item) -> Result<Outcome, DeliveryError> {
-        if item.kind == ItemKind::Fetch as u8 {
-            return self.fetch.step(item).await;
-        }
-        match &self.mail {
-            Some(m) => m.deliver(item).await,
-            None => Err(DeliveryError::config("no [delivery.mail] configured")),
-        }
-    }
-
-    fn has_successor(&self) -> bool {
-        lock(&self.successor).is_some()
-    }
-
-    async fn hand_off(&self, item: &Item) -> Result<(), DeliveryError> {
-        let Some(peer) = lock(&self.successor).clone() else {
-            return Err(DeliveryError::temporary("no successor named"));
-        };
-        let timed_out = || {
-            Err(DeliveryError::temporary(format!(
-                "hand-off to {} timed out",
-                peer.name
-            )))
-        };
-        if item.kind != ItemKind::Fetch as u8 {
-            let send = dust_proxies::intake::http::peer::send(
-                &*self.connector,
-                &peer,
-                self.hop_isolation,
-                &item.id,
-                ItemKind::Mail,
-                item.payload.clone(),
-            );
-            return tokio::time::timeout(HAND_OFF_TIMEOUT, send)
-                .await
-                .unwrap_or_else(|_| timed_out());
-        }
-        // A download job: its record and content go; the record stays here
-        // marked moved, so that its user is sent to the successor (a cover
-        // download stays: `send_job` refuses it).
-        let job = ItemId(
-            item.payload
-                .as_slice()
-                .try_into()
-                .map_err(|_| DeliveryError::permanent("fetch item without a job id"))?,
-        );
-        hand_off_job(
-            &*self.connector,
-            &peer,
-            self.hop_isolation,
-            &self.store,
-            job,
-        )
-        .await
-    }
-}
 
 /// Why `serve` returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -331,7 +161,7 @@ fn status_source(
     mixer: MoteMixer,
     expires_at: Option<String>,
     executable: Arc<std::sync::OnceLock<Executable>>,
-    successor: Arc<StdMutex<Option<PeerTarget>>>,
+    hop: Arc<Hop>,
     sharing: (Arc<Accounts>, Option<Arc<Onions>>),
 ) -> StatusFn {
     Arc::new(move || {
@@ -344,28 +174,7 @@ fn status_source(
             http_onion: onions.as_ref().and_then(|o| o.http_address()),
             client_auth: onions.as_ref().is_some_and(|o| o.client_auth()),
         };
-        let cfg = mixer.config();
-        let hop = cfg.hop_point().zip(cfg.lifetime).map(|(at, l)| {
-            let now = SystemTime::now();
-            let successor = lock(&successor).as_ref().map(|s| s.name.clone());
-            let state = if now >= l.last_release() {
-                "over"
-            } else if now < at {
-                "waiting"
-            } else if successor.is_some() {
-                "handing_off"
-            } else {
-                "no_successor"
-            };
-            let m = mixer.metrics();
-            HopStatus {
-                successor,
-                hop_at: humantime::format_rfc3339_seconds(at).to_string(),
-                state: state.into(),
-                handed_off: m.handed_off,
-                fallbacks: m.hop_fallbacks,
-            }
-        });
+        let hop = hop.status(&mixer);
         Ok(Status {
             executable: executable.get().cloned().unwrap_or_else(|| Executable {
                 version: env!("CARGO_PKG_VERSION").to_string(),
@@ -509,7 +318,7 @@ fn reloader(
     mixer: MoteMixer,
     store: Arc<Store>,
     sanitize: dust_proxies::item::mail::SanitizeOptions,
-    successor: Arc<StdMutex<Option<PeerTarget>>>,
+    hop: Arc<Hop>,
 ) -> control::ReloadFn {
     Arc::new(move || {
         let checked = config::load(config_path.as_deref())?;
@@ -517,7 +326,7 @@ fn reloader(
         // then sees it (a successor named after the hop point takes the
         // queue at once).
         let named = checked.successor.as_ref().map(|s| s.name.clone());
-        *lock(&successor) = checked.successor;
+        hop.set_successor(checked.successor);
         mixer.reconfigure(checked.mixer)?;
         if let Some(targets) = checked.cover {
             mixer.set_cover_source(cover::source(targets, Arc::clone(&store), sanitize));
@@ -595,39 +404,10 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
         .await
         .with_context(|| format!("listening on {}", config.http.listen))?;
     let connector = connector(&config)?;
-    let successor = Arc::new(StdMutex::new(successor));
-    let hop_isolation = rand::random();
-    // Filled once the accounts are open (below), before anything is served.
-    let accounts_cell = Arc::new(std::sync::OnceLock::new());
-    let egress = Egress {
-        mail: route
-            .map(|(r, timeout)| MailDelivery::with_route(Arc::clone(&connector), r, timeout)),
-        fetch: Fetcher::new(Arc::clone(&store), Arc::clone(&connector), fetch)
-            .with_accounts(Arc::clone(&accounts_cell)),
-        successor: Arc::clone(&successor),
-        connector: Arc::clone(&connector),
-        store: Arc::clone(&store),
-        hop_isolation,
-    };
-    let mixer = Mixer::start(
-        TokioRt::current(),
-        Arc::clone(&store),
-        Arc::new(egress),
-        mixer_cfg,
-    )?;
-    if let Some(targets) = cover_targets {
-        mixer.set_cover_source(cover::source(targets, Arc::clone(&store), smtp.sanitize));
-    }
-    tokio::spawn(hand_off_finished_jobs(
-        mixer.clone(),
-        Arc::clone(&store),
-        Arc::clone(&connector),
-        Arc::clone(&successor),
-        hop_isolation,
-    ));
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
-    // The configuration's users, and accounts added while the mote runs.
+    // The configuration's users, and accounts added while the mote runs
+    // (opened first: the fetcher counts downloads against them).
     let smtp_verifier = Arc::new(Verifier::new(smtp.users.clone()));
     let http_only = http_users.only().map(str::to_string);
     let configured: Vec<String> = smtp
@@ -644,7 +424,20 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
         configured,
         lifetime.map(|l| l.expires_at),
     )?;
-    let _ = accounts_cell.set(Arc::clone(&accounts));
+    let hop = Hop::new(Arc::clone(&connector), Arc::clone(&store), successor);
+    let fetcher = Fetcher::new(Arc::clone(&store), Arc::clone(&connector), fetch)
+        .with_accounts(Arc::clone(&accounts));
+    let egress = Egress::new(Arc::clone(&connector), route, fetcher, Arc::clone(&hop));
+    let mixer = Mixer::start(
+        TokioRt::current(),
+        Arc::clone(&store),
+        Arc::new(egress),
+        mixer_cfg,
+    )?;
+    if let Some(targets) = cover_targets {
+        mixer.set_cover_source(cover::source(targets, Arc::clone(&store), smtp.sanitize));
+    }
+    tokio::spawn(Arc::clone(&hop).hand_off_finished_jobs(mixer.clone()));
     let onions = match onion {
         Some(mut cfg) => {
             if cfg.key_file.as_os_str().is_empty() {
@@ -661,7 +454,7 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
         mixer.clone(),
         expires_at,
         executable(),
-        Arc::clone(&successor),
+        Arc::clone(&hop),
         (Arc::clone(&accounts), onions.clone()),
     );
     let reload = reloader(
@@ -669,7 +462,7 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
         mixer.clone(),
         Arc::clone(&store),
         smtp.sanitize,
-        Arc::clone(&successor),
+        Arc::clone(&hop),
     );
     let control = control::serve(
         control_listener,
@@ -695,22 +488,18 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
             stop_limit,
         ));
     }
-    let api = dust_proxies::intake::http::Api::with_accounts(
+    let peer_link = PeerLink::new(peers, MailRules::of(&smtp), job_users);
+    let api = Api::new(
         Arc::clone(&store),
         http_verifier,
-        http_only,
-        http_operators,
         status,
         Arc::new(mixer.clone()),
-        Some(dust_proxies::intake::http::peer::endpoint(
-            peers
-                .accept_jobs_of(job_users)
-                .with_mail_rules(dust_proxies::intake::http::peer::MailRules::of(&smtp)),
-            Arc::new(mixer.clone()),
-        )),
-        Some(Arc::clone(&accounts)),
-    );
-    let http_task = tokio::spawn(api.serve(
+    )
+    .only_user(http_only)
+    .operators(http_operators)
+    .peer_link(peer_link)
+    .accounts(Arc::clone(&accounts));
+    let http_task = tokio::spawn(Arc::new(api).serve(
         http_listener,
         stop_rx.clone(),
         config.http.max_connections,
@@ -737,12 +526,8 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
         tracing::warn!("second stop signal: exiting at once");
         std::process::exit(1);
     });
-    let server = Server::with_accounts(
-        smtp,
-        Arc::new(mixer.clone()),
-        smtp_verifier,
-        Some(Arc::clone(&accounts)),
-    );
+    let server =
+        Server::new(smtp, Arc::new(mixer.clone())).accounts(smtp_verifier, Arc::clone(&accounts));
     // On a worker of the runtime, not on the thread that waits in
     // `block_on`: a session spawned by the accept loop then starts on the
     // worker that accepted it, without a wake-up of another thread.

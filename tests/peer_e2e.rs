@@ -771,7 +771,8 @@ fn a_resend_after_a_crash_between_record_and_item_completes_the_job() {
     };
     let sent = envelope("http://example.org/crash");
     {
-        let mut job: dust_proxies::item::job::Job = serde_json::from_value(sent["job"].clone()).unwrap();
+        let mut job: dust_proxies::item::job::Job =
+            serde_json::from_value(sent["job"].clone()).unwrap();
         job.expected_ready_ms = None;
         job.from_peer = Some("upstream".into());
         let key_path = common::files_under(mote.runtime.path())

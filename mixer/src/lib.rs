@@ -35,6 +35,19 @@ pub enum ItemKind {
     Fetch = 2,
 }
 
+impl TryFrom<u8> for ItemKind {
+    /// The byte itself: a kind this build does not know.
+    type Error = u8;
+
+    fn try_from(b: u8) -> Result<Self, u8> {
+        match b {
+            1 => Ok(ItemKind::Mail),
+            2 => Ok(ItemKind::Fetch),
+            b => Err(b),
+        }
+    }
+}
+
 /// What a successful delivery call did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -86,4 +99,19 @@ pub fn wall_ms_ceil(t: SystemTime) -> u64 {
 /// The inverse of [`wall_ms`].
 pub fn from_wall_ms(ms: u64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_millis(ms)
+}
+
+#[cfg(test)]
+mod kind_tests {
+    use super::ItemKind;
+
+    #[test]
+    fn a_kind_byte_is_read_back_and_an_unknown_one_is_no_kind() {
+        for kind in [ItemKind::Mail, ItemKind::Fetch] {
+            assert_eq!(ItemKind::try_from(kind as u8), Ok(kind));
+        }
+        for b in [0u8, 3, 255] {
+            assert_eq!(ItemKind::try_from(b), Err(b));
+        }
+    }
 }

@@ -20,7 +20,9 @@
 
 use std::time::Instant;
 
-use dust_proxies::access::auth::{hash_password, new_secret, Users, Verdict, Verifier, SECRET_LETTERS};
+use dust_proxies::access::auth::{
+    hash_password, new_secret, Users, Verdict, Verifier, SECRET_LETTERS,
+};
 
 /// (median, p99) in µs of `times` (ns).
 fn stats(mut times: Vec<u128>) -> (f64, f64) {

@@ -71,14 +71,47 @@ pub struct HopStatus {
     pub successor: Option<String>,
     /// When the hand-off begins (RFC 3339).
     pub hop_at: String,
-    /// `waiting` (before the hop point), `handing_off`, `no_successor`
-    /// (past the hop point with none named: everything is released here),
-    /// or `over` (past the drain point).
-    pub state: String,
+    /// Where the hop stands.
+    pub state: HopState,
     /// Items handed to the successor so far.
     pub handed_off: u64,
     /// Items the hand-off gave up on (released here instead).
     pub fallbacks: u64,
+}
+
+/// Where a mote's hop stands, as [`HopStatus`] shows it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HopState {
+    /// Before the hop point.
+    #[default]
+    Waiting,
+    /// Past the hop point, handing the queue and downloads to the
+    /// successor.
+    HandingOff,
+    /// Past the hop point with no successor named: everything is released
+    /// here.
+    NoSuccessor,
+    /// Past the drain point.
+    Over,
+}
+
+impl HopState {
+    /// The state's name, as in the JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HopState::Waiting => "waiting",
+            HopState::HandingOff => "handing_off",
+            HopState::NoSuccessor => "no_successor",
+            HopState::Over => "over",
+        }
+    }
+}
+
+impl std::fmt::Display for HopState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// What runs: read once at startup from `/proc/self/exe`.

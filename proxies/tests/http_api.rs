@@ -8,9 +8,10 @@ use std::process::Command;
 use std::sync::Arc;
 
 use dust_mixer::{ItemId, Store};
-use dust_proxies::access::auth::{hash_password, Users};
+use dust_proxies::access::auth::{hash_password, Users, Verifier};
 use dust_proxies::intake::http::Api;
-use dust_proxies::item::job::{FetchCounts, Job, JobState, Schedule, ScheduleError};
+use dust_proxies::intake::{IntakeError, Schedule, Transfer};
+use dust_proxies::item::job::{FetchCounts, Job, JobState};
 use dust_proxies::status::Status;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
@@ -33,11 +34,40 @@ impl Schedule for Durable {
         &self,
         _id: ItemId,
         _not_before: Option<std::time::SystemTime>,
-    ) -> Result<(), ScheduleError> {
-        self.0
-            .sync()
-            .await
-            .map_err(|e| ScheduleError::Mixer(e.into()))
+    ) -> Result<(), IntakeError> {
+        self.0.sync().await.map_err(IntakeError::from)
+    }
+}
+
+/// No peer link here: nothing is ever handed over (the API answers 404
+/// before it would ask).
+impl Transfer for Durable {
+    async fn admit_transfer(
+        &self,
+        _: dust_mixer::ItemKind,
+        _: Vec<u8>,
+        _: [u8; 32],
+        _: std::time::Duration,
+    ) -> Result<bool, IntakeError> {
+        Err(IntakeError::ShuttingDown)
+    }
+
+    async fn may_take_job(&self, _: ItemId, _: &[u8], _: [u8; 32]) -> Result<bool, IntakeError> {
+        Err(IntakeError::ShuttingDown)
+    }
+
+    fn content_store(&self) -> &Arc<Store> {
+        &self.0
+    }
+
+    async fn admit_job(
+        &self,
+        _: ItemId,
+        _: Vec<u8>,
+        _: [u8; 32],
+        _: std::time::Duration,
+    ) -> Result<bool, IntakeError> {
+        Err(IntakeError::ShuttingDown)
     }
 }
 
@@ -57,9 +87,7 @@ async fn start_with(max_connections: usize) -> Server {
     .unwrap();
     let api = Api::new(
         Arc::clone(&store),
-        users,
-        // alice runs the mote; bob only downloads.
-        vec!["alice".to_string()],
+        Arc::new(Verifier::new(users)),
         {
             let store = Arc::clone(&store);
             Arc::new(move || {
@@ -71,11 +99,13 @@ async fn start_with(max_connections: usize) -> Server {
             })
         },
         Arc::new(Durable(Arc::clone(&store))),
-    );
+    )
+    // alice runs the mote; bob only downloads.
+    .operators(vec!["alice".to_string()]);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
     let (stop, rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(api.serve(listener, rx, max_connections, 4));
+    tokio::spawn(Arc::new(api).serve(listener, rx, max_connections, 4));
     Server {
         base,
         store,

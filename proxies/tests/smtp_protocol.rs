@@ -10,8 +10,9 @@ use std::time::Duration;
 use base64::Engine;
 use dust_mixer::Once;
 use dust_proxies::access::auth::{hash_password, Users};
+use dust_proxies::intake::smtp::{Server, SmtpConfig};
+use dust_proxies::intake::{Admission, IntakeError};
 use dust_proxies::item::mail::StoredMail;
-use dust_proxies::intake::smtp::{Admission, AdmitError, Server, SmtpConfig};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -19,11 +20,11 @@ use tokio::sync::watch;
 #[derive(Default)]
 struct Capture {
     stored: Mutex<Vec<StoredMail>>,
-    fail: Mutex<Option<fn() -> AdmitError>>,
+    fail: Mutex<Option<fn() -> IntakeError>>,
 }
 
 impl Admission for Capture {
-    async fn admit(&self, payload: Vec<u8>, _once: Option<Once>) -> Result<(), AdmitError> {
+    async fn admit(&self, payload: Vec<u8>, _once: Option<Once>) -> Result<(), IntakeError> {
         if let Some(f) = *self.fail.lock().unwrap() {
             return Err(f());
         }
@@ -335,7 +336,11 @@ async fn auth_login_cancel_bad_base64_and_too_many_failures() {
 #[tokio::test]
 async fn storage_failure_is_451_and_shutdown_is_421() {
     let r = start(config()).await;
-    *r.capture.fail.lock().unwrap() = Some(|| AdmitError::Temporary);
+    *r.capture.fail.lock().unwrap() = Some(|| {
+        IntakeError::Failed(dust_mixer::MixerError::Storage(
+            dust_mixer::StorageError::Flush("the disk failed".into()),
+        ))
+    });
     let (mut c, _) = Client::connect(r.port).await;
     c.login().await;
     let tx = "MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n";
@@ -347,7 +352,7 @@ async fn storage_failure_is_451_and_shutdown_is_421() {
         .cmd("Subject: s\r\n\r\nx\r\n.\r\n")
         .await
         .starts_with("451 4.3.0"));
-    *r.capture.fail.lock().unwrap() = Some(|| AdmitError::ShuttingDown);
+    *r.capture.fail.lock().unwrap() = Some(|| IntakeError::ShuttingDown);
     c.send(tx).await;
     for _ in 0..3 {
         c.reply().await;

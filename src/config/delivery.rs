@@ -7,6 +7,7 @@ use std::time::Duration;
 use dust_mixer::delay::humantime_serde_compat as hts;
 use dust_proxies::egress::mail::{MxRoute, RelayConfig, Route, TlsMode};
 use dust_proxies::egress::mx::MxConfig;
+use dust_proxies::egress::MailNext;
 use serde::Deserialize;
 
 use super::units::{read_ca, split_host_port};
@@ -89,7 +90,7 @@ impl Delivery {
         &self,
         peers: &[super::peers::Peer],
         warnings: &mut Vec<String>,
-    ) -> Result<Option<(Route, Duration)>, Invalid> {
+    ) -> Result<Option<(MailNext, Duration)>, Invalid> {
         let Some(d) = &self.mail else {
             warnings.push(
                 "no [delivery.mail]: mail is accepted and kept queued but not delivered".into(),
@@ -101,7 +102,7 @@ impl Delivery {
 }
 
 impl MailDelivery {
-    fn check(&self, peers: &[super::peers::Peer]) -> Result<(Route, Duration), Invalid> {
+    fn check(&self, peers: &[super::peers::Peer]) -> Result<(MailNext, Duration), Invalid> {
         let auth = match (&self.user, &self.password) {
             (Some(u), Some(p)) => Some((u.clone(), p.clone())),
             (None, None) => None,
@@ -130,7 +131,7 @@ impl MailDelivery {
                 })?;
                 let target = super::peers::target(peers, name)
                     .map_err(|reason| invalid("delivery.mail.peer", reason))?;
-                Route::Peer(target)
+                MailNext::Mote(target)
             }
             MailMode::Relay => {
                 let relay = self.relay.as_deref().ok_or_else(|| {
@@ -142,14 +143,14 @@ impl MailDelivery {
                         "expected host:port, e.g. \"smtp.example.org:587\"",
                     )
                 })?;
-                Route::Relay(RelayConfig {
+                MailNext::Smtp(Route::Relay(RelayConfig {
                     host,
                     port,
                     tls: self.tls,
                     auth,
                     timeout: self.timeout,
                     extra_ca_pem,
-                })
+                }))
             }
             MailMode::Mx => {
                 let resolver = self.resolver.as_deref().ok_or_else(|| {
@@ -186,7 +187,7 @@ impl MailDelivery {
                     }
                     onion_map.insert(domain.to_ascii_lowercase(), host.to_ascii_lowercase());
                 }
-                Route::Mx(MxRoute {
+                MailNext::Smtp(Route::Mx(MxRoute {
                     mx: MxConfig {
                         resolver,
                         port: self.mx_port,
@@ -195,7 +196,7 @@ impl MailDelivery {
                     },
                     tls: self.tls,
                     extra_ca_pem,
-                })
+                }))
             }
         };
         Ok((route, self.timeout))

@@ -26,8 +26,8 @@ use std::time::Duration;
 
 use dust_mixer::MixerConfig;
 use dust_proxies::access::auth::Users;
-use dust_proxies::egress::mail::Route;
 use dust_proxies::egress::fetch::FetchConfig;
+use dust_proxies::egress::MailNext;
 use dust_proxies::intake::smtp::SmtpConfig;
 use serde::Deserialize;
 
@@ -109,7 +109,7 @@ pub struct Checked {
     /// Mixer settings.
     pub mixer: MixerConfig,
     /// Mail route and per-attempt timeout, if mail delivery is configured.
-    pub route: Option<(Route, Duration)>,
+    pub route: Option<(MailNext, Duration)>,
     /// HTTP API users (token hashes).
     pub http_users: Users,
     /// The `[[http.users]]` with `operator = true`.
@@ -124,9 +124,9 @@ pub struct Checked {
     /// Where cover items go, when `[cover]` is on.
     pub cover: Option<CoverTargets>,
     /// The `[[peers]]` that may hand items to this mote.
-    pub peers: dust_proxies::intake::http::peer::Peers,
+    pub peers: dust_proxies::access::peers::Peers,
     /// `[mote] successor`: where the queue goes at the hop point.
-    pub successor: Option<dust_proxies::intake::http::peer::PeerTarget>,
+    pub successor: Option<dust_proxies::egress::hop::PeerTarget>,
     /// `[onion]`: the onion services the mote publishes (the key file
     /// empty when it is the default, which `serve` knows).
     pub onion: Option<dust_proxies::onion::OnionConfig>,
@@ -377,7 +377,8 @@ arti_config = "arti.toml"     # optional: a file in Arti's own configuration for
     fn the_loopback_example_parses_unchanged() {
         let text = include_str!("../../deploy/examples/loopback.toml");
         let c = parse(text, "loopback.toml").expect("example config");
-        let Some((Route::Relay(relay), _)) = c.route else {
+        let Some((MailNext::Smtp(dust_proxies::egress::mail::Route::Relay(relay)), _)) = c.route
+        else {
             panic!("relay route expected")
         };
         assert_eq!(

@@ -1,10 +1,11 @@
 //! `[[peers]]`: other motes this one hands items to or takes items from
-//! (the dust cloud; see `dust_proxies::intake::http::peer`).
+//! (the dust cloud; see `dust_proxies::item::wire`).
 
 use std::collections::HashMap;
 
 use dust_proxies::access::auth::Users;
-use dust_proxies::intake::http::peer::{PeerLimits, PeerTarget, Peers};
+use dust_proxies::access::peers::{PeerLimits, Peers};
+use dust_proxies::egress::hop::PeerTarget;
 use serde::Deserialize;
 
 use super::units::{parse_rate, plain_name, split_host_port, users, Size};

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use dust_mixer::delay::humantime_serde_compat as hts;
-use dust_proxies::item::mail::SanitizeOptions;
 use dust_proxies::intake::smtp::SmtpConfig;
+use dust_proxies::item::mail::SanitizeOptions;
 use serde::Deserialize;
 
 use super::units::users;

@@ -27,8 +27,8 @@ use rand::Rng;
 
 use crate::access::accounts::{one, Accounts, Charged, FETCH_BYTES};
 use crate::egress::addr::is_private;
-use crate::item::job::{is_http_url, Job, JobState};
 use crate::egress::tls::{TlsClient, TlsError};
+use crate::item::job::{is_http_url, Job, JobState};
 use crate::tor::{BoxStream, ConnectError, Connector, Target};
 
 /// The reason a job fails when its user's downloads would be too large.
@@ -162,8 +162,8 @@ pub struct Fetcher {
     direct: bool,
     isolation: AtomicU64,
     tls: TlsClient,
-    /// The mote's accounts (their daily download bytes), once they exist.
-    accounts: Arc<std::sync::OnceLock<Arc<Accounts>>>,
+    /// The mote's accounts (their daily download bytes).
+    accounts: Option<Arc<Accounts>>,
 }
 
 /// `bytes a-b/total` → (a, b inclusive, total).
@@ -190,14 +190,13 @@ impl Fetcher {
             direct,
             isolation: AtomicU64::new(rand::random()),
             tls: TlsClient::default(),
-            accounts: Arc::default(),
+            accounts: None,
         }
     }
 
-    /// Count downloaded bytes against the accounts in `accounts` (set
-    /// when they are opened, after the fetcher is made).
-    pub fn with_accounts(mut self, accounts: Arc<std::sync::OnceLock<Arc<Accounts>>>) -> Self {
-        self.accounts = accounts;
+    /// Count downloaded bytes against `accounts`.
+    pub fn with_accounts(mut self, accounts: Arc<Accounts>) -> Self {
+        self.accounts = Some(accounts);
         self
     }
 
@@ -205,7 +204,7 @@ impl Fetcher {
     /// reserved (`None`: no account or no limit; `Some(0)`: none left)
     /// and the room today with them.
     fn reserve(&self, user: &str, size: u64) -> Result<(Option<Charged>, u64, u64), FetchError> {
-        let Some(a) = self.accounts.get() else {
+        let Some(a) = &self.accounts else {
             return Ok((None, size, u64::MAX));
         };
         let room = a.room(user, FETCH_BYTES)?;
@@ -227,7 +226,7 @@ impl Fetcher {
     /// stored: the rest is given back, more is counted (an origin that
     /// ignores Range sends the whole object, bounded by the day's room).
     fn settle(&self, user: &str, charged: Option<Charged>, reserved: u64, used: u64) {
-        let Some(a) = self.accounts.get() else { return };
+        let Some(a) = &self.accounts else { return };
         if used > reserved {
             if let Err(e) = a.charge_over(user, one(FETCH_BYTES, used - reserved)) {
                 tracing::warn!(error = %e, "could not count downloaded bytes");
@@ -488,7 +487,7 @@ impl Fetcher {
         }
         let quota = self
             .accounts
-            .get()
+            .as_ref()
             .map_or(u64::MAX, |a| a.limit(&job.user, FETCH_BYTES));
         if announced.is_some_and(|n| n > quota) {
             return Err(FetchError::Refused(DAY_CAP.into()));

@@ -19,9 +19,9 @@ use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter,
 use lettre::Address;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::item::mail::{with_date, StoredMail};
 use crate::egress::mx::{addresses, mail_hosts, MxConfig};
 use crate::egress::tls::TlsClient;
+use crate::item::mail::{with_date, StoredMail};
 use crate::tor::{BoxStream, Connector, Target};
 
 /// The EHLO name on egress: an address literal that is the same for every
@@ -90,8 +90,6 @@ pub enum Route {
     Relay(RelayConfig),
     /// Each recipient domain to its mail exchangers (or onion MX).
     Mx(MxRoute),
-    /// To another mote (a cascade): its `POST /v1/peer/items`.
-    Peer(crate::intake::http::peer::PeerTarget),
 }
 
 /// `[delivery.mail] mode = "mx"`.
@@ -183,8 +181,6 @@ impl MailDelivery {
                 self.deliver_mx(route, from, rcpts, message, mail.smtputf8)
                     .await
             }
-            // Handled in `deliver`, before the message is prepared for SMTP.
-            Route::Peer(_) => Err(DeliveryError::permanent("internal: peer route in attempt")),
         }
     }
 
@@ -335,25 +331,6 @@ impl Deliver for MailDelivery {
     async fn deliver(&self, item: &Item) -> Result<Outcome, DeliveryError> {
         let mail = StoredMail::decode(&item.payload)
             .map_err(|e| DeliveryError::permanent(format!("unreadable mail item: {e}")))?;
-        if let Route::Peer(peer) = &self.route {
-            // The stored item as it is: the next mote adds no Date (the
-            // last one does when it speaks SMTP) and keeps the Message-ID.
-            let send = crate::intake::http::peer::send(
-                &*self.connector,
-                peer,
-                self.next_isolation(),
-                &item.id,
-                dust_mixer::ItemKind::Mail,
-                item.payload.clone(),
-            );
-            return match tokio::time::timeout(self.timeout, send).await {
-                Ok(r) => r.map(|()| Outcome::Done),
-                Err(_) => Err(DeliveryError::temporary(format!(
-                    "hand-off to peer {} timed out after {:?}",
-                    peer.name, self.timeout
-                ))),
-            };
-        }
         match tokio::time::timeout(self.timeout, self.attempt(&mail)).await {
             Ok(r) => r.map(|()| Outcome::Done),
             Err(_) => Err(DeliveryError::temporary(format!(

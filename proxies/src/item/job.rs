@@ -1,21 +1,15 @@
 //! Download jobs: the record the HTTP API creates, the fetcher fills and
-//! cover traffic fakes, and the way a new job's fetch item enters the mix
-//! ([`Schedule`], implemented for the [`Mixer`] beside SMTP's
-//! [`Admission`](crate::intake::smtp::Admission)).
+//! cover traffic fakes (its one encoding and decoding), and the content
+//! a job's body streams into the store.
 
-use std::future::Future;
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use dust_mixer::{
-    wall_ms, ContentWriter, Deliver, ItemId, ItemKind, Mixer, MixerError, StorageError, Store,
-};
-use futures::task::Spawn;
+use dust_mixer::{wall_ms, ContentWriter, ItemId, StorageError, Store};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde::{Deserialize, Serialize};
-use tor_rtcompat::{Blocking, SleepProvider};
 
 /// Whether `url` is an absolute `http` or `https` URL with a host: the only
 /// URLs a job fetches (or is redirected to).
@@ -321,61 +315,5 @@ impl FetchCounts {
             }
         }
         c
-    }
-}
-
-/// Why a job could not be put into the mix.
-#[derive(Debug, thiserror::Error)]
-pub enum ScheduleError {
-    /// The mote ends too soon for a new job (503 with `Retry-After`: the
-    /// seconds until it has ended).
-    #[error("the mote expires too soon")]
-    Expiring {
-        /// Seconds until the mote has ended.
-        retry_after_s: u64,
-    },
-    /// Storage failed or the mixer is stopping (503).
-    #[error(transparent)]
-    Mixer(MixerError),
-}
-
-/// Puts a new job's fetch item into the mix. Must return only once the
-/// item is durably stored (the mixer's admission fsyncs), which also makes
-/// the job record written before it durable.
-pub trait Schedule: Send + Sync + 'static {
-    /// Schedule job `id`, not to start before `not_before`.
-    fn schedule(
-        &self,
-        id: ItemId,
-        not_before: Option<SystemTime>,
-    ) -> impl Future<Output = Result<(), ScheduleError>> + Send;
-}
-
-impl<R, D> Schedule for Mixer<R, D>
-where
-    R: SleepProvider + Spawn + Blocking + Send + Sync + 'static,
-    R::ThreadHandle<Result<bool, StorageError>>: Send,
-    D: Deliver,
-{
-    async fn schedule(
-        &self,
-        id: ItemId,
-        not_before: Option<SystemTime>,
-    ) -> Result<(), ScheduleError> {
-        match self
-            .admit_after(ItemKind::Fetch, id.0.to_vec(), not_before)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(MixerError::Expiring) => {
-                let retry_after_s = self.config().lifetime.map_or(1, |l| {
-                    l.expires_at
-                        .duration_since(SystemTime::now())
-                        .map_or(1, |d| d.as_secs() + 1)
-                });
-                Err(ScheduleError::Expiring { retry_after_s })
-            }
-            Err(e) => Err(ScheduleError::Mixer(e)),
-        }
     }
 }

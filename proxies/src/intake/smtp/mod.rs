@@ -12,18 +12,17 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use dust_mixer::{Deliver, ItemKind, Mixer, MixerError, Once, StorageError};
-use futures::task::Spawn;
+use dust_mixer::Once;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
-use tor_rtcompat::{Blocking, SleepProvider};
 
 use crate::access::accounts::{one, Accounts, Exceeded, Holder, SessionSlot, MAIL, MAIL_BYTES};
 use crate::access::auth::{Users, Verdict, Verifier};
 use crate::item::mail::{replay_digest, sanitize, SanitizeError, SanitizeOptions, StoredMail};
 
 use crate::intake::strangers::{self, Strangers, Ticket};
+use crate::intake::{Admission, IntakeError};
 
 /// Settings of the SMTP endpoint (`[smtp]`).
 #[derive(Debug, Clone)]
@@ -71,81 +70,6 @@ impl Default for SmtpConfig {
     }
 }
 
-/// Why a message could not be admitted.
-#[derive(Debug, thiserror::Error)]
-pub enum AdmitError {
-    /// Storage failed; the client should try again later (451).
-    #[error("temporary storage failure")]
-    Temporary,
-    /// The mote is stopping (421).
-    #[error("shutting down")]
-    ShuttingDown,
-    /// The mote expires too soon for the message to leave in time (452).
-    #[error("expiring")]
-    Expiring,
-    /// Free space is below the reserve (452 4.3.1).
-    #[error("insufficient storage")]
-    NoSpace,
-}
-
-/// Durable admission of an encoded [`StoredMail`]. Must return only after
-/// the payload is on stable storage (or, for a replay, the earlier copy).
-pub trait Admission: Send + Sync + 'static {
-    /// Store `payload`, once per `once` digest within its window if given.
-    fn admit(
-        &self,
-        payload: Vec<u8>,
-        once: Option<Once>,
-    ) -> impl Future<Output = Result<(), AdmitError>> + Send;
-
-    /// Whether a message of `size` bytes would fit above the free-space
-    /// reserve now (checked at MAIL, so a client is not made to send a
-    /// message that cannot be stored).
-    fn has_room(&self, _size: u64) -> bool {
-        true
-    }
-}
-
-impl<R, D> Admission for Mixer<R, D>
-where
-    R: SleepProvider + Spawn + Blocking + Send + Sync + 'static,
-    R::ThreadHandle<Result<bool, StorageError>>: Send,
-    D: Deliver,
-{
-    async fn admit(&self, payload: Vec<u8>, once: Option<Once>) -> Result<(), AdmitError> {
-        // The SMTP server runs on tokio (never in simulated time): the
-        // direct admission, without a blocking thread.
-        let admitted = Mixer::admit_direct(self, ItemKind::Mail, payload, once)
-            .await
-            .map(|new| {
-                if once.is_some() && new.is_none() {
-                    tracing::info!("a resent message was acknowledged without storing it again");
-                }
-            });
-        match admitted {
-            Ok(()) => Ok(()),
-            Err(MixerError::ShuttingDown) => Err(AdmitError::ShuttingDown),
-            Err(MixerError::Expiring) => Err(AdmitError::Expiring),
-            Err(MixerError::Storage(StorageError::Full { free, reserve })) => {
-                tracing::warn!(
-                    free,
-                    reserve,
-                    "disk space below the reserve; client told 452"
-                );
-                Err(AdmitError::NoSpace)
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "admission failed; client told 451");
-                Err(AdmitError::Temporary)
-            }
-        }
-    }
-
-    fn has_room(&self, size: u64) -> bool {
-        self.store().check_room(size).is_ok()
-    }
-}
-
 /// The server: accepts connections until `shutdown` turns true.
 pub struct Server<A> {
     cfg: Arc<SmtpConfig>,
@@ -158,31 +82,29 @@ pub struct Server<A> {
 }
 
 impl<A: Admission> Server<A> {
-    /// A server admitting through `admission`.
+    /// A server admitting through `admission`, its users those of `cfg`.
     pub fn new(cfg: SmtpConfig, admission: Arc<A>) -> Self {
         let verifier = Arc::new(Verifier::new(cfg.users.clone()));
-        Self::with_accounts(cfg, admission, verifier, None)
-    }
-
-    /// A server whose users are checked by `verifier` (made with the
-    /// configuration's users), shared with `accounts`.
-    pub fn with_accounts(
-        cfg: SmtpConfig,
-        admission: Arc<A>,
-        verifier: Arc<Verifier>,
-        accounts: Option<Arc<Accounts>>,
-    ) -> Self {
         let slots = Arc::new(Semaphore::new(cfg.max_connections));
         Self {
             cfg: Arc::new(cfg),
             admission,
             verifier,
-            accounts,
+            accounts: None,
             slots,
             strangers: Arc::new(parking_lot::Mutex::new(Strangers::new(
                 strangers::SMTP_MIN_AGE,
             ))),
         }
+    }
+
+    /// Users checked by `verifier` (made with the configuration's users)
+    /// and `accounts`, which add and remove users in it while the mote
+    /// runs.
+    pub fn accounts(mut self, verifier: Arc<Verifier>, accounts: Arc<Accounts>) -> Self {
+        self.verifier = verifier;
+        self.accounts = Some(accounts);
+        self
     }
 
     /// Accept connections until `shutdown` becomes true, then wait up to
@@ -808,22 +730,23 @@ where
                 self.reply("250 2.0.0 Ok: queued").await?;
                 Ok(Flow::Continue)
             }
-            Err(AdmitError::Expiring) => {
+            Err(IntakeError::Expiring { .. }) => {
                 self.reply("452 4.3.1 This mote expires soon and takes no new mail")
                     .await?;
                 Ok(Flow::Continue)
             }
-            Err(AdmitError::Temporary) => {
-                self.reply("451 4.3.0 Temporary storage failure, try again later")
-                    .await?;
-                Ok(Flow::Continue)
-            }
-            Err(AdmitError::NoSpace) => {
+            Err(IntakeError::NoSpace) => {
                 self.reply("452 4.3.1 Insufficient system storage, try again later")
                     .await?;
                 Ok(Flow::Continue)
             }
-            Err(AdmitError::ShuttingDown) => {
+            Err(e @ (IntakeError::Failed(_) | IntakeError::Exists)) => {
+                tracing::error!(error = %e, "admission failed; client told 451");
+                self.reply("451 4.3.0 Temporary storage failure, try again later")
+                    .await?;
+                Ok(Flow::Continue)
+            }
+            Err(IntakeError::ShuttingDown) => {
                 let m = format!(
                     "421 4.3.2 {} Service shutting down, message not accepted",
                     self.cfg.hostname
@@ -1077,7 +1000,7 @@ pub mod fuzzing {
     struct AcceptAll;
 
     impl Admission for AcceptAll {
-        async fn admit(&self, payload: Vec<u8>, _once: Option<Once>) -> Result<(), AdmitError> {
+        async fn admit(&self, payload: Vec<u8>, _once: Option<Once>) -> Result<(), IntakeError> {
             // What was admitted decodes again.
             assert!(crate::item::mail::StoredMail::decode(&payload).is_ok());
             Ok(())

@@ -1,0 +1,451 @@
+//! The link between motes, sending side, and the whole hop hand-off.
+//!
+//! An item goes to another mote's `POST /v1/peer/items`
+//! ([`crate::item::wire`]) through a [`Connector`]: mail to a cascade's
+//! next mote ([`send_mail`]), and at a hop the queue and the downloads to
+//! the successor ([`Hop`]). The sender removes its copy only after a 2xx,
+//! i.e. once the receiver stored the item durably; the receiver recognizes
+//! a resend (same sender, same id), so an item is stored once whoever
+//! crashes when.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use dust_mixer::{Deliver, DeliveryError, Item, ItemId, ItemKind, Mixer, StorageError, Store};
+use futures::task::Spawn;
+use http_body_util::{BodyExt, Limited};
+use hyper::{header, Request, StatusCode};
+use tor_rtcompat::{Blocking, SleepProvider};
+
+use crate::item::job::{Job, JobState};
+use crate::item::wire::{self, JobTransfer};
+use crate::status::{HopState, HopStatus};
+use crate::tor::{Connector, Target};
+
+/// Pieces in which a job's content is read and sent.
+const SEND_PIECE: u64 = 1024 * 1024;
+
+/// How long one hand-off to the successor may take (connect, send, the
+/// successor's fsync); a download gets a second more per MiB.
+const HAND_OFF_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How often finished downloads are looked at for the hand-off.
+const JOB_HOP_ROUND: Duration = Duration::from_secs(2);
+
+/// Where this mote hands items to: a peer's API (`[[peers]] url`, `token`).
+#[derive(Clone)]
+pub struct PeerTarget {
+    /// The peer's name here (logs).
+    pub name: String,
+    /// The API's host (an onion address in production) and port.
+    pub host: String,
+    /// The API's port.
+    pub port: u16,
+    /// Sent as `Bearer NAME:TOKEN`: the name this mote has at the peer.
+    pub credential: String,
+}
+
+impl PeerTarget {
+    /// The peer's API as a URL (`http://HOST[:PORT]`), for users sent there.
+    pub fn api_base(&self) -> String {
+        if self.port == 80 {
+            format!("http://{}", self.host)
+        } else {
+            format!("http://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl std::fmt::Debug for PeerTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the credential.
+        f.debug_struct("PeerTarget")
+            .field("name", &self.name)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The hop: the successor (`[mote] successor`, replaced by `dustmote
+/// reload`) and the hand-off of the queue and the downloads to it, from
+/// the hop point to the drain point.
+pub struct Hop {
+    successor: parking_lot::Mutex<Option<PeerTarget>>,
+    connector: Arc<dyn Connector>,
+    store: Arc<Store>,
+    /// One Tor circuit for the whole hand-off: the successor learns that
+    /// the items come from one mote anyway (it is that mote's successor),
+    /// and a circuit per item would make a 10,000-item hand-off take hours.
+    isolation: u64,
+}
+
+impl Hop {
+    /// A hop to `successor` (none: nobody named yet) through `connector`,
+    /// of what is in `store`.
+    pub fn new(
+        connector: Arc<dyn Connector>,
+        store: Arc<Store>,
+        successor: Option<PeerTarget>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            successor: parking_lot::Mutex::new(successor),
+            connector,
+            store,
+            isolation: rand::random(),
+        })
+    }
+
+    /// The successor named now.
+    pub fn successor(&self) -> Option<PeerTarget> {
+        self.successor.lock().clone()
+    }
+
+    /// Name another successor (or none).
+    pub fn set_successor(&self, successor: Option<PeerTarget>) {
+        *self.successor.lock() = successor;
+    }
+
+    /// Where the hop stands at `now`, for a mote whose hop point is
+    /// `hop_at` and whose last release is at `last_release`.
+    pub fn state(&self, now: SystemTime, hop_at: SystemTime, last_release: SystemTime) -> HopState {
+        if now >= last_release {
+            HopState::Over
+        } else if now < hop_at {
+            HopState::Waiting
+        } else if self.successor.lock().is_some() {
+            HopState::HandingOff
+        } else {
+            HopState::NoSuccessor
+        }
+    }
+
+    /// The hop as the status shows it (`None`: the mote does not hop).
+    pub fn status<R, D>(&self, mixer: &Mixer<R, D>) -> Option<HopStatus>
+    where
+        R: SleepProvider + Spawn + Blocking,
+        D: Deliver,
+    {
+        let cfg = mixer.config();
+        let (at, l) = cfg.hop_point().zip(cfg.lifetime)?;
+        let m = mixer.metrics();
+        Some(HopStatus {
+            successor: self.successor().map(|s| s.name),
+            hop_at: humantime::format_rfc3339_seconds(at).to_string(),
+            state: self.state(SystemTime::now(), at, l.last_release()),
+            handed_off: m.handed_off,
+            fallbacks: m.hop_fallbacks,
+        })
+    }
+
+    /// Hand a due `item` to the successor (the mixer's
+    /// [`Deliver::hand_off`]): a mail item as it is stored; for a fetch
+    /// item, its download job. `Ok` once the successor stored it.
+    pub async fn hand_off(&self, item: &Item) -> Result<(), DeliveryError> {
+        let Some(peer) = self.successor() else {
+            return Err(DeliveryError::temporary("no successor named"));
+        };
+        match ItemKind::try_from(item.kind) {
+            Ok(ItemKind::Mail) => {
+                let send = send_mail(
+                    &*self.connector,
+                    &peer,
+                    self.isolation,
+                    &item.id,
+                    &item.payload,
+                );
+                tokio::time::timeout(HAND_OFF_TIMEOUT, send)
+                    .await
+                    .unwrap_or_else(|_| Err(timed_out(&peer)))
+            }
+            // A download job: its record and content go; the record stays
+            // here marked moved, so that its user is sent to the successor
+            // (a cover download stays: `send_job` refuses it).
+            Ok(ItemKind::Fetch) => self.hand_off_job(&peer, job_of(item)?).await,
+            Err(kind) => Err(DeliveryError::permanent(format!(
+                "an item of unknown kind {kind} is not handed over"
+            ))),
+        }
+    }
+
+    /// Hand download job `job` to `peer` (under the job's id, whether its
+    /// fetch item or the finished-jobs round sends it) and mark it moved
+    /// here.
+    async fn hand_off_job(&self, peer: &PeerTarget, job: ItemId) -> Result<(), DeliveryError> {
+        let send = send_job(&*self.connector, peer, self.isolation, &self.store, job);
+        // A large download over Tor takes longer than a message: a second
+        // more per MiB.
+        let mib = self.store.content_len(&job).unwrap_or(0) / (1024 * 1024);
+        let limit = HAND_OFF_TIMEOUT + Duration::from_secs(mib);
+        match tokio::time::timeout(limit, send).await {
+            Ok(r) => r?,
+            Err(_) => return Err(timed_out(peer)),
+        }
+        mark_moved(&self.store, &job, peer)
+            .await
+            .map_err(DeliveryError::from)
+    }
+
+    /// Downloads that are complete (or failed) have no item in the mix;
+    /// from the hop point they are handed over here, each under its job id,
+    /// until the drain point (a failure is tried again on the next round).
+    pub async fn hand_off_finished_jobs<R, D>(self: Arc<Self>, mixer: Mixer<R, D>)
+    where
+        R: SleepProvider + Spawn + Blocking,
+        D: Deliver,
+    {
+        loop {
+            let cfg = mixer.config();
+            let (Some(hop_at), Some(l)) = (cfg.hop_point(), cfg.lifetime) else {
+                // No hopping (a reload may turn it on).
+                tokio::time::sleep(JOB_HOP_ROUND).await;
+                continue;
+            };
+            let now = SystemTime::now();
+            if now >= l.last_release() {
+                return;
+            }
+            if let Ok(wait) = hop_at.duration_since(now) {
+                tokio::time::sleep(wait.min(JOB_HOP_ROUND)).await;
+                continue;
+            }
+            if let Some(peer) = self.successor() {
+                for id in self.finished_jobs() {
+                    match self.hand_off_job(&peer, id).await {
+                        Ok(()) => {
+                            tracing::debug!("a finished download was handed to the successor")
+                        }
+                        Err(e) => {
+                            tracing::info!(
+                                "handing a finished download to the successor failed; trying \
+                                 again"
+                            );
+                            tracing::debug!(reason = %e, "hand-off failure reason");
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(JOB_HOP_ROUND).await;
+        }
+    }
+
+    /// The users' downloads that are over here (ready or failed) and not
+    /// moved yet.
+    fn finished_jobs(&self) -> Vec<ItemId> {
+        self.store
+            .jobs()
+            .flatten()
+            .filter_map(|(id, rec)| {
+                let job = Job::decode(&rec)?;
+                let finished = matches!(job.state, JobState::Ready | JobState::Failed);
+                (finished && !job.cover && job.moved_to.is_none()).then_some(id)
+            })
+            .collect()
+    }
+}
+
+/// The job a fetch item carries (its payload is the job's id).
+fn job_of(item: &Item) -> Result<ItemId, DeliveryError> {
+    Ok(ItemId(item.payload.as_slice().try_into().map_err(
+        |_| DeliveryError::permanent("fetch item without a job id"),
+    )?))
+}
+
+fn timed_out(peer: &PeerTarget) -> DeliveryError {
+    DeliveryError::temporary(format!("hand-off to {} timed out", peer.name))
+}
+
+/// Hand mail item `id` (its stored form, `payload`) to `peer` through
+/// `connector`; `Ok` once the peer answered 2xx, i.e. stored it durably (or
+/// had it already). Only then may the caller remove its copy. The item goes
+/// as it is stored: the next mote adds no Date (the last one does when it
+/// speaks SMTP) and keeps the Message-ID.
+///
+/// A refusal the item can never get past (400, 409, 413: the peer will not
+/// take this item) is permanent; anything else — no route, a timeout,
+/// 401/404 (a configuration to fix), 429, 503, 507, 5xx — is temporary: the
+/// item stays and is tried again.
+pub async fn send_mail(
+    connector: &dyn Connector,
+    peer: &PeerTarget,
+    isolation: u64,
+    id: &ItemId,
+    payload: &[u8],
+) -> Result<(), DeliveryError> {
+    let body = http_body_util::Full::new(Bytes::copy_from_slice(payload));
+    post_item(connector, peer, isolation, id, ItemKind::Mail, None, body).await
+}
+
+/// Hand download job `job_id` to `peer`, under the job's id: its record and
+/// the content stored so far, read from `store` and streamed in 1 MiB
+/// pieces. `Ok` once the peer stored it durably; the caller then marks the
+/// job moved ([`mark_moved`]) and drops its item.
+pub async fn send_job(
+    connector: &dyn Connector,
+    peer: &PeerTarget,
+    isolation: u64,
+    store: &Arc<Store>,
+    job_id: ItemId,
+) -> Result<(), DeliveryError> {
+    let record = store
+        .job(&job_id)?
+        .ok_or_else(|| DeliveryError::permanent("the job is gone"))?;
+    let job = Job::decode(&record).ok_or_else(|| DeliveryError::permanent("unreadable job"))?;
+    if job.cover {
+        // It belongs to no one: it is released here.
+        return Err(DeliveryError::permanent(
+            "a cover download is not handed over",
+        ));
+    }
+    let head = serde_json::to_vec(&JobTransfer::new(job_id, job))
+        .map_err(|e| DeliveryError::permanent(format!("encoding the job: {e}")))?;
+    let len = store.content_len(&job_id)?;
+    let head_len = head.len();
+    let first = futures::stream::once(async move {
+        Ok::<_, std::io::Error>(hyper::body::Frame::data(Bytes::from(head)))
+    });
+    let store = Arc::clone(store);
+    let pieces = futures::stream::try_unfold(0u64, move |at| {
+        let store = Arc::clone(&store);
+        async move {
+            if at >= len {
+                return Ok(None);
+            }
+            let to = (at + SEND_PIECE).min(len);
+            let bytes = tokio::task::spawn_blocking(move || store.read_content(&job_id, at, to))
+                .await
+                .map_err(std::io::Error::other)?
+                .map_err(std::io::Error::other)?
+                .ok_or_else(|| std::io::Error::other("stored content has a gap"))?;
+            Ok(Some((hyper::body::Frame::data(Bytes::from(bytes)), to)))
+        }
+    });
+    use futures::StreamExt;
+    let body = http_body_util::StreamBody::new(first.chain(pieces));
+    // The transfer names the job (the receiver binds it to this peer and
+    // the job's id), not the fetch item that may carry it here.
+    post_item(
+        connector,
+        peer,
+        isolation,
+        &job_id,
+        ItemKind::Fetch,
+        Some((head_len, head_len as u64 + len)),
+        body,
+    )
+    .await
+}
+
+/// Record that job `id` now lives at `peer` and drop its content here
+/// (durably: when this returns, the user asking here is sent there).
+pub async fn mark_moved(store: &Store, id: &ItemId, peer: &PeerTarget) -> Result<(), StorageError> {
+    let Some(mut job) = store.job(id)?.as_deref().and_then(Job::decode) else {
+        return Ok(());
+    };
+    job.moved_to = Some(format!("{}/v1/fetches/{id}", peer.api_base()));
+    store.put_job(id, &job.encode())?;
+    store.clear_chunks(id).await
+}
+
+/// POST one item to a peer's [`wire::ITEMS_PATH`]; `job`: (record length,
+/// whole body length) of a download job.
+async fn post_item<B>(
+    connector: &dyn Connector,
+    peer: &PeerTarget,
+    isolation: u64,
+    id: &ItemId,
+    kind: ItemKind,
+    job: Option<(usize, u64)>,
+    body: B,
+) -> Result<(), DeliveryError>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let temporary = |what: String| DeliveryError::temporary(format!("peer {}: {what}", peer.name));
+    let stream = connector
+        .connect(&Target {
+            host: peer.host.clone(),
+            port: peer.port,
+            isolation,
+        })
+        .await
+        .map_err(|e| temporary(format!("no stream: {e}")))?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| temporary(format!("HTTP: {e}")))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let host = peer.api_base().trim_start_matches("http://").to_string();
+    let mut req = Request::post(wire::ITEMS_PATH)
+        .header(header::HOST, host)
+        .header(header::AUTHORIZATION, format!("Bearer {}", peer.credential))
+        .header(wire::ITEM_ID, id.to_string())
+        .header(wire::ITEM_KIND, wire::kind_name(kind))
+        .header(header::CONTENT_TYPE, "application/octet-stream");
+    if let Some((record, total)) = job {
+        req = req
+            .header(wire::JOB_LENGTH, record)
+            .header(header::CONTENT_LENGTH, total);
+    }
+    let req = req
+        .body(body)
+        .map_err(|e| DeliveryError::permanent(format!("building the request: {e}")))?;
+    let resp = sender
+        .send_request(req)
+        .await
+        .map_err(|e| temporary(format!("HTTP: {e}")))?;
+    let status = resp.status();
+    let body = Limited::new(resp.into_body(), 4096)
+        .collect()
+        .await
+        .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
+        .unwrap_or_default();
+    if status.is_success() {
+        return Ok(());
+    }
+    let what = format!("{status}: {}", body.trim());
+    if matches!(
+        status,
+        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::CONFLICT
+    ) {
+        Err(DeliveryError::permanent(format!(
+            "peer {} refused the item: {what}",
+            peer.name
+        )))
+    } else {
+        Err(temporary(what))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hop_state_follows_the_clock_and_the_successor() {
+        let hop = Hop::new(
+            Arc::new(crate::tor::Direct::new(Duration::from_secs(1))),
+            #[allow(clippy::unwrap_used)]
+            Store::temporary().unwrap(),
+            None,
+        );
+        let t = |s| SystemTime::UNIX_EPOCH + Duration::from_secs(s);
+        let (at, end) = (t(100), t(200));
+        assert_eq!(hop.state(t(99), at, end), HopState::Waiting);
+        assert_eq!(hop.state(t(100), at, end), HopState::NoSuccessor);
+        hop.set_successor(Some(PeerTarget {
+            name: "next".into(),
+            host: "127.0.0.1".into(),
+            port: 1,
+            credential: "a:b".into(),
+        }));
+        assert_eq!(hop.state(t(150), at, end), HopState::HandingOff);
+        assert_eq!(hop.state(t(200), at, end), HopState::Over);
+        assert_eq!(HopState::HandingOff.to_string(), "handing_off");
+    }
+}
