@@ -589,9 +589,9 @@ impl Accounts {
     /// after each request). How many were deleted.
     async fn drop_jobs(&self, ends: impl Fn(&str) -> bool) -> Result<usize, StorageError> {
         let mut gone = Vec::new();
-        for job in self.store.jobs() {
-            let (id, record) = job?;
-            if crate::item::job::Job::decode(&record).is_some_and(|j| ends(&j.user)) {
+        for job in crate::item::job::records(&self.store) {
+            let (id, job) = job?;
+            if job.is_some_and(|j| ends(&j.user)) {
                 gone.push(id);
             }
         }

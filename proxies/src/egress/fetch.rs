@@ -28,7 +28,7 @@ use rand::Rng;
 use crate::access::accounts::{one, Accounts, Charged, FETCH_BYTES};
 use crate::egress::addr::is_private;
 use crate::egress::tls::{TlsClient, TlsError};
-use crate::item::job::{is_http_url, Job, JobState};
+use crate::item::job::{is_http_url, records, Job, JobState};
 use crate::tor::{BoxStream, ConnectError, Connector, Target};
 
 /// The reason a job fails when its user's downloads would be too large.
@@ -254,11 +254,8 @@ impl Fetcher {
                 .try_into()
                 .map_err(|_| DeliveryError::permanent("fetch item without a job id"))?,
         );
-        let Some(rec) = self.store.job(&id)? else {
+        let Some(mut job) = Job::load(&self.store, &id)? else {
             return Ok(Outcome::Done); // deleted meanwhile
-        };
-        let Some(mut job) = Job::decode(&rec) else {
-            return Err(DeliveryError::permanent("unreadable job"));
         };
         match self.advance(id, &mut job).await {
             Ok(outcome) => Ok(outcome),
@@ -554,12 +551,10 @@ impl Fetcher {
     /// (the other jobs' sizes, or what they stored while their size is
     /// unknown; failed ones aside) exceed `max_user_bytes`.
     fn user_room(&self, job: &Job, id: &ItemId) -> u64 {
-        let others: u64 = self
-            .store
-            .jobs()
+        let others: u64 = records(&self.store)
             .flatten()
             .filter(|(other, _)| other != id)
-            .filter_map(|(other, rec)| Some((other, Job::decode(&rec)?)))
+            .filter_map(|(other, j)| Some((other, j?)))
             .filter(|(_, j)| j.user == job.user && j.state != JobState::Failed)
             .map(|(other, j)| {
                 j.total

@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::{header, Request, StatusCode};
 use tor_rtcompat::{Blocking, SleepProvider};
 
-use crate::item::job::{Job, JobState};
+use crate::item::job::{records, Job, JobState, LoadError};
 use crate::item::wire::{self, JobTransfer};
 use crate::status::{HopState, HopStatus};
 use crate::tor::{Connector, Target};
@@ -233,11 +233,10 @@ impl Hop {
     /// The users' downloads that are over here (ready or failed) and not
     /// moved yet.
     fn finished_jobs(&self) -> Vec<ItemId> {
-        self.store
-            .jobs()
+        records(&self.store)
             .flatten()
-            .filter_map(|(id, rec)| {
-                let job = Job::decode(&rec)?;
+            .filter_map(|(id, job)| {
+                let job = job?;
                 let finished = matches!(job.state, JobState::Ready | JobState::Failed);
                 (finished && !job.cover && job.moved_to.is_none()).then_some(id)
             })
@@ -288,10 +287,8 @@ pub async fn send_job(
     store: &Arc<Store>,
     job_id: ItemId,
 ) -> Result<(), DeliveryError> {
-    let record = store
-        .job(&job_id)?
-        .ok_or_else(|| DeliveryError::permanent("the job is gone"))?;
-    let job = Job::decode(&record).ok_or_else(|| DeliveryError::permanent("unreadable job"))?;
+    let job =
+        Job::load(store, &job_id)?.ok_or_else(|| DeliveryError::permanent("the job is gone"))?;
     if job.cover {
         // It belongs to no one: it is released here.
         return Err(DeliveryError::permanent(
@@ -340,8 +337,11 @@ pub async fn send_job(
 /// Record that job `id` now lives at `peer` and drop its content here
 /// (durably: when this returns, the user asking here is sent there).
 pub async fn mark_moved(store: &Store, id: &ItemId, peer: &PeerTarget) -> Result<(), StorageError> {
-    let Some(mut job) = store.job(id)?.as_deref().and_then(Job::decode) else {
-        return Ok(());
+    let mut job = match Job::load(store, id) {
+        Ok(Some(job)) => job,
+        // Gone, or unreadable (nothing to mark).
+        Ok(None) | Err(LoadError::Unreadable) => return Ok(()),
+        Err(LoadError::Storage(e)) => return Err(e),
     };
     job.moved_to = Some(format!("{}/v1/fetches/{id}", peer.api_base()));
     store.put_job(id, &job.encode())?;

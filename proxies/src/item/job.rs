@@ -258,10 +258,49 @@ impl Job {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
-    /// Inverse of [`Job::encode`].
+    /// Inverse of [`Job::encode`]: the one place a job record is read
+    /// (the store's records through [`Job::load`] and [`records`]).
     pub fn decode(b: &[u8]) -> Option<Self> {
         serde_json::from_slice(b).ok()
     }
+
+    /// Job `id` in `store` (`Ok(None)`: there is none).
+    pub fn load(store: &Store, id: &ItemId) -> Result<Option<Self>, LoadError> {
+        match store.job(id)? {
+            None => Ok(None),
+            Some(rec) => Job::decode(&rec).map(Some).ok_or(LoadError::Unreadable),
+        }
+    }
+}
+
+/// Why a job could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The store failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    /// The record is not a job this build reads.
+    #[error("unreadable job")]
+    Unreadable,
+}
+
+impl From<LoadError> for dust_mixer::DeliveryError {
+    fn from(e: LoadError) -> Self {
+        match e {
+            LoadError::Storage(e) => e.into(),
+            LoadError::Unreadable => dust_mixer::DeliveryError::permanent("unreadable job"),
+        }
+    }
+}
+
+/// Every job in `store`, with its id; `None` for a record that does not
+/// read.
+pub fn records(
+    store: &Store,
+) -> impl Iterator<Item = Result<(ItemId, Option<Job>), StorageError>> + '_ {
+    store
+        .jobs()
+        .map(|r| r.map(|(id, rec)| (id, Job::decode(&rec))))
 }
 
 /// `v` as a media type to serve, if it is a plausible one: printable ASCII
@@ -301,8 +340,7 @@ impl FetchCounts {
     /// Count the jobs in `store`.
     pub fn count(store: &Store) -> Self {
         let mut c = FetchCounts::default();
-        for (_, rec) in store.jobs().flatten() {
-            let job = Job::decode(&rec);
+        for (_, job) in records(store).flatten() {
             if job.as_ref().is_some_and(|j| j.moved_to.is_some()) {
                 c.moved += 1;
                 continue;

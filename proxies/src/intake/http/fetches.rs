@@ -18,7 +18,7 @@ use super::response::{
 use super::Api;
 use crate::access::accounts::{one, FETCHES, FETCH_BYTES};
 use crate::intake::{IntakeError, Schedule};
-use crate::item::job::{is_http_url, Job};
+use crate::item::job::{is_http_url, Job, LoadError};
 
 /// Largest request body accepted (job requests are small JSON objects).
 const MAX_BODY: usize = 16 * 1024;
@@ -78,18 +78,17 @@ impl<S: Schedule> Api<S> {
     pub(super) fn load(&self, user: &str, id: &str) -> Result<(ItemId, Job), Resp> {
         let not_found = || error(StatusCode::NOT_FOUND, "no_such_fetch", "no such fetch");
         let id = parse_id(id).ok_or_else(not_found)?;
-        let rec = self
-            .store
-            .job(&id)
-            .map_err(|e| unavailable(&e))?
-            .ok_or_else(not_found)?;
-        let job = Job::decode(&rec).ok_or_else(|| {
-            error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "corrupt",
-                "unreadable job",
-            )
-        })?;
+        let job = match Job::load(&self.store, &id) {
+            Ok(job) => job.ok_or_else(not_found)?,
+            Err(LoadError::Storage(e)) => return Err(unavailable(&e)),
+            Err(LoadError::Unreadable) => {
+                return Err(error(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "corrupt",
+                    "unreadable job",
+                ))
+            }
+        };
         // Another user's job does not exist for this user.
         if job.user != user {
             return Err(not_found());
