@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail};
 use clap::Args;
-use dust_proxies::access::accounts::{AccountView, Credentials, Invite, Quota, DEFAULT_SESSIONS};
+use dust_proxies::access::accounts::{AccountView, Credentials, Invite};
+use dust_proxies::access::quota::{Quota, DEFAULT_SESSIONS};
 
 use crate::config::units::parse_size;
 use crate::control::{ask_required, Reloaded};
@@ -178,10 +179,18 @@ pub fn accounts(config: Option<&Path>, json: bool) -> anyhow::Result<()> {
             "{:<16} {:<9} {:>11} {:>19} {:>9} {:>19} {:>8}  {}",
             a.name,
             access,
-            format!("{}/{}", a.today[0], limit(q.mail, false)),
-            format!("{}/{}", human_bytes(a.today[1]), limit(q.mail_bytes, true)),
-            format!("{}/{}", a.today[2], limit(q.fetches, false)),
-            format!("{}/{}", human_bytes(a.today[3]), limit(q.fetch_bytes, true)),
+            format!("{}/{}", a.today.mail, limit(q.mail, false)),
+            format!(
+                "{}/{}",
+                human_bytes(a.today.mail_bytes),
+                limit(q.mail_bytes, true)
+            ),
+            format!("{}/{}", a.today.fetches, limit(q.fetches, false)),
+            format!(
+                "{}/{}",
+                human_bytes(a.today.fetch_bytes),
+                limit(q.fetch_bytes, true)
+            ),
             format!("{}/{}", a.sessions, q.sessions.unwrap_or(DEFAULT_SESSIONS)),
             a.expires_at.as_deref().unwrap_or("with the mote"),
         )?;

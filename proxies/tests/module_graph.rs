@@ -10,7 +10,7 @@
 //! children see its private items, and `impl Api` may live in
 //! `http/content.rs`); every other edge counts.
 
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;

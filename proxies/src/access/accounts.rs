@@ -15,75 +15,18 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use dust_mixer::{from_wall_ms, wall_ms, StorageError, Store};
-use dust_storage::accounts::{Usage, USAGE_FIELDS};
 use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::access::auth::{new_secret, Verifier};
+use crate::access::quota::{day_of, Counter, Counters, Exceeded, Quota};
 
-/// Usage counters (see [`Usage`]).
-pub const MAIL: usize = 0;
-/// See [`MAIL`].
-pub const MAIL_BYTES: usize = 1;
-/// See [`MAIL`].
-pub const FETCHES: usize = 2;
-/// See [`MAIL`].
-pub const FETCH_BYTES: usize = 3;
-
-/// Usage of `n` in counter `which` ([`MAIL`] …), the others 0.
-pub fn one(which: usize, n: u64) -> Usage {
-    let mut u = [0; USAGE_FIELDS];
-    u[which] = n;
-    u
-}
-
-/// Concurrent sessions of an account unless its invitation said otherwise
-/// (SMTP sessions and HTTP requests, counted apart).
-pub const DEFAULT_SESSIONS: u32 = 4;
-const DAY_MS: u64 = 86_400_000;
 /// Random letters of a password (131 bits) and of a token (190 bits),
 /// after [`crate::access::auth::GENERATED_PREFIX`]: generated secrets, stored as
 /// fast digests and verified in microseconds.
 const PASSWORD_LEN: usize = crate::access::auth::GENERATED_MIN_LETTERS;
 const TOKEN_LEN: usize = crate::access::auth::SECRET_LETTERS;
-
-/// An account's limits per UTC day (`None`: none) and on sessions.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Quota {
-    /// Mail messages per day.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mail: Option<u64>,
-    /// Mail bytes per day.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mail_bytes: Option<u64>,
-    /// Downloads queued per day.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fetches: Option<u64>,
-    /// Downloaded bytes per day.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fetch_bytes: Option<u64>,
-    /// Concurrent SMTP sessions, and concurrent HTTP requests (apart);
-    /// `None`: [`DEFAULT_SESSIONS`].
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub sessions: Option<u32>,
-}
-
-impl Quota {
-    fn limits(&self) -> Usage {
-        let l = |v: Option<u64>| v.unwrap_or(u64::MAX);
-        [
-            l(self.mail),
-            l(self.mail_bytes),
-            l(self.fetches),
-            l(self.fetch_bytes),
-        ]
-    }
-
-    fn sessions(&self) -> u32 {
-        self.sessions.unwrap_or(DEFAULT_SESSIONS)
-    }
-}
 
 /// An account as stored (sealed).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -210,7 +153,7 @@ pub struct AccountView {
     /// Its limits.
     pub quota: Quota,
     /// Used today (UTC): mail messages, mail bytes, downloads, download bytes.
-    pub today: Usage,
+    pub today: Counters,
     /// SMTP sessions open now.
     pub sessions: u32,
     /// When it ends (RFC 3339), if ever.
@@ -240,36 +183,13 @@ pub enum AccountError {
     Storage(#[from] StorageError),
 }
 
-/// A quota that a request would pass: which, and when it is reset.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Exceeded {
-    /// The counter ([`MAIL`], [`MAIL_BYTES`], [`FETCHES`], [`FETCH_BYTES`]).
-    pub which: usize,
-    /// The start of the next UTC day.
-    pub resets_at: SystemTime,
-}
-
-impl Exceeded {
-    /// Seconds until the reset (at least 1), for `Retry-After`.
-    pub fn retry_after_secs(&self) -> u64 {
-        self.resets_at
-            .duration_since(SystemTime::now())
-            .map_or(1, |d| d.as_secs().max(1))
-    }
-
-    /// The reset time, for replies.
-    pub fn resets(&self) -> String {
-        humantime::format_rfc3339_seconds(self.resets_at).to_string()
-    }
-}
-
 /// Usage added for one admission; [`refund`](Accounts::refund) it if the
 /// admission fails.
 #[derive(Debug)]
 pub struct Charged {
     name: String,
     day: u32,
-    delta: Usage,
+    delta: Counters,
 }
 
 /// A session of an account (dropped: the session ended).
@@ -321,10 +241,6 @@ impl std::fmt::Debug for Accounts {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Accounts").finish_non_exhaustive()
     }
-}
-
-fn day_of(ms: u64) -> u32 {
-    u32::try_from(ms / DAY_MS).unwrap_or(u32::MAX)
 }
 
 fn rfc3339(ms: u64) -> String {
@@ -681,7 +597,7 @@ impl Accounts {
                     smtp: a.smtp_hash.is_some(),
                     http: a.http_hash.is_some(),
                     quota: a.quota.clone(),
-                    today: self.store.usage(&a.name, day)?,
+                    today: self.store.usage(&a.name, day)?.into(),
                     sessions: open.get(&(a.name.clone(), false)).copied().unwrap_or(0),
                     expires_at: a.expires_ms.map(rfc3339),
                 })
@@ -736,23 +652,24 @@ impl Accounts {
     pub fn charge(
         &self,
         name: &str,
-        delta: Usage,
+        delta: Counters,
     ) -> Result<Result<Option<Charged>, Exceeded>, StorageError> {
         let Some(limits) = self.live.read().get(name).map(|a| a.quota.limits()) else {
             return Ok(Ok(None));
         };
         let now = wall_ms(SystemTime::now());
         let day = day_of(now);
-        match self.store.add_usage(name, day, delta, limits)? {
+        match self
+            .store
+            .add_usage(name, day, delta.into(), limits.into())?
+        {
             Ok(_) => Ok(Ok(Some(Charged {
                 name: name.to_string(),
                 day,
                 delta,
             }))),
             Err(used) => {
-                let which = (0..delta.len())
-                    .find(|&i| delta[i] > 0 && used[i].saturating_add(delta[i]) > limits[i])
-                    .unwrap_or(0);
+                let which = delta.passed(&used.into(), &limits).unwrap_or(Counter::Mail);
                 Ok(Err(self.exceeded(which)))
             }
         }
@@ -762,7 +679,7 @@ impl Accounts {
     /// keeps the charge, an over-count).
     pub fn refund(&self, charged: Option<Charged>) {
         if let Some(c) = charged {
-            if let Err(e) = self.store.refund_usage(&c.name, c.day, c.delta) {
+            if let Err(e) = self.store.refund_usage(&c.name, c.day, c.delta.into()) {
                 tracing::warn!(error = %e, "could not refund usage");
             }
         }
@@ -770,49 +687,47 @@ impl Accounts {
 
     /// Count `delta` for `name` today whatever the limits (bytes already
     /// stored that a reservation did not cover).
-    pub fn charge_over(&self, name: &str, delta: Usage) -> Result<(), StorageError> {
+    pub fn charge_over(&self, name: &str, delta: Counters) -> Result<(), StorageError> {
         if self.live.read().contains_key(name) {
             let day = day_of(wall_ms(SystemTime::now()));
             self.store
-                .add_usage(name, day, delta, [u64::MAX; USAGE_FIELDS])?
+                .add_usage(name, day, delta.into(), Counters::UNLIMITED.into())?
                 .ok();
         }
         Ok(())
     }
 
     /// Give back `part` of a charge (a reservation not used in full).
-    pub fn refund_part(&self, charged: Option<Charged>, part: Usage) {
+    pub fn refund_part(&self, charged: Option<Charged>, part: Counters) {
         self.refund(charged.map(|c| Charged { delta: part, ..c }));
     }
 
     /// `which` is used up until the next UTC day.
-    pub fn exceeded(&self, which: usize) -> Exceeded {
-        let day = day_of(wall_ms(SystemTime::now()));
-        Exceeded {
-            which,
-            resets_at: from_wall_ms((u64::from(day) + 1) * DAY_MS),
-        }
+    pub fn exceeded(&self, which: Counter) -> Exceeded {
+        Exceeded::today(which, wall_ms(SystemTime::now()))
     }
 
     /// `name`'s daily limit of `which` (`u64::MAX`: none, or no account).
-    pub fn limit(&self, name: &str, which: usize) -> u64 {
+    pub fn limit(&self, name: &str, which: Counter) -> u64 {
         self.live
             .read()
             .get(name)
-            .map_or(u64::MAX, |a| a.quota.limits()[which])
+            .map_or(u64::MAX, |a| a.quota.limits().get(which))
     }
 
     /// Remaining room of `which` for `name` today (`u64::MAX`: no limit or
     /// no account).
-    pub fn room(&self, name: &str, which: usize) -> Result<u64, StorageError> {
+    pub fn room(&self, name: &str, which: Counter) -> Result<u64, StorageError> {
         let Some(limits) = self.live.read().get(name).map(|a| a.quota.limits()) else {
             return Ok(u64::MAX);
         };
-        if limits[which] == u64::MAX {
+        if limits.get(which) == u64::MAX {
             return Ok(u64::MAX);
         }
         let used = self.store.usage(name, day_of(wall_ms(SystemTime::now())))?;
-        Ok(limits[which].saturating_sub(used[which]))
+        Ok(limits
+            .get(which)
+            .saturating_sub(Counters::from(used).get(which)))
     }
 }
 
@@ -839,6 +754,15 @@ mod humantime_serde_opt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One message of `bytes`.
+    fn mail(bytes: u64) -> Counters {
+        Counters {
+            mail: 1,
+            mail_bytes: bytes,
+            ..Counters::default()
+        }
+    }
     use crate::access::auth::{Users, Verdict};
 
     fn accounts(store: Arc<Store>) -> (Arc<Accounts>, Arc<Verifier>, Arc<Verifier>) {
@@ -986,30 +910,27 @@ mod tests {
         })
         .await
         .expect("invite");
-        let one = a.charge("q", [1, 400, 0, 0]).expect("store").expect("room");
+        let one = a.charge("q", mail(400)).expect("store").expect("room");
         assert!(one.is_some());
-        let too_big = a
-            .charge("q", [1, 700, 0, 0])
-            .expect("store")
-            .expect_err("bytes");
-        assert_eq!(too_big.which, MAIL_BYTES);
+        let too_big = a.charge("q", mail(700)).expect("store").expect_err("bytes");
+        assert_eq!(too_big.which, Counter::MailBytes);
         assert!(too_big.retry_after_secs() <= 86_400);
-        a.charge("q", [1, 500, 0, 0]).expect("store").expect("room");
+        a.charge("q", mail(500)).expect("store").expect("room");
         assert_eq!(
-            a.charge("q", [1, 1, 0, 0])
+            a.charge("q", mail(1))
                 .expect("store")
                 .expect_err("count")
                 .which,
-            MAIL
+            Counter::Mail
         );
         a.refund(one);
-        a.charge("q", [1, 1, 0, 0])
+        a.charge("q", mail(1))
             .expect("store")
             .expect("refunded room");
-        assert_eq!(a.room("q", MAIL_BYTES).expect("room"), 499);
+        assert_eq!(a.room("q", Counter::MailBytes).expect("room"), 499);
         // A configured user has no quota.
         assert!(a
-            .charge("owner", [1, 1 << 40, 0, 0])
+            .charge("owner", mail(1 << 40))
             .expect("store")
             .expect("none")
             .is_none());
@@ -1021,6 +942,13 @@ mod tests {
         assert!(a.open_session("q", true).expect("http apart").is_some());
         drop(s);
         assert!(a.open_session("q", false).is_ok());
-        assert_eq!(a.list().expect("list")[0].today, [2, 501, 0, 0]);
+        assert_eq!(
+            a.list().expect("list")[0].today,
+            Counters {
+                mail: 2,
+                mail_bytes: 501,
+                ..Counters::default()
+            }
+        );
     }
 }

@@ -4,3 +4,4 @@
 pub mod accounts;
 pub mod auth;
 pub mod peers;
+pub mod quota;

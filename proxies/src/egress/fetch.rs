@@ -25,7 +25,8 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use rand::Rng;
 
-use crate::access::accounts::{one, Accounts, Charged, FETCH_BYTES};
+use crate::access::accounts::{Accounts, Charged};
+use crate::access::quota::{Counter, Counters};
 use crate::egress::addr::is_private;
 use crate::egress::tls::{TlsClient, TlsError};
 use crate::item::job::{is_http_url, records, Job, JobState};
@@ -207,7 +208,7 @@ impl Fetcher {
         let Some(a) = &self.accounts else {
             return Ok((None, size, u64::MAX));
         };
-        let room = a.room(user, FETCH_BYTES)?;
+        let room = a.room(user, Counter::FetchBytes)?;
         if room == u64::MAX {
             return Ok((None, size, u64::MAX));
         }
@@ -215,7 +216,7 @@ impl Fetcher {
         if size == 0 {
             return Ok((None, 0, 0));
         }
-        match a.charge(user, one(FETCH_BYTES, size))? {
+        match a.charge(user, Counters::one(Counter::FetchBytes, size))? {
             Ok(c) => Ok((c, size, room)),
             // Another chunk of the same account took it meanwhile.
             Err(_) => Ok((None, 0, 0)),
@@ -228,12 +229,13 @@ impl Fetcher {
     fn settle(&self, user: &str, charged: Option<Charged>, reserved: u64, used: u64) {
         let Some(a) = &self.accounts else { return };
         if used > reserved {
-            if let Err(e) = a.charge_over(user, one(FETCH_BYTES, used - reserved)) {
+            if let Err(e) = a.charge_over(user, Counters::one(Counter::FetchBytes, used - reserved))
+            {
                 tracing::warn!(error = %e, "could not count downloaded bytes");
             }
         }
         if used < reserved {
-            a.refund_part(charged, one(FETCH_BYTES, reserved - used));
+            a.refund_part(charged, Counters::one(Counter::FetchBytes, reserved - used));
         }
     }
 
@@ -485,7 +487,7 @@ impl Fetcher {
         let quota = self
             .accounts
             .as_ref()
-            .map_or(u64::MAX, |a| a.limit(&job.user, FETCH_BYTES));
+            .map_or(u64::MAX, |a| a.limit(&job.user, Counter::FetchBytes));
         if announced.is_some_and(|n| n > quota) {
             return Err(FetchError::Refused(DAY_CAP.into()));
         }

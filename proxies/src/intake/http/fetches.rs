@@ -16,7 +16,7 @@ use super::response::{
     error, full, json_response, moved, quota_exceeded, unauthorized, unavailable, Resp,
 };
 use super::Api;
-use crate::access::accounts::{one, FETCHES, FETCH_BYTES};
+use crate::access::quota::{Counter, Counters};
 use crate::intake::{IntakeError, Schedule};
 use crate::item::job::{is_http_url, Job, LoadError};
 
@@ -140,7 +140,7 @@ impl<S: Schedule> Api<S> {
         let charged = match self
             .accounts
             .as_ref()
-            .map(|a| a.charge(user, one(FETCHES, 1)))
+            .map(|a| a.charge(user, Counters::one(Counter::Fetches, 1)))
         {
             None => None,
             Some(Ok(Ok(c))) => c,
@@ -154,9 +154,9 @@ impl<S: Schedule> Api<S> {
         };
         // Nothing more may be downloaded today: say so now.
         if let Some(a) = &self.accounts {
-            if a.room(user, FETCH_BYTES).is_ok_and(|r| r == 0) {
+            if a.room(user, Counter::FetchBytes).is_ok_and(|r| r == 0) {
                 refund();
-                return quota_exceeded(&a.exceeded(FETCH_BYTES));
+                return quota_exceeded(&a.exceeded(Counter::FetchBytes));
             }
         }
         let id = ItemId(rand::random());

@@ -9,7 +9,7 @@ use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 
-use crate::access::accounts::{Exceeded, FETCHES};
+use crate::access::quota::{Counter, Exceeded};
 
 /// Response bodies: small ones in memory, content streamed from the store.
 pub(super) type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
@@ -81,7 +81,7 @@ pub(super) fn unavailable(e: &dyn std::fmt::Display) -> Resp {
 
 /// `429` for a daily quota, with `Retry-After` until it is reset.
 pub(super) fn quota_exceeded(over: &Exceeded) -> Resp {
-    let what = if over.which == FETCHES {
+    let what = if over.which == Counter::Fetches {
         "downloads"
     } else {
         "downloaded bytes"

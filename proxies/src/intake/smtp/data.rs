@@ -5,7 +5,7 @@ use dust_mixer::Once;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::session::{read_line, trim_eol, Flow, Line, Session};
-use crate::access::accounts::{one, Exceeded, MAIL, MAIL_BYTES};
+use crate::access::quota::{Counter, Counters, Exceeded};
 use crate::intake::{Admission, IntakeError};
 use crate::item::mail::{replay_digest, sanitize, SanitizeError, StoredMail};
 
@@ -166,11 +166,11 @@ where
     pub(super) fn quota_refusal(&self, size: u64) -> Option<String> {
         let (a, user) = (self.accounts.as_ref()?, self.user.as_ref()?);
         let room = |which| a.room(user, which).unwrap_or(u64::MAX);
-        if room(MAIL) == 0 {
-            return Some(quota_reply(&a.exceeded(MAIL)));
+        if room(Counter::Mail) == 0 {
+            return Some(quota_reply(&a.exceeded(Counter::Mail)));
         }
-        let bytes = room(MAIL_BYTES);
-        (bytes == 0 || size > bytes).then(|| quota_reply(&a.exceeded(MAIL_BYTES)))
+        let bytes = room(Counter::MailBytes);
+        (bytes == 0 || size > bytes).then(|| quota_reply(&a.exceeded(Counter::MailBytes)))
     }
 
     /// Count a message of `bytes` against the account's quotas.
@@ -181,8 +181,11 @@ where
         let (Some(a), Some(user)) = (&self.accounts, &self.user) else {
             return Ok(None);
         };
-        let mut delta = one(MAIL, 1);
-        delta[MAIL_BYTES] = bytes;
+        let delta = Counters {
+            mail: 1,
+            mail_bytes: bytes,
+            ..Counters::default()
+        };
         match a.charge(user, delta) {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(over)) => Err(quota_reply(&over)),
@@ -198,7 +201,7 @@ where
 /// `552 5.2.3` (RFC 3463: the message exceeds an administrative limit).
 pub(super) fn quota_reply(over: &Exceeded) -> String {
     let resets = over.resets();
-    if over.which == MAIL {
+    if over.which == Counter::Mail {
         format!("452 4.5.3 Daily message quota of this account reached; it resets at {resets}")
     } else {
         format!("552 5.2.3 Daily byte quota of this account exceeded; it resets at {resets}")
