@@ -13,9 +13,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand};
-use serde::{Deserialize, Serialize};
 
-use crate::control::ask_required;
+use crate::control::{ask_required, Issued};
 
 /// `dustmote card …`
 #[derive(Args, Debug)]
@@ -52,20 +51,6 @@ pub enum CardCommand {
     },
 }
 
-/// What the running mote answers to `card NAME`.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Issued {
-    /// The account's new credentials.
-    #[serde(flatten)]
-    pub credentials: dust_proxies::access::accounts::Credentials,
-    /// `host.onion:port` of the SMTP service.
-    pub smtp: Option<String>,
-    /// `host.onion:port` of the HTTP service.
-    pub http: Option<String>,
-    /// Whether the onion services are published with the card's key yet.
-    #[serde(default)]
-    pub published: bool,
-}
 
 /// A card's contents.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]

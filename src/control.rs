@@ -201,8 +201,23 @@ async fn answer(request: &str, h: &Handlers) -> String {
     }
 }
 
+/// What the running mote answers to `card NAME`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Issued {
+    /// The account's new credentials.
+    #[serde(flatten)]
+    pub credentials: dust_proxies::access::accounts::Credentials,
+    /// `host.onion:port` of the SMTP service.
+    pub smtp: Option<String>,
+    /// `host.onion:port` of the HTTP service.
+    pub http: Option<String>,
+    /// Whether the onion services are published with the card's key yet.
+    #[serde(default)]
+    pub published: bool,
+}
+
 /// `card NAME`: new credentials and card key, with the onion addresses.
-async fn card(h: &Handlers, name: &str) -> anyhow::Result<crate::card::Issued> {
+async fn card(h: &Handlers, name: &str) -> anyhow::Result<Issued> {
     let Some(onions) = &h.onions else {
         bail!(
             "a card needs the mote's onion addresses: set [onion] control so that the mote \
@@ -228,7 +243,7 @@ async fn card(h: &Handlers, name: &str) -> anyhow::Result<crate::card::Issued> {
             PUBLISH_WAIT,
         )
         .await;
-    Ok(crate::card::Issued {
+    Ok(Issued {
         credentials,
         smtp: onions.smtp_address(),
         http: onions.http_address(),
