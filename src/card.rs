@@ -51,7 +51,6 @@ pub enum CardCommand {
     },
 }
 
-
 /// A card's contents.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Card {

@@ -6,8 +6,10 @@ use std::time::{Duration, SystemTime};
 
 use rand::Rng;
 
-use crate::cover::CoverConfig;
-use crate::{DelaySpec, MixerError, Strategy};
+use rand_distr::{Distribution, Exp};
+use serde::{Deserialize, Serialize};
+
+use crate::{DelayError, DelaySpec, MixerError, Strategy};
 
 /// Randomised exponential backoff for temporary failures.
 #[derive(Debug, Clone, PartialEq)]
@@ -153,5 +155,43 @@ impl Default for MixerConfig {
             max_in_flight: 16,
             hop_window: None,
         }
+    }
+}
+
+/// Cover settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct CoverConfig {
+    /// Candidate dummies per second (a Poisson process): the most cover
+    /// the mote will ever send.
+    pub rate_per_s: f64,
+    /// A candidate is admitted only while fewer items than this are in the
+    /// mix.
+    pub target_pool: u64,
+}
+
+impl CoverConfig {
+    /// Check the values; the error names the key.
+    pub fn validate(&self) -> Result<(), DelayError> {
+        if !(self.rate_per_s.is_finite() && self.rate_per_s > 0.0) {
+            return Err(DelayError {
+                key: "rate",
+                reason: "rate must be > 0".into(),
+            });
+        }
+        if self.target_pool == 0 {
+            return Err(DelayError {
+                key: "target_pool",
+                reason: "target_pool must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Time to the next candidate.
+    pub fn gap<G: Rng + ?Sized>(&self, rng: &mut G) -> Duration {
+        let secs = Exp::new(self.rate_per_s)
+            .map(|e| e.sample(rng))
+            .unwrap_or(1.0 / self.rate_per_s);
+        Duration::try_from_secs_f64(secs).unwrap_or(Duration::from_secs(3600))
     }
 }

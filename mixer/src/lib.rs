@@ -2,7 +2,7 @@
 
 pub mod anonymity;
 mod config;
-pub mod cover;
+
 pub mod delay;
 mod error;
 pub mod metrics;
@@ -11,14 +11,14 @@ pub mod strategy;
 pub mod tokio_rt;
 
 pub use anonymity::{AnonymityStats, Output, Samples};
-pub use config::{Lifetime, MixerConfig, RetryPolicy};
-pub use cover::{CoverConfig, CoverSource};
+pub use config::{CoverConfig, Lifetime, MixerConfig, RetryPolicy};
 pub use delay::{DelayError, DelaySpec};
 pub use dust_storage::{
     ContentWriter, Item, ItemId, QueueStats, SealKey, StorageError, Store, HELD,
 };
 pub use error::{DeliveryError, ErrorKind, HasKind, MixerError};
 pub use metrics::{Metrics, MixStatus};
+pub use scheduler::cover::CoverSource;
 pub use scheduler::{Mixer, Once};
 pub use strategy::Strategy;
 

@@ -6,61 +6,18 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::task::{Spawn, SpawnExt};
-use rand::Rng;
-use rand_distr::{Distribution, Exp};
-use serde::{Deserialize, Serialize};
 use tor_rtcompat::{Blocking, SleepProvider};
 
-use crate::delay::DelayError;
+use super::Inner;
 use crate::metrics::Counters;
-use crate::scheduler::Inner;
 use crate::{Deliver, ItemKind, MixerError};
 
 /// Builds one dummy item: its kind and payload, or `None` to skip this one.
 pub type CoverSource =
     std::sync::Arc<dyn Fn() -> BoxFuture<'static, Option<(ItemKind, Vec<u8>)>> + Send + Sync>;
-
-/// Cover settings.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct CoverConfig {
-    /// Candidate dummies per second (a Poisson process): the most cover
-    /// the mote will ever send.
-    pub rate_per_s: f64,
-    /// A candidate is admitted only while fewer items than this are in the
-    /// mix.
-    pub target_pool: u64,
-}
-
-impl CoverConfig {
-    /// Check the values; the error names the key.
-    pub fn validate(&self) -> Result<(), DelayError> {
-        if !(self.rate_per_s.is_finite() && self.rate_per_s > 0.0) {
-            return Err(DelayError {
-                key: "rate",
-                reason: "rate must be > 0".into(),
-            });
-        }
-        if self.target_pool == 0 {
-            return Err(DelayError {
-                key: "target_pool",
-                reason: "target_pool must be at least 1".into(),
-            });
-        }
-        Ok(())
-    }
-
-    /// Time to the next candidate.
-    pub fn gap<G: Rng + ?Sized>(&self, rng: &mut G) -> Duration {
-        let secs = Exp::new(self.rate_per_s)
-            .map(|e| e.sample(rng))
-            .unwrap_or(1.0 / self.rate_per_s);
-        Duration::try_from_secs_f64(secs).unwrap_or(Duration::from_secs(3600))
-    }
-}
 
 /// The cover loop, run by the mixer beside its schedule loop.
 impl<R, D> Inner<R, D>

@@ -1,28 +1,34 @@
 //! The schedule loop: one task owns "what is due next"; deliveries run as
 //! separate tasks, at most `max_in_flight` at once.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use dust_storage::{Item, ItemId, ItemState, StorageError, Store, HELD};
+use dust_storage::{Item, ItemId, StorageError, Store, HELD};
 use futures::future::select;
 use futures::task::{Spawn, SpawnExt};
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
-use rand::{Rng, SeedableRng};
+use rand::SeedableRng;
 use tokio::sync::Notify;
 use tor_rtcompat::{Blocking, SleepProvider, SleepProviderExt};
 
 use crate::anonymity::{AnonymityStats, Samples, Tracker};
-use crate::cover::CoverSource;
+mod admit;
+pub mod cover;
+mod hop;
+
+pub use admit::Once;
+use hop::Hop;
+
 use crate::metrics::{Counters, Metrics, MixStatus};
 use crate::{
     from_wall_ms, wall_ms, wall_ms_ceil, Deliver, DeliveryError, ErrorKind, HasKind, MixerConfig,
     MixerError, Outcome,
 };
+use cover::CoverSource;
 
 /// Items taken from the schedule per scan. Bounds the work done between two
 /// checks for shutdown; overdue items beyond it are taken on the next scan.
@@ -32,24 +38,9 @@ const RELEASE_BATCH: usize = 64;
 /// (a full disk does not heal in microseconds; nothing is lost meanwhile).
 const STORAGE_RETRY: Duration = Duration::from_secs(1);
 
-/// Tries to hand an item to the successor before it is released here.
-const HOP_ATTEMPTS: u32 = 5;
-/// Wait after the first failed hand-off (doubling, ±50 % jitter).
-const HOP_BACKOFF: Duration = Duration::from_secs(2);
 /// While handing off, the schedule is looked at at least this often (items
 /// waiting for their next try become ready without any other event).
 const HOP_POLL: Duration = Duration::from_secs(1);
-
-/// The hand-off to a successor (hop at drain). In memory only: after a
-/// restart the hand-off starts afresh with whatever is still queued (an
-/// item the successor already took is recognized there by its id).
-#[derive(Default)]
-struct Hop {
-    /// Items the hand-off gave up on: they are released here.
-    given_up: HashSet<ItemId>,
-    /// Failed tries so far, and when to try again.
-    retry: HashMap<ItemId, (u32, SystemTime)>,
-}
 
 /// Items held for rounds (`pool` and `binomial`), and when the next round is
 /// (monotonic time: a wall-clock jump neither skips nor bunches rounds).
@@ -370,93 +361,6 @@ where
     R: SleepProvider + Spawn + Blocking,
     D: Deliver,
 {
-    /// See [`Mixer::admit_after`] and [`Mixer::admit_once`]; `None` for a
-    /// replay.
-    async fn admit_after(
-        self: &Arc<Self>,
-        kind: crate::ItemKind,
-        payload: Vec<u8>,
-        not_before: Option<SystemTime>,
-        once: Option<Once>,
-    ) -> Result<Option<(ItemId, Option<SystemTime>)>, MixerError> {
-        let (item, rounds) = self.new_item(kind, payload, not_before)?;
-        let (id, release_ms) = (item.id, item.release_ms);
-        // The fsync wait runs on a blocking thread of the runtime: it shares
-        // the flusher's group commit with every other admission in progress.
-        let store = Arc::clone(&self.store);
-        let now = self.rt.wallclock();
-        let stored = self
-            .rt
-            .spawn_blocking(move || match once {
-                None => store.admit_blocking(&item).map(|()| true),
-                Some(o) => store.admit_once_blocking(&item, o.at(now)),
-            })
-            .await?;
-        Ok(self.admitted(stored, id, rounds, release_ms))
-    }
-
-    /// After an admission's writes are durable (`stored`: it was new).
-    fn admitted(
-        &self,
-        stored: bool,
-        id: ItemId,
-        rounds: bool,
-        release_ms: u64,
-    ) -> Option<(ItemId, Option<SystemTime>)> {
-        if !stored {
-            return None;
-        }
-        Counters::bump(&self.counters.admitted);
-        // The item is on disk: whatever happens now, the admission stands.
-        if let Err(e) = self.entered(id, rounds) {
-            tracing::warn!(error = %e, "storage error after an admission; the item waits for the next start");
-        }
-        self.wake.notify_one();
-        Some((id, (!rounds).then(|| from_wall_ms(release_ms))))
-    }
-
-    /// A new item of `kind`: its id and release time (or held), checked
-    /// against shutdown and the lifetime. Returns it and whether it is held.
-    pub(crate) fn new_item(
-        &self,
-        kind: crate::ItemKind,
-        payload: Vec<u8>,
-        not_before: Option<SystemTime>,
-    ) -> Result<(Item, bool), MixerError> {
-        if self.stopping.load(Ordering::SeqCst) {
-            return Err(MixerError::ShuttingDown);
-        }
-        let cfg = self.cfg();
-        let now = self.rt.wallclock();
-        if cfg.lifetime.is_some_and(|l| now >= l.last_release()) {
-            return Err(MixerError::Expiring);
-        }
-        let rounds = cfg.strategy.interval().is_some();
-        let (id, delay) = {
-            let mut rng = self.rng.lock();
-            (
-                ItemId(rng.random()),
-                cfg.delay_for(kind as u8).sample(&mut *rng),
-            )
-        };
-        let start = not_before.map_or(now, |t| t.max(now));
-        let release_ms = if rounds {
-            HELD
-        } else {
-            wall_ms_ceil(cfg.clamp(start + delay))
-        };
-        let item = Item {
-            id,
-            kind: kind as u8,
-            state: ItemState::Queued,
-            attempts: 0,
-            release_ms,
-            entered_ms: wall_ms(now),
-            payload,
-        };
-        Ok((item, rounds))
-    }
-
     pub(crate) fn cfg(&self) -> Arc<MixerConfig> {
         Arc::clone(&self.cfg.lock())
     }
@@ -682,97 +586,10 @@ where
         }
     }
 
-    /// The hop point, if it is still to come and a successor is named.
-    fn coming_hop(&self, cfg: &MixerConfig, now: SystemTime) -> Option<SystemTime> {
-        cfg.hop_point()
-            .filter(|h| *h > now && self.deliver.has_successor())
-    }
-
-    /// Whether the hand-off to a successor is on now: past the hop point,
-    /// before the drain point, a successor named, not stopping.
-    fn hopping(&self, cfg: &MixerConfig, now: SystemTime) -> bool {
-        !self.stopping.load(Ordering::SeqCst)
-            && cfg.hop_point().is_some_and(|h| now >= h)
-            && cfg.lifetime.is_some_and(|l| now < l.last_release())
-            && self.deliver.has_successor()
-    }
-
     async fn deliver_one(self: Arc<Self>, item: Item) {
         let result = self.deliver.deliver(&item).await;
         let left = self.finish(&item, result);
         self.settle(left).await;
-    }
-
-    async fn hand_off_one(self: Arc<Self>, item: Item) {
-        let left = match self.deliver.hand_off(&item).await {
-            Ok(()) => self.store.complete(&item.id).map(|()| {
-                self.hop.lock().retry.remove(&item.id);
-                Counters::bump(&self.counters.handed_off);
-                tracing::debug!("item handed to the successor");
-                Left::Yes
-            }),
-            Err(e) => self.hand_off_failed(&item, &e),
-        };
-        self.settle(left).await;
-    }
-
-    /// A hand-off failed: try again later, or give up on it and release it
-    /// here at a random moment before the drain point (not all at once: a
-    /// burst at a known time would be a signal of its own).
-    fn hand_off_failed(
-        &self,
-        item: &Item,
-        e: &DeliveryError,
-    ) -> Result<Left, dust_storage::StorageError> {
-        let cfg = self.cfg();
-        let now = self.rt.wallclock();
-        let last = cfg.lifetime.map(|l| l.last_release());
-        let mut hop = self.hop.lock();
-        let tries = hop.retry.get(&item.id).map_or(0, |r| r.0) + 1;
-        let backoff = HOP_BACKOFF
-            .saturating_mul(1 << (tries - 1).min(16))
-            .mul_f64(self.rng.lock().random_range(0.5..1.5));
-        let again = now + backoff;
-        if e.kind().retry() && tries < HOP_ATTEMPTS && last.is_some_and(|l| again < l) {
-            hop.retry.insert(item.id, (tries, again));
-            drop(hop);
-            // Back on the schedule at its own time: if the hand-off ends
-            // before the next try (no successor any more), it is released
-            // here as usual.
-            self.store
-                .reschedule(&item.id, item.release_ms, item.attempts, None)?;
-            tracing::info!(
-                tries,
-                "handing an item to the successor failed; trying again"
-            );
-        } else {
-            hop.retry.remove(&item.id);
-            hop.given_up.insert(item.id);
-            drop(hop);
-            let at = match last {
-                Some(l) if l > now => {
-                    now + l
-                        .duration_since(now)
-                        .unwrap_or_default()
-                        .mul_f64(self.rng.lock().random::<f64>())
-                }
-                _ => now,
-            };
-            self.store.reschedule(
-                &item.id,
-                wall_ms_ceil(at),
-                item.attempts,
-                Some(wall_ms(now)),
-            )?;
-            Counters::bump(&self.counters.hop_fallbacks);
-            tracing::warn!(
-                tries,
-                "gave up handing an item to the successor; it is released here before the end"
-            );
-        }
-        tracing::debug!(reason = %e, "hand-off failure reason");
-        self.entered(item.id, false)?;
-        Ok(Left::No)
     }
 
     /// After an attempt: make a departure durable, free the slot.
@@ -874,33 +691,8 @@ where
     }
 }
 
-/// Replay suppression of an admission (see [`Mixer::admit_once`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Once {
-    /// What makes two admissions the same (the caller's digest of them).
-    pub digest: [u8; 32],
-    /// How long a digest is remembered after its admission.
-    pub window: Duration,
-    /// Item and digest in one transaction, exact across crashes (transfers
-    /// from another mote), instead of the faster SMTP path whose crash
-    /// between the two writes can forget a digest.
-    pub exact: bool,
-}
-
-impl Once {
-    /// The store's view of this admission made at `now`.
-    fn at(&self, now: SystemTime) -> dust_storage::OnceAt<'_> {
-        dust_storage::OnceAt {
-            digest: &self.digest,
-            now_ms: wall_ms(now),
-            expires_ms: wall_ms(now + self.window),
-            exact: self.exact,
-        }
-    }
-}
-
 /// Whether a delivery attempt's item left the mote (delivered or dropped).
-enum Left {
+pub(super) enum Left {
     Yes,
     No,
 }
