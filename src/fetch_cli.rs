@@ -10,6 +10,9 @@ use bytes::Bytes;
 use http::{header, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+
+use dust_proxies::intake::http::schema::{ApiError, FetchView, NewFetch, Queued};
 
 use crate::cli::FetchCommand;
 
@@ -56,12 +59,14 @@ impl Api {
             .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
     }
 
-    async fn json(
+    /// A JSON request; the answer read as `T`, or the API's refusal as
+    /// the error.
+    async fn json<T: DeserializeOwned>(
         &self,
         method: &str,
         path: &str,
         body: String,
-    ) -> anyhow::Result<serde_json::Value> {
+    ) -> anyhow::Result<T> {
         let req = self
             .request(method, path)
             .header(header::CONTENT_TYPE, "application/json")
@@ -69,47 +74,44 @@ impl Api {
         let resp = self.send(req).await?;
         let status = resp.status();
         let bytes = resp.into_body().collect().await?.to_bytes();
-        let v: serde_json::Value =
-            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
         if !status.is_success() {
-            bail!(
-                "{status}: {}",
-                v["message"].as_str().unwrap_or("request failed")
-            );
+            let why = serde_json::from_slice::<ApiError>(&bytes)
+                .map_or_else(|_| "request failed".to_string(), |e| e.message);
+            bail!("{status}: {why}");
         }
-        Ok(v)
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("an answer of {path} that does not read"))
     }
 }
 
 /// `dustmote fetch add URL`: prints the job id.
 pub async fn add(api: &Api, url: &str) -> anyhow::Result<()> {
-    let body = serde_json::json!({ "url": url }).to_string();
-    let v = api.json("POST", "/v1/fetches", body).await?;
+    let body = serde_json::to_string(&NewFetch {
+        url: url.to_string(),
+        not_before: None,
+        deadline: None,
+    })?;
+    let q: Queued = api.json("POST", "/v1/fetches", body).await?;
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", v["id"].as_str().unwrap_or_default())?;
+    writeln!(out, "{}", q.id)?;
     Ok(())
 }
 
 /// `dustmote fetch status ID`.
 pub async fn status(api: &Api, id: &str) -> anyhow::Result<()> {
-    let v = api
+    let v: FetchView = api
         .json("GET", &format!("/v1/fetches/{id}"), String::new())
         .await?;
     let mut out = std::io::stdout().lock();
-    let total = v["total"]
-        .as_u64()
-        .map(|t| t.to_string())
-        .unwrap_or_else(|| "?".into());
+    let total = v.total.map(|t| t.to_string()).unwrap_or_else(|| "?".into());
+    let state = serde_json::to_value(v.state)?;
     writeln!(
         out,
         "{}  {} of {} bytes stored{}",
-        v["state"].as_str().unwrap_or("?"),
-        v["bytes_stored"],
+        state.as_str().unwrap_or("?"),
+        v.bytes_stored,
         total,
-        v["reason"]
-            .as_str()
-            .map(|r| format!("  ({r})"))
-            .unwrap_or_default()
+        v.reason.map(|r| format!("  ({r})")).unwrap_or_default()
     )?;
     Ok(())
 }

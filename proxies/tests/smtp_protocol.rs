@@ -338,7 +338,9 @@ async fn storage_failure_is_451_and_shutdown_is_421() {
     let r = start(config()).await;
     *r.capture.fail.lock().unwrap() = Some(|| {
         IntakeError::Failed(dust_mixer::MixerError::Storage(
-            dust_mixer::StorageError::Flush("the disk failed".into()),
+            dust_mixer::StorageError::Flush(dust_storage::flusher::FlushError::Fsync(Arc::new(
+                std::io::Error::other("the disk failed"),
+            ))),
         ))
     });
     let (mut c, _) = Client::connect(r.port).await;

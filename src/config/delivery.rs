@@ -130,7 +130,7 @@ impl MailDelivery {
                     )
                 })?;
                 let target = super::peers::target(peers, name)
-                    .map_err(|reason| invalid("delivery.mail.peer", reason))?;
+                    .map_err(|e| invalid("delivery.mail.peer", e.to_string()))?;
                 MailNext::Mote(target)
             }
             MailMode::Relay => {

@@ -208,50 +208,46 @@ fn locate(text: &str, offset: usize) -> String {
 }
 
 fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
+    let at = |Invalid { key, reason }| ConfigError {
+        file: file.to_string(),
+        key,
+        reason,
+    };
     let mut warnings = Vec::new();
-    let sections = (|| -> Result<_, Invalid> {
-        let smtp = config.smtp.check(&mut warnings)?;
-        let (http_users, http_operators) = config.http.check()?;
-        let direct = config.tor.mode == TorMode::Direct;
-        let fetch = config.fetch.check(direct, &mut warnings)?;
-        config.tor.check(&config.storage.dir, &mut warnings)?;
-        let route = config.delivery.check(&config.peers, &mut warnings)?;
-        let lifetime = config.mote.check()?;
-        let (cover, cover_targets) = config.cover.check(route.is_some())?.unzip();
-        let mut mixer = config.mixer.check(&config.fetch.delay, cover, lifetime)?;
-        mixer.hop_window = config.mote.hop_window();
-        let peers = peers::check(&config.peers)?;
-        let successor = config
-            .mote
-            .successor
-            .as_deref()
-            .map(|name| peers::target(&config.peers, name))
-            .transpose()
-            .map_err(|e| invalid("mote.successor", e))?;
-        let onion = config.onion.check(config.smtp.listen, config.http.listen)?;
-        Ok((
-            onion,
-            smtp,
-            http_users,
-            http_operators,
-            fetch,
-            route,
-            mixer,
-            cover_targets,
-            peers,
-            successor,
-        ))
-    })();
-    let (onion, smtp, http_users, http_operators, fetch, route, mixer, cover, peers, successor) =
-        sections.map_err(|Invalid { key, reason }| ConfigError {
-            file: file.to_string(),
-            key,
-            reason,
-        })?;
+    let smtp = config.smtp.check(&mut warnings).map_err(at)?;
+    let (http_users, http_operators) = config.http.check().map_err(at)?;
+    let direct = config.tor.mode == TorMode::Direct;
+    let fetch = config.fetch.check(direct, &mut warnings).map_err(at)?;
+    config
+        .tor
+        .check(&config.storage.dir, &mut warnings)
+        .map_err(at)?;
+    let route = config
+        .delivery
+        .check(&config.peers, &mut warnings)
+        .map_err(at)?;
+    let lifetime = config.mote.check().map_err(at)?;
+    let (cover, cover_targets) = config.cover.check(route.is_some()).map_err(at)?.unzip();
+    let mut mixer = config
+        .mixer
+        .check(&config.fetch.delay, cover, lifetime)
+        .map_err(at)?;
+    mixer.hop_window = config.mote.hop_window();
+    let peers = peers::check(&config.peers).map_err(at)?;
+    let successor = config
+        .mote
+        .successor
+        .as_deref()
+        .map(|name| peers::target(&config.peers, name))
+        .transpose()
+        .map_err(|e| at(invalid("mote.successor", e.to_string())))?;
+    let onion = config
+        .onion
+        .check(config.smtp.listen, config.http.listen)
+        .map_err(at)?;
     Ok(Checked {
-        cover,
+        cover: cover_targets,
         lifetime_from_first_start: config.mote.lifetime,
-        config,
         smtp,
         mixer,
         route,
@@ -262,6 +258,7 @@ fn check(config: Config, file: &str) -> Result<Checked, ConfigError> {
         peers,
         successor,
         onion,
+        config,
     })
 }
 

@@ -52,14 +52,25 @@ pub struct Peer {
 const DEFAULT_RATE_PER_S: f64 = 100.0;
 const DEFAULT_BURST: u32 = 1000;
 
+/// Why a peer cannot be sent to.
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// No `[[peers]]` entry has the name.
+    #[error("no [[peers]] entry named {0:?}")]
+    Unknown(String),
+    /// The entry has no `url` or no `token`.
+    #[error("peer {0:?} needs url and token to be sent to")]
+    NotReachable(String),
+}
+
 /// Where to send to the peer `name` (it needs `url` and `token`).
-pub fn target(peers: &[Peer], name: &str) -> Result<PeerTarget, String> {
+pub fn target(peers: &[Peer], name: &str) -> Result<PeerTarget, TargetError> {
     let p = peers
         .iter()
         .find(|p| p.name == name)
-        .ok_or_else(|| format!("no [[peers]] entry named {name:?}"))?;
+        .ok_or_else(|| TargetError::Unknown(name.to_string()))?;
     let (Some(url), Some(token)) = (&p.url, &p.token) else {
-        return Err(format!("peer {name:?} needs url and token to be sent to"));
+        return Err(TargetError::NotReachable(name.to_string()));
     };
     let rest = url
         .strip_prefix("http://")

@@ -42,7 +42,34 @@ use tokio::sync::oneshot;
 use crate::journal::Journal;
 use crate::{Result, StorageError};
 
-type Waiter = oneshot::Sender<Result<(), String>>;
+type Waiter = oneshot::Sender<Result<(), FlushError>>;
+
+/// Why a flush failed. Every waiter of the batch gets the same error (it
+/// is shared, hence the `Arc`s).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum FlushError {
+    /// The flusher's thread could not start.
+    #[error("starting the flusher: {0}")]
+    Start(Arc<std::io::Error>),
+    /// Writing the intake journal failed.
+    #[error("journal: {0}")]
+    Journal(Arc<std::io::Error>),
+    /// sled's flush failed.
+    #[error("{0}")]
+    Database(Arc<sled::Error>),
+    /// An fsync that sled leaves out failed.
+    #[error("fsync: {0}")]
+    Fsync(Arc<std::io::Error>),
+    /// A checkpoint could not start a new journal generation, and then
+    /// recording in the database that the old one is covered failed too.
+    #[error("journal: {journal}; then the database: {database}")]
+    Covered {
+        /// The journal's error.
+        journal: Arc<std::io::Error>,
+        /// The database's.
+        database: Arc<sled::Error>,
+    },
+}
 
 /// Group commit among concurrent writers (the previous batch had more than
 /// one, or some registered while it was being written): a batch of journal waiters smaller
@@ -180,7 +207,7 @@ impl Flusher {
         }
     }
 
-    fn register(&self, journal: bool) -> Result<oneshot::Receiver<Result<(), String>>> {
+    fn register(&self, journal: bool) -> Result<oneshot::Receiver<Result<(), FlushError>>> {
         let (tx, rx) = oneshot::channel();
         {
             let mut st = self.shared.state.lock();
@@ -336,7 +363,7 @@ fn run(shared: &Shared, db: &sled::Db, disk: &mut DiskSync, mut journal: Option<
                         if ops.is_empty() {
                             Ok(()) // written by an earlier batch
                         } else {
-                            j.write(&ops).map_err(|e| format!("journal: {e}"))
+                            j.write(&ops).map_err(|e| FlushError::Journal(Arc::new(e)))
                         }
                     }
                     // A checkpoint covers the ops (their sled writes came
@@ -384,14 +411,14 @@ fn checkpoint(
     db: &sled::Db,
     disk: &mut DiskSync,
     journal: Option<&mut Journal>,
-) -> Result<(), String> {
+) -> Result<(), FlushError> {
     shared
         .dirty
         .store(false, std::sync::atomic::Ordering::SeqCst);
     let flushed = db
         .flush()
-        .map_err(|e| e.to_string())
-        .and_then(|_| disk.sync().map_err(|e| format!("fsync: {e}")));
+        .map_err(|e| FlushError::Database(Arc::new(e)))
+        .and_then(|_| disk.sync().map_err(|e| FlushError::Fsync(Arc::new(e))));
     if let Err(e) = flushed {
         // What set the flag is not on disk yet.
         shared
@@ -414,7 +441,10 @@ fn checkpoint(
                 .and_then(|meta| meta.insert(crate::journal::COVERED_KEY, &covered.to_le_bytes()))
                 .and_then(|_| db.flush())
                 .map(|_| ())
-                .map_err(|f| format!("journal: {e}; then the database: {f}"))
+                .map_err(|f| FlushError::Covered {
+                    journal: Arc::new(e),
+                    database: Arc::new(f),
+                })
         }),
         None => Ok(()),
     }

@@ -67,7 +67,7 @@ pub enum StorageError {
     },
     /// The fsync that should make a write durable failed (disk full, I/O error).
     #[error("flush failed while making a write durable: {0}")]
-    Flush(String),
+    Flush(#[from] flusher::FlushError),
     /// A stored record could not be decoded.
     #[error("corrupt record while {doing}: {what}")]
     Corrupt {
@@ -368,7 +368,7 @@ impl Store {
             }
         };
         let flusher = Flusher::start(db.clone(), dir, journal)
-            .map_err(|e| StorageError::Flush(format!("starting the flusher: {e}")))?;
+            .map_err(|e| flusher::FlushError::Start(Arc::new(e)))?;
         let store = Self {
             db,
             meta,

@@ -9,16 +9,15 @@ use dust_mixer::{from_wall_ms, wall_ms, ItemId};
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use serde::Deserialize;
-use serde_json::json;
 
 use super::response::{
-    error, full, json_response, moved, quota_exceeded, unauthorized, unavailable, Resp,
+    error, full, json_of, moved, quota_exceeded, unauthorized, unavailable, Resp,
 };
+use super::schema::{FetchView, NewFetch, Queued};
 use super::Api;
 use crate::access::quota::{Counter, Counters};
 use crate::intake::{IntakeError, Schedule};
-use crate::item::job::{is_http_url, Job, LoadError};
+use crate::item::job::{is_http_url, Job, JobState, LoadError};
 
 /// Largest request body accepted (job requests are small JSON objects).
 const MAX_BODY: usize = 16 * 1024;
@@ -44,14 +43,6 @@ fn parse_time(v: Option<&str>, field: &str) -> Result<Option<u64>, Resp> {
                 )
             }),
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct NewFetch {
-    url: String,
-    not_before: Option<String>,
-    deadline: Option<String>,
 }
 
 /// A checked `POST /v1/fetches` body: the URL, `not_before` and `deadline`
@@ -219,9 +210,12 @@ impl<S: Schedule> Api<S> {
             refund();
             return unauthorized("this account has ended");
         }
-        json_response(
+        json_of(
             StatusCode::ACCEPTED,
-            &json!({ "id": id.to_string(), "state": "queued" }),
+            &Queued {
+                id: id.to_string(),
+                state: JobState::Queued,
+            },
         )
     }
 
@@ -237,17 +231,17 @@ impl<S: Schedule> Api<S> {
             Ok(n) => n,
             Err(e) => return unavailable(&e),
         };
-        json_response(
+        json_of(
             StatusCode::OK,
-            &json!({
-                "id": id.to_string(),
-                "url": job.url,
-                "state": job.state,
-                "reason": job.reason,
-                "bytes_stored": stored,
-                "total": job.total,
-                "expected_ready_ms": job.expected_ready_ms,
-            }),
+            &FetchView {
+                id: id.to_string(),
+                url: job.url,
+                state: job.state,
+                reason: job.reason,
+                bytes_stored: stored,
+                total: job.total,
+                expected_ready_ms: job.expected_ready_ms,
+            },
         )
     }
 

@@ -15,6 +15,7 @@ mod content;
 mod fetches;
 pub mod peer;
 mod response;
+pub mod schema;
 
 use std::convert::Infallible;
 use std::future::Future;

@@ -7,7 +7,10 @@ use std::convert::Infallible;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::Value;
+
+use super::schema::ApiError;
 
 use crate::access::quota::{Counter, Exceeded};
 
@@ -29,6 +32,12 @@ pub(super) fn full(b: impl Into<Bytes>) -> Body {
         .boxed_unsync()
 }
 
+/// `v` as a JSON response (its keys in order, as `serde_json` writes a
+/// value's).
+pub(super) fn json_of(status: StatusCode, v: &impl Serialize) -> Resp {
+    json_response(status, &serde_json::to_value(v).unwrap_or_default())
+}
+
 pub(super) fn json_response(status: StatusCode, v: &Value) -> Resp {
     let mut r = Response::new(full(v.to_string()));
     *r.status_mut() = status;
@@ -39,21 +48,24 @@ pub(super) fn json_response(status: StatusCode, v: &Value) -> Resp {
     r
 }
 
+/// A refusal ([`ApiError`]).
 pub(super) fn error(status: StatusCode, code: &str, message: &str) -> Resp {
-    json_response(status, &json!({ "error": code, "message": message }))
+    json_of(status, &ApiError::new(code, message))
 }
 
 /// A job handed to the successor mote (hop at drain): `308` to it, the
 /// same id and the same token there; the JSON says so for clients that do
 /// not follow redirects (curl sends no `Authorization` to another host).
 pub(super) fn moved(to: &str) -> Resp {
-    let mut r = json_response(
+    let mut r = json_of(
         StatusCode::PERMANENT_REDIRECT,
-        &json!({
-            "error": "moved",
-            "message": "this download moved to the successor mote; same id and token there",
-            "moved_to": to,
-        }),
+        &ApiError {
+            moved_to: Some(to.to_string()),
+            ..ApiError::new(
+                "moved",
+                "this download moved to the successor mote; same id and token there",
+            )
+        },
     );
     if let Ok(v) = HeaderValue::from_str(to) {
         r.headers_mut().insert(header::LOCATION, v);
@@ -86,13 +98,15 @@ pub(super) fn quota_exceeded(over: &Exceeded) -> Resp {
     } else {
         "downloaded bytes"
     };
-    let mut r = json_response(
+    let mut r = json_of(
         StatusCode::TOO_MANY_REQUESTS,
-        &json!({
-            "error": "quota",
-            "message": format!("this account's daily quota of {what} is used up"),
-            "resets_at": over.resets(),
-        }),
+        &ApiError {
+            resets_at: Some(over.resets()),
+            ..ApiError::new(
+                "quota",
+                &format!("this account's daily quota of {what} is used up"),
+            )
+        },
     );
     r.headers_mut().insert(
         header::RETRY_AFTER,
