@@ -10,6 +10,8 @@ mod control;
 mod cover;
 mod fetch_cli;
 mod key;
+mod lifetime;
+mod onions;
 mod serve;
 mod simulate;
 
@@ -25,8 +27,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve { config } => match serve::serve(config) {
-            Ok(serve::Ended::Expired) => return ExitCode::from(serve::EXPIRED_STATUS),
-            Ok(serve::Ended::Stopped) => Ok(()),
+            Ok(lifetime::Ended::Expired) => return ExitCode::from(lifetime::EXPIRED_STATUS),
+            Ok(lifetime::Ended::Stopped) => Ok(()),
             Err(e) => Err(e),
         },
         Command::Simulate(args) => simulate::command(args),

@@ -1,7 +1,8 @@
-//! `dustmote serve`: wiring the parts together, signals, and the mote's
-//! lifetime. Order of start: store, lifetime, listeners (control socket
-//! first), transport, mixer, cover, control, HTTP API, SMTP; on a signal or
-//! at the end of the lifetime everything stops in reverse.
+//! `dustmote serve`: wiring the parts together, and nothing else. Order of
+//! start: store, lifetime, listeners (control socket first), transport,
+//! accounts, egress and mixer, cover, onion services, control, stops
+//! ([`crate::lifetime`]), HTTP API, SMTP; on a signal or at the end of the
+//! lifetime everything stops in reverse.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -18,43 +19,22 @@ use dust_proxies::egress::Egress;
 use dust_proxies::intake::http::{Api, MailRules, PeerLink};
 use dust_proxies::intake::smtp::Server;
 use dust_proxies::item::job::FetchCounts;
-use dust_proxies::onion::{OnionConfig, Onions};
+use dust_proxies::onion::Onions;
 use dust_proxies::status::{Executable, SharingStatus, Status, StatusFn};
 use dust_proxies::tor::{arti_config, install_crypto_provider, Arti, Connector, Direct, Socks5};
 use dust_storage::Store;
 use tokio::sync::watch;
 
 use crate::config::{self, Checked, TorMode};
+use crate::lifetime::{lifetime_from, Ended, Stops, STOP_MARGIN};
+use crate::onions::{end_expired_accounts, publish_onions};
 use crate::{control, cover};
 
 /// Bound on opening one outbound stream (a Tor circuit can take a while).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// How long a stop may take beyond the session and delivery grace periods
-/// before the process exits anyway ([`arm_watchdog`]).
-const STOP_MARGIN: Duration = Duration::from_secs(10);
-
-/// How often the lifetime watcher looks at the wall clock, so that a clock
-/// jump cannot postpone the end by much.
-const LIFETIME_CHECK: Duration = Duration::from_secs(30);
-
 /// The mote's mixer.
 type MoteMixer = Mixer<TokioRt, Egress>;
-
-/// Why `serve` returned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Ended {
-    /// A stop signal.
-    Stopped,
-    /// The lifetime is over (or was over at the start): the process exits
-    /// with [`EXPIRED_STATUS`], which tells the unit to power the VM off.
-    Expired,
-}
-
-/// The exit status of a mote whose lifetime is over. `dustmote.service`
-/// powers the VM off on this status only, so that `systemctl stop` or a
-/// crash never does.
-pub const EXPIRED_STATUS: u8 = 10;
 
 /// Run the mote until SIGINT/SIGTERM or the end of its lifetime.
 pub fn serve(config: Option<PathBuf>) -> anyhow::Result<Ended> {
@@ -191,127 +171,6 @@ fn status_source(
     })
 }
 
-/// Quiet time after a change of the cards' keys before the onion services
-/// are published again (changes in a row make one publication).
-const ONION_SETTLE: Duration = Duration::from_secs(1);
-/// Least time between two publications of the onion services.
-const ONION_REPUBLISH: Duration = Duration::from_secs(3);
-/// First wait before trying again after a publication failed (tor not up
-/// yet, its control port refusing or misbehaving); it doubles up to
-/// [`ONION_RETRY_MAX`].
-const ONION_RETRY_MIN: Duration = Duration::from_secs(1);
-const ONION_RETRY_MAX: Duration = Duration::from_secs(60);
-/// How often the control connection is checked while all is published
-/// (tor removes the services when it closes, as when tor restarts).
-const ONION_CHECK: Duration = Duration::from_secs(10);
-
-/// The mote's onion services, published through tor's control port by a
-/// task: for the cards' keys now, again whenever they change, and again
-/// whenever the control connection is lost. The mote serves meanwhile: a
-/// tor that is not up yet, or a control port that refuses, stalls or
-/// misbehaves, delays the services (tried again with a backoff up to a
-/// minute, each failure logged), never the start. Only a bad key file ends
-/// the start.
-fn publish_onions(cfg: OnionConfig, accounts: &Arc<Accounts>) -> anyhow::Result<Arc<Onions>> {
-    let onions = Arc::new(Onions::new(cfg).context("reading the onion services' keys ([onion])")?);
-    let mut keys = accounts.client_keys();
-    let o = Arc::clone(&onions);
-    tokio::spawn(async move {
-        let mut retry = ONION_RETRY_MIN;
-        let mut published_once = false;
-        let mut last: Option<tokio::time::Instant> = None;
-        loop {
-            if let Some(last) = last {
-                // Each publication makes new introduction points and a new
-                // descriptor; tor clients and directories cope badly with
-                // descriptors replaced within the same seconds.
-                tokio::time::sleep_until(last + ONION_REPUBLISH).await;
-            }
-            let now = keys.borrow_and_update().clone();
-            let r = o.publish(&now, published_once).await;
-            last = Some(tokio::time::Instant::now());
-            if let Err(e) = r {
-                tracing::warn!(
-                    error = %e,
-                    retry_in = ?retry,
-                    "publishing the onion services ([onion]) failed; the mote serves without them \
-                     and tries again"
-                );
-                tokio::select! {
-                    _ = tokio::time::sleep(retry) => {}
-                    changed = keys.changed() => if changed.is_err() { return },
-                }
-                retry = (retry * 2).min(ONION_RETRY_MAX);
-                continue;
-            }
-            retry = ONION_RETRY_MIN;
-            if published_once {
-                tracing::info!(clients = now.len(), "onion services published again");
-            } else {
-                tracing::info!(
-                    smtp = o.smtp_address().as_deref().unwrap_or("-"),
-                    http = o.http_address().as_deref().unwrap_or("-"),
-                    client_auth = o.client_auth(),
-                    "onion services published"
-                );
-                published_once = true;
-            }
-            // Until the cards' keys change (and have settled: changes in a
-            // row make one publication) or the services are lost.
-            loop {
-                tokio::select! {
-                    changed = keys.changed() => {
-                        if changed.is_err() {
-                            return;
-                        }
-                        loop {
-                            tokio::select! {
-                                changed = keys.changed() => if changed.is_err() { return },
-                                _ = tokio::time::sleep(ONION_SETTLE) => break,
-                            }
-                        }
-                        break;
-                    }
-                    _ = tokio::time::sleep(ONION_CHECK) => {
-                        if !o.still_published().await {
-                            tracing::warn!(
-                                "the control connection to tor was lost, and the onion services \
-                                 with it: publishing them again"
-                            );
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-    });
-    Ok(onions)
-}
-
-/// End accounts when their time is over (their sessions are closed and
-/// their downloads deleted), after finishing the ends of accounts that
-/// ended while the mote was down (or whose end a crash cut short).
-async fn end_expired_accounts(accounts: Arc<Accounts>, mut stop: watch::Receiver<bool>) {
-    match accounts.finish_ending().await {
-        Ok(0) => {}
-        Ok(n) => tracing::info!(accounts = n, "finished the ends of accounts that had ended"),
-        Err(e) => tracing::warn!(error = %e, "could not finish the ends of accounts"),
-    }
-    loop {
-        let next = accounts.end_expired().await;
-        // Accounts made meanwhile are looked at within the minute.
-        let wait = next
-            .and_then(|t| t.duration_since(SystemTime::now()).ok())
-            .unwrap_or(Duration::from_secs(60))
-            .min(Duration::from_secs(60));
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = accounts.invited() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
-    }
-}
-
 /// Re-read the configuration and apply its mixer and cover settings.
 fn reloader(
     config_path: Option<PathBuf>,
@@ -371,15 +230,7 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
         "queue opened"
     );
     if let Some(lifetime) = lifetime_from_first_start {
-        // Counted from the first start, recorded in the store: a restart
-        // does not extend the mote's life.
-        let first = store
-            .first_start_ms(dust_mixer::wall_ms(SystemTime::now()))
-            .await?;
-        mixer_cfg.lifetime = Some(Lifetime {
-            expires_at: dust_mixer::from_wall_ms(first) + lifetime,
-            drain_margin: config.mote.drain_margin,
-        });
+        mixer_cfg.lifetime = Some(lifetime_from(&store, lifetime, config.mote.drain_margin).await?);
     }
     let lifetime = mixer_cfg.lifetime;
     let expires_at = lifetime.map(|l| humantime::format_rfc3339_seconds(l.expires_at).to_string());
@@ -406,24 +257,9 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
     let connector = connector(&config)?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let stop_tx = Arc::new(stop_tx);
-    // The configuration's users, and accounts added while the mote runs
-    // (opened first: the fetcher counts downloads against them).
-    let smtp_verifier = Arc::new(Verifier::new(smtp.users.clone()));
-    let http_only = http_users.only().map(str::to_string);
-    let configured: Vec<String> = smtp
-        .users
-        .names()
-        .chain(http_users.names())
-        .map(str::to_string)
-        .collect();
-    let http_verifier = Arc::new(Verifier::new(http_users));
-    let accounts = Accounts::open(
-        Arc::clone(&store),
-        Arc::clone(&smtp_verifier),
-        Arc::clone(&http_verifier),
-        configured,
-        lifetime.map(|l| l.expires_at),
-    )?;
+    // Opened first: the fetcher counts downloads against the accounts.
+    let people = People::open(&store, &smtp, http_users, lifetime)?;
+    let accounts = Arc::clone(&people.accounts);
     let hop = Hop::new(Arc::clone(&connector), Arc::clone(&store), successor);
     let fetcher = Fetcher::new(Arc::clone(&store), Arc::clone(&connector), fetch)
         .with_accounts(Arc::clone(&accounts));
@@ -478,24 +314,15 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
     tokio::spawn(reload_on_sighup(reload));
     // However a stop begins, the process is gone this long after it.
     let stop_limit = config.shutdown.session_grace + config.shutdown.delivery_grace + STOP_MARGIN;
-    let expired = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    if let Some(l) = lifetime {
-        tokio::spawn(stop_at_end(
-            l,
-            Arc::clone(&store),
-            Arc::clone(&stop_tx),
-            Arc::clone(&expired),
-            stop_limit,
-        ));
-    }
+    let stops = Stops::watch(&store, &stop_tx, lifetime, stop_limit);
     let peer_link = PeerLink::new(peers, MailRules::of(&smtp), job_users);
     let api = Api::new(
         Arc::clone(&store),
-        http_verifier,
+        people.http_verifier,
         status,
         Arc::new(mixer.clone()),
     )
-    .only_user(http_only)
+    .only_user(people.http_only)
     .operators(http_operators)
     .peer_link(peer_link)
     .accounts(Arc::clone(&accounts));
@@ -506,28 +333,8 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
         config.http.peer_connections,
     ));
     tracing::info!(smtp = %config.smtp.listen, http = %config.http.listen, "dustmote is running");
-    let store_failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    tokio::spawn(watch_store(
-        Arc::clone(&store),
-        Arc::clone(&stop_tx),
-        Arc::clone(&store_failed),
-        stop_limit,
-    ));
-    let stop_on_signal = Arc::clone(&stop_tx);
-    tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!(
-            "stopping: no new connections; open sessions and deliveries get a grace period"
-        );
-        let _ = stop_on_signal.send(true);
-        arm_watchdog(stop_limit);
-        // A second signal: stop now.
-        wait_for_signal().await;
-        tracing::warn!("second stop signal: exiting at once");
-        std::process::exit(1);
-    });
-    let server =
-        Server::new(smtp, Arc::new(mixer.clone())).accounts(smtp_verifier, Arc::clone(&accounts));
+    let server = Server::new(smtp, Arc::new(mixer.clone()))
+        .accounts(people.smtp_verifier, Arc::clone(&accounts));
     // On a worker of the runtime, not on the thread that waits in
     // `block_on`: a session spawned by the accept loop then starts on the
     // worker that accepted it, without a wake-up of another thread.
@@ -540,58 +347,49 @@ async fn run(checked: Checked, config_path: Option<PathBuf>) -> anyhow::Result<E
     let _ = http_task.await;
     control.abort();
     control::remove_socket(&dir);
-    let stats = store.stats(0)?;
-    tracing::info!(
-        queued = stats.queued,
-        in_flight_returned = left,
-        "stopped; everything not delivered stays queued for the next start"
-    );
-    if store_failed.load(std::sync::atomic::Ordering::SeqCst) {
-        anyhow::bail!(
-            "stopped because the store failed a write (disk full?); start again once there is \
-             space: everything acknowledged is on disk and will be delivered"
-        );
-    }
-    if expired.load(std::sync::atomic::Ordering::SeqCst) {
-        tracing::info!(
-            queued = stats.queued,
-            "the mote's lifetime is over; exiting"
-        );
-        return Ok(Ended::Expired);
-    }
-    Ok(Ended::Stopped)
+    stops.ended(&store, left)
 }
 
-/// How often [`watch_store`] checks that the store can still write.
-const STORE_CHECK: Duration = Duration::from_secs(2);
+/// Who may use the mote: the configuration's users and the accounts added
+/// while it runs, with one verifier per door (shared with the accounts,
+/// which add and remove users in them).
+struct People {
+    smtp_verifier: Arc<Verifier>,
+    http_verifier: Arc<Verifier>,
+    /// The configuration's only HTTP user, if there is one.
+    http_only: Option<String>,
+    accounts: Arc<Accounts>,
+}
 
-/// sled 0.34.7 does not recover from a failed log write (a disk filled to
-/// the last byte from outside, past the `min_free` reserve): every later
-/// write fails with the same error. Such a store is found by a periodic
-/// flush (cheap when nothing is pending), and the mote then stops and exits
-/// with an error, so that its supervisor (`Restart=on-failure`) starts it
-/// again; the start reopens the store from what is on disk.
-async fn watch_store(
-    store: Arc<Store>,
-    stop: Arc<watch::Sender<bool>>,
-    failed: Arc<std::sync::atomic::AtomicBool>,
-    stop_limit: Duration,
-) {
-    loop {
-        tokio::time::sleep(STORE_CHECK).await;
-        if *stop.borrow() {
-            return;
-        }
-        if let Err(e) = store.sync().await {
-            tracing::error!(
-                error = %e,
-                "the store cannot write any more; stopping so that a restart reopens it"
-            );
-            failed.store(true, std::sync::atomic::Ordering::SeqCst);
-            let _ = stop.send(true);
-            arm_watchdog(stop_limit);
-            return;
-        }
+impl People {
+    fn open(
+        store: &Arc<Store>,
+        smtp: &dust_proxies::intake::smtp::SmtpConfig,
+        http_users: dust_proxies::access::auth::Users,
+        lifetime: Option<Lifetime>,
+    ) -> anyhow::Result<Self> {
+        let smtp_verifier = Arc::new(Verifier::new(smtp.users.clone()));
+        let http_only = http_users.only().map(str::to_string);
+        let configured: Vec<String> = smtp
+            .users
+            .names()
+            .chain(http_users.names())
+            .map(str::to_string)
+            .collect();
+        let http_verifier = Arc::new(Verifier::new(http_users));
+        let accounts = Accounts::open(
+            Arc::clone(store),
+            Arc::clone(&smtp_verifier),
+            Arc::clone(&http_verifier),
+            configured,
+            lifetime.map(|l| l.expires_at),
+        )?;
+        Ok(Self {
+            smtp_verifier,
+            http_verifier,
+            http_only,
+            accounts,
+        })
     }
 }
 
@@ -607,70 +405,6 @@ async fn reload_on_sighup(reload: control::ReloadFn) {
             Err(e) => {
                 tracing::error!("SIGHUP: reload refused, the old settings stay in force: {e:#}")
             }
-        }
-    }
-}
-
-/// At the end of its life the mote stops by itself (the deploy layer then
-/// shuts the VM down). Checked against the wall clock every
-/// [`LIFETIME_CHECK`], so a clock jump cannot postpone it by much.
-async fn stop_at_end(
-    l: Lifetime,
-    store: Arc<Store>,
-    stop: Arc<watch::Sender<bool>>,
-    expired: Arc<std::sync::atomic::AtomicBool>,
-    stop_limit: Duration,
-) {
-    while let Ok(left) = l.expires_at.duration_since(SystemTime::now()) {
-        if left.is_zero() {
-            break;
-        }
-        tokio::time::sleep(left.min(LIFETIME_CHECK)).await;
-    }
-    let queued = store.stats(0).map(|s| s.queued).unwrap_or(0);
-    if queued > 0 {
-        tracing::warn!(
-            queued,
-            "the mote's lifetime is over with items still queued"
-        );
-    }
-    tracing::info!("the mote's lifetime is over; stopping");
-    expired.store(true, std::sync::atomic::Ordering::SeqCst);
-    let _ = stop.send(true);
-    arm_watchdog(stop_limit);
-}
-
-/// Once a stop has begun, the process exits within `limit` whatever
-/// happens (a disk that hangs an fsync, a peer that never answers): every
-/// acknowledged item was fsynced before its acknowledgement, so the orderly
-/// part of a stop only saves work, never data.
-fn arm_watchdog(limit: Duration) {
-    let spawned = std::thread::Builder::new()
-        .name("dust-stop-watchdog".into())
-        .spawn(move || {
-            std::thread::sleep(limit);
-            tracing::error!(
-                after_s = limit.as_secs(),
-                "the orderly stop did not finish in time; exiting now (nothing acknowledged is lost)"
-            );
-            std::process::exit(1);
-        });
-    if spawned.is_err() {
-        tracing::warn!("could not start the stop watchdog");
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

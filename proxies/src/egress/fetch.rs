@@ -382,8 +382,8 @@ impl Fetcher {
         Ok(Outcome::Done)
     }
 
-    /// `206`: the chunk we asked for; store it and go on.
-    /// `used`: the bytes stored.
+    /// `206`: the chunk we asked for; store it and go on. Sets `used` to
+    /// the bytes stored (the caller settles the account's reservation).
     async fn partial(
         &self,
         job: &mut Job,
@@ -452,10 +452,10 @@ impl Fetcher {
 
     /// `200`: the whole object. The origin ignores Range, or (with our
     /// If-Range) the object changed. Either way it replaces what we have,
-    /// as one chunk.
-    /// `used`: the bytes stored. An account's daily download quota bounds
-    /// the object: larger than the whole quota fails the job; larger than
-    /// what is left today waits for a later release.
+    /// as one chunk, and `used` is set as in [`partial`](Self::partial).
+    /// An account's daily download quota bounds the object: larger than
+    /// the whole quota fails the job; larger than what is left today waits
+    /// for a later release.
     async fn full(
         &self,
         job: &mut Job,

@@ -12,7 +12,7 @@ use http_body_util::BodyExt;
 use super::response::{error, full, moved, unavailable, Body, Resp};
 use super::Api;
 use crate::intake::Schedule;
-use crate::item::job::JobState;
+use crate::item::job::{Job, JobState};
 
 /// Largest multi-range response, which is built in memory (single ranges
 /// and whole files are streamed): the sum of its ranges. Beyond it: 416
@@ -133,6 +133,106 @@ pub(super) fn parse_ranges(h: &str, len: u64) -> Option<Vec<ByteRange>> {
     Some(out)
 }
 
+/// One job's stored content as the answers about it describe it.
+struct Representation<'a> {
+    id: ItemId,
+    job: &'a Job,
+    /// Its length.
+    total: u64,
+    /// Whole and final (a ready job's content never changes under its
+    /// ETag).
+    ready: bool,
+    etag: String,
+    /// `HEAD`: the headers without the body.
+    head: bool,
+}
+
+impl Representation<'_> {
+    /// What every answer about this content says: it can be resumed, how
+    /// to tell versions apart, what it is (the origin's type, not to be
+    /// second-guessed), its name, and that no shared cache may keep it.
+    fn describe(&self, h: &mut HeaderMap) {
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+        if let Ok(v) = HeaderValue::from_str(&self.etag) {
+            h.insert(header::ETAG, v);
+        }
+        if let Some(v) = self
+            .job
+            .ready_ms
+            .map(|ms| httpdate::fmt_http_date(from_wall_ms(ms)))
+            .and_then(|d| HeaderValue::from_str(&d).ok())
+        {
+            h.insert(header::LAST_MODIFIED, v);
+        }
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("private, no-store"),
+        );
+        h.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
+        // Fetched content is someone else's, served on the API's own
+        // origin: a page must not run scripts there (they could use the
+        // API as the reader, with the browser's stored token), and other
+        // sites must not embed it.
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("sandbox"),
+        );
+        h.insert(
+            HeaderName::from_static("cross-origin-resource-policy"),
+            HeaderValue::from_static("same-origin"),
+        );
+        let disposition = format!("inline; filename=\"{}\"", self.job.file_name());
+        if let Ok(v) = HeaderValue::from_str(&disposition) {
+            h.insert(header::CONTENT_DISPOSITION, v);
+        }
+    }
+
+    /// The origin's media type (or `application/octet-stream`).
+    fn media_type(&self) -> &str {
+        self.job
+            .content_type
+            .as_deref()
+            .unwrap_or("application/octet-stream")
+    }
+
+    /// An answer with `body` of `len` bytes (none for `HEAD`), described.
+    fn answer(&self, status: StatusCode, body: Body, len: u64) -> Resp {
+        let mut r = Response::new(if self.head { full(Bytes::new()) } else { body });
+        *r.status_mut() = status;
+        let h = r.headers_mut();
+        self.describe(h);
+        let media_type = HeaderValue::from_str(self.media_type())
+            .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+        h.insert(header::CONTENT_TYPE, media_type);
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        r
+    }
+
+    /// `304` (RFC 9110 13.2.2).
+    fn not_modified(&self) -> Resp {
+        let mut r = Response::new(full(Bytes::new()));
+        *r.status_mut() = StatusCode::NOT_MODIFIED;
+        self.describe(r.headers_mut());
+        r
+    }
+}
+
+/// `416` when no range overlaps the content.
+fn unsatisfiable(total: u64) -> Resp {
+    let mut resp = error(
+        StatusCode::RANGE_NOT_SATISFIABLE,
+        "range_not_satisfiable",
+        "no requested range overlaps the content",
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!("bytes */{total}")) {
+        resp.headers_mut().insert(header::CONTENT_RANGE, v);
+    }
+    resp
+}
+
 impl<S: Schedule> Api<S> {
     pub(super) fn content(&self, user: &str, id_s: &str, headers: &HeaderMap, head: bool) -> Resp {
         let (id, job) = match self.load(user, id_s) {
@@ -142,7 +242,6 @@ impl<S: Schedule> Api<S> {
         if let Some(to) = &job.moved_to {
             return moved(&format!("{to}/content"));
         }
-        let ready = job.state == JobState::Ready;
         let Some(total) = job.total else {
             return error(
                 StatusCode::CONFLICT,
@@ -150,153 +249,84 @@ impl<S: Schedule> Api<S> {
                 "no content is stored yet",
             );
         };
-        let etag = format!("\"{}-{total}\"", &id_s[..16.min(id_s.len())]);
-        let range_header = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
-        // If-Range with anything but our current ETag means "send it all".
-        let if_range_ok = match headers.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) {
-            None => true,
-            Some(v) => v == etag,
+        let rep = Representation {
+            id,
+            total,
+            ready: job.state == JobState::Ready,
+            etag: format!("\"{}-{total}\"", &id_s[..16.min(id_s.len())]),
+            job: &job,
+            head,
         };
-        let ranges = match range_header {
+        if rep.ready && not_modified(headers, &rep.etag, job.ready_ms) {
+            return rep.not_modified();
+        }
+        // If-Range with anything but our current ETag means "send it all".
+        let header = |name| {
+            headers
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+        };
+        let if_range_ok = header(header::IF_RANGE).is_none_or(|v| v == rep.etag);
+        let ranges = match header(header::RANGE) {
             Some(h) if if_range_ok => parse_ranges(h, total),
             _ => None,
         };
-        let last_modified = job
-            .ready_ms
-            .map(|ms| httpdate::fmt_http_date(from_wall_ms(ms)));
-        // What every answer about this content says: it can be resumed, how
-        // to tell versions apart, what it is (the origin's type, not to be
-        // second-guessed), its name, and that no shared cache may keep it.
-        let describe = |h: &mut HeaderMap| {
-            h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-            if let Ok(v) = HeaderValue::from_str(&etag) {
-                h.insert(header::ETAG, v);
-            }
-            if let Some(v) = last_modified
-                .as_deref()
-                .and_then(|d| HeaderValue::from_str(d).ok())
-            {
-                h.insert(header::LAST_MODIFIED, v);
-            }
-            h.insert(
-                header::CACHE_CONTROL,
-                HeaderValue::from_static("private, no-store"),
-            );
-            h.insert(
-                header::X_CONTENT_TYPE_OPTIONS,
-                HeaderValue::from_static("nosniff"),
-            );
-            // Fetched content is someone else's, served on the API's own
-            // origin: a page must not run scripts there (they could use
-            // the API as the reader, with the browser's stored token), and
-            // other sites must not embed it.
-            h.insert(
-                header::CONTENT_SECURITY_POLICY,
-                HeaderValue::from_static("sandbox"),
-            );
-            h.insert(
-                HeaderName::from_static("cross-origin-resource-policy"),
-                HeaderValue::from_static("same-origin"),
-            );
-            let disposition = format!("inline; filename=\"{}\"", job.file_name());
-            if let Ok(v) = HeaderValue::from_str(&disposition) {
-                h.insert(header::CONTENT_DISPOSITION, v);
-            }
-        };
-        // Conditional requests (RFC 9110 13.2.2): a ready job's content never
-        // changes under its ETag.
-        if ready && not_modified(headers, &etag, job.ready_ms) {
-            let mut r = Response::new(full(Bytes::new()));
-            *r.status_mut() = StatusCode::NOT_MODIFIED;
-            describe(r.headers_mut());
-            return r;
-        }
-        let media_type = job
-            .content_type
-            .as_deref()
-            .and_then(|t| HeaderValue::from_str(t).ok())
-            .unwrap_or(HeaderValue::from_static("application/octet-stream"));
-        let with_headers = |status: StatusCode, body: Body, len: u64| {
-            let mut r = Response::new(if head { full(Bytes::new()) } else { body });
-            *r.status_mut() = status;
-            let h = r.headers_mut();
-            describe(h);
-            h.insert(header::CONTENT_TYPE, media_type.clone());
-            h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-            r
-        };
-        let base = |status: StatusCode, body: Vec<u8>| {
-            let len = body.len() as u64;
-            with_headers(status, full(body), len)
-        };
-        // Whether bytes a..b are all stored (a ready job has everything).
-        let covered = |a: u64, b: u64| -> Result<bool, Resp> {
-            if ready {
-                return Ok(true);
-            }
-            self.store
-                .content_stored(&id, a, b)
-                .map_err(|e| unavailable(&e))
-        };
         match ranges {
-            Some(r) if r.is_empty() => {
-                let mut resp = error(
-                    StatusCode::RANGE_NOT_SATISFIABLE,
-                    "range_not_satisfiable",
-                    "no requested range overlaps the content",
-                );
-                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{total}")) {
-                    resp.headers_mut().insert(header::CONTENT_RANGE, v);
-                }
-                resp
-            }
-            Some(r) if r.len() == 1 => {
-                let ByteRange { start, end } = r[0];
-                match covered(start, end) {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        return error(
-                            StatusCode::CONFLICT,
-                            "not_ready",
-                            "that range is not stored yet",
-                        )
-                    }
-                    Err(resp) => return resp,
-                }
-                let body = stream_content(Arc::clone(&self.store), id, start, end);
-                let mut resp = with_headers(StatusCode::PARTIAL_CONTENT, body, end - start);
-                if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{}/{total}", end - 1))
-                {
-                    resp.headers_mut().insert(header::CONTENT_RANGE, v);
-                }
-                resp
-            }
-            Some(r) => {
-                let boundary = format!("dustmote-{:016x}", rand::random::<u64>());
-                let part_type = job
-                    .content_type
-                    .as_deref()
-                    .unwrap_or("application/octet-stream");
-                let body = match self.multipart(id, total, &r, &boundary, part_type) {
-                    Ok(b) => b,
-                    Err(resp) => return resp,
-                };
-                let mut resp = base(StatusCode::PARTIAL_CONTENT, body);
-                if let Ok(v) =
-                    HeaderValue::from_str(&format!("multipart/byteranges; boundary={boundary}"))
-                {
-                    resp.headers_mut().insert(header::CONTENT_TYPE, v);
-                }
-                resp
-            }
+            Some(r) if r.is_empty() => unsatisfiable(total),
+            Some(r) if r.len() == 1 => self.one_range(&rep, r[0]),
+            Some(r) => self.ranges(&rep, &r),
+            None if !rep.ready => error(
+                StatusCode::CONFLICT,
+                "not_ready",
+                "the download is not complete yet; a Range that is already stored can be fetched",
+            ),
             None => {
-                if !ready {
-                    return error(StatusCode::CONFLICT, "not_ready", "the download is not complete yet; a Range that is already stored can be fetched");
-                }
                 let body = stream_content(Arc::clone(&self.store), id, 0, total);
-                with_headers(StatusCode::OK, body, total)
+                rep.answer(StatusCode::OK, body, total)
             }
         }
+    }
+
+    /// `206` with one range, streamed; `409` if it is not all stored yet.
+    fn one_range(&self, rep: &Representation<'_>, range: ByteRange) -> Resp {
+        let ByteRange { start, end } = range;
+        // A ready job has everything.
+        if !rep.ready {
+            match self.store.content_stored(&rep.id, start, end) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return error(
+                        StatusCode::CONFLICT,
+                        "not_ready",
+                        "that range is not stored yet",
+                    )
+                }
+                Err(e) => return unavailable(&e),
+            }
+        }
+        let body = stream_content(Arc::clone(&self.store), rep.id, start, end);
+        let mut resp = rep.answer(StatusCode::PARTIAL_CONTENT, body, end - start);
+        let range = format!("bytes {start}-{}/{}", end - 1, rep.total);
+        if let Ok(v) = HeaderValue::from_str(&range) {
+            resp.headers_mut().insert(header::CONTENT_RANGE, v);
+        }
+        resp
+    }
+
+    /// `206` with several ranges, as `multipart/byteranges`.
+    fn ranges(&self, rep: &Representation<'_>, ranges: &[ByteRange]) -> Resp {
+        let boundary = format!("dustmote-{:016x}", rand::random::<u64>());
+        let body = match self.multipart(rep.id, rep.total, ranges, &boundary, rep.media_type()) {
+            Ok(b) => b,
+            Err(resp) => return resp,
+        };
+        let len = body.len() as u64;
+        let mut resp = rep.answer(StatusCode::PARTIAL_CONTENT, full(body), len);
+        if let Ok(v) = HeaderValue::from_str(&format!("multipart/byteranges; boundary={boundary}"))
+        {
+            resp.headers_mut().insert(header::CONTENT_TYPE, v);
+        }
+        resp
     }
 
     /// The body of a `multipart/byteranges` answer (built in memory: at

@@ -1,10 +1,12 @@
-//! The HTTP API of delayed downloads: queue a fetch, see its state, retrieve
-//! the cached content (resumable, with `Range`), delete it; `/status` and
-//! `/metrics` for operators.
+//! The HTTP API: a user's delayed downloads ([`fetches`]: queue one, see
+//! its state, delete it; [`content`]: retrieve it, resumable with
+//! `Range`), `/status` and `/metrics` for operators, and the peer link's
+//! receiving end ([`peer`]). Every route is in [`Route`]; the answers'
+//! JSON is typed in [`schema`].
 //!
-//! Jobs ([`crate::item::job`]) and content live in the store. A `202` for a new
-//! job is sent only after the job record is fsynced. The fetcher
-//! ([`crate::egress::fetch`]) fills the content in random Range chunks through Tor.
+//! Jobs ([`crate::item::job`]) and content live in the store; the fetcher
+//! ([`crate::egress::fetch`]) fills the content in random Range chunks
+//! through Tor.
 
 // Handlers return a ready error response as their `Err`; it is large, but
 // built once per failed request.
