@@ -14,7 +14,7 @@ use super::Inner;
 use crate::metrics::Counters;
 use crate::{from_wall_ms, wall_ms, wall_ms_ceil, Deliver, MixerError};
 
-/// Replay suppression of an admission (see [`Mixer::admit_once`]).
+/// Replay suppression of an admission (see [`Mixer::admit_once`](crate::Mixer::admit_once)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Once {
     /// What makes two admissions the same (the caller's digest of them).

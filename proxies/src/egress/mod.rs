@@ -4,7 +4,7 @@
 //!
 //! [`Egress`] is what the mixer hands each due item to: it sends the item
 //! on by its kind. Every outbound connection goes through a
-//! [`Connector`](crate::tor::Connector).
+//! [`Connector`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;

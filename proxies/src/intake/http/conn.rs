@@ -8,7 +8,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::intake::strangers::{Strangers, Ticket};
 
 /// One connection's standing, in each of its requests' extensions. Between
-/// requests it is among the [`Strangers`] and may be closed to make room
+/// requests it is among the `Strangers` and may be closed to make room
 /// when every slot is taken (first if it presented a wrong token); while a
 /// request is served, response body included, it is not. A peer's
 /// connection moves to the peer link's own slots and is never evicted.

@@ -1,7 +1,7 @@
-//! The HTTP API: a user's delayed downloads ([`fetches`]: queue one, see
-//! its state, delete it; [`content`]: retrieve it, resumable with
+//! The HTTP API: a user's delayed downloads (`fetches`: queue one, see
+//! its state, delete it; `content`: retrieve it, resumable with
 //! `Range`), `/status` and `/metrics` for operators, and the peer link's
-//! receiving end ([`peer`]). Every route is in [`Route`]; the answers'
+//! receiving end ([`peer`]). Every route is in `Route`; the answers'
 //! JSON is typed in [`schema`].
 //!
 //! Jobs ([`crate::item::job`]) and content live in the store; the fetcher
@@ -221,7 +221,7 @@ impl<S: Schedule + Transfer> Api<S> {
     /// connections at once, and `peer_connections` more for the peer link
     /// (a peer's connection moves there when it authenticates). When every
     /// slot is taken, a newcomer evicts an idle connection (see [`Conn`]
-    /// and [`strangers`]): clients that connect and send nothing, or hold
+    /// and `strangers`): clients that connect and send nothing, or hold
     /// keep-alive connections open, cannot keep users and peers out, and a
     /// request being served is never cut.
     pub async fn serve(
@@ -373,7 +373,7 @@ impl<S: Schedule + Transfer> Api<S> {
         user
     }
 
-    /// Serve one request: find its [`Route`]; a download's route only
+    /// Serve one request: find its `Route`; a download's route only
     /// once the bearer token names a user.
     pub async fn handle(&self, req: Request<Incoming>) -> Resp {
         let path = req.uri().path().to_string();

@@ -1,6 +1,6 @@
 //! The ESMTP submission server (ingress): accepting within limits
-//! ([`accept`]), the session and its dispatch ([`session`]), one file per
-//! concern of a transaction ([`envelope`], [`data`], [`auth`]).
+//! (`accept`), the session and its dispatch (`session`), one file per
+//! concern of a transaction (`envelope`, `data`, `auth`).
 //!
 //! One task per connection. Replies are buffered and flushed only when the
 //! client has nothing more in flight (the input buffer is empty), which is
