@@ -57,16 +57,11 @@ pub(super) fn error(status: StatusCode, code: &str, message: &str) -> Resp {
 /// same id and the same token there; the JSON says so for clients that do
 /// not follow redirects (curl sends no `Authorization` to another host).
 pub(super) fn moved(to: &str) -> Resp {
-    let mut r = json_of(
-        StatusCode::PERMANENT_REDIRECT,
-        &ApiError {
-            moved_to: Some(to.to_string()),
-            ..ApiError::new(
-                "moved",
-                "this download moved to the successor mote; same id and token there",
-            )
-        },
+    let moved = ApiError::new(
+        "moved",
+        "this download moved to the successor mote; same id and token there",
     );
+    let mut r = json_of(StatusCode::PERMANENT_REDIRECT, &moved.moved_to(to));
     if let Ok(v) = HeaderValue::from_str(to) {
         r.headers_mut().insert(header::LOCATION, v);
     }
@@ -98,21 +93,12 @@ pub(super) fn quota_exceeded(over: &Exceeded) -> Resp {
     } else {
         "downloaded bytes"
     };
-    let mut r = json_of(
-        StatusCode::TOO_MANY_REQUESTS,
-        &ApiError {
-            resets_at: Some(over.resets()),
-            ..ApiError::new(
-                "quota",
-                &format!("this account's daily quota of {what} is used up"),
-            )
-        },
-    );
-    r.headers_mut().insert(
-        header::RETRY_AFTER,
-        HeaderValue::from(over.retry_after_secs()),
-    );
-    r
+    let message = format!("this account's daily quota of {what} is used up");
+    let refusal = ApiError::new("quota", &message).resets_at(over.resets());
+    retry_after(
+        json_of(StatusCode::TOO_MANY_REQUESTS, &refusal),
+        over.retry_after_secs(),
+    )
 }
 
 /// The token of an `Authorization: Bearer …` header (users and peers).

@@ -12,11 +12,9 @@ use crate::item::job::JobState;
 pub struct NewFetch {
     /// The absolute `http` or `https` URL to download.
     pub url: String,
-    /// Not before this time (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Not before this time (RFC 3339; absent or `null`: now).
     pub not_before: Option<String>,
-    /// Ready by this time (RFC 3339).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Ready by this time (RFC 3339; absent or `null`: none).
     pub deadline: Option<String>,
 }
 
@@ -71,6 +69,22 @@ impl ApiError {
             message: message.to_string(),
             moved_to: None,
             resets_at: None,
+        }
+    }
+
+    /// With the job's URL at the successor.
+    pub fn moved_to(self, url: &str) -> Self {
+        Self {
+            moved_to: Some(url.to_string()),
+            ..self
+        }
+    }
+
+    /// With the time the quota is reset.
+    pub fn resets_at(self, at: String) -> Self {
+        Self {
+            resets_at: Some(at),
+            ..self
         }
     }
 }
