@@ -89,19 +89,21 @@ fn report(store: &Store, addresses: bool) -> anyhow::Result<QueueReport> {
         let mut items = Vec::new();
         for item in store.items() {
             let item = item?;
-            let is_fetch = item.kind == ItemKind::Fetch as u8;
-            let (from, rcpts) = if is_fetch {
+            let kind = ItemKind::try_from(item.kind);
+            let (from, rcpts) = match kind {
                 // The payload is the job id; the URL stays in the job.
-                (String::new(), Vec::new())
-            } else {
-                match StoredMail::decode(&item.payload) {
+                Ok(ItemKind::Fetch) | Err(_) => (String::new(), Vec::new()),
+                Ok(ItemKind::Mail) => match StoredMail::decode(&item.payload) {
                     Ok(m) => (m.from, m.rcpts),
                     Err(_) => ("(undecodable)".to_string(), Vec::new()),
-                }
+                },
             };
             items.push(QueueItem {
                 id: item.id.to_string(),
-                kind: if is_fetch { "fetch" } else { "mail" }.into(),
+                kind: match kind {
+                    Ok(k) => dust_proxies::item::wire::kind_name(k).into(),
+                    Err(b) => format!("unknown ({b})"),
+                },
                 state: if item.state == ItemState::InFlight {
                     "in-flight"
                 } else {
