@@ -200,10 +200,20 @@ where
         id: ItemId,
         not_before: Option<SystemTime>,
     ) -> Result<(), IntakeError> {
-        self.admit_after(ItemKind::Fetch, id.0.to_vec(), not_before)
+        match self
+            .admit_after(ItemKind::Fetch, id.0.to_vec(), not_before)
             .await
-            .map(|_| ())
-            .map_err(|e| refusal(self, e))
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                // The storage error with its figures, before it becomes
+                // the door's plain refusal.
+                if let MixerError::Storage(s) = &e {
+                    tracing::error!(error = %s, "storing a fetch job's item failed");
+                }
+                Err(refusal(self, e))
+            }
+        }
     }
 }
 

@@ -50,6 +50,7 @@ pub struct FetchView {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ApiError {
     /// The code (`unauthorized`, `no_such_fetch`, `quota`, …).
+    #[serde(default)]
     pub error: String,
     /// What went wrong.
     pub message: String,
