@@ -117,15 +117,9 @@ struct Hop<'a> {
 }
 
 impl MailDelivery {
-    /// Deliver through `connector` to `relay`.
-    pub fn new(connector: Arc<dyn Connector>, relay: RelayConfig) -> Self {
-        let timeout = relay.timeout;
-        Self::with_route(connector, Route::Relay(relay), timeout)
-    }
-
     /// Deliver through `connector` along `route`; each attempt is bounded by
     /// `timeout`.
-    pub fn with_route(connector: Arc<dyn Connector>, route: Route, timeout: Duration) -> Self {
+    pub fn new(connector: Arc<dyn Connector>, route: Route, timeout: Duration) -> Self {
         Self {
             connector,
             route,

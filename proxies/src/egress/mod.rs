@@ -90,9 +90,7 @@ impl Egress {
         hop: Arc<Hop>,
     ) -> Self {
         let mail = mail.map(|(next, timeout)| match next {
-            MailNext::Smtp(route) => {
-                MailOut::Smtp(MailDelivery::with_route(connector, route, timeout))
-            }
+            MailNext::Smtp(route) => MailOut::Smtp(MailDelivery::new(connector, route, timeout)),
             MailNext::Mote(peer) => MailOut::Mote(Cascade {
                 connector,
                 peer,
