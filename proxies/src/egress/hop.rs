@@ -79,6 +79,8 @@ pub struct Hop {
     /// the items come from one mote anyway (it is that mote's successor),
     /// and a circuit per item would make a 10,000-item hand-off take hours.
     isolation: u64,
+    /// Kept connections on that circuit.
+    pool: Pool,
 }
 
 impl Hop {
@@ -94,6 +96,7 @@ impl Hop {
             connector,
             store,
             isolation: rand::random(),
+            pool: Pool::default(),
         })
     }
 
@@ -148,13 +151,13 @@ impl Hop {
         };
         match ItemKind::try_from(item.kind) {
             Ok(ItemKind::Mail) => {
-                let send = send_mail(
-                    &*self.connector,
-                    &peer,
-                    self.isolation,
-                    &item.id,
-                    &item.payload,
-                );
+                let link = LinkTo {
+                    connector: &*self.connector,
+                    peer: &peer,
+                    isolation: self.isolation,
+                    pool: Some(&self.pool),
+                };
+                let send = link.send_mail(&item.id, &item.payload);
                 tokio::time::timeout(HAND_OFF_TIMEOUT, send)
                     .await
                     .unwrap_or_else(|_| Err(timed_out(&peer)))
@@ -173,7 +176,13 @@ impl Hop {
     /// fetch item or the finished-jobs round sends it) and mark it moved
     /// here.
     async fn hand_off_job(&self, peer: &PeerTarget, job: ItemId) -> Result<(), DeliveryError> {
-        let send = send_job(&*self.connector, peer, self.isolation, &self.store, job);
+        let link = LinkTo {
+            connector: &*self.connector,
+            peer,
+            isolation: self.isolation,
+            pool: Some(&self.pool),
+        };
+        let send = link.send_job(&self.store, job);
         // A large download over Tor takes longer than a message: a second
         // more per MiB.
         let mib = self.store.content_len(&job).unwrap_or(0) / (1024 * 1024);
@@ -255,54 +264,249 @@ fn timed_out(peer: &PeerTarget) -> DeliveryError {
     DeliveryError::temporary(format!("hand-off to {} timed out", peer.name))
 }
 
-/// Hand mail item `id` (its stored form, `payload`) to `peer` through
-/// `connector`; `Ok` once the peer answered 2xx, i.e. stored it durably (or
-/// had it already). Only then may the caller remove its copy. The item goes
-/// as it is stored: the next mote adds no Date (the last one does when it
-/// speaks SMTP) and keeps the Message-ID.
-///
-/// A refusal the item can never get past (400, 409, 413: the peer will not
-/// take this item) is permanent; anything else — no route, a timeout,
-/// 401/404 (a configuration to fix), 429, 503, 507, 5xx — is temporary: the
-/// item stays and is tried again.
-pub async fn send_mail(
-    connector: &dyn Connector,
-    peer: &PeerTarget,
-    isolation: u64,
-    id: &ItemId,
-    payload: &[u8],
-) -> Result<(), DeliveryError> {
-    let body = http_body_util::Full::new(Bytes::copy_from_slice(payload));
-    post_item(connector, peer, isolation, id, ItemKind::Mail, None, body).await
+/// A response body of the link, read up to this (the answers are short
+/// JSON).
+const MAX_ANSWER: usize = 4096;
+
+/// Most kept connections (one per hand-off in flight is enough).
+const MAX_IDLE: usize = 8;
+
+/// A request body on the link: a mail item in memory, or a job's record
+/// and content streamed from the store.
+type LinkBody = http_body_util::combinators::UnsyncBoxBody<Bytes, std::io::Error>;
+
+/// One HTTP/1.1 connection to a peer.
+type Sender = hyper::client::conn::http1::SendRequest<LinkBody>;
+
+/// Connections kept open (HTTP/1.1 keep-alive) between hand-offs, by the
+/// peer's address: a hand-off of many items opens a stream and a
+/// connection per item in flight, not per item.
+#[derive(Default)]
+pub struct Pool {
+    idle: parking_lot::Mutex<Vec<(String, Sender)>>,
 }
 
-/// Hand download job `job_id` to `peer`, under the job's id: its record and
-/// the content stored so far, read from `store` and streamed in 1 MiB
-/// pieces. `Ok` once the peer stored it durably; the caller then marks the
-/// job moved ([`mark_moved`]) and drops its item.
-pub async fn send_job(
-    connector: &dyn Connector,
-    peer: &PeerTarget,
-    isolation: u64,
-    store: &Arc<Store>,
-    job_id: ItemId,
-) -> Result<(), DeliveryError> {
-    let job =
-        Job::load(store, &job_id)?.ok_or_else(|| DeliveryError::permanent("the job is gone"))?;
-    if job.cover {
-        // It belongs to no one: it is released here.
-        return Err(DeliveryError::permanent(
-            "a cover download is not handed over",
-        ));
+impl Pool {
+    /// A kept connection to `addr` that is still open.
+    fn take(&self, addr: &str) -> Option<Sender> {
+        let mut idle = self.idle.lock();
+        while let Some(i) = idle.iter().position(|(a, _)| a == addr) {
+            let (_, sender) = idle.swap_remove(i);
+            if !sender.is_closed() {
+                return Some(sender);
+            }
+        }
+        None
     }
-    let head = serde_json::to_vec(&JobTransfer::new(job_id, job))
-        .map_err(|e| DeliveryError::permanent(format!("encoding the job: {e}")))?;
-    let len = store.content_len(&job_id)?;
-    let head_len = head.len();
-    let first = futures::stream::once(async move {
-        Ok::<_, std::io::Error>(hyper::body::Frame::data(Bytes::from(head)))
-    });
-    let store = Arc::clone(store);
+
+    /// Keep `sender` to `addr` for the next item.
+    fn put(&self, addr: String, sender: Sender) {
+        let mut idle = self.idle.lock();
+        if !sender.is_closed() && idle.len() < MAX_IDLE {
+            idle.push((addr, sender));
+        }
+    }
+}
+
+/// The sending end of the link to one peer: through `connector`, on the
+/// circuit `isolation` names, with connections kept in `pool` (`None`: a
+/// connection per item, as a cascade's next hop gets, each on a circuit of
+/// its own).
+pub struct LinkTo<'a> {
+    /// The transport.
+    pub connector: &'a dyn Connector,
+    /// The peer.
+    pub peer: &'a PeerTarget,
+    /// The circuit.
+    pub isolation: u64,
+    /// Kept connections, if any.
+    pub pool: Option<&'a Pool>,
+}
+
+impl LinkTo<'_> {
+    /// Hand mail item `id` (its stored form, `payload`) to the peer; `Ok`
+    /// once the peer answered 2xx, i.e. stored it durably (or had it
+    /// already). Only then may the caller remove its copy. The item goes
+    /// as it is stored: the next mote adds no Date (the last one does when
+    /// it speaks SMTP) and keeps the Message-ID.
+    ///
+    /// A refusal the item can never get past (400, 409, 413: the peer will
+    /// not take this item) is permanent; anything else — no route, a
+    /// timeout, 401/404 (a configuration to fix), 429, 503, 507, 5xx — is
+    /// temporary: the item stays and is tried again.
+    pub async fn send_mail(&self, id: &ItemId, payload: &[u8]) -> Result<(), DeliveryError> {
+        let payload = Bytes::copy_from_slice(payload);
+        let body = || {
+            http_body_util::Full::new(payload.clone())
+                .map_err(|never| match never {})
+                .boxed_unsync()
+        };
+        self.post_item(id, ItemKind::Mail, None, &body).await
+    }
+
+    /// Hand download job `job_id` to the peer, under the job's id: its
+    /// record and the content stored so far, read from `store` and
+    /// streamed in 1 MiB pieces. `Ok` once the peer stored it durably; the
+    /// caller then marks the job moved ([`mark_moved`]) and drops its item.
+    pub async fn send_job(&self, store: &Arc<Store>, job_id: ItemId) -> Result<(), DeliveryError> {
+        let job = Job::load(store, &job_id)?
+            .ok_or_else(|| DeliveryError::permanent("the job is gone"))?;
+        if job.cover {
+            // It belongs to no one: it is released here.
+            return Err(DeliveryError::permanent(
+                "a cover download is not handed over",
+            ));
+        }
+        let head = Bytes::from(
+            serde_json::to_vec(&JobTransfer::new(job_id, job))
+                .map_err(|e| DeliveryError::permanent(format!("encoding the job: {e}")))?,
+        );
+        let len = store.content_len(&job_id)?;
+        let head_len = head.len();
+        let body = || job_body(head.clone(), Arc::clone(store), job_id, len);
+        // The transfer names the job (the receiver binds it to this peer
+        // and the job's id), not the fetch item that may carry it here.
+        let job = Some((head_len, head_len as u64 + len));
+        self.post_item(&job_id, ItemKind::Fetch, job, &body).await
+    }
+
+    /// POST one item to the peer's [`wire::ITEMS_PATH`]; `job`: (record
+    /// length, whole body length) of a download job; `body` makes the
+    /// request's body (twice if a kept connection turns out closed).
+    async fn post_item(
+        &self,
+        id: &ItemId,
+        kind: ItemKind,
+        job: Option<(usize, u64)>,
+        body: &(dyn Fn() -> LinkBody + Sync),
+    ) -> Result<(), DeliveryError> {
+        let peer = self.peer;
+        let temporary =
+            |what: String| DeliveryError::temporary(format!("peer {}: {what}", peer.name));
+        let addr = format!("{}:{}", peer.host, peer.port);
+        let request = || self.request(id, kind, job, body());
+        let kept = self.pool.and_then(|p| p.take(&addr));
+        let (resp, sender) = match kept {
+            Some(mut sender) => match send(&mut sender, request()?).await {
+                Ok(resp) => (resp, sender),
+                Err(e) => {
+                    // The peer closed a kept connection meanwhile (its idle
+                    // timeout): once more on a new one. The peer recognizes
+                    // a resend (exactly once by peer and id).
+                    tracing::debug!(error = %e, "a kept connection failed; opening another");
+                    let mut sender = self.connect().await?;
+                    let resp = send(&mut sender, request()?)
+                        .await
+                        .map_err(|e| temporary(format!("HTTP: {e}")))?;
+                    (resp, sender)
+                }
+            },
+            None => {
+                let mut sender = self.connect().await?;
+                let resp = send(&mut sender, request()?)
+                    .await
+                    .map_err(|e| temporary(format!("HTTP: {e}")))?;
+                (resp, sender)
+            }
+        };
+        let status = resp.status();
+        let answer = Limited::new(resp.into_body(), MAX_ANSWER)
+            .collect()
+            .await
+            .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned());
+        // Kept only once its answer was read whole.
+        if let (Ok(_), Some(pool)) = (&answer, self.pool) {
+            pool.put(addr, sender);
+        }
+        if status.is_success() {
+            return Ok(());
+        }
+        let what = format!("{status}: {}", answer.unwrap_or_default().trim());
+        if matches!(
+            status,
+            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::CONFLICT
+        ) {
+            Err(DeliveryError::permanent(format!(
+                "peer {} refused the item: {what}",
+                peer.name
+            )))
+        } else {
+            Err(temporary(what))
+        }
+    }
+
+    /// A new connection to the peer.
+    async fn connect(&self) -> Result<Sender, DeliveryError> {
+        let temporary =
+            |what: String| DeliveryError::temporary(format!("peer {}: {what}", self.peer.name));
+        let stream = self
+            .connector
+            .connect(&Target {
+                host: self.peer.host.clone(),
+                port: self.peer.port,
+                isolation: self.isolation,
+            })
+            .await
+            .map_err(|e| temporary(format!("no stream: {e}")))?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .map_err(|e| temporary(format!("HTTP: {e}")))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    /// The request that hands item `id` over with `body`.
+    fn request(
+        &self,
+        id: &ItemId,
+        kind: ItemKind,
+        job: Option<(usize, u64)>,
+        body: LinkBody,
+    ) -> Result<Request<LinkBody>, DeliveryError> {
+        let host = self
+            .peer
+            .api_base()
+            .trim_start_matches("http://")
+            .to_string();
+        let mut req = Request::post(wire::ITEMS_PATH)
+            .header(header::HOST, host)
+            .header(
+                header::AUTHORIZATION,
+                format!("Bearer {}", self.peer.credential),
+            )
+            .header(wire::ITEM_ID, id.to_string())
+            .header(wire::ITEM_KIND, wire::kind_name(kind))
+            .header(header::CONTENT_TYPE, "application/octet-stream");
+        if let Some((record, total)) = job {
+            req = req
+                .header(wire::JOB_LENGTH, record)
+                .header(header::CONTENT_LENGTH, total);
+        }
+        req.body(body)
+            .map_err(|e| DeliveryError::permanent(format!("building the request: {e}")))
+    }
+}
+
+/// Send `req` on `sender` once it is ready.
+async fn send(
+    sender: &mut Sender,
+    req: Request<LinkBody>,
+) -> Result<hyper::Response<hyper::body::Incoming>, hyper::Error> {
+    sender.ready().await?;
+    sender.send_request(req).await
+}
+
+/// A job's transfer body: `head` (its record), then its `len` bytes of
+/// content read from `store` in pieces.
+fn job_body(head: Bytes, store: Arc<Store>, job_id: ItemId, len: u64) -> LinkBody {
+    use futures::StreamExt;
+    let first =
+        futures::stream::once(
+            async move { Ok::<_, std::io::Error>(hyper::body::Frame::data(head)) },
+        );
     let pieces = futures::stream::try_unfold(0u64, move |at| {
         let store = Arc::clone(&store);
         async move {
@@ -318,20 +522,7 @@ pub async fn send_job(
             Ok(Some((hyper::body::Frame::data(Bytes::from(bytes)), to)))
         }
     });
-    use futures::StreamExt;
-    let body = http_body_util::StreamBody::new(first.chain(pieces));
-    // The transfer names the job (the receiver binds it to this peer and
-    // the job's id), not the fetch item that may carry it here.
-    post_item(
-        connector,
-        peer,
-        isolation,
-        &job_id,
-        ItemKind::Fetch,
-        Some((head_len, head_len as u64 + len)),
-        body,
-    )
-    .await
+    http_body_util::StreamBody::new(first.chain(pieces)).boxed_unsync()
 }
 
 /// Record that job `id` now lives at `peer` and drop its content here
@@ -346,80 +537,6 @@ pub async fn mark_moved(store: &Store, id: &ItemId, peer: &PeerTarget) -> Result
     job.moved_to = Some(format!("{}/v1/fetches/{id}", peer.api_base()));
     store.put_job(id, &job.encode())?;
     store.clear_chunks(id).await
-}
-
-/// POST one item to a peer's [`wire::ITEMS_PATH`]; `job`: (record length,
-/// whole body length) of a download job.
-async fn post_item<B>(
-    connector: &dyn Connector,
-    peer: &PeerTarget,
-    isolation: u64,
-    id: &ItemId,
-    kind: ItemKind,
-    job: Option<(usize, u64)>,
-    body: B,
-) -> Result<(), DeliveryError>
-where
-    B: hyper::body::Body + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let temporary = |what: String| DeliveryError::temporary(format!("peer {}: {what}", peer.name));
-    let stream = connector
-        .connect(&Target {
-            host: peer.host.clone(),
-            port: peer.port,
-            isolation,
-        })
-        .await
-        .map_err(|e| temporary(format!("no stream: {e}")))?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| temporary(format!("HTTP: {e}")))?;
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    let host = peer.api_base().trim_start_matches("http://").to_string();
-    let mut req = Request::post(wire::ITEMS_PATH)
-        .header(header::HOST, host)
-        .header(header::AUTHORIZATION, format!("Bearer {}", peer.credential))
-        .header(wire::ITEM_ID, id.to_string())
-        .header(wire::ITEM_KIND, wire::kind_name(kind))
-        .header(header::CONTENT_TYPE, "application/octet-stream");
-    if let Some((record, total)) = job {
-        req = req
-            .header(wire::JOB_LENGTH, record)
-            .header(header::CONTENT_LENGTH, total);
-    }
-    let req = req
-        .body(body)
-        .map_err(|e| DeliveryError::permanent(format!("building the request: {e}")))?;
-    let resp = sender
-        .send_request(req)
-        .await
-        .map_err(|e| temporary(format!("HTTP: {e}")))?;
-    let status = resp.status();
-    let body = Limited::new(resp.into_body(), 4096)
-        .collect()
-        .await
-        .map(|b| String::from_utf8_lossy(&b.to_bytes()).into_owned())
-        .unwrap_or_default();
-    if status.is_success() {
-        return Ok(());
-    }
-    let what = format!("{status}: {}", body.trim());
-    if matches!(
-        status,
-        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE | StatusCode::CONFLICT
-    ) {
-        Err(DeliveryError::permanent(format!(
-            "peer {} refused the item: {what}",
-            peer.name
-        )))
-    } else {
-        Err(temporary(what))
-    }
 }
 
 #[cfg(test)]

@@ -48,13 +48,13 @@ impl Cascade {
         StoredMail::decode(&item.payload)
             .map_err(|e| DeliveryError::permanent(format!("unreadable mail item: {e}")))?;
         let isolation = self.isolation.fetch_add(1, Ordering::Relaxed);
-        let send = hop::send_mail(
-            &*self.connector,
-            &self.peer,
+        let link = hop::LinkTo {
+            connector: &*self.connector,
+            peer: &self.peer,
             isolation,
-            &item.id,
-            &item.payload,
-        );
+            pool: None,
+        };
+        let send = link.send_mail(&item.id, &item.payload);
         match tokio::time::timeout(self.timeout, send).await {
             Ok(r) => r.map(|()| Outcome::Done),
             Err(_) => Err(DeliveryError::temporary(format!(
