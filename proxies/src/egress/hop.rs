@@ -268,8 +268,13 @@ fn timed_out(peer: &PeerTarget) -> DeliveryError {
 /// JSON).
 const MAX_ANSWER: usize = 4096;
 
-/// Most kept connections (one per hand-off in flight is enough).
-const MAX_IDLE: usize = 8;
+/// Most kept connections: one per hand-off in flight (the mixer hands
+/// off 16 at once, and a peer has 16 connection slots for the link).
+const MAX_IDLE: usize = 16;
+
+/// A kept connection unused this long is closed rather than reused: it
+/// holds one of the peer's link slots.
+const KEEP_IDLE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// A request body on the link: a mail item in memory, or a job's record
 /// and content streamed from the store.
@@ -283,27 +288,35 @@ type Sender = hyper::client::conn::http1::SendRequest<LinkBody>;
 /// connection per item in flight, not per item.
 #[derive(Default)]
 pub struct Pool {
-    idle: parking_lot::Mutex<Vec<(String, Sender)>>,
+    idle: parking_lot::Mutex<Vec<Idle>>,
+}
+
+/// A kept connection: to whom, since when.
+struct Idle {
+    addr: String,
+    since: std::time::Instant,
+    sender: Sender,
 }
 
 impl Pool {
-    /// A kept connection to `addr` that is still open.
+    /// A kept connection to `addr` that is still open (those closed or
+    /// kept too long are dropped, which closes them).
     fn take(&self, addr: &str) -> Option<Sender> {
         let mut idle = self.idle.lock();
-        while let Some(i) = idle.iter().position(|(a, _)| a == addr) {
-            let (_, sender) = idle.swap_remove(i);
-            if !sender.is_closed() {
-                return Some(sender);
-            }
-        }
-        None
+        idle.retain(|i| !i.sender.is_closed() && i.since.elapsed() < KEEP_IDLE);
+        let i = idle.iter().position(|i| i.addr == addr)?;
+        Some(idle.swap_remove(i).sender)
     }
 
     /// Keep `sender` to `addr` for the next item.
     fn put(&self, addr: String, sender: Sender) {
         let mut idle = self.idle.lock();
         if !sender.is_closed() && idle.len() < MAX_IDLE {
-            idle.push((addr, sender));
+            idle.push(Idle {
+                addr,
+                since: std::time::Instant::now(),
+                sender,
+            });
         }
     }
 }
