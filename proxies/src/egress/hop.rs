@@ -151,12 +151,7 @@ impl Hop {
         };
         match ItemKind::try_from(item.kind) {
             Ok(ItemKind::Mail) => {
-                let link = LinkTo {
-                    connector: &*self.connector,
-                    peer: &peer,
-                    isolation: self.isolation,
-                    pool: Some(&self.pool),
-                };
+                let link = self.link(&peer);
                 let send = link.send_mail(&item.id, &item.payload);
                 tokio::time::timeout(HAND_OFF_TIMEOUT, send)
                     .await
@@ -172,17 +167,21 @@ impl Hop {
         }
     }
 
-    /// Hand download job `job` to `peer` (under the job's id, whether its
-    /// fetch item or the finished-jobs round sends it) and mark it moved
-    /// here.
-    async fn hand_off_job(&self, peer: &PeerTarget, job: ItemId) -> Result<(), DeliveryError> {
-        let link = LinkTo {
+    /// The link to `peer` on the hand-off's circuit and kept connections.
+    fn link<'a>(&'a self, peer: &'a PeerTarget) -> LinkTo<'a> {
+        LinkTo {
             connector: &*self.connector,
             peer,
             isolation: self.isolation,
             pool: Some(&self.pool),
-        };
-        let send = link.send_job(&self.store, job);
+        }
+    }
+
+    /// Hand download job `job` to `peer` (under the job's id, whether its
+    /// fetch item or the finished-jobs round sends it) and mark it moved
+    /// here.
+    async fn hand_off_job(&self, peer: &PeerTarget, job: ItemId) -> Result<(), DeliveryError> {
+        let send = self.link(peer).send_job(&self.store, job);
         // A large download over Tor takes longer than a message: a second
         // more per MiB.
         let mib = self.store.content_len(&job).unwrap_or(0) / (1024 * 1024);
