@@ -181,7 +181,8 @@ impl Hop {
     /// fetch item or the finished-jobs round sends it) and mark it moved
     /// here.
     async fn hand_off_job(&self, peer: &PeerTarget, job: ItemId) -> Result<(), DeliveryError> {
-        let send = self.link(peer).send_job(&self.store, job);
+        let link = self.link(peer);
+        let send = link.send_job(&self.store, job);
         // A large download over Tor takes longer than a message: a second
         // more per MiB.
         let mib = self.store.content_len(&job).unwrap_or(0) / (1024 * 1024);
